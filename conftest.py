@@ -1,0 +1,48 @@
+"""Fixtures shared by every app's tests.
+
+Tests create data through the real services (``seed_demo``'s helpers,
+``risk.services``), not by writing rows by hand, so they exercise the same
+validation and auditing as production.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from quanthub.roles import COMPLIANCE, RISK_MANAGER, TRADER
+
+
+@pytest.fixture
+def make_user(db, django_user_model):
+    from django.contrib.auth.models import Group
+
+    def make(username: str, *roles: str, password: str = "a-long-test-password", **extra):
+        user = django_user_model.objects.create_user(username=username, password=password, is_staff=True, **extra)
+        for role in roles:
+            user.groups.add(Group.objects.get(name=role))
+        return user
+
+    return make
+
+
+@pytest.fixture
+def trader(make_user):
+    return make_user("trader1", TRADER)
+
+
+@pytest.fixture
+def risk_manager(make_user):
+    return make_user("risk1", RISK_MANAGER)
+
+
+@pytest.fixture
+def compliance_user(make_user):
+    return make_user("compliance1", COMPLIANCE)
+
+
+@pytest.fixture
+def demo_market(db):
+    """The synthetic NSE instrument master (NIFTY and BANKNIFTY), loaded through the real loader."""
+    from marketdata.demo import ensure_demo_instruments
+
+    return ensure_demo_instruments()

@@ -1,0 +1,72 @@
+"""The current top of book per contract, fed by the engine from each snapshot.
+
+The paper broker fills against it; the gate's slippage and spread rule and
+the strategy's pricing read it. Plain dict lookups: it is on the hot path.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import numpy as np
+
+from marketdata.feeds.base import ChainSnapshot, LtpTick
+
+
+@dataclass(frozen=True, slots=True)
+class Quote:
+    security_id: str
+    bid: float
+    ask: float
+    bid_qty: int
+    ask_qty: int
+    last: float
+    at: dt.datetime
+
+    @property
+    def mid(self) -> float:
+        return (self.bid + self.ask) / 2.0
+
+    @property
+    def spread(self) -> float:
+        return self.ask - self.bid
+
+
+class QuoteBook:
+    def __init__(self) -> None:
+        self._quotes: dict[str, Quote] = {}
+
+    def update_chain(self, snapshot: ChainSnapshot) -> None:
+        good = np.flatnonzero(snapshot.flags == 0)
+        at = snapshot.exchange_time
+        ids = snapshot.security_id
+        bid, ask, bq, aq, last = snapshot.bid, snapshot.ask, snapshot.bid_qty, snapshot.ask_qty, snapshot.last_price
+        quotes = self._quotes
+        for i in good.tolist():
+            sid = str(ids[i])
+            quotes[sid] = Quote(sid, float(bid[i]), float(ask[i]), int(bq[i]), int(aq[i]), float(last[i]), at)
+
+    def update_ltp(self, tick: LtpTick, half_spread: float = 0.05) -> None:
+        """Futures and indices get a synthetic one-tick book around the LTP when no depth is known."""
+        existing = self._quotes.get(tick.security_id)
+        if existing is not None and existing.bid < existing.ask and existing.at >= tick.exchange_time:
+            return
+        self._quotes[tick.security_id] = Quote(
+            tick.security_id,
+            tick.ltp - half_spread,
+            tick.ltp + half_spread,
+            10_000,
+            10_000,
+            tick.ltp,
+            tick.exchange_time,
+        )
+
+    def set(self, quote: Quote) -> None:
+        self._quotes[quote.security_id] = quote
+
+    def get(self, security_id: str) -> Quote | None:
+        return self._quotes.get(security_id)
+
+    def __contains__(self, security_id: str) -> bool:
+        return security_id in self._quotes

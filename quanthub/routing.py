@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from trading.routing import websocket_urlpatterns as trading_websockets
+
+websocket_urlpatterns = [*trading_websockets]

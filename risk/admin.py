@@ -1,0 +1,105 @@
+from __future__ import annotations
+
+from django.contrib import admin
+
+from risk import services
+from risk.models import BreakerTrip, EventDay, RiskLimits, TradingState
+
+
+@admin.register(RiskLimits)
+class RiskLimitsAdmin(admin.ModelAdmin):
+    list_display = (
+        "name",
+        "version",
+        "is_active",
+        "daily_loss_cap",
+        "margin_utilisation_cap_pct",
+        "max_lots_per_signal",
+        "max_lots_per_strategy",
+        "order_rate_per_s",
+        "updated_by",
+        "updated_at",
+    )
+    readonly_fields = ("version", "updated_by", "updated_at")
+    fieldsets = (
+        (None, {"fields": ("name", "is_active", "version", "updated_by", "updated_at")}),
+        ("Loss and margin", {"fields": ("daily_loss_cap", "margin_utilisation_cap_pct")}),
+        ("Position size", {"fields": ("max_lots_per_signal", "max_lots_per_strategy")}),
+        (
+            "Execution quality",
+            {
+                "fields": (
+                    "max_slippage_per_leg",
+                    "max_spread_pct_of_mid",
+                    "max_requotes",
+                    "max_requote_chase",
+                    "partial_fill_min_pct",
+                    "partial_fill_wait_ms",
+                    "max_modifications_per_order",
+                )
+            },
+        ),
+        ("Order rate", {"fields": ("order_rate_per_s", "registered_algo", "algo_id")}),
+        (
+            "Session and breakers",
+            {
+                "fields": (
+                    "entry_cutoff",
+                    "vix_breaker_sigma",
+                    "vix_normalise_minutes",
+                    "feed_stale_chain_s",
+                    "feed_stale_ltp_s",
+                    "kill_all_target_s",
+                )
+            },
+        ),
+    )
+
+    def save_model(self, request, obj, form, change):
+        services.save_risk_limits(obj, actor=request.user.get_username())
+
+    def has_delete_permission(self, request, obj=None):
+        # Limits are versioned, never deleted: deactivate instead.
+        return False
+
+
+@admin.register(TradingState)
+class TradingStateAdmin(admin.ModelAdmin):
+    list_display = ("account", "state", "actor", "reason", "changed_at", "halted_until")
+    readonly_fields = ("account", "actor", "changed_at", "halted_until")
+    fields = ("account", "state", "reason", "actor", "changed_at", "halted_until")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        services.set_trading_state(
+            obj.state,
+            actor=request.user.get_username(),
+            reason=obj.reason or "changed in the admin",
+            account=obj.account,
+        )
+
+
+@admin.register(EventDay)
+class EventDayAdmin(admin.ModelAdmin):
+    list_display = ("date", "kind", "action", "note")
+    list_filter = ("kind", "action")
+    date_hierarchy = "date"
+
+
+@admin.register(BreakerTrip)
+class BreakerTripAdmin(admin.ModelAdmin):
+    list_display = ("breaker", "account", "tripped_at", "reason", "cleared_at", "cleared_by")
+    list_filter = ("breaker", "account")
+    readonly_fields = ("account", "breaker", "tripped_at", "reason", "details")
+    date_hierarchy = "tripped_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

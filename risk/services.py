@@ -1,0 +1,106 @@
+"""Writes to risk data, each audited with actor, reason and old/new values."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+from django.forms.models import model_to_dict
+from django.utils import timezone
+
+from audit.chain import append as audit_append
+from risk.models import RiskLimits, TradingState
+
+_UNAUDITED = {"id", "updated_at", "updated_by", "version"}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Decimal | dt.time | dt.date):
+        return str(value)
+    return value
+
+
+def save_risk_limits(limits: RiskLimits, *, actor: str) -> RiskLimits:
+    """Validate and save limits; bump the version and audit the old and new values.
+
+    Activating one set deactivates the others in the same transaction.
+    """
+    limits.full_clean()
+    with transaction.atomic():
+        old = RiskLimits.objects.select_for_update().filter(pk=limits.pk).first() if limits.pk else None
+        before = {k: _jsonable(v) for k, v in model_to_dict(old).items()} if old else {}
+        after = {k: _jsonable(v) for k, v in model_to_dict(limits).items()}
+        changes = {
+            key: {"old": before.get(key), "new": value}
+            for key, value in after.items()
+            if key not in _UNAUDITED and before.get(key) != value
+        }
+        if old is not None and not changes:
+            return limits
+        if limits.is_active:
+            RiskLimits.objects.filter(is_active=True).exclude(pk=limits.pk).update(is_active=False)
+        limits.version = (old.version + 1) if old else 1
+        limits.updated_by = actor
+        limits.save()
+        audit_append(
+            "risk_limits.changed" if old else "risk_limits.created",
+            actor=actor,
+            subject=f"risk_limits:{limits.pk}",
+            payload={"version": limits.version, "changes": changes},
+        )
+    return limits
+
+
+def get_trading_state(account: str = "default") -> TradingState:
+    state, _ = TradingState.objects.get_or_create(account=account)
+    return state
+
+
+def set_trading_state(
+    new_state: str,
+    *,
+    actor: str,
+    reason: str,
+    account: str = "default",
+    halted_until: dt.datetime | None = None,
+    expected: str | None = None,
+) -> bool:
+    """Move the account to ``new_state``; a conditional update, audited.
+
+    With ``expected`` the change only happens from that state (returns False
+    otherwise), so two callers racing cannot both act on a stale read.
+    """
+    if new_state not in TradingState.State.values:
+        raise ValueError(f"Unknown trading state {new_state!r}")
+    if not reason.strip():
+        raise ValueError("A trading-state change needs a reason")
+    with transaction.atomic():
+        current = TradingState.objects.select_for_update().filter(account=account).first()
+        if current is None:
+            current = TradingState.objects.create(account=account)
+        old_state = current.state
+        if expected is not None and old_state != expected:
+            return False
+        if old_state == new_state and halted_until is None:
+            return False
+        TradingState.objects.filter(pk=current.pk, state=old_state).update(
+            state=new_state,
+            actor=actor[:150],
+            reason=reason,
+            changed_at=timezone.now(),
+            halted_until=halted_until,
+        )
+        audit_append(
+            "trading_state.changed",
+            actor=actor,
+            subject=f"account:{account}",
+            payload={
+                "old": old_state,
+                "new": new_state,
+                "reason": reason,
+                "halted_until": halted_until.isoformat() if halted_until else None,
+            },
+        )
+    return True

@@ -1,0 +1,76 @@
+"""Dashboard events: the only module that calls ``group_send``.
+
+Events go out only after the transaction that caused them commits, so the
+dashboards never show state that was rolled back. A dead channel layer (Redis
+down) is logged and counted, never raised into the trading loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+log = logging.getLogger(__name__)
+
+DASHBOARD_GROUP = "dashboard.{account}"
+
+# kind -> function(data) -> list of (element id, html) to swap out of band.
+# The dashboard module registers its partial renderers here at start-up.
+RENDERERS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {}
+
+stats = {"published": 0, "failed": 0}
+
+
+def group_name(account: str = "default") -> str:
+    return DASHBOARD_GROUP.format(account=account)
+
+
+def _message(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    message: dict[str, Any] = {"type": "dashboard.event", "kind": kind, "data": data}
+    renderer = RENDERERS.get(kind)
+    if renderer is not None:
+        try:
+            message["html"] = "".join(html for _, html in renderer(data))
+        except Exception:  # a broken partial must not stop trading
+            log.exception("event renderer failed", extra={"kind": kind})
+    return message
+
+
+def send_now(kind: str, data: dict[str, Any] | None = None, *, account: str = "default") -> bool:
+    """Send immediately (use only outside a transaction, e.g. heartbeats)."""
+    layer = get_channel_layer()
+    if layer is None:
+        return False
+    try:
+        async_to_sync(layer.group_send)(group_name(account), _message(kind, data or {}))
+    except Exception as exc:  # Redis down degrades the dashboards, never trading
+        stats["failed"] += 1
+        log.warning("dashboard publish failed", extra={"kind": kind, "error": repr(exc)})
+        return False
+    stats["published"] += 1
+    return True
+
+
+async def asend_now(kind: str, data: dict[str, Any] | None = None, *, account: str = "default") -> bool:
+    layer = get_channel_layer()
+    if layer is None:
+        return False
+    try:
+        await layer.group_send(group_name(account), _message(kind, data or {}))
+    except Exception as exc:
+        stats["failed"] += 1
+        log.warning("dashboard publish failed", extra={"kind": kind, "error": repr(exc)})
+        return False
+    stats["published"] += 1
+    return True
+
+
+def publish_on_commit(kind: str, data: dict[str, Any] | None = None, *, account: str = "default") -> None:
+    """Publish after the current transaction commits (at once outside one)."""
+    payload = dict(data or {})
+    transaction.on_commit(lambda: send_now(kind, payload, account=account), robust=True)
