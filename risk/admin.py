@@ -21,6 +21,7 @@ class RiskLimitsAdmin(admin.ModelAdmin):
         "updated_at",
     )
     readonly_fields = ("version", "updated_by", "updated_at")
+    actions = ("activate",)
     fieldsets = (
         (None, {"fields": ("name", "is_active", "version", "updated_by", "updated_at")}),
         ("Loss and margin", {"fields": ("daily_loss_cap", "margin_utilisation_cap_pct")}),
@@ -61,6 +62,16 @@ class RiskLimitsAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request, obj=None):
         # Limits are versioned, never deleted: deactivate instead.
         return False
+
+    @admin.action(description="Activate the selected limits (deactivates the others)", permissions=["change"])
+    def activate(self, request, queryset):
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one set of limits to activate.", level="error")
+            return
+        limits = queryset.get()
+        limits.is_active = True
+        services.save_risk_limits(limits, actor=request.user.get_username())
+        self.message_user(request, f"{limits} is now active.")
 
 
 @admin.register(TradingState)

@@ -127,6 +127,11 @@ class RiskLimits(models.Model):
         if errors:
             raise ValidationError(errors)
 
+    def validate_constraints(self, exclude=None):
+        # Activating a set deactivates the others inside save_risk_limits' transaction;
+        # the database constraint still guards against two concurrent activations.
+        super().validate_constraints(exclude=set(exclude or ()) | {"is_active"})
+
     @classmethod
     def active(cls) -> RiskLimits:
         """The active limits; the product defaults if none is stored yet."""
