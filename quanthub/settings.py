@@ -264,5 +264,6 @@ LOGGING = {
         "daphne": {"level": "WARNING"},
         "asyncio": {"level": "WARNING"},
         "urllib3": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},
     },
 }
