@@ -1,0 +1,470 @@
+"""A seeded, deterministic NSE index-options market.
+
+Per underlying: the index follows a jump-diffusion whose volatility follows
+India VIX and an intraday U-shape; the future is the index carried at the
+risk-free rate; VIX mean-reverts towards realised volatility. The option
+chain (±N strikes around ATM of the nearest expiry) is priced by
+Black-Scholes from a volatility smile, with bid/ask spreads that widen away
+from ATM and in fast markets, prices on the ₹0.05 tick and top-of-book
+sizes; volume and OI are stochastic with an intraday profile. Scenario
+events (``marketdata.scenarios``) inject informed flow, VIX spikes, feed
+gaps and bad ticks.
+
+It emits an option-chain snapshot every 3 s per underlying and LTP ticks
+(index, future, India VIX) every second of the engine's clock, as fast as the
+consumer takes them (``speed="max"``) or at N× real time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from marketdata import greeks, synthetic
+from marketdata.feeds.base import CE, PE, ChainSnapshot, Feed, FeedItem, LtpTick
+from marketdata.scenarios import Event, Scenario
+from quanthub.clock import IST, SESSION_CLOSE, SESSION_OPEN, Clock, SimulatedClock
+
+TICK = 0.05
+RATE = 0.065
+TRADING_SECONDS_PER_YEAR = 252 * 6.25 * 3600
+CHAIN_EVERY_S = 3
+IV_MULTIPLIER = {"NIFTY": 1.0, "BANKNIFTY": 1.2}
+JUMPS_PER_DAY = 2.0
+
+
+def _round_tick(values: np.ndarray) -> np.ndarray:
+    return np.round(values / TICK) * TICK
+
+
+def _intraday_shape(minutes_from_open: float) -> float:
+    """Volatility and volume are high at the open, low at midday, up into the close."""
+    x = minutes_from_open / 375.0
+    return 0.75 + 0.9 * math.exp(-x / 0.06) + 0.45 * x**4
+
+
+@dataclass(slots=True)
+class InjectedEvent:
+    """What the simulator actually injected (resolved strikes and security ids)."""
+
+    at: dt.datetime
+    type: str
+    underlying: str = ""
+    security_id: str = ""
+    strike: float = 0.0
+    option_type: str = ""
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Flow:
+    row: int  # index into the underlying's full contract arrays
+    start_s: float
+    jump: float
+    follow: float
+    follow_s: float
+    oi_per_interval: float
+    oi_start_s: float
+    oi_end_s: float
+
+
+class _Market:
+    """One underlying's state; all contracts of the nearest expiry, by strike."""
+
+    def __init__(self, spec: synthetic.UnderlyingSpec, contracts, expiry: dt.date, rng: np.random.Generator):
+        self.spec = spec
+        self.symbol = spec.symbol
+        self.rng = rng
+        self.expiry = expiry
+        self.expiry_close = dt.datetime.combine(expiry, SESSION_CLOSE, tzinfo=IST)
+        options = sorted(
+            (c for c in contracts if c.underlying == spec.symbol and c.expiry == expiry and c.kind in ("CE", "PE")),
+            key=lambda c: (c.strike, c.kind),
+        )
+        strikes = sorted({c.strike for c in options})
+        self.strikes = np.array(strikes, dtype=np.float64)
+        ids = {(c.strike, c.kind): c.security_id for c in options}
+        n = len(strikes)
+        # Full arrays: row 2*i is strike i's CE, row 2*i+1 its PE.
+        self.security_id = np.array([ids[(k, t)] for k in strikes for t in ("CE", "PE")], dtype="U20")
+        self.strike = np.repeat(self.strikes, 2)
+        self.option_type = np.tile(np.array([CE, PE], dtype=np.int8), n)
+        self.future = next(c for c in contracts if c.underlying == spec.symbol and c.kind == "FUT")
+        self.spot = spec.reference_spot * float(np.exp(rng.normal(0, 0.002)))
+        self.prev_close_spot = self.spot
+        self.last_return = 0.0
+        self.realised_var = (0.13**2) / TRADING_SECONDS_PER_YEAR
+        dist = np.abs(self.strike - self.spot) / spec.strike_step
+        self.volume_rate = 2.0 + 25.0 * np.exp(-0.5 * (dist / 6.0) ** 2)  # lots per 3 s at midday
+        self.oi = (spec.lot_size * np.round(2000 + 30000 * np.exp(-0.5 * (dist / 8.0) ** 2))).astype(np.int64)
+        self.prev_oi = self.oi.copy()
+        self.volume = np.zeros(2 * n, dtype=np.int64)
+        self.flows: list[_Flow] = []
+        self.pending_bad: list[Event] = []
+
+    def step_spot(self, sigma: float) -> None:
+        dt_years = 1.0 / TRADING_SECONDS_PER_YEAR
+        ret = sigma * math.sqrt(dt_years) * self.rng.standard_normal() - 0.5 * sigma * sigma * dt_years
+        if self.rng.random() < JUMPS_PER_DAY / 22500.0:
+            ret += self.rng.normal(0.0, 0.0025)
+        self.spot *= math.exp(ret)
+        self.last_return = ret
+        self.realised_var = 0.995 * self.realised_var + 0.005 * ret * ret
+
+    @property
+    def realised_vol(self) -> float:
+        return math.sqrt(self.realised_var * TRADING_SECONDS_PER_YEAR)
+
+    def future_price(self, now: dt.datetime) -> float:
+        years = max((dt.datetime.combine(self.future.expiry, SESSION_CLOSE, tzinfo=IST) - now).total_seconds(), 0)
+        return self.spot * math.exp(RATE * years / (365 * 86400))
+
+
+class SimulatorFeed(Feed):
+    name = "sim"
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        seed: int = 7,
+        speed: float | str = "max",
+        scenario: Scenario | str | dict | None = None,
+        underlyings: tuple[str, ...] = ("NIFTY", "BANKNIFTY"),
+        trading_day: dt.date | None = None,
+        start_time: dt.time = SESSION_OPEN,
+        end_time: dt.time = SESSION_CLOSE,
+        strikes_each_side: int = 10,
+        holidays: tuple[dt.date, ...] = (),
+    ):
+        if speed != "max" and (not isinstance(speed, int | float) or speed <= 0):
+            raise ValueError(f"speed must be 'max' or a positive number, got {speed!r}")
+        unknown = [u for u in underlyings if u not in synthetic.SYNTHETIC_MARKET]
+        if unknown:
+            raise ValueError(f"The simulator has no underlying {', '.join(unknown)}")
+        self.clock = clock
+        self.seed = seed
+        self.speed = speed
+        self.scenario = scenario if isinstance(scenario, Scenario) else Scenario.load(scenario)
+        self.trading_day = trading_day or (clock.today() if clock else dt.date.today())  # noqa: DTZ011
+        self.start = dt.datetime.combine(self.trading_day, start_time, tzinfo=IST)
+        self.end = dt.datetime.combine(self.trading_day, end_time, tzinfo=IST)
+        self.session_open = dt.datetime.combine(self.trading_day, SESSION_OPEN, tzinfo=IST)
+        self.strikes_each_side = strikes_each_side
+        self.injected: list[InjectedEvent] = []
+        self._closed = False
+        contracts = synthetic.build_master(self.trading_day, holidays)
+        root = np.random.SeedSequence(seed)
+        streams = root.spawn(len(underlyings) + 1)
+        self._rng = np.random.default_rng(streams[-1])
+        self.markets: dict[str, _Market] = {}
+        for symbol, stream in zip(underlyings, streams, strict=False):
+            spec = synthetic.SYNTHETIC_MARKET[symbol]
+            expiry = min(c.expiry for c in contracts if c.underlying == symbol and c.kind == "CE")
+            self.markets[symbol] = _Market(spec, contracts, expiry, np.random.default_rng(stream))
+        self.vix = 13.0 + float(self._rng.normal(0, 0.5))
+        self._vix_extra = 0.0
+        self._vix_decay_s = 600.0
+        self._gap_until: dt.datetime | None = None
+        self._seq = 0
+
+    @classmethod
+    def from_options(cls, *, clock=None, seed=7, speed="max", scenario=None, **options) -> SimulatorFeed:
+        known = {"underlyings", "trading_day", "start_time", "end_time", "strikes_each_side", "holidays"}
+        return cls(
+            clock=clock, seed=seed, speed=speed, scenario=scenario, **{k: v for k, v in options.items() if k in known}
+        )
+
+    async def close(self) -> None:
+        self._closed = True
+
+    # --- the stream -------------------------------------------------------------
+
+    async def stream(self) -> AsyncIterator[FeedItem]:
+        events = list(self.scenario.events)
+        wall_start = time.monotonic()
+        total = int((self.end - self.start).total_seconds())
+        for second in range(total + 1):
+            if self._closed:
+                return
+            now = self.start + dt.timedelta(seconds=second)
+            while events and dt.datetime.combine(self.trading_day, events[0].at, tzinfo=IST) <= now:
+                self._apply(events.pop(0), now)
+            self._step(now)
+            if self._gap_until is not None and now < self._gap_until:
+                continue
+            if self.speed == "max":
+                if second % 50 == 0:
+                    await asyncio.sleep(0)  # let other tasks (the web server) breathe
+            else:
+                delay = wall_start + second / float(self.speed) - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            for item in self._items(now, with_chain=second % CHAIN_EVERY_S == 0):
+                if isinstance(self.clock, SimulatedClock) and item.received_at > self.clock.now():
+                    self.clock.set(item.received_at)
+                yield item
+
+    def run_sync(self):
+        """The same items without an event loop (for recording and benchmarks)."""
+        total = int((self.end - self.start).total_seconds())
+        events = list(self.scenario.events)
+        for second in range(total + 1):
+            now = self.start + dt.timedelta(seconds=second)
+            while events and dt.datetime.combine(self.trading_day, events[0].at, tzinfo=IST) <= now:
+                self._apply(events.pop(0), now)
+            self._step(now)
+            if self._gap_until is not None and now < self._gap_until:
+                continue
+            yield from self._items(now, with_chain=second % CHAIN_EVERY_S == 0)
+
+    # --- market dynamics --------------------------------------------------------
+
+    def _apply(self, event: Event, now: dt.datetime) -> None:
+        if event.type == "vix_spike":
+            self._vix_extra += float(event.get("points", 4.0))
+            self._vix_decay_s = float(event.get("decay_minutes", 15)) * 60
+            self.injected.append(InjectedEvent(now, "vix_spike", params=dict(event.params)))
+        elif event.type == "feed_gap":
+            self._gap_until = now + dt.timedelta(seconds=float(event.get("seconds", 10)))
+            self.injected.append(InjectedEvent(now, "feed_gap", params=dict(event.params)))
+        elif event.type in ("informed_flow", "bad_ticks"):
+            market = self.markets.get(event.get("underlying", "NIFTY"))
+            if market is not None:
+                market.pending_bad.append(event)
+
+    def _step(self, now: dt.datetime) -> None:
+        minutes = (now - self.session_open).total_seconds() / 60.0
+        shape = _intraday_shape(max(minutes, 0.0))
+        for market in self.markets.values():
+            sigma = (self.vix / 100.0) * IV_MULTIPLIER[market.symbol] * shape * 0.8
+            market.step_spot(sigma)
+        realised = np.mean([m.realised_vol for m in self.markets.values()])
+        target = min(max(100 * realised * 1.1, 9.0), 60.0)
+        self._vix_extra *= math.exp(-1.0 / self._vix_decay_s)
+        self.vix += (target - self.vix) / 900.0 + float(self._rng.normal(0, 0.004))
+        self.vix = max(self.vix, 8.0)
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _items(self, now: dt.datetime, *, with_chain: bool) -> list[FeedItem]:
+        items: list[FeedItem] = []
+        for market in self.markets.values():
+            spec = market.spec
+            items.append(
+                LtpTick(
+                    spec.index_security_id,
+                    "IDX_I",
+                    spec.symbol,
+                    "INDEX",
+                    round(market.spot, 2),
+                    now,
+                    now,
+                    self._next_seq(),
+                )
+            )
+            fut = market.future_price(now)
+            items.append(
+                LtpTick(
+                    market.future.security_id,
+                    "NSE_FNO",
+                    f"{spec.symbol}-FUT",
+                    "FUT",
+                    float(_round_tick(np.array(fut))),
+                    now,
+                    now,
+                    self._next_seq(),
+                )
+            )
+        vix = self.vix + self._vix_extra
+        items.append(
+            LtpTick(
+                synthetic.INDIA_VIX_SECURITY_ID, "IDX_I", "INDIAVIX", "VIX", round(vix, 2), now, now, self._next_seq()
+            )
+        )
+        if with_chain:
+            items.extend(self._chain(market, now) for market in self.markets.values())
+        return items
+
+    def _chain(self, market: _Market, now: dt.datetime) -> ChainSnapshot:
+        spec = market.spec
+        rng = market.rng
+        seconds = (now - self.start).total_seconds()
+        minutes = (now - self.session_open).total_seconds() / 60.0
+        profile = _intraday_shape(max(minutes, 0.0))
+
+        # Market-wide volume and OI evolve for every contract, shown or not.
+        lots = rng.poisson(market.volume_rate * profile)
+        market.volume += lots * spec.lot_size
+        noise = np.round(rng.normal(0.0, np.sqrt(market.volume_rate) * 0.8))
+        market.oi = np.maximum(market.oi + (noise * spec.lot_size).astype(np.int64), 0)
+
+        atm = int(np.argmin(np.abs(market.strikes - market.spot)))
+        lo = max(atm - self.strikes_each_side, 0)
+        hi = min(atm + self.strikes_each_side + 1, len(market.strikes))
+        rows = np.arange(2 * lo, 2 * hi)
+
+        # Scenario events that act on this snapshot.
+        exchange_time = now
+        bad_events = []
+        for event in market.pending_bad:
+            if event.type == "informed_flow":
+                self._start_flow(market, event, atm, now, seconds)
+            else:
+                bad_events.append(event)
+        market.pending_bad.clear()
+
+        for flow in market.flows:
+            if seconds >= flow.oi_start_s and seconds < flow.oi_end_s:
+                market.oi[flow.row] += int(flow.oi_per_interval)
+
+        years = max((market.expiry_close - now).total_seconds(), 600.0) / (365 * 86400)
+        forward = market.spot * math.exp(RATE * years)
+        atm_iv = (self.vix + self._vix_extra) / 100.0 * IV_MULTIPLIER[market.symbol]
+        k = market.strike[rows]
+        is_call = market.option_type[rows] == CE
+        m = np.clip(np.log(k / forward) / (atm_iv * math.sqrt(years)), -4.0, 4.0)
+        iv = atm_iv * (1.0 + 0.05 * m * m - 0.06 * m)
+        g = greeks.all_greeks(market.spot, k, years, RATE, iv, is_call)
+        theo = np.maximum(g.price, TICK)
+
+        multiplier = np.ones(len(rows))
+        for flow in market.flows:
+            position = flow.row - 2 * lo
+            if 0 <= position < len(rows) and seconds >= flow.start_s:
+                progress = min((seconds - flow.start_s) / flow.follow_s, 1.0)
+                multiplier[position] *= 1.0 + flow.jump + flow.follow * progress
+
+        mid = np.maximum(_round_tick(theo * multiplier), TICK)
+        fast = 1.0 + min(abs(market.last_return) / 0.0002, 3.0)
+        spread_ticks = np.ceil((1.0 + 0.25 * np.abs(m) + mid * 0.0004) * fast).astype(np.int64)
+        bid = np.maximum(_round_tick(mid - spread_ticks * TICK / 2.0), TICK)
+        ask = _round_tick(bid + spread_ticks * TICK)
+        side = rng.random(len(rows))
+        last = np.where(side < 0.5, bid, ask)
+        bid_qty = spec.lot_size * rng.integers(4, 60, len(rows))
+        ask_qty = spec.lot_size * rng.integers(4, 60, len(rows))
+
+        snapshot = ChainSnapshot(
+            underlying=spec.symbol,
+            expiry=market.expiry,
+            exchange_time=exchange_time,
+            received_at=now,
+            underlying_ltp=round(market.spot, 2),
+            security_id=market.security_id[rows].copy(),
+            strike=k.copy(),
+            option_type=market.option_type[rows].copy(),
+            last_price=last,
+            oi=market.oi[rows].copy(),
+            prev_oi=market.prev_oi[rows].copy(),
+            volume=market.volume[rows].copy(),
+            bid=bid,
+            ask=ask,
+            bid_qty=bid_qty.astype(np.int64),
+            ask_qty=ask_qty.astype(np.int64),
+            iv=np.round(iv * 100.0, 2),
+            delta=g.delta,
+            gamma=g.gamma,
+            theta=g.theta,
+            vega=g.vega,
+            seq=self._next_seq(),
+        )
+        for event in bad_events:
+            snapshot = self._corrupt(snapshot, event, now)
+        return snapshot
+
+    def _start_flow(self, market: _Market, event: Event, atm: int, now: dt.datetime, seconds: float) -> None:
+        offset = int(event.get("strike_offset", 0))
+        strike_index = int(np.clip(atm + offset, 0, len(market.strikes) - 1))
+        option_type = event.get("option_type", "CE")
+        row = 2 * strike_index + (0 if option_type == "CE" else 1)
+        lot = market.spec.lot_size
+        burst = int(round(market.volume_rate[row] * float(event.get("volume_multiple", 40.0))))
+        market.volume[row] += burst * lot
+        noise_sd = math.sqrt(market.volume_rate[row]) * 0.8
+        oi_minutes = float(event.get("oi_minutes", 2.0))
+        intervals = max(oi_minutes * 60 / CHAIN_EVERY_S, 1)
+        oi_total = float(event.get("oi_build", 12.0 * noise_sd * intervals))
+        market.flows.append(
+            _Flow(
+                row=row,
+                start_s=seconds,
+                jump=float(event.get("jump_pct", 1.0)) / 100.0,
+                follow=float(event.get("follow_through_pct", 0.0)) / 100.0,
+                follow_s=max(float(event.get("follow_minutes", 5.0)) * 60.0, 1.0),
+                oi_per_interval=lot * oi_total / intervals,
+                oi_start_s=seconds + float(event.get("oi_delay_s", 30.0)),
+                oi_end_s=seconds + float(event.get("oi_delay_s", 30.0)) + oi_minutes * 60.0,
+            )
+        )
+        self.injected.append(
+            InjectedEvent(
+                now,
+                "informed_flow",
+                market.symbol,
+                str(market.security_id[row]),
+                float(market.strikes[strike_index]),
+                option_type,
+                dict(event.params),
+            )
+        )
+
+    def _corrupt(self, snapshot: ChainSnapshot, event: Event, now: dt.datetime) -> ChainSnapshot:
+        kind = event.get("kind")
+        count = max(int(event.get("count", 1)), 1)
+        rows = self._rng.choice(len(snapshot), size=min(count, len(snapshot)), replace=False)
+        self.injected.append(
+            InjectedEvent(
+                now,
+                f"bad_ticks:{kind}",
+                snapshot.underlying,
+                ",".join(str(snapshot.security_id[r]) for r in rows),
+                params=dict(event.params),
+            )
+        )
+        if kind == "crossed":
+            snapshot.bid[rows] = snapshot.ask[rows] + 2 * TICK
+        elif kind == "negative":
+            snapshot.last_price[rows] = -snapshot.last_price[rows]
+            snapshot.bid[rows] = -snapshot.bid[rows]
+        elif kind == "nan":
+            snapshot.bid[rows] = np.nan
+            snapshot.ask[rows] = np.nan
+        elif kind == "zero":
+            snapshot.bid[rows] = 0.0
+            snapshot.ask[rows] = 0.0
+            snapshot.last_price[rows] = 0.0
+        elif kind == "stale":
+            snapshot.exchange_time = now - dt.timedelta(seconds=20)
+        elif kind == "missing":
+            strikes = np.unique(snapshot.strike[rows])
+            keep = ~np.isin(snapshot.strike, strikes)
+            for name in (
+                "security_id",
+                "strike",
+                "option_type",
+                "last_price",
+                "oi",
+                "prev_oi",
+                "volume",
+                "bid",
+                "ask",
+                "bid_qty",
+                "ask_qty",
+                "iv",
+                "delta",
+                "gamma",
+                "theta",
+                "vega",
+            ):
+                setattr(snapshot, name, getattr(snapshot, name)[keep])
+            snapshot.flags = np.zeros(int(keep.sum()), dtype=np.uint16)
+        return snapshot
