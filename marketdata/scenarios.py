@@ -6,7 +6,7 @@ A scenario is JSON (a file or a dict) with a list of events, each with a
 * ``informed_flow`` — on one option (``underlying``, ``option_type`` CE/PE,
   ``strike_offset`` in strike steps from ATM at that moment): a volume burst
   (``volume_multiple`` × the normal 3-second volume), a mid-price jump
-  (``jump_pct``), then an OI build-up (``oi_build`` contracts over
+  (``jump_pct``, default 8 %), then an OI build-up (``oi_build`` contracts over
   ``oi_minutes``) and a price follow-through (``follow_through_pct`` over
   ``follow_minutes``; negative for a move against the flow).
 * ``vix_spike`` — India VIX up ``points``, decaying over ``decay_minutes``;

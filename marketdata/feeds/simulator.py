@@ -397,7 +397,7 @@ class SimulatorFeed(Feed):
             _Flow(
                 row=row,
                 start_s=seconds,
-                jump=float(event.get("jump_pct", 1.0)) / 100.0,
+                jump=float(event.get("jump_pct", 8.0)) / 100.0,
                 follow=float(event.get("follow_through_pct", 0.0)) / 100.0,
                 follow_s=max(float(event.get("follow_minutes", 5.0)) * 60.0, 1.0),
                 oi_per_interval=lot * oi_total / intervals,

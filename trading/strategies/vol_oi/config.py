@@ -19,6 +19,8 @@ class VolOiConfig(StrategyConfig):
     jump_window_s: int = bounded(2, minimum=1, maximum=30)
     oi_sigma: float = bounded(1.5, minimum=0.1, help="OI confirmation threshold in σ")
     oi_window_s: int = bounded(240, minimum=30, maximum=1800, help="Confirmation must come within this many seconds")
+    max_strike_offset: int = bounded(3, minimum=0, maximum=20, help="Only strikes this many steps from ATM")
+    min_premium: float = bounded(5.0, minimum=0.05, help="Ignore options cheaper than this (₹): illiquid wings")
     probe_lots: int = bounded(2, minimum=1, maximum=100)
     scale_lots: int = bounded(8, minimum=0, maximum=100)
     hedge_with_future: bool = True
