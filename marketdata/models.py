@@ -85,3 +85,93 @@ class ExchangeHoliday(models.Model):
 
     def __str__(self) -> str:
         return f"{self.exchange} {self.date:%Y-%m-%d} {self.description}".strip()
+
+
+# --- Storage tiers. Raw rows are kept 7 days, minute bars 90 days, derived
+# metrics 2 years (marketdata.retention). Prices are integer paise: exact,
+# compact and fast to COPY. On PostgreSQL the two raw tables are partitioned
+# by day (migration 0002), so retention drops whole partitions.
+
+
+class ChainQuote(models.Model):
+    """One contract's row of one option-chain snapshot."""
+
+    # Keyed on arrival: a feed may resend a snapshot with an old exchange time.
+    pk = models.CompositePrimaryKey("received_at", "security_id")
+    ts = models.DateTimeField(help_text="Exchange time of the snapshot")
+    seq = models.BigIntegerField(help_text="Feed sequence number of the snapshot")
+    underlying = models.CharField(max_length=16)
+    expiry = models.DateField()
+    security_id = models.CharField(max_length=20)
+    strike_paise = models.BigIntegerField()
+    option_type = models.SmallIntegerField(help_text="0 = CE, 1 = PE")
+    last_paise = models.BigIntegerField()
+    bid_paise = models.BigIntegerField()
+    ask_paise = models.BigIntegerField()
+    bid_qty = models.BigIntegerField()
+    ask_qty = models.BigIntegerField()
+    volume = models.BigIntegerField()
+    oi = models.BigIntegerField()
+    prev_oi = models.BigIntegerField()
+    iv = models.FloatField()
+    delta = models.FloatField()
+    gamma = models.FloatField()
+    theta = models.FloatField()
+    vega = models.FloatField()
+    flags = models.IntegerField(default=0)
+    underlying_paise = models.BigIntegerField()
+    received_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["underlying", "ts"], name="chainquote_underlying_ts")]
+        ordering = ["received_at", "seq"]
+
+    def __str__(self) -> str:
+        return f"{self.security_id} @ {self.ts:%Y-%m-%d %H:%M:%S}"
+
+
+class LtpQuote(models.Model):
+    pk = models.CompositePrimaryKey("received_at", "security_id")
+    ts = models.DateTimeField(help_text="Exchange time of the tick")
+    seq = models.BigIntegerField()
+    security_id = models.CharField(max_length=20)
+    exchange_segment = models.CharField(max_length=12)
+    symbol = models.CharField(max_length=32)
+    kind = models.CharField(max_length=5)
+    ltp_paise = models.BigIntegerField()
+    received_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.symbol} {self.ltp_paise / 100:.2f} @ {self.ts:%H:%M:%S}"
+
+
+class MinuteBar(models.Model):
+    minute = models.DateTimeField()
+    security_id = models.CharField(max_length=20)
+    symbol = models.CharField(max_length=40, blank=True)
+    open_paise = models.BigIntegerField()
+    high_paise = models.BigIntegerField()
+    low_paise = models.BigIntegerField()
+    close_paise = models.BigIntegerField()
+    volume = models.BigIntegerField(default=0)
+    oi = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["security_id", "minute"], name="minutebar_security_minute")]
+        indexes = [models.Index(fields=["minute"], name="minutebar_minute")]
+
+    def __str__(self) -> str:
+        return f"{self.security_id} {self.minute:%Y-%m-%d %H:%M}"
+
+
+class DerivedMetric(models.Model):
+    ts = models.DateTimeField(db_index=True)
+    name = models.CharField(max_length=60)
+    key = models.CharField(max_length=40, blank=True)
+    value = models.FloatField()
+
+    class Meta:
+        indexes = [models.Index(fields=["name", "key", "ts"], name="derivedmetric_name_key_ts")]
+
+    def __str__(self) -> str:
+        return f"{self.name}[{self.key}] = {self.value}"

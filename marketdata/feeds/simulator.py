@@ -40,7 +40,9 @@ JUMPS_PER_DAY = 2.0
 
 
 def _round_tick(values: np.ndarray) -> np.ndarray:
-    return np.round(values / TICK) * TICK
+    # The second rounding gives the double nearest to the two-decimal price, so
+    # prices survive a round trip through integer paise unchanged.
+    return np.round(np.round(values / TICK) * TICK, 2)
 
 
 def _intraday_shape(minutes_from_open: float) -> float:
