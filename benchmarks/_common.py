@@ -1,0 +1,40 @@
+"""Shared plumbing for the benchmark scripts: Django set-up, the table, the JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def setup_django(database_url: str | None = None) -> None:
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "quanthub.settings")
+    os.environ.setdefault("LOG_LEVEL", "error")
+    if database_url is not None:
+        os.environ["DATABASE_URL"] = database_url
+    import django
+
+    django.setup()
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--json", metavar="PATH", help="Also write {'benchmark': name, 'metrics': {...}} to PATH.")
+    return p
+
+
+def report(name: str, metrics: dict[str, float], json_path: str | None) -> None:
+    width = max(len(k) for k in metrics)
+    print(f"{name}")
+    print("-" * (width + 16))
+    for key, value in metrics.items():
+        shown = f"{value:,.3f}" if isinstance(value, float) else f"{value:,}"
+        print(f"{key:<{width}}  {shown:>12}")
+    if json_path:
+        Path(json_path).write_text(json.dumps({"benchmark": name, "metrics": metrics}, indent=2) + "\n")
+        print(f"\nwrote {json_path}")
