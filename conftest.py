@@ -14,7 +14,14 @@ from quanthub.roles import COMPLIANCE, RISK_MANAGER, TRADER
 
 @pytest.fixture
 def make_user(db, django_user_model):
+    from django.apps import apps
     from django.contrib.auth.models import Group
+
+    from quanthub.roles import ROLES, sync_roles
+
+    # Transactional tests flush the rows data migrations created; put the roles back.
+    if Group.objects.filter(name__in=ROLES).count() < len(ROLES):
+        sync_roles(apps)
 
     def make(username: str, *roles: str, password: str = "a-long-test-password", **extra):
         user = django_user_model.objects.create_user(username=username, password=password, is_staff=True, **extra)
@@ -46,3 +53,17 @@ def demo_market(db):
     from marketdata.demo import ensure_demo_instruments
 
     return ensure_demo_instruments()
+
+
+@pytest.fixture(autouse=True)
+def _close_sync_thread_connections():
+    """Async tests reach the database through asgiref's single sync thread; close
+    that thread's connection after each test so PostgreSQL test databases can be
+    dropped at the end of the run."""
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    executor = SyncToAsync.single_thread_executor
+    if not getattr(executor, "_shutdown", False):
+        executor.submit(connections.close_all).result(timeout=10)

@@ -180,5 +180,8 @@ class Broker(abc.ABC):
     async def kill_switch(self, activate: bool = True) -> bool:
         """Dhan's account kill switch; accepted only with no positions and no pending orders."""
 
+    async def on_market_data(self) -> None:  # noqa: B027  (optional hook)
+        """Called after each book update; a simulated exchange matches resting orders here."""
+
     async def close(self) -> None:  # noqa: B027  (optional hook)
         """Release threads and connections."""

@@ -1,0 +1,126 @@
+"""Fills into positions and round-trip trades.
+
+Called inside the transaction that records a fill, so a fill, its position
+change and (when flat again) the closed trade commit together. Idempotent:
+a fill whose broker trade id is already stored changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+from django.db.models import Q, Sum
+
+from trading.models import Fill, Order, Position, Trade
+
+ZERO = Decimal("0")
+CENT = Decimal("0.01")
+
+
+def charges_for(order: Order, quantity: int, price: Decimal, first_fill: bool, at: dt.datetime) -> Decimal:
+    """Charges on a fill, from the versioned rates in ``risk.charges`` when that
+    module is installed; zero otherwise."""
+    try:
+        from risk.charges import charges_for_fill
+    except ImportError:
+        return ZERO
+    return charges_for_fill(
+        instrument_kind=order.instrument.kind,
+        side=order.side,
+        quantity=quantity,
+        price=price,
+        new_order=first_fill,
+        on=at.date(),
+    )
+
+
+def apply_fill(
+    order: Order, *, trade_id: str, quantity: int, price: Decimal, at: dt.datetime
+) -> tuple[Fill | None, Position | None, Trade | None]:
+    """Record one fill (inside the caller's transaction). Returns (fill, position, closed trade)."""
+    if Fill.objects.filter(broker_trade_id=trade_id).exists():
+        return None, None, None
+    first_fill = not order.fills.exists()
+    charges = charges_for(order, quantity, price, first_fill, at).quantize(CENT)
+    fill = Fill.objects.create(
+        order=order, broker_trade_id=trade_id, quantity=quantity, price=price, filled_at=at, charges=charges
+    )
+    position, _ = Position.objects.select_for_update().get_or_create(
+        account=order.account,
+        strategy=order.strategy,
+        instrument=order.instrument,
+        defaults={"signal": order.signal},
+    )
+    signed = quantity if order.side == Order.Side.BUY else -quantity
+    held = position.net_quantity
+    realised = ZERO
+    if held == 0:
+        position.opened_at = at
+        position.signal = order.signal or position.signal
+        position.realised_pnl = ZERO
+        position.charges = ZERO
+    if held * signed < 0:
+        closing = min(abs(signed), abs(held))
+        realised = (price - position.average_price) * closing * (1 if held > 0 else -1)
+        new_qty = held + signed
+        if new_qty == 0:
+            position.average_price = ZERO
+        elif new_qty * held < 0:
+            position.average_price = price
+    else:
+        new_qty = held + signed
+        position.average_price = (position.average_price * abs(held) + price * abs(signed)) / abs(new_qty)
+    position.average_price = position.average_price.quantize(Decimal("0.0001"))
+    position.net_quantity = new_qty
+    position.realised_pnl += realised.quantize(CENT)
+    position.charges += charges
+    position.last_price = price
+    if new_qty == 0:
+        position.unrealised_pnl = ZERO
+    trade = _close_round_trip(position, order, at) if new_qty == 0 and held != 0 else None
+    position.save()
+    return fill, position, trade
+
+
+def _close_round_trip(position: Position, order: Order, at: dt.datetime) -> Trade:
+    fills = Fill.objects.filter(
+        order__account=position.account, order__instrument=position.instrument, filled_at__gte=position.opened_at
+    ).filter(Q(order__strategy=position.strategy) if position.strategy_id else Q(order__strategy__isnull=True))
+    buys = fills.filter(order__side=Order.Side.BUY).aggregate(q=Sum("quantity"), c=Sum("charges"))
+    sells = fills.filter(order__side=Order.Side.SELL).aggregate(q=Sum("quantity"), c=Sum("charges"))
+    buy_value = sum((f.quantity * f.price for f in fills.filter(order__side=Order.Side.BUY)), ZERO)
+    sell_value = sum((f.quantity * f.price for f in fills.filter(order__side=Order.Side.SELL)), ZERO)
+    buy_qty, sell_qty = buys["q"] or 0, sells["q"] or 0
+    first = fills.order_by("filled_at", "pk").select_related("order").first()
+    long = first is None or first.order.side == Order.Side.BUY
+    quantity = buy_qty if long else sell_qty
+    entry_value, exit_value = (buy_value, sell_value) if long else (sell_value, buy_value)
+    gross = (sell_value - buy_value).quantize(CENT)
+    charges = ((buys["c"] or ZERO) + (sells["c"] or ZERO)).quantize(CENT)
+    entry_price = (entry_value / quantity).quantize(Decimal("0.01")) if quantity else ZERO
+    exit_price = (exit_value / quantity).quantize(Decimal("0.01")) if quantity else ZERO
+    stop_distance = abs(entry_price - position.stop_price) if position.stop_price else ZERO
+    return Trade.objects.create(
+        account=position.account,
+        strategy=position.strategy,
+        signal=position.signal,
+        instrument=position.instrument,
+        direction=Trade.Direction.LONG if long else Trade.Direction.SHORT,
+        quantity=quantity,
+        entry_price=entry_price,
+        exit_price=exit_price,
+        opened_at=position.opened_at,
+        closed_at=at,
+        gross_pnl=gross,
+        charges=charges,
+        net_pnl=gross - charges,
+        exit_reason=order.reason[:40] if order.purpose in (Order.Purpose.EXIT, Order.Purpose.KILL) else "",
+        risk_amount=(stop_distance * quantity).quantize(CENT),
+    )
+
+
+def mark_to_market(position: Position, last_price: Decimal) -> None:
+    """Unrealised P&L at ``last_price`` (the caller saves)."""
+    position.last_price = last_price
+    position.unrealised_pnl = ((last_price - position.average_price) * position.net_quantity).quantize(CENT)

@@ -1,0 +1,469 @@
+"""The paper broker: a fill simulator behind the same interface as Dhan.
+
+It fills against the current top of book (``marketdata.book.QuoteBook``):
+buys at the ask, sells at the bid, never more than the quoted size per quote,
+so large orders fill partially and the rest rests until the book refreshes.
+Market orders become limit orders with market price protection, as Dhan
+treats them, so they can rest unfilled in a fast market. It rejects, with
+Dhan-style codes, orders above the freeze quantity, off lot size, outside
+the price band, without margin, or while the kill switch is on. The account
+(orders, trades, positions, cash) lives in the database, so a restarted
+engine sees the same book.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+import random
+from dataclasses import dataclass
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F
+
+from marketdata.book import QuoteBook
+from marketdata.models import Instrument
+from quanthub.clock import Clock, RealClock
+from trading.brokers.base import (
+    Broker,
+    BrokerOrder,
+    BrokerPosition,
+    BrokerStatus,
+    BrokerTrade,
+    Funds,
+    OrderType,
+    PlaceRequest,
+    Rejected,
+    Side,
+)
+from trading.checkpoints import checkpoint
+from trading.models import PaperAccount, PaperOrder, PaperPosition, PaperTrade
+
+TICK = Decimal("0.05")
+OPEN_STATUSES = (BrokerStatus.PENDING, BrokerStatus.PART_TRADED)
+MARKET_PROTECTION = Decimal("0.03")  # market orders become limits 3 % through the touch
+PRICE_BAND = Decimal("0.40")  # limit prices further than this from the touch are refused
+MIN_BAND = Decimal("5")
+SPAN_OPTION_SHORT = Decimal("0.12")  # of underlying notional, SPAN + exposure, approximately
+SPAN_FUTURE = Decimal("0.14")  # of future notional
+MAX_MODIFICATIONS = 25  # Dhan's cap per order
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    security_id: str
+    kind: str
+    lot_size: int
+    freeze_quantity: int
+    underlying_security_id: str
+
+
+def _tick_floor(value: Decimal) -> Decimal:
+    return (value / TICK).to_integral_value(ROUND_FLOOR) * TICK
+
+
+def _tick_ceil(value: Decimal) -> Decimal:
+    return (value / TICK).to_integral_value(ROUND_CEILING) * TICK
+
+
+class PaperBroker(Broker):
+    name = "paper"
+
+    def __init__(
+        self,
+        *,
+        account: str = "default",
+        clock: Clock | None = None,
+        book: QuoteBook | None = None,
+        seed: int = 7,
+        latency_ms: tuple[float, float] = (0.0, 0.0),
+        capital: Decimal | None = None,
+    ):
+        self.account = account
+        self.clock = clock or RealClock()
+        self.book = book or QuoteBook()
+        self.latency_ms = latency_ms
+        self._rng = random.Random(seed)  # noqa: S311 (a simulation, not security)
+        self._capital = Decimal(capital if capital is not None else settings.QUANTHUB_PAPER_CAPITAL)
+        self._specs: dict[str, _Spec] = {}
+        self._ids = itertools.count(1)
+        self._consumed: dict[tuple[str, dt.datetime, str], int] = {}
+
+    @classmethod
+    def from_options(cls, *, account="default", clock=None, book=None, seed=7, **options) -> PaperBroker:
+        known = {"latency_ms", "capital"}
+        return cls(
+            account=account, clock=clock, book=book, seed=seed, **{k: v for k, v in options.items() if k in known}
+        )
+
+    # --- helpers ------------------------------------------------------------------
+
+    async def _latency(self) -> None:
+        mean, jitter = self.latency_ms
+        if mean > 0:
+            await asyncio.sleep(max(self._rng.gauss(mean, jitter), 0.0) / 1000.0)
+
+    def _spec(self, security_id: str) -> _Spec:
+        spec = self._specs.get(security_id)
+        if spec is None:
+            row = (
+                Instrument.objects.filter(security_id=security_id, is_active=True)
+                .values_list("kind", "lot_size", "freeze_quantity", "underlying__security_id")
+                .first()
+            )
+            if row is None:
+                raise Rejected("DH-905", f"Unknown security id {security_id}")
+            spec = _Spec(security_id, *row)
+            self._specs[security_id] = spec
+        return spec
+
+    def _account(self) -> PaperAccount:
+        account, _ = PaperAccount.objects.get_or_create(account=self.account, defaults={"cash": self._capital})
+        return account
+
+    def _new_id(self, prefix: str) -> str:
+        return f"{prefix}{self.clock.now():%y%m%d%H%M%S}{next(self._ids):06d}{self._rng.randrange(1000):03d}"
+
+    @staticmethod
+    def _to_order(o: PaperOrder) -> BrokerOrder:
+        return BrokerOrder(
+            broker_order_id=o.broker_order_id,
+            correlation_id=o.correlation_id,
+            security_id=o.security_id,
+            exchange_segment=o.exchange_segment,
+            side=Side(o.side),
+            order_type=OrderType(o.order_type),
+            quantity=o.quantity,
+            price=o.price,
+            status=BrokerStatus(o.status),
+            filled_quantity=o.filled_quantity,
+            average_price=o.average_price,
+            reject_code=o.reject_code,
+            reason=o.reason,
+            updated_at=o.updated_at,
+        )
+
+    # --- margin -------------------------------------------------------------------
+
+    def _margin_for(self, spec: _Spec, side: str, quantity: int, price: Decimal) -> Decimal:
+        """Margin an order needs, net of what it closes."""
+        position = PaperPosition.objects.filter(account=self.account, security_id=spec.security_id).first()
+        held = position.net_quantity if position else 0
+        signed = quantity if side == Side.BUY else -quantity
+        closing = min(abs(signed), abs(held)) if held * signed < 0 else 0
+        opening = abs(signed) - closing
+        if opening == 0:
+            return Decimal("0")
+        if spec.kind == "FUT":
+            return opening * price * SPAN_FUTURE
+        if side == Side.BUY:
+            return opening * price  # long option: the premium
+        return opening * self._underlying_price(spec) * SPAN_OPTION_SHORT
+
+    def _underlying_price(self, spec: _Spec) -> Decimal:
+        quote = self.book.get(spec.underlying_security_id)
+        return Decimal(str(quote.last)) if quote else Decimal("0")
+
+    def _funds(self) -> Funds:
+        account = self._account()
+        blocked = sum(
+            (o.margin_blocked for o in PaperOrder.objects.filter(account=self.account, status__in=OPEN_STATUSES)),
+            Decimal("0"),
+        )
+        utilised = blocked
+        for position in PaperPosition.objects.filter(account=self.account).exclude(net_quantity=0):
+            spec = self._spec(position.security_id)
+            notional = abs(position.net_quantity) * position.average_price
+            if spec.kind == "FUT":
+                utilised += notional * SPAN_FUTURE
+            elif position.net_quantity > 0:
+                utilised += notional  # premium paid is capital in use
+            else:
+                utilised += abs(position.net_quantity) * self._underlying_price(spec) * SPAN_OPTION_SHORT
+        total = account.cash + sum(
+            (
+                abs(p.net_quantity) * p.average_price
+                for p in PaperPosition.objects.filter(account=self.account, net_quantity__gt=0)
+                if self._spec(p.security_id).kind != "FUT"
+            ),
+            Decimal("0"),
+        )
+        available = total - utilised
+        return Funds(
+            available=available.quantize(Decimal("0.01")),
+            utilised=utilised.quantize(Decimal("0.01")),
+            total=total.quantize(Decimal("0.01")),
+        )
+
+    # --- the interface ------------------------------------------------------------
+
+    async def place_order(self, request: PlaceRequest) -> BrokerOrder:
+        await self._latency()
+        return await sync_to_async(self._place, thread_sensitive=True)(request)
+
+    def _place(self, request: PlaceRequest) -> BrokerOrder:
+        account = self._account()
+        if account.kill_switch_active:
+            raise Rejected("DH-906", "Kill switch is active for this account")
+        spec = self._spec(request.security_id)
+        if request.quantity <= 0 or request.quantity % spec.lot_size:
+            raise Rejected("DH-905", f"Quantity {request.quantity} is not a multiple of the lot size {spec.lot_size}")
+        if request.quantity > spec.freeze_quantity:
+            raise Rejected("DH-906", f"Quantity {request.quantity} exceeds the freeze quantity {spec.freeze_quantity}")
+        quote = self.book.get(request.security_id)
+        if quote is None:
+            raise Rejected("DH-906", "No market for this instrument")
+        touch = Decimal(str(quote.ask if request.side == Side.BUY else quote.bid))
+        if request.order_type == OrderType.MARKET:
+            price = (
+                _tick_ceil(touch * (1 + MARKET_PROTECTION))
+                if request.side == Side.BUY
+                else max(_tick_floor(touch * (1 - MARKET_PROTECTION)), TICK)
+            )
+        else:
+            if request.price is None or request.price <= 0:
+                raise Rejected("DH-905", "A limit order needs a positive price")
+            price = request.price
+            if price % TICK:
+                raise Rejected("DH-905", f"Price {price} is not on the ₹{TICK} tick")
+        band = max(touch * PRICE_BAND, MIN_BAND)
+        if abs(price - touch) > band:
+            raise Rejected("DH-906", f"Price {price} is outside the price band around {touch}")
+        margin = self._margin_for(spec, request.side, request.quantity, price)
+        funds = self._funds()
+        if margin > funds.available:
+            raise Rejected("DH-906", f"Insufficient margin: needs ₹{margin:.2f}, available ₹{funds.available:.2f}")
+        now = self.clock.now()
+        order = PaperOrder(
+            account=self.account,
+            broker_order_id=self._new_id("P"),
+            correlation_id=request.correlation_id,
+            security_id=request.security_id,
+            exchange_segment=request.exchange_segment,
+            side=request.side,
+            order_type=OrderType.LIMIT,
+            quantity=request.quantity,
+            price=price,
+            status=BrokerStatus.PENDING,
+            margin_blocked=margin,
+            created_at=now,
+            updated_at=now,
+        )
+        checkpoint("broker.before_commit")
+        try:
+            with transaction.atomic():
+                order.save()
+        except IntegrityError:
+            raise Rejected("DH-906", f"Duplicate correlation id {request.correlation_id}") from None
+        checkpoint("broker.after_commit")
+        self._match(order)
+        order.refresh_from_db()
+        return self._to_order(order)
+
+    def _match(self, order: PaperOrder) -> None:
+        """Fill what the current quote allows; each quote's size is consumed once."""
+        quote = self.book.get(order.security_id)
+        remaining = order.quantity - order.filled_quantity
+        if quote is None or remaining <= 0:
+            return
+        if order.side == Side.BUY:
+            touch, size = Decimal(str(quote.ask)), int(quote.ask_qty)
+            crosses = order.price >= touch
+        else:
+            touch, size = Decimal(str(quote.bid)), int(quote.bid_qty)
+            crosses = order.price <= touch
+        if not crosses or touch <= 0:
+            return
+        key = (order.security_id, quote.at, order.side)
+        available = size - self._consumed.get(key, 0)
+        spec = self._spec(order.security_id)
+        quantity = min(remaining, available) // spec.lot_size * spec.lot_size
+        if quantity <= 0:
+            return
+        self._consumed[key] = self._consumed.get(key, 0) + quantity
+        self._fill(order, quantity, touch)
+
+    def _fill(self, order: PaperOrder, quantity: int, price: Decimal) -> None:
+        now = self.clock.now()
+        with transaction.atomic():
+            locked = PaperOrder.objects.select_for_update().get(pk=order.pk)
+            if locked.status not in OPEN_STATUSES:
+                return
+            filled = locked.filled_quantity + quantity
+            average = ((locked.average_price or Decimal("0")) * locked.filled_quantity + price * quantity) / filled
+            status = BrokerStatus.TRADED if filled == locked.quantity else BrokerStatus.PART_TRADED
+            spec = self._spec(locked.security_id)
+            blocked = locked.margin_blocked * (locked.quantity - filled) / locked.quantity
+            PaperOrder.objects.filter(pk=locked.pk).update(
+                filled_quantity=filled,
+                average_price=average.quantize(Decimal("0.0001")),
+                status=status,
+                updated_at=now,
+                margin_blocked=blocked.quantize(Decimal("0.01")),
+            )
+            PaperTrade.objects.create(
+                order=locked, trade_id=self._new_id("T"), quantity=quantity, price=price, traded_at=now
+            )
+            self._book_position(locked, spec, quantity, price)
+
+    def _book_position(self, order: PaperOrder, spec: _Spec, quantity: int, price: Decimal) -> None:
+        position, _ = PaperPosition.objects.select_for_update().get_or_create(
+            account=self.account, exchange_segment=order.exchange_segment, security_id=order.security_id
+        )
+        signed = quantity if order.side == Side.BUY else -quantity
+        held = position.net_quantity
+        realised = Decimal("0")
+        if held * signed < 0:  # closing (part of) the position
+            closing = min(abs(signed), abs(held))
+            direction = 1 if held > 0 else -1
+            realised = (price - position.average_price) * closing * direction
+            new_qty = held + signed
+            if new_qty * held < 0:  # flipped through zero
+                position.average_price = price
+            elif new_qty == 0:
+                position.average_price = Decimal("0")
+        else:
+            new_qty = held + signed
+            position.average_price = (position.average_price * abs(held) + price * abs(signed)) / abs(new_qty)
+        position.net_quantity = new_qty
+        position.realised_pnl += realised
+        position.average_price = position.average_price.quantize(Decimal("0.0001"))
+        position.save()
+        # Cash: option premium changes hands; futures settle only realised P&L.
+        cash_change = realised if spec.kind == "FUT" else -price * signed
+        PaperAccount.objects.filter(account=self.account).update(
+            cash=F("cash") + cash_change, realised_pnl=F("realised_pnl") + realised
+        )
+
+    async def on_market_data(self) -> None:
+        await sync_to_async(self._match_resting, thread_sensitive=True)()
+
+    def _match_resting(self) -> None:
+        for order in PaperOrder.objects.filter(account=self.account, status__in=OPEN_STATUSES).order_by("created_at"):
+            self._match(order)
+
+    async def modify_order(
+        self, broker_order_id: str, *, price: Decimal | None = None, quantity: int | None = None
+    ) -> BrokerOrder:
+        await self._latency()
+        return await sync_to_async(self._modify, thread_sensitive=True)(broker_order_id, price, quantity)
+
+    def _modify(self, broker_order_id: str, price: Decimal | None, quantity: int | None) -> BrokerOrder:
+        with transaction.atomic():
+            order = (
+                PaperOrder.objects.select_for_update()
+                .filter(account=self.account, broker_order_id=broker_order_id)
+                .first()
+            )
+            if order is None:
+                raise Rejected("DH-906", f"No order {broker_order_id}")
+            if order.status not in OPEN_STATUSES:
+                raise Rejected("DH-906", f"Order {broker_order_id} is {order.status}, not open")
+            if order.modifications >= MAX_MODIFICATIONS:
+                raise Rejected("DH-906", f"Order {broker_order_id} reached {MAX_MODIFICATIONS} modifications")
+            if price is not None:
+                if price <= 0 or price % TICK:
+                    raise Rejected("DH-905", f"Price {price} is not a positive price on the tick")
+                order.price = price
+            if quantity is not None:
+                spec = self._spec(order.security_id)
+                if quantity < order.filled_quantity or quantity % spec.lot_size or quantity > spec.freeze_quantity:
+                    raise Rejected("DH-905", f"Quantity {quantity} is not valid for this order")
+                order.quantity = quantity
+            order.modifications += 1
+            order.updated_at = self.clock.now()
+            order.save()
+        self._match(order)
+        order.refresh_from_db()
+        return self._to_order(order)
+
+    async def cancel_order(self, broker_order_id: str) -> BrokerOrder:
+        await self._latency()
+        return await sync_to_async(self._cancel, thread_sensitive=True)(broker_order_id)
+
+    def _cancel(self, broker_order_id: str) -> BrokerOrder:
+        with transaction.atomic():
+            order = (
+                PaperOrder.objects.select_for_update()
+                .filter(account=self.account, broker_order_id=broker_order_id)
+                .first()
+            )
+            if order is None:
+                raise Rejected("DH-906", f"No order {broker_order_id}")
+            if order.status not in OPEN_STATUSES:
+                raise Rejected("DH-906", f"Order {broker_order_id} is {order.status}, not open")
+            PaperOrder.objects.filter(pk=order.pk).update(
+                status=BrokerStatus.CANCELLED, margin_blocked=0, updated_at=self.clock.now()
+            )
+        order.refresh_from_db()
+        return self._to_order(order)
+
+    async def get_order(self, broker_order_id: str) -> BrokerOrder:
+        def get():
+            order = PaperOrder.objects.filter(account=self.account, broker_order_id=broker_order_id).first()
+            if order is None:
+                raise Rejected("DH-906", f"No order {broker_order_id}")
+            return self._to_order(order)
+
+        return await sync_to_async(get, thread_sensitive=True)()
+
+    async def get_order_by_correlation(self, correlation_id: str) -> BrokerOrder | None:
+        def get():
+            order = PaperOrder.objects.filter(account=self.account, correlation_id=correlation_id).first()
+            return None if order is None else self._to_order(order)
+
+        return await sync_to_async(get, thread_sensitive=True)()
+
+    async def order_book(self) -> list[BrokerOrder]:
+        def get():
+            return [self._to_order(o) for o in PaperOrder.objects.filter(account=self.account)]
+
+        return await sync_to_async(get, thread_sensitive=True)()
+
+    async def trade_book(self) -> list[BrokerTrade]:
+        def get():
+            return [
+                BrokerTrade(
+                    trade_id=t.trade_id,
+                    broker_order_id=t.order.broker_order_id,
+                    correlation_id=t.order.correlation_id,
+                    security_id=t.order.security_id,
+                    exchange_segment=t.order.exchange_segment,
+                    side=Side(t.order.side),
+                    quantity=t.quantity,
+                    price=t.price,
+                    traded_at=t.traded_at,
+                )
+                for t in PaperTrade.objects.filter(order__account=self.account).select_related("order")
+            ]
+
+        return await sync_to_async(get, thread_sensitive=True)()
+
+    async def positions(self) -> list[BrokerPosition]:
+        def get():
+            return [
+                BrokerPosition(p.security_id, p.exchange_segment, p.net_quantity, p.average_price, p.realised_pnl)
+                for p in PaperPosition.objects.filter(account=self.account).exclude(net_quantity=0)
+            ]
+
+        return await sync_to_async(get, thread_sensitive=True)()
+
+    async def funds(self) -> Funds:
+        return await sync_to_async(self._funds, thread_sensitive=True)()
+
+    async def kill_switch(self, activate: bool = True) -> bool:
+        def switch():
+            if activate:
+                if PaperOrder.objects.filter(account=self.account, status__in=OPEN_STATUSES).exists():
+                    raise Rejected("DH-906", "Kill switch needs no pending orders")
+                if PaperPosition.objects.filter(account=self.account).exclude(net_quantity=0).exists():
+                    raise Rejected("DH-906", "Kill switch needs no open positions")
+            self._account()
+            PaperAccount.objects.filter(account=self.account).update(kill_switch_active=activate)
+            return activate
+
+        return await sync_to_async(switch, thread_sensitive=True)()

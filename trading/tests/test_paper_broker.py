@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+
+from trading.brokers.base import BrokerStatus, OrderType, PlaceRequest, Rejected, Side
+from trading.brokers.paper import PaperBroker
+from trading.models import PaperOrder
+from trading.tests.conftest import quote
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def req(instrument, side=Side.BUY, quantity=None, price="100.00", cid="C1", order_type=OrderType.LIMIT):
+    return PlaceRequest(
+        cid,
+        instrument.security_id,
+        instrument.exchange_segment,
+        side,
+        quantity or instrument.lot_size,
+        order_type,
+        Decimal(price) if price else None,
+    )
+
+
+async def test_a_buy_fills_at_the_ask_and_a_sell_at_the_bid(paper, book, clock, option):
+    quote(book, clock, option, "99.90", "100.00")
+    bought = await paper.place_order(req(option, price="100.05", cid="B1"))
+    assert bought.status == BrokerStatus.TRADED and bought.average_price == Decimal("100.00")
+    clock.advance(1)
+    quote(book, clock, option, "101.00", "101.10")
+    sold = await paper.place_order(req(option, Side.SELL, price="100.90", cid="S1"))
+    assert sold.status == BrokerStatus.TRADED and sold.average_price == Decimal("101.00")
+    assert await paper.positions() == []
+    trades = await paper.trade_book()
+    assert [t.price for t in trades] == [Decimal("100.00"), Decimal("101.00")]
+
+
+async def test_more_than_the_top_of_book_fills_partially_and_rests(paper, book, clock, option):
+    lot = option.lot_size
+    quote(book, clock, option, "99.90", "100.00", ask_qty=2 * lot)
+    ack = await paper.place_order(req(option, quantity=5 * lot, price="100.00"))
+    assert ack.status == BrokerStatus.PART_TRADED and ack.filled_quantity == 2 * lot
+    await paper.on_market_data()  # the same quote does not fill twice
+    assert (await paper.get_order(ack.broker_order_id)).filled_quantity == 2 * lot
+    clock.advance(3)
+    quote(book, clock, option, "99.90", "100.00", ask_qty=10 * lot)
+    await paper.on_market_data()
+    assert (await paper.get_order(ack.broker_order_id)).status == BrokerStatus.TRADED
+
+
+async def test_a_market_order_becomes_a_protected_limit_and_can_rest(paper, book, clock, option):
+    lot = option.lot_size
+    quote(book, clock, option, "99.90", "100.00", ask_qty=lot)
+    ack = await paper.place_order(req(option, price=None, order_type=OrderType.MARKET))
+    assert ack.order_type == OrderType.LIMIT and ack.price == Decimal("103.00")
+    assert ack.status == BrokerStatus.TRADED
+    # The touch's size is gone; the next market order rests at its protected price…
+    resting = await paper.place_order(req(option, price=None, cid="M2", order_type=OrderType.MARKET))
+    assert resting.status == BrokerStatus.PENDING and resting.price == Decimal("103.00")
+    # …and stays unfilled when the market runs through the protection.
+    clock.advance(1)
+    quote(book, clock, option, "110.00", "110.10", ask_qty=10 * lot)
+    await paper.on_market_data()
+    assert (await paper.get_order(resting.broker_order_id)).status == BrokerStatus.PENDING
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "code", "message"),
+    [
+        ({"quantity": 1}, "DH-905", "not a multiple of the lot size"),
+        ({"price": "100.03"}, "DH-905", "not on the"),
+        ({"price": "250.00"}, "DH-906", "outside the price band"),
+    ],
+)
+async def test_it_rejects_bad_orders_with_dhan_codes(paper, book, clock, option, kwargs, code, message):
+    quote(book, clock, option, "99.90", "100.00")
+    with pytest.raises(Rejected) as excinfo:
+        await paper.place_order(req(option, **kwargs))
+    assert excinfo.value.code == code and message in excinfo.value.message
+    assert not await PaperOrder.objects.acount()
+
+
+async def test_it_rejects_an_order_above_the_freeze_quantity(paper, book, clock, option):
+    quote(book, clock, option, "99.90", "100.00")
+    too_big = (option.freeze_quantity // option.lot_size + 1) * option.lot_size
+    with pytest.raises(Rejected, match="exceeds the freeze quantity"):
+        await paper.place_order(req(option, quantity=too_big))
+
+
+async def test_it_rejects_insufficient_margin(book, clock, option):
+    poor = PaperBroker(clock=clock, book=book, capital=Decimal("5000"))
+    quote(book, clock, option, "99.90", "100.00")
+    with pytest.raises(Rejected, match="Insufficient margin"):
+        await poor.place_order(req(option))
+
+
+async def test_short_options_and_futures_block_span_like_margin(paper, book, clock, option, future):
+    quote(book, clock, future, "24540.00", "24540.10")
+    quote(book, clock, option, "99.90", "100.00")
+    before = await paper.funds()
+    await paper.place_order(req(future, price="24540.10", cid="F1"))
+    after_future = await paper.funds()
+    assert after_future.utilised - before.utilised == pytest.approx(
+        Decimal("24540.10") * future.lot_size * Decimal("0.14"), rel=Decimal("0.001")
+    )
+    await paper.place_order(req(option, Side.SELL, price="99.90", cid="SO"))
+    after_short = await paper.funds()
+    assert after_short.utilised - after_future.utilised == pytest.approx(
+        Decimal("24500.0") * option.lot_size * Decimal("0.12"), rel=Decimal("0.01")
+    )
+
+
+async def test_the_account_survives_a_restart(paper, book, clock, option):
+    quote(book, clock, option, "99.90", "100.00")
+    await paper.place_order(req(option, price="100.00"))
+    restarted = PaperBroker(clock=clock, book=book)
+    positions = await restarted.positions()
+    assert [(p.security_id, p.net_quantity) for p in positions] == [(option.security_id, option.lot_size)]
+    assert (await restarted.get_order_by_correlation("C1")).status == BrokerStatus.TRADED
+    assert await restarted.get_order_by_correlation("nope") is None
+
+
+async def test_modify_and_cancel_and_the_kill_switch(paper, book, clock, option):
+    quote(book, clock, option, "99.90", "100.00")
+    resting = await paper.place_order(req(option, price="99.00"))
+    assert resting.status == BrokerStatus.PENDING
+    with pytest.raises(Rejected, match="no pending orders"):
+        await paper.kill_switch(True)
+    modified = await paper.modify_order(resting.broker_order_id, price=Decimal("99.50"))
+    assert modified.price == Decimal("99.50")
+    cancelled = await paper.cancel_order(resting.broker_order_id)
+    assert cancelled.status == BrokerStatus.CANCELLED
+    with pytest.raises(Rejected, match="not open"):
+        await paper.cancel_order(resting.broker_order_id)
+    assert await paper.kill_switch(True) is True
+    with pytest.raises(Rejected, match="Kill switch is active"):
+        await paper.place_order(req(option, cid="after-kill"))
+
+
+async def test_a_duplicate_correlation_id_is_refused(paper, book, clock, option):
+    quote(book, clock, option, "99.90", "100.00")
+    await paper.place_order(req(option, price="99.00", cid="DUP"))
+    with pytest.raises(Rejected, match="Duplicate correlation id"):
+        await paper.place_order(req(option, price="99.00", cid="DUP"))
+    assert await PaperOrder.objects.filter(correlation_id="DUP").acount() == 1
+
+
+def test_time_passes(clock):
+    assert clock.advance(1) > clock.now() - dt.timedelta(seconds=2)
