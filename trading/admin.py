@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 
 from trading import services
-from trading.models import Fill, Order, Position, Signal, Strategy, Trade
+from trading.models import Fill, Order, Position, ReconciliationBreak, Signal, Strategy, Trade
 
 
 @admin.register(Strategy)
@@ -138,3 +138,46 @@ class TradeAdmin(ReadOnlyAdmin):
     list_filter = ("strategy", "direction", "exit_reason")
     search_fields = ("instrument__trading_symbol",)
     date_hierarchy = "closed_at"
+
+
+@admin.register(ReconciliationBreak)
+class ReconciliationBreakAdmin(admin.ModelAdmin):
+    """Differences between the broker and us. Trading stays HALTED while any is open."""
+
+    list_display = ("kind", "key", "account", "detected_at", "resolved_at", "resolved_by", "resolution")
+    list_filter = ("kind", "account", ("resolved_at", admin.EmptyFieldListFilter))
+    search_fields = ("key",)
+    readonly_fields = ("account", "kind", "key", "ours", "broker", "detected_at", "resolved_at", "resolved_by")
+    fields = ("account", "kind", "key", "ours", "broker", "detected_at", "resolution", "resolved_at", "resolved_by")
+    actions = ("adopt", "mark_resolved")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.has_perm("trading.resolve_reconciliation")
+
+    def save_model(self, request, obj, form, change):
+        from trading.reconcile import resolve_break
+
+        if "resolution" in form.changed_data:
+            resolve_break(obj, actor=request.user.get_username(), resolution=obj.resolution)
+
+    @admin.action(description="Adopt the selected external orders", permissions=["change"])
+    def adopt(self, request, queryset):
+        from trading.reconcile import adopt_external_order
+
+        for item in queryset.filter(kind=ReconciliationBreak.Kind.EXTRA_AT_BROKER, resolved_at__isnull=True):
+            order = adopt_external_order(item, actor=request.user.get_username())
+            self.message_user(request, f"Adopted {order.client_order_id}.", messages.SUCCESS)
+
+    @admin.action(description="Mark the selected breaks as fixed", permissions=["change"])
+    def mark_resolved(self, request, queryset):
+        from trading.reconcile import resolve_break
+
+        for item in queryset.filter(resolved_at__isnull=True):
+            resolve_break(item, actor=request.user.get_username(), resolution="fixed by a risk manager in the admin")
+        self.message_user(request, "Marked as fixed.", messages.SUCCESS)

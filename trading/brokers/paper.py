@@ -17,6 +17,7 @@ import asyncio
 import datetime as dt
 import itertools
 import random
+import secrets
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 
@@ -126,7 +127,8 @@ class PaperBroker(Broker):
         return account
 
     def _new_id(self, prefix: str) -> str:
-        return f"{prefix}{self.clock.now():%y%m%d%H%M%S}{next(self._ids):06d}{self._rng.randrange(1000):03d}"
+        # Unique across restarts and processes (a counter alone restarts at 1).
+        return f"{prefix}{self.clock.now():%y%m%d}{secrets.token_hex(7).upper()}"
 
     @staticmethod
     def _to_order(o: PaperOrder) -> BrokerOrder:
@@ -254,10 +256,13 @@ class PaperBroker(Broker):
             updated_at=now,
         )
         checkpoint("broker.before_commit")
+        if PaperOrder.objects.filter(correlation_id=request.correlation_id).exists():
+            raise Rejected("DH-906", f"Duplicate correlation id {request.correlation_id}")
         try:
             with transaction.atomic():
                 order.save()
         except IntegrityError:
+            # Two requests with one correlation id raced; the first one won.
             raise Rejected("DH-906", f"Duplicate correlation id {request.correlation_id}") from None
         checkpoint("broker.after_commit")
         self._match(order)

@@ -216,3 +216,18 @@ async def test_a_risk_limit_change_reaches_the_next_order(oms, book, clock, opti
     await sync_to_async(save_risk_limits)(limits, actor="risk1")
     order = await submit(oms, option)
     assert order.reject_code == "SLIPPAGE"
+
+
+async def test_sending_the_same_order_twice_calls_the_broker_once(paper, book, clock, option):
+    quote(book, clock, option, "99.95", "100.00")
+    broker = Flaky(paper, "ok")
+    oms = OrderManager(broker, RateLimiter(rate=1000), clock=clock, book=book)
+    order = await sync_to_async(oms._create)(
+        client_order_id="QHTWICE",
+        instrument=option,
+        side="BUY",
+        quantity=option.lot_size,
+        limit_price=Decimal("100.00"),
+    )
+    await asyncio.gather(oms.send(order), oms.send(order), oms.send(order))
+    assert broker.calls == 1 and await PaperOrder.objects.acount() == 1
