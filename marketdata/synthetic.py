@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,9 +193,12 @@ def _row(contract: Contract, today: dt.date) -> dict[str, str]:
 def write_master(path: Path, today: dt.date, holidays: Iterable[dt.date] = ()) -> int:
     contracts = build_master(today, holidays)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
+    # Write beside it and rename: a reader never sees a half-written file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         for contract in contracts:
             writer.writerow(_row(contract, today))
+    os.replace(tmp, path)
     return len(contracts)

@@ -154,6 +154,9 @@ DHAN_ACCESS_TOKEN = env_secret("DHAN_ACCESS_TOKEN")
 DHAN_TOTP_SECRET = env_secret("DHAN_TOTP_SECRET")
 DHAN_PIN = env_secret("DHAN_PIN")
 DHAN_HTTP_TIMEOUT_S = env_int("DHAN_HTTP_TIMEOUT_S", 3, minimum=1, maximum=60)
+# Where a refreshed access token is kept (mode 600): the file DHAN_ACCESS_TOKEN_FILE
+# names, else var/dhan/access_token. Never the database.
+DHAN_TOKEN_PATH = env_str("DHAN_ACCESS_TOKEN_FILE", str(VAR_DIR / "dhan" / "access_token"))
 
 # The audit HMAC key never lives in the database. Production must set it (a
 # system check enforces that); the embedded default keeps a random one in var/.

@@ -37,7 +37,7 @@ def test_it_refuses_the_live_broker_with_debug_on():
     QUANTHUB_BROKER="dhan",
     DHAN_CLIENT_ID="1000",
     DHAN_ACCESS_TOKEN="",
-    DHAN_TOTP_SECRET="JBSWY3DPEHPK3PXP",
+    DHAN_TOTP_SECRET="JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP",
     DHAN_PIN="1234",
     DEBUG=False,
     AUDIT_HMAC_KEY_IS_LOCAL=False,
