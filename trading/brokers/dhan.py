@@ -149,9 +149,11 @@ class DhanBroker(Broker):
 
     @classmethod
     def from_options(cls, *, account="default", clock=None, book=None, tradehull=None, **options) -> DhanBroker:
-        from trading.brokers.tokens import current_token
+        from trading.brokers.tokens import current_token, refresh
 
         token = current_token()
+        if not token and settings.DHAN_TOTP_SECRET and settings.DHAN_PIN:
+            token = refresh().token  # log in by PIN + TOTP; the token goes to the token file, not a log
         if not settings.DHAN_CLIENT_ID or not token:
             raise AuthExpired("Dhan needs DHAN_CLIENT_ID and an access token (or run refresh_dhan_token)")
         tradehull = tradehull or contained_tradehull(settings.DHAN_CLIENT_ID, token)
