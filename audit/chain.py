@@ -43,16 +43,19 @@ def normalise_payload(payload: dict[str, Any]) -> dict[str, Any]:
     return json.loads(canonical_json(payload))
 
 
+_dumps = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def record_body(seq: int, created_at: dt.datetime, actor: str, action: str, subject: str, payload: dict) -> str:
-    return canonical_json(
-        {
-            "seq": seq,
-            "created_at": created_at.astimezone(dt.UTC).isoformat(timespec="microseconds"),
-            "actor": actor,
-            "action": action,
-            "subject": subject,
-            "payload": payload,
-        }
+    """Canonical JSON of a record: the same text as ``canonical_json`` of the dict
+    {action, actor, created_at, payload, seq, subject}, assembled in key order by
+    hand because verification runs it for every record."""
+    if created_at.utcoffset() != dt.timedelta(0):
+        created_at = created_at.astimezone(dt.UTC)
+    stamp = created_at.replace(tzinfo=dt.UTC).isoformat(timespec="microseconds")
+    return (
+        f'{{"action":{_dumps(action)},"actor":{_dumps(actor)},"created_at":"{stamp}",'
+        f'"payload":{canonical_json(payload)},"seq":{int(seq)},"subject":{_dumps(subject)}}}'
     )
 
 
@@ -62,7 +65,7 @@ def compute_hash(prev_hash: str, body: str) -> str:
 
 def compute_mac(record_hash: str, key: str | None = None) -> str:
     key = settings.AUDIT_HMAC_KEY if key is None else key
-    return hmac.new(key.encode("utf-8"), record_hash.encode("ascii"), hashlib.sha256).hexdigest()
+    return hmac.digest(key.encode("utf-8"), record_hash.encode("ascii"), "sha256").hex()
 
 
 def append(

@@ -1,0 +1,118 @@
+"""Audit chain: append latency (one record, inside its own transaction, the
+way a decision is recorded) and verification throughput. SQLite (a temporary
+file) and, when DATABASE_URL points at PostgreSQL (or --postgres URL), PostgreSQL.
+
+    python benchmarks/audit.py [--json PATH] [--postgres URL] [--records N]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, parser, report  # noqa: E402
+
+
+def run_one(url: str, records: int, tmp: str) -> dict:
+    env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "error", "QUANTHUB_VAR_DIR": tmp}
+    env.pop("REDIS_URL", None)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", str(records)], env=env, capture_output=True, text=True, cwd=ROOT
+    )
+    if out.returncode:
+        raise SystemExit(f"audit benchmark on {url.split('@')[-1]} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child(records: int) -> None:
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "quanthub.settings")
+    import time
+
+    import django
+    import numpy as np
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection, transaction
+
+    call_command("migrate", verbosity=0)
+    from audit.chain import append
+    from audit.verify import verify
+
+    payload = {
+        "instrument": "132611240245000",
+        "side": "BUY",
+        "quantity": 130,
+        "limit_price": "120.45",
+        "purpose": "ENTRY",
+        "strategy": "vol_oi",
+        "signal": "vol_oi:132611240245000:0930",
+    }
+    inside, with_commit = [], []
+    for i in range(records):
+        began = time.perf_counter()
+        with transaction.atomic():
+            # A decision's transaction: the append is what it adds to it…
+            start = time.perf_counter()
+            append("order.intent", actor="engine", subject=f"order:{i}", payload=payload)
+            inside.append(time.perf_counter() - start)
+        with_commit.append(time.perf_counter() - began)  # …and this includes the commit it shares.
+    ms = np.array(inside[100:]) * 1000
+    commit_ms = np.array(with_commit[100:]) * 1000
+    began = time.perf_counter()
+    result = verify()
+    elapsed = time.perf_counter() - began
+    assert result.ok and result.verified >= records
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("TRUNCATE audit_auditrecord, audit_auditchainhead")
+    print(
+        json.dumps(
+            {
+                "append_p50": float(np.percentile(ms, 50)),
+                "append_p99": float(np.percentile(ms, 99)),
+                "commit_p99": float(np.percentile(commit_ms, 99)),
+                "verify_per_s": result.verified / elapsed,
+            }
+        )
+    )
+
+
+def main() -> None:
+    args_parser = parser(__doc__.splitlines()[0])
+    args_parser.add_argument("--postgres", help="PostgreSQL URL (default: DATABASE_URL if it is one).")
+    args_parser.add_argument("--records", type=int, default=20_000)
+    args = args_parser.parse_args()
+    metrics: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run_one(f"sqlite:///{tmp}/audit.sqlite3", args.records, tmp)
+        metrics.update(
+            append_p50_ms=result["append_p50"],
+            append_p99_ms=result["append_p99"],
+            append_with_commit_p99_ms=result["commit_p99"],
+            verify_records_per_s=result["verify_per_s"],
+        )
+        url = os.environ.get("DATABASE_URL", "")
+        pg = args.postgres or (url if url.startswith("postgres") else "")
+        if pg:
+            result = run_one(pg, args.records, tmp)
+            metrics.update(
+                postgres_append_p50_ms=result["append_p50"],
+                postgres_append_p99_ms=result["append_p99"],
+                postgres_append_with_commit_p99_ms=result["commit_p99"],
+                postgres_verify_records_per_s=result["verify_per_s"],
+            )
+    report("audit", metrics, args.json)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        child(int(sys.argv[2]))
+    else:
+        main()
