@@ -67,3 +67,13 @@ def _close_sync_thread_connections():
     executor = SyncToAsync.single_thread_executor
     if not getattr(executor, "_shutdown", False):
         executor.submit(connections.close_all).result(timeout=10)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Transactional tests flush every table when they end, including the rows
+    data migrations created (roles, default limits, charge rates, schedules).
+    Restore them afterwards so no test depends on the order tests run in."""
+    for item in items:
+        marker = item.get_closest_marker("django_db")
+        if marker is not None and marker.kwargs.get("transaction") and "serialized_rollback" not in marker.kwargs:
+            item.add_marker(pytest.mark.django_db(**marker.kwargs, serialized_rollback=True), append=False)

@@ -34,8 +34,9 @@ ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
         "risk.change_eventday",
         "risk.delete_eventday",
         "risk.change_breakertrip",
-        "risk.add_chargerates",
-        "risk.change_chargerates",
+        "risk.add_chargerate",
+        "risk.change_chargerate",
+        "risk.view_gaterefusal",
         "trading.resolve_reconciliation",
     ),
     COMPLIANCE: (

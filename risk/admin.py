@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 
 from risk import services
-from risk.models import BreakerTrip, EventDay, RiskLimits, TradingState
+from risk.models import BreakerTrip, ChargeRate, EventDay, RiskLimits, TradingState
 
 
 @admin.register(RiskLimits)
@@ -114,3 +114,21 @@ class BreakerTripAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(ChargeRate)
+class ChargeRateAdmin(admin.ModelAdmin):
+    """Versioned rates: add a row with a new effective date rather than editing history."""
+
+    list_display = (
+        "instrument_kind",
+        "effective_from",
+        "brokerage_per_order",
+        "stt_sell_pct",
+        "exchange_txn_pct",
+        "sebi_per_crore",
+        "stamp_buy_pct",
+        "gst_pct",
+        "source",
+    )
+    list_filter = ("instrument_kind",)

@@ -229,3 +229,43 @@ class GateRefusal(models.Model):
 
     def __str__(self) -> str:
         return f"{self.rule}: {self.reason}"
+
+
+class ChargeRate(models.Model):
+    """Statutory and broker charges, versioned by the date they take effect.
+
+    Percentages are of turnover (premium × quantity for options, price ×
+    quantity for futures). The rate in force on the trade date applies.
+    """
+
+    class Kind(models.TextChoices):
+        OPTIDX = "OPTIDX", "Index options"
+        FUTIDX = "FUTIDX", "Index futures"
+
+    instrument_kind = models.CharField(max_length=6, choices=Kind.choices)
+    effective_from = models.DateField()
+    brokerage_per_order = models.DecimalField("brokerage per executed order (₹)", max_digits=8, decimal_places=2)
+    stt_sell_pct = models.DecimalField("STT on the sell side (%)", max_digits=8, decimal_places=5)
+    exchange_txn_pct = models.DecimalField("exchange transaction charge (%)", max_digits=8, decimal_places=5)
+    sebi_per_crore = models.DecimalField("SEBI turnover fee (₹ per crore)", max_digits=8, decimal_places=2)
+    stamp_buy_pct = models.DecimalField("stamp duty on the buy side (%)", max_digits=8, decimal_places=5)
+    gst_pct = models.DecimalField("GST on brokerage, exchange and SEBI charges (%)", max_digits=5, decimal_places=2)
+    source = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["instrument_kind", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(fields=["instrument_kind", "effective_from"], name="chargerate_kind_from_uniq")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_instrument_kind_display()} from {self.effective_from}"
+
+    def clean(self) -> None:
+        negative = [
+            f.name
+            for f in self._meta.fields
+            if isinstance(f, models.DecimalField) and getattr(self, f.name) is not None and getattr(self, f.name) < 0
+        ]
+        if negative:
+            raise ValidationError(dict.fromkeys(negative, "Cannot be negative."))

@@ -8,11 +8,14 @@ a fill whose broker trade id is already stored changes nothing.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from decimal import Decimal
 
 from django.db.models import Q, Sum
 
 from trading.models import Fill, Order, Position, Trade
+
+log = logging.getLogger(__name__)
 
 ZERO = Decimal("0")
 CENT = Decimal("0.01")
