@@ -25,8 +25,9 @@ from _common import ROOT, parser, report  # noqa: E402
 def run_one(url: str, orders: int, tmp: str) -> dict:
     env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "error", "QUANTHUB_VAR_DIR": tmp}
     env.pop("REDIS_URL", None)
-    out = subprocess.run([sys.executable, __file__, "--child", str(orders)], env=env, capture_output=True, text=True,
-                         cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", str(orders)], env=env, capture_output=True, text=True, cwd=ROOT
+    )
     if out.returncode:
         raise SystemExit(f"oms benchmark on {url.split('@')[-1]} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -57,23 +58,31 @@ def child(orders: int) -> None:
     from trading.oms import OrderManager
 
     ensure_demo_instruments()
-    option = Instrument.objects.select_related("underlying").filter(kind="CE", underlying__symbol="NIFTY").order_by(
-        "expiry", "strike")[30]
+    option = (
+        Instrument.objects.select_related("underlying")
+        .filter(kind="CE", underlying__symbol="NIFTY")
+        .order_by("expiry", "strike")[30]
+    )
     book = QuoteBook()
     now = dt.datetime.now(tz=dt.UTC)
     book.set(Quote(option.security_id, 99.95, 100.0, 10**7, 10**7, 100.0, now))
     book.set(Quote(option.underlying.security_id, 24499.95, 24500.05, 10**6, 10**6, 24500.0, now))
     clock = RealClock()
-    oms = OrderManager(PaperBroker(clock=clock, book=book, capital=Decimal("10000000000")), RateLimiter(rate=100_000),
-                       clock=clock, book=book)
+    oms = OrderManager(
+        PaperBroker(clock=clock, book=book, capital=Decimal("10000000000")),
+        RateLimiter(rate=100_000),
+        clock=clock,
+        book=book,
+    )
 
     async def go():
         for i in range(orders):
             side = "BUY" if i % 2 == 0 else "SELL"
             price = Decimal("100.00") if side == "BUY" else Decimal("99.95")
             intent = clock.now()
-            await oms.submit(instrument=option, side=side, quantity=option.lot_size, limit_price=price,
-                             intent_at=intent)
+            await oms.submit(
+                instrument=option, side=side, quantity=option.lot_size, limit_price=price, intent_at=intent
+            )
 
     began = time.perf_counter()
     asyncio.run(go())
@@ -81,8 +90,16 @@ def child(orders: int) -> None:
     rows = list(Order.objects.values_list("intent_at", "sent_at", "acked_at"))[20:]  # after warm-up
     sent = np.array([(s - i).total_seconds() * 1000 for i, s, _ in rows])
     acked = np.array([(a - i).total_seconds() * 1000 for i, _, a in rows if a])
-    print(json.dumps({"p50": float(np.percentile(sent, 50)), "p99": float(np.percentile(sent, 99)),
-                      "ack_p99": float(np.percentile(acked, 99)), "orders_per_s": orders / elapsed}))
+    print(
+        json.dumps(
+            {
+                "p50": float(np.percentile(sent, 50)),
+                "p99": float(np.percentile(sent, 99)),
+                "ack_p99": float(np.percentile(acked, 99)),
+                "orders_per_s": orders / elapsed,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -98,8 +115,9 @@ def main() -> None:
         pg = args.postgres or (url if url.startswith("postgres") else "")
         if pg:
             result = run_one(pg, args.orders, tmp)
-            metrics.update(postgres_p50_ms=result["p50"], postgres_p99_ms=result["p99"],
-                           postgres_ack_p99_ms=result["ack_p99"])
+            metrics.update(
+                postgres_p50_ms=result["p50"], postgres_p99_ms=result["p99"], postgres_ack_p99_ms=result["ack_p99"]
+            )
         else:
             print("(no PostgreSQL URL: set DATABASE_URL or --postgres to measure it)")
     report("oms", metrics, args.json)
