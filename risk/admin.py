@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 
 from risk import services
-from risk.models import BreakerTrip, ChargeRate, EventDay, RiskLimits, TradingState
+from risk.models import BreakerTrip, ChargeRate, EventDay, GateRefusal, RiskLimits, TradingState
 
 
 @admin.register(RiskLimits)
@@ -77,6 +77,30 @@ class RiskLimitsAdmin(admin.ModelAdmin):
 @admin.register(TradingState)
 class TradingStateAdmin(admin.ModelAdmin):
     list_display = ("account", "state", "actor", "reason", "changed_at", "halted_until")
+    actions = ("kill_all",)
+
+    @admin.action(description="Kill All: halt, cancel, exit every position, then the broker kill switch")
+    def kill_all(self, request, queryset):
+        from django.contrib import messages
+
+        from risk.killswitch import run_kill_all
+
+        if not request.user.has_perm("trading.kill_all"):
+            self.message_user(request, "You may not trigger Kill All.", messages.ERROR)
+            return
+        for state in queryset:
+            summary = run_kill_all(request.user.get_username(), "Kill All from the admin", state.account)
+            level = messages.SUCCESS if summary.flat else messages.ERROR
+            self.message_user(
+                request,
+                f"{state.account}: {summary.legs} legs, {summary.filled} exits filled, "
+                f"{'flat' if summary.flat else 'NOT flat'}; errors: {summary.errors or 'none'}",
+                level,
+            )
+
+    def has_change_permission(self, request, obj=None):
+        return request.user.has_perm("risk.change_tradingstate")
+
     readonly_fields = ("account", "actor", "changed_at", "halted_until")
     fields = ("account", "state", "reason", "actor", "changed_at", "halted_until")
 
@@ -132,3 +156,22 @@ class ChargeRateAdmin(admin.ModelAdmin):
         "source",
     )
     list_filter = ("instrument_kind",)
+
+
+@admin.register(GateRefusal)
+class GateRefusalAdmin(admin.ModelAdmin):
+    """Every intent the risk gate refused, with its rule and reason. Read-only."""
+
+    list_display = ("refused_at", "rule", "reason", "strategy_key", "security_id", "side", "purpose", "requested_lots")
+    list_filter = ("rule", "strategy_key", "purpose")
+    search_fields = ("reason", "security_id", "signal_key")
+    date_hierarchy = "refused_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

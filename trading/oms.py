@@ -407,6 +407,24 @@ class OrderManager:
             await self._sync_one(order.pk)
         return await _db(Order.objects.select_related("instrument").get)(pk=order.pk)
 
+    async def reprice(self, order: Order, new_price: Decimal) -> Order:
+        """Move a resting exit toward the touch: only the modification cap applies
+        (an exit is never abandoned for chasing too far)."""
+        try:
+            self.limiter.check_modification(order.modification_count)
+        except ModificationCapExceeded as exc:
+            raise OrderRefused(str(exc)) from None
+        await self.limiter.acquire(priority=True)
+        await asyncio.wait_for(
+            self.broker.modify_order(order.broker_order_id, price=new_price), timeout=self.call_timeout_s
+        )
+        from django.db.models import F
+
+        await _db(Order.objects.filter(pk=order.pk).update)(
+            limit_price=new_price, modification_count=F("modification_count") + 1
+        )
+        return await _db(Order.objects.select_related("instrument").get)(pk=order.pk)
+
     # --- synchronising with the broker --------------------------------------------------
 
     async def sync(self) -> list[FillEvent | OrderUpdate]:

@@ -1,0 +1,260 @@
+"""Kill All: get flat now.
+
+Sets HALTED, cancels open orders, sends an exit for every open position
+through the rate limiter's priority lane, confirms each fill and re-prices
+resting exits within the modification cap, and only when flat activates the
+broker's kill switch (Dhan accepts it only with no positions and no pending
+orders). Progress goes out as dashboard events — which may fail (Redis down)
+without stopping anything. It needs no engine: ``run_kill_all`` builds the
+broker and the OMS itself, pricing exits from the last stored quotes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from asgiref.sync import sync_to_async
+
+from audit.chain import append as audit_append
+from risk.models import TradingState
+from risk.services import set_trading_state
+from trading.brokers.base import Rejected, Unavailable
+from trading.events import asend_now
+from trading.models import Order, Position
+from trading.oms import OrderRefused
+
+log = logging.getLogger(__name__)
+TICK = Decimal("0.05")
+
+
+@dataclass
+class KillAllSummary:
+    legs: int = 0
+    sent: int = 0
+    filled: int = 0
+    cancelled: int = 0
+    flat: bool = False
+    kill_switch: bool = False
+    sent_s: float | None = None
+    flat_s: float | None = None
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _db(fn):
+    return sync_to_async(fn, thread_sensitive=True)
+
+
+def _exit_price(side: str, quote) -> Decimal | None:
+    if quote is None:
+        return None
+    touch = Decimal(str(quote.bid if side == "SELL" else quote.ask))
+    return touch if touch > 0 else None
+
+
+async def kill_all(
+    *,
+    broker,
+    oms,
+    actor: str,
+    reason: str,
+    account: str = "default",
+    progress=None,
+    activate_kill_switch: bool = True,
+    halt_first: bool = True,
+    timeout_s: float = 15.0,
+) -> KillAllSummary:
+    began = time.monotonic()
+    summary = KillAllSummary()
+
+    async def report(stage: str) -> None:
+        data = {"stage": stage, **summary.as_dict(), "actor": actor}
+        if progress is not None:
+            progress(data)
+        await asend_now("kill_all", data, account=account)  # never raises: a dead Redis only loses the event
+
+    if halt_first:
+        await _db(set_trading_state)(
+            TradingState.State.HALTED, actor=actor, reason=f"Kill All: {reason}", account=account
+        )
+    await _db(audit_append)("kill_all.started", actor=actor, subject=f"account:{account}", payload={"reason": reason})
+
+    # 1. Cancel everything that is not already a Kill All exit.
+    live = await _db(
+        lambda: list(
+            Order.objects.filter(account=account, state__in=[Order.State.NEW, Order.State.OPEN, Order.State.PARTIAL])
+            .exclude(purpose=Order.Purpose.KILL)
+            .select_related("instrument")
+        )
+    )()
+    cancelled = await asyncio.gather(*(oms.cancel(o, reason="Kill All") for o in live), return_exceptions=True)
+    summary.cancelled = sum(1 for c in cancelled if isinstance(c, Order) and c.state == Order.State.CANCELLED)
+
+    # 2. One exit per open position (sliced at the freeze quantity), all in the priority lane.
+    legs = await _db(
+        lambda: list(
+            Position.objects.filter(account=account)
+            .exclude(net_quantity=0)
+            .select_related("instrument", "strategy", "signal")
+        )
+    )()
+    summary.legs = len(legs)
+    await report("cancelled")
+    book = oms.book
+
+    async def exit_leg(position: Position):
+        side = Order.Side.SELL if position.net_quantity > 0 else Order.Side.BUY
+        quantity = abs(position.net_quantity)
+        instrument = position.instrument
+        largest = max(instrument.freeze_quantity // instrument.lot_size, 1) * instrument.lot_size
+        price = _exit_price(side, book.get(instrument.security_id) if book else None)
+        orders = []
+        while quantity > 0:
+            part = min(quantity, largest)
+            quantity -= part
+            orders.append(
+                await oms.submit(
+                    instrument=instrument,
+                    side=side,
+                    quantity=part,
+                    limit_price=price,
+                    purpose=Order.Purpose.KILL,
+                    order_type=Order.Type.LIMIT if price else Order.Type.MARKET,
+                    strategy=position.strategy,
+                    signal=position.signal,
+                    priority=True,
+                    check_slippage_rule=False,
+                )
+            )
+        return orders
+
+    results = await asyncio.gather(*(exit_leg(p) for p in legs), return_exceptions=True)
+    for result in results:
+        if isinstance(result, Exception):
+            summary.errors.append(repr(result)[:200])
+        else:
+            summary.sent += len(result)
+    summary.sent_s = round(time.monotonic() - began, 4)
+    await report("sent")
+
+    # 3. Confirm fills; re-price resting exits toward the touch until flat.
+    while time.monotonic() - began < timeout_s:
+        await broker.on_market_data()
+        await oms.sync()
+        resting = await _db(
+            lambda: list(
+                Order.objects.filter(
+                    account=account, purpose=Order.Purpose.KILL, state__in=[Order.State.OPEN, Order.State.PARTIAL]
+                ).select_related("instrument")
+            )
+        )()
+        try:
+            positions = await broker.positions()
+        except Unavailable as exc:
+            summary.errors.append(f"positions: {exc}")
+            positions = None
+        summary.filled = await _db(
+            Order.objects.filter(account=account, purpose=Order.Purpose.KILL, state=Order.State.FILLED).count
+        )()
+        if positions == [] and not resting:
+            summary.flat = True
+            summary.flat_s = round(time.monotonic() - began, 4)
+            break
+        for order in resting:
+            price = _exit_price(order.side, book.get(order.instrument.security_id) if book else None)
+            if price is not None and price != order.limit_price:
+                try:
+                    await oms.reprice(order, price)
+                except (OrderRefused, Rejected) as exc:
+                    summary.errors.append(f"reprice {order.client_order_id}: {exc}")
+        await report("working")
+        await asyncio.sleep(0.05)
+
+    # 4. Only when flat: the broker's kill switch.
+    if summary.flat and activate_kill_switch:
+        try:
+            summary.kill_switch = await broker.kill_switch(True)
+        except Rejected as exc:
+            summary.errors.append(f"kill switch: {exc.message}")
+    await _db(audit_append)("kill_all.finished", actor=actor, subject=f"account:{account}", payload=summary.as_dict())
+    await report("done")
+    log.warning("kill all finished", extra={"summary": summary.as_dict()})
+    return summary
+
+
+def book_from_storage(security_ids):
+    """The last stored quote of each instrument: enough to price exits when the
+    engine (and its live book) is down."""
+    from marketdata.book import Quote, QuoteBook
+    from marketdata.models import ChainQuote, LtpQuote
+
+    book = QuoteBook()
+    for sid in security_ids:
+        row = (
+            ChainQuote.objects.filter(security_id=sid, flags=0)
+            .order_by("-received_at")
+            .values_list("bid_paise", "ask_paise", "bid_qty", "ask_qty", "last_paise", "received_at")
+            .first()
+        )
+        if row:
+            book.set(Quote(sid, row[0] / 100, row[1] / 100, row[2], row[3], row[4] / 100, row[5]))
+            continue
+        tick = (
+            LtpQuote.objects.filter(security_id=sid)
+            .order_by("-received_at")
+            .values_list("ltp_paise", "received_at")
+            .first()
+        )
+        if tick:
+            book.set(Quote(sid, tick[0] / 100 - 0.05, tick[0] / 100 + 0.05, 10_000, 10_000, tick[0] / 100, tick[1]))
+    return book
+
+
+def run_kill_all(actor: str, reason: str, account: str = "default", *, timeout_s: float = 15.0) -> KillAllSummary:
+    """Kill All from anywhere (the admin, the API, ``manage.py kill_all``), engine or no engine."""
+    from django.conf import settings
+
+    from quanthub.clock import RealClock
+    from risk.models import RiskLimits
+    from trading.brokers import build_broker
+    from trading.brokers.ratelimit import RateLimiter
+    from trading.oms import OrderManager
+
+    ids = set(
+        Position.objects.filter(account=account)
+        .exclude(net_quantity=0)
+        .values_list("instrument__security_id", flat=True)
+    )
+    ids |= set(
+        Position.objects.filter(account=account)
+        .exclude(net_quantity=0)
+        .values_list("instrument__underlying__security_id", flat=True)
+    )
+    book = book_from_storage(ids)
+    clock = RealClock()
+    broker = build_broker(settings.QUANTHUB_BROKER, account=account, clock=clock, book=book)
+    limits = RiskLimits.active()
+    oms = OrderManager(
+        broker,
+        RateLimiter(rate=limits.order_rate_per_s, max_modifications=limits.max_modifications_per_order),
+        account=account,
+        clock=clock,
+        book=book,
+    )
+
+    async def go():
+        try:
+            return await kill_all(
+                broker=broker, oms=oms, actor=actor, reason=reason, account=account, timeout_s=timeout_s
+            )
+        finally:
+            await broker.close()
+
+    return asyncio.run(go())
