@@ -131,6 +131,7 @@ async def kill_all(
                     signal=position.signal,
                     priority=True,
                     check_slippage_rule=False,
+                    reason="Kill All",
                 )
             )
         return orders

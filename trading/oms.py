@@ -155,6 +155,9 @@ class OrderManager:
         self.call_timeout_s = call_timeout_s
         self.unknown_resolve_s = unknown_resolve_s
         self.limits = limits
+        # Fill and order events for the strategies, whichever call recorded them
+        # (a fill can arrive with the acknowledgement); sync() hands them over.
+        self._events: list[FillEvent | OrderUpdate] = []
 
     # --- state changes (sync; called through _db) ----------------------------------
 
@@ -228,6 +231,7 @@ class OrderManager:
         priority: bool | None = None,
         parent: Order | None = None,
         check_slippage_rule: bool = True,
+        reason: str = "",
     ) -> Order:
         priority = purpose in EXIT_PURPOSES if priority is None else priority
         values = {
@@ -245,6 +249,7 @@ class OrderManager:
             "intent_at": intent_at or self.clock.now(),
             "gate_passed_at": gate_passed_at,
             "parent": parent,
+            "reason": reason,
         }
         if check_slippage_rule and purpose not in EXIT_PURPOSES and self.book is not None:
             limits = await _db(self.limits)()
@@ -253,9 +258,8 @@ class OrderManager:
                 order = await _db(self._create)(
                     state=S.REJECTED,
                     reject_code="SLIPPAGE",
-                    reason=verdict.reason,
                     rejected_at=self.clock.now(),
-                    **values,
+                    **{**values, "reason": verdict.reason},
                 )
                 log.warning(
                     "order refused before sending",
@@ -379,7 +383,7 @@ class OrderManager:
             await _db(Order.objects.filter(pk=order.pk, state=S.CANCELLED, reason="").update)(reason=reason)
         elif order.state == S.NEW:
             await _db(self._transition)(order.pk, {S.NEW}, S.CANCELLED, reason=reason)
-        return await _db(Order.objects.select_related("instrument").get)(pk=order.pk)
+        return await _db(Order.objects.select_related("instrument", "strategy", "signal").get)(pk=order.pk)
 
     async def requote(self, order: Order, new_price: Decimal) -> Order:
         limits = await _db(self.limits)()
@@ -405,7 +409,7 @@ class OrderManager:
         )
         if ack.filled_quantity:
             await self._sync_one(order.pk)
-        return await _db(Order.objects.select_related("instrument").get)(pk=order.pk)
+        return await _db(Order.objects.select_related("instrument", "strategy", "signal").get)(pk=order.pk)
 
     async def reprice(self, order: Order, new_price: Decimal) -> Order:
         """Move a resting exit toward the touch: only the modification cap applies
@@ -423,7 +427,7 @@ class OrderManager:
         await _db(Order.objects.filter(pk=order.pk).update)(
             limit_price=new_price, modification_count=F("modification_count") + 1
         )
-        return await _db(Order.objects.select_related("instrument").get)(pk=order.pk)
+        return await _db(Order.objects.select_related("instrument", "strategy", "signal").get)(pk=order.pk)
 
     # --- synchronising with the broker --------------------------------------------------
 
@@ -438,12 +442,12 @@ class OrderManager:
             )
         )()
         if not live:
-            return []
+            return self._drain()
         book = {o.correlation_id: o for o in await self.broker.order_book()}
         trades = defaultdict(list)
         for trade in await self.broker.trade_book():
             trades[trade.correlation_id].append(trade)
-        events: list[FillEvent | OrderUpdate] = []
+        events = self._events  # fills recorded here land in the same queue
         limits = await _db(self.limits)()
         now = self.clock.now()
         for order in live:
@@ -463,7 +467,7 @@ class OrderManager:
                     )
                     events.append(self._update(order, S.REJECTED, "not at broker"))
                 continue
-            events.extend(await _db(self._record_trades)(order.pk, trades.get(order.client_order_id, [])))
+            await _db(self._record_trades)(order.pk, trades.get(order.client_order_id, []))
             state = FROM_BROKER[remote.status]
             fields = {"broker_order_id": remote.broker_order_id}
             if order.acked_at is None:
@@ -477,6 +481,10 @@ class OrderManager:
                     events.append(self._update(fresh, state, fresh.reason))
             elif state in (S.OPEN, S.PARTIAL):
                 events.extend(await self._partial_fill_rule(order, limits, now))
+        return self._drain()
+
+    def _drain(self) -> list[FillEvent | OrderUpdate]:
+        events, self._events = self._events, []
         return events
 
     async def _partial_fill_rule(self, order: Order, limits: RiskLimits, now: dt.datetime) -> list:
@@ -557,19 +565,19 @@ class OrderManager:
                     account=self.account,
                 )
                 publish_on_commit("position", {"instrument": order.instrument.security_id}, account=self.account)
-            events.append(
-                FillEvent(
-                    strategy_key=order.strategy.key if order.strategy_id else "",
-                    signal_key=order.signal.key if order.signal_id else None,
-                    security_id=order.instrument.security_id,
-                    side=order.side,
-                    quantity=trade.quantity,
-                    price=trade.price,
-                    filled_at=trade.traded_at,
-                    purpose=order.purpose,
-                    order_complete=filled >= order.quantity,
-                )
+            event = FillEvent(
+                strategy_key=order.strategy.key if order.strategy_id else "",
+                signal_key=order.signal.key if order.signal_id else None,
+                security_id=order.instrument.security_id,
+                side=order.side,
+                quantity=trade.quantity,
+                price=trade.price,
+                filled_at=trade.traded_at,
+                purpose=order.purpose,
+                order_complete=filled >= order.quantity,
             )
+            events.append(event)
+            self._events.append(event)
         return events
 
     @staticmethod

@@ -1,0 +1,401 @@
+"""The trading engine: one asyncio loop from feed to fills.
+
+feed → validation → book and baselines (inside the strategies) → strategies →
+risk gate → OMS → audit → publish on commit. ORM work goes through
+``sync_to_async`` in short transactions; a failing strategy is contained and
+reported; a dead channel layer only loses dashboard events. Before trading it
+recovers the OMS and reconciles with the broker (HALTED on any break).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+
+from asgiref.sync import sync_to_async
+from django.db import transaction
+
+from audit.chain import append as audit_append
+from marketdata.book import QuoteBook
+from marketdata.feeds.base import ChainSnapshot, LtpTick
+from marketdata.models import Instrument
+from marketdata.validation import ChainValidator, FeedHealth
+from quanthub.clock import Clock
+from risk.breakers import VixMonitor
+from risk.breakers import clear as clear_breaker
+from risk.breakers import trip as trip_breaker
+from risk.context import build_context
+from risk.gate import RiskGate, record_refusal
+from risk.models import RiskLimits
+from trading.brokers.ratelimit import RateLimiter
+from trading.events import asend_now, publish_on_commit
+from trading.models import EngineHeartbeat, Order, Signal, Strategy
+from trading.oms import OrderManager
+from trading.reconcile import reconcile
+from trading.strategies.registry import get_strategy_class
+from trading.strategies.vol_oi.strategy import VolOiStrategy
+
+log = logging.getLogger(__name__)
+PHASES = {p: p for p in Signal.Phase.values}
+
+
+def _db(fn):
+    return sync_to_async(fn, thread_sensitive=True)
+
+
+@dataclass
+class Loaded:
+    row_id: int
+    key: str
+    version: int
+    enabled: bool
+    strategy: object
+    failures: int = 0
+
+
+@dataclass
+class EngineStats:
+    snapshots: int = 0
+    ticks: int = 0
+    intents: int = 0
+    refused: int = 0
+    orders: int = 0
+    strategy_errors: int = 0
+    tick_to_intent_ms: list[float] = field(default_factory=list)
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        feed,
+        broker,
+        clock: Clock,
+        book: QuoteBook,
+        account: str = "default",
+        writer=None,
+        limits=RiskLimits.active,
+        reconcile_every_s: float = 30.0,
+    ):
+        self.feed, self.broker, self.clock, self.book, self.account = feed, broker, clock, book, account
+        self.writer = writer
+        limits_now = limits()
+        self._limits = limits_now  # refreshed at every snapshot: admin changes reach the limiter too
+        self.limiter = RateLimiter(
+            rate=lambda: self._limits.order_rate_per_s,
+            max_modifications=lambda: self._limits.max_modifications_per_order,
+        )
+        self.oms = OrderManager(broker, self.limiter, account=account, clock=clock, book=book)
+        self.gate = RiskGate()
+        self.validator = ChainValidator()
+        self.health = FeedHealth(chain_stale_s=limits_now.feed_stale_chain_s, ltp_stale_s=limits_now.feed_stale_ltp_s)
+        self.vix = VixMonitor(
+            sigma=float(limits_now.vix_breaker_sigma), normalise_minutes=float(limits_now.vix_normalise_minutes)
+        )
+        self.strategies: list[Loaded] = []
+        self.instruments: dict[str, Instrument] = {}
+        self.underlying_ids: dict[str, str] = {}
+        self.stats = EngineStats()
+        self.engine_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.reconcile_every_s = reconcile_every_s
+        self._stopping = False
+        self._last_second: dt.datetime | None = None
+        self._last_reconcile: dt.datetime | None = None
+        self.started = asyncio.Event()
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop taking entries; the loop finishes its unit of work and exits."""
+        self._stopping = True
+        for loaded in self.strategies:
+            loaded.strategy.entries_enabled = False
+
+    async def start(self) -> None:
+        await _db(self._load_instruments)()
+        await _db(self._load_strategies)()
+        counts = await self.oms.recover()
+        result = await reconcile(self.broker, account=self.account)
+        log.info("engine started", extra={"engine": self.engine_id, "recovered": counts, "breaks": len(result.breaks)})
+        await _db(self._beat)("ACTIVE")
+        self.started.set()
+
+    async def run(self) -> EngineStats:
+        await self.start()
+        try:
+            async for item in self.feed:
+                await self.tick(item)
+                if self._stopping:
+                    break
+        finally:
+            await self.shutdown()
+        return self.stats
+
+    async def shutdown(self) -> None:
+        await self.feed.close()
+        if self.writer is not None:
+            await _db(self.writer.flush)(close_bars=True)
+        await _db(self._persist_states)()
+        await _db(self._beat)("STOPPED")
+        log.info(
+            "engine stopped",
+            extra={
+                "engine": self.engine_id,
+                "stats": {k: v for k, v in vars(self.stats).items() if k != "tick_to_intent_ms"},
+            },
+        )
+
+    # --- set-up from the database ----------------------------------------------------------
+
+    def _load_instruments(self) -> None:
+        rows = Instrument.objects.filter(is_active=True).select_related("underlying")
+        self.instruments = {i.security_id: i for i in rows}
+        self.underlying_ids = {i.underlying.symbol: i.underlying.security_id for i in rows}
+        self.validator.strike_steps = {i.underlying.symbol: float(i.underlying.strike_step) for i in rows}
+
+    def _load_strategies(self) -> None:
+        lot_sizes = {sid: i.lot_size for sid, i in self.instruments.items() if i.kind in ("CE", "PE")}
+        futures = {}
+        for i in self.instruments.values():
+            if i.kind == "FUT" and (i.underlying.symbol not in futures or i.expiry < futures[i.underlying.symbol][2]):
+                futures[i.underlying.symbol] = (i.security_id, i.lot_size, i.expiry)
+        for row in Strategy.objects.all():
+            cls = get_strategy_class(row.key)
+            strategy = cls()
+            strategy.configure(cls.config_class.from_params(row.params))
+            if isinstance(strategy, VolOiStrategy):
+                strategy.set_instruments(lot_sizes, {k: (v[0], v[1]) for k, v in futures.items()})
+            strategy.set_state(row.state or {})
+            strategy.entries_enabled = row.enabled
+            self.strategies.append(Loaded(row.pk, row.key, row.version, row.enabled, strategy))
+
+    def _refresh_strategies(self) -> None:
+        """Pick up admin changes at the next snapshot: params (by version) and the enabled switch."""
+        rows = {r.pk: r for r in Strategy.objects.filter(pk__in=[s.row_id for s in self.strategies])}
+        for loaded in self.strategies:
+            row = rows.get(loaded.row_id)
+            if row is None or row.version == loaded.version:
+                continue
+            loaded.strategy.configure(type(loaded.strategy).config_class.from_params(row.params))
+            loaded.enabled = row.enabled
+            loaded.strategy.entries_enabled = row.enabled and not self._stopping
+            loaded.version = row.version
+
+    def _persist_states(self) -> None:
+        for loaded in self.strategies:
+            Strategy.objects.filter(pk=loaded.row_id).update(state=loaded.strategy.get_state())
+
+    def _beat(self, role: str) -> None:
+        now = self.clock.now()
+        EngineHeartbeat.objects.update_or_create(
+            engine_id=self.engine_id,
+            defaults={
+                "account": self.account,
+                "hostname": socket.gethostname(),
+                "pid": os.getpid(),
+                "role": role,
+                "broker": self.broker.name,
+                "feed": getattr(self.feed, "name", "feed"),
+                "started_at": now,
+                "beat_at": now,
+                "market_time": now,
+                "feed_health": self.health.as_dict(now),
+                "stats": {k: v for k, v in vars(self.stats).items() if k != "tick_to_intent_ms"},
+            },
+        )
+
+    # --- the loop ------------------------------------------------------------------------
+
+    async def tick(self, item) -> None:
+        now = self.clock.now()
+        if isinstance(item, LtpTick):
+            ok = self.validator.validate_ltp(item, now, stale_after_s=self.health.ltp_stale_s)
+            self.health.observe_ltp(item, now, ok)
+            self.stats.ticks += 1
+            if ok:
+                self.book.update_ltp(item)
+                if item.kind == "VIX":
+                    await self._vix(item)
+            if self.writer is not None:
+                self.writer.add_tick(item)
+            second = item.exchange_time.replace(microsecond=0)
+            if second != self._last_second:
+                self._last_second = second
+                await self._every_second(now)
+            return
+        if isinstance(item, ChainSnapshot):
+            await self._on_chain(item, now)
+
+    async def _vix(self, tick: LtpTick) -> None:
+        verdict = self.vix.observe(tick.exchange_time, tick.ltp)
+        if verdict == "trip":
+            await _db(trip_breaker)(
+                "vix",
+                f"India VIX jumped to {tick.ltp:.2f} (> {self.vix.sigma:g}σ of today's one-minute changes)",
+                at=tick.exchange_time,
+                account=self.account,
+            )
+        elif verdict == "clear":
+            await _db(clear_breaker)("vix", at=tick.exchange_time, actor="breaker:vix", account=self.account)
+
+    async def _every_second(self, now: dt.datetime) -> None:
+        events = await self.oms.sync()
+        for event in events:
+            for loaded in self.strategies:
+                if event.strategy_key == loaded.key:
+                    handler = loaded.strategy.on_fill if hasattr(event, "price") else loaded.strategy.on_order_update
+                    await self._submit_all(loaded, self._contained(loaded, handler, event), now, now)
+        for loaded in self.strategies:
+            await self._submit_all(loaded, self._contained(loaded, loaded.strategy.on_timer, now), now, now)
+        await _db(self._beat)("ACTIVE")
+        await asend_now("heartbeat", {"engine": self.engine_id, "at": now.isoformat()}, account=self.account)
+        if self._last_reconcile is None or (now - self._last_reconcile).total_seconds() >= self.reconcile_every_s:
+            self._last_reconcile = now
+            await reconcile(self.broker, account=self.account)
+            if self.writer is not None and self.writer.pending:
+                await _db(self.writer.flush)()
+            await _db(self._persist_states)()
+
+    async def _on_chain(self, snapshot: ChainSnapshot, now: dt.datetime) -> None:
+        report = self.validator.validate(snapshot, now)
+        self.health.observe_chain(snapshot, now, report)
+        self.stats.snapshots += 1
+        self.book.update_chain(snapshot)
+        await self.broker.on_market_data()
+        if self.writer is not None:
+            self.writer.add_chain(snapshot)
+        await _db(self._refresh_strategies)()
+        self._limits = await _db(RiskLimits.active)()
+        received = snapshot.received_at
+        for loaded in self.strategies:
+            intents = self._contained(loaded, loaded.strategy.on_snapshot, snapshot)
+            await self._submit_all(loaded, intents, now, received)
+
+    def _contained(self, loaded: Loaded, method, *args):
+        """One failing strategy never stops the engine or the others."""
+        try:
+            return list(method(*args) or ())
+        except Exception:
+            loaded.failures += 1
+            self.stats.strategy_errors += 1
+            log.exception("strategy failed", extra={"strategy": loaded.key})
+            return []
+
+    async def _submit_all(self, loaded: Loaded, intents, now: dt.datetime, snapshot_at: dt.datetime) -> None:
+        refused_signals = set()
+        for intent in intents:
+            if intent.purpose == "HEDGE" and intent.signal_key in refused_signals:
+                continue  # no hedge for an entry that was not sent
+            self.stats.intents += 1
+            intent_at = self.clock.now()
+            if not await self._submit(loaded, intent, snapshot_at, intent_at) and intent.purpose in ("ENTRY", "SCALE"):
+                refused_signals.add(intent.signal_key)
+        await _db(self._record_transitions)(loaded)
+
+    async def _submit(self, loaded: Loaded, intent, snapshot_at, intent_at) -> bool:
+        instrument = self.instruments.get(intent.security_id)
+        if instrument is None:
+            log.error("intent for an unknown instrument", extra={"security_id": intent.security_id})
+            return False
+        funds = await self.broker.funds()
+        underlying_quote = self.book.get(self.underlying_ids.get(instrument.underlying.symbol, ""))
+        now = self.clock.now()
+        ctx = await _db(build_context)(
+            intent,
+            instrument=instrument,
+            now=now,
+            funds=funds,
+            quote=self.book.get(intent.security_id),
+            underlying_price=underlying_quote.last if underlying_quote else None,
+            feed_stale=self.health.is_stale(now),
+            account=self.account,
+        )
+        decision = self.gate.check(intent, ctx)
+        if not decision.allowed:
+            self.stats.refused += 1
+            await _db(record_refusal)(intent, decision, ctx, account=self.account)
+            if hasattr(loaded.strategy, "on_refused"):
+                loaded.strategy.on_refused(intent, f"{decision.rule}: {decision.reason}", now)
+            return False
+        gate_passed_at = self.clock.now()
+        self.stats.tick_to_intent_ms.append((gate_passed_at - snapshot_at).total_seconds() * 1000)
+        signal = await _db(self._signal)(loaded, intent) if intent.signal_key else None
+        strategy_row = await _db(Strategy.objects.get)(pk=loaded.row_id)
+        for quantity in decision.slices:
+            self.stats.orders += 1
+            await self.oms.submit(
+                instrument=instrument,
+                side=intent.side,
+                quantity=quantity,
+                limit_price=intent.limit_price,
+                purpose=intent.purpose,
+                order_type=Order.Type.LIMIT if intent.limit_price else Order.Type.MARKET,
+                strategy=strategy_row,
+                signal=signal,
+                snapshot_at=snapshot_at,
+                intent_at=intent_at,
+                gate_passed_at=gate_passed_at,
+                check_slippage_rule=False,  # the gate ran the slippage rule
+                reason=intent.reason,
+            )
+        return True
+
+    def _signal(self, loaded: Loaded, intent) -> Signal:
+        signal = Signal.objects.filter(key=intent.signal_key).first()
+        if signal is None:  # the probe comes first, so a signal is keyed on its option
+            option = self.instruments[intent.security_id]
+            with transaction.atomic():
+                signal = Signal.objects.create(
+                    strategy_id=loaded.row_id,
+                    instrument=option,
+                    key=intent.signal_key,
+                    features=intent.features,
+                    phase=Signal.Phase.PROBE,
+                    detected_at=self.clock.now(),
+                )
+                audit_append(
+                    "signal.detected",
+                    actor=f"strategy:{loaded.key}",
+                    subject=f"signal:{signal.key}",
+                    payload={"features": intent.features, "instrument": option.security_id},
+                    at=self.clock.now(),
+                )
+                publish_on_commit("signal", {"key": signal.key}, account=self.account)
+        return signal
+
+    def _record_transitions(self, loaded: Loaded) -> None:
+        transitions = getattr(loaded.strategy, "transitions", None)
+        if not transitions:
+            return
+        pending, loaded.strategy.transitions = list(transitions), []
+        for t in pending:
+            phase = {
+                "PROBE": "PROBE",
+                "SCALED": "SCALED",
+                "EXITING": "EXITING",
+                "CLOSED": "CLOSED",
+                "REFUSED": "REFUSED",
+            }.get(t.new)
+            with transaction.atomic():
+                fields = {"phase": phase} if phase else {}
+                if t.new == "SCALED":
+                    fields["confirmed_at"] = t.at
+                if t.new in ("CLOSED", "REFUSED"):
+                    fields["closed_at"] = t.at
+                if fields:
+                    Signal.objects.filter(key=t.signal_key).update(**fields)
+                audit_append(
+                    "signal.transition",
+                    actor=f"strategy:{loaded.key}",
+                    subject=f"signal:{t.signal_key}",
+                    payload={"from": t.old, "to": t.new, "reason": t.reason},
+                    at=t.at,
+                )
+            log.info(
+                "signal transition", extra={"signal": t.signal_key, "from": t.old, "to": t.new, "reason": t.reason}
+            )
