@@ -23,6 +23,26 @@ import numpy as np
 
 CE, PE = 0, 1  # option_type codes in ChainSnapshot.option_type
 
+# The per-contract arrays of a ChainSnapshot, in field order (not flags).
+ROW_ARRAYS = (
+    "security_id",
+    "strike",
+    "option_type",
+    "last_price",
+    "oi",
+    "prev_oi",
+    "volume",
+    "bid",
+    "ask",
+    "bid_qty",
+    "ask_qty",
+    "iv",
+    "delta",
+    "gamma",
+    "theta",
+    "vega",
+)
+
 
 @dataclass(slots=True)
 class ChainSnapshot:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from marketdata import greeks, synthetic
-from marketdata.feeds.base import CE, PE, ChainSnapshot, Feed, FeedItem, LtpTick
+from marketdata.feeds.base import CE, PE, ROW_ARRAYS, ChainSnapshot, Feed, FeedItem, LtpTick
 from marketdata.scenarios import Event, Scenario
 from quanthub.clock import IST, SESSION_CLOSE, SESSION_OPEN, Clock, SimulatedClock
 
@@ -449,24 +449,7 @@ class SimulatorFeed(Feed):
         elif kind == "missing":
             strikes = np.unique(snapshot.strike[rows])
             keep = ~np.isin(snapshot.strike, strikes)
-            for name in (
-                "security_id",
-                "strike",
-                "option_type",
-                "last_price",
-                "oi",
-                "prev_oi",
-                "volume",
-                "bid",
-                "ask",
-                "bid_qty",
-                "ask_qty",
-                "iv",
-                "delta",
-                "gamma",
-                "theta",
-                "vega",
-            ):
+            for name in ROW_ARRAYS:
                 setattr(snapshot, name, getattr(snapshot, name)[keep])
             snapshot.flags = np.zeros(int(keep.sum()), dtype=np.uint16)
         return snapshot

@@ -9,7 +9,7 @@ from django.db import connection, connections
 
 from marketdata import retention
 from marketdata.csvimport import ChainCsvError, parse
-from marketdata.feeds.base import ChainSnapshot, LtpTick
+from marketdata.feeds.base import ROW_ARRAYS, ChainSnapshot, LtpTick
 from marketdata.feeds.replay import ReplayFeed
 from marketdata.feeds.simulator import SimulatorFeed
 from marketdata.models import ChainQuote, DerivedMetric, LtpQuote, MinuteBar
@@ -17,25 +17,7 @@ from marketdata.storage import SnapshotWriter, load_chain_history, load_session
 from quanthub.clock import IST, SimulatedClock
 
 DAY = dt.date(2026, 11, 23)
-ARRAYS = (
-    "security_id",
-    "strike",
-    "option_type",
-    "last_price",
-    "oi",
-    "prev_oi",
-    "volume",
-    "bid",
-    "ask",
-    "bid_qty",
-    "ask_qty",
-    "iv",
-    "delta",
-    "gamma",
-    "theta",
-    "vega",
-    "flags",
-)
+ARRAYS = (*ROW_ARRAYS, "flags")
 
 
 def _record(minutes=2, scenario="default", day=DAY):

@@ -78,13 +78,18 @@ def test_activating_a_new_set_deactivates_the_old_one():
     assert RiskLimits.active().pk == new.pk
 
 
-def test_a_risk_manager_edits_limits_in_the_admin_and_it_is_audited(client, risk_manager):
+def _change_form(client, user):
+    """The active limits' admin change URL and its current values as POST data."""
     limits = RiskLimits.active()
-    client.force_login(risk_manager)
+    client.force_login(user)
     url = reverse("admin:risk_risklimits_change", args=[limits.pk])
     form = client.get(url).context["adminform"].form
     data = {name: ("" if value is None else value) for name, value in form.initial.items()}
-    data = {k: v for k, v in data.items() if not isinstance(v, bool) or v}
+    return url, {k: v for k, v in data.items() if not isinstance(v, bool) or v}
+
+
+def test_a_risk_manager_edits_limits_in_the_admin_and_it_is_audited(client, risk_manager):
+    url, data = _change_form(client, risk_manager)
     data.update({"max_lots_per_signal": "8", "entry_cutoff": "15:00:00"})
     response = client.post(url, data)
     assert response.status_code == 302, response.context["adminform"].form.errors if response.context else ""
@@ -95,12 +100,7 @@ def test_a_risk_manager_edits_limits_in_the_admin_and_it_is_audited(client, risk
 
 
 def test_a_wrong_form_value_is_refused_with_a_field_error(client, risk_manager):
-    limits = RiskLimits.active()
-    client.force_login(risk_manager)
-    url = reverse("admin:risk_risklimits_change", args=[limits.pk])
-    form = client.get(url).context["adminform"].form
-    data = {name: ("" if value is None else value) for name, value in form.initial.items()}
-    data = {k: v for k, v in data.items() if not isinstance(v, bool) or v}
+    url, data = _change_form(client, risk_manager)
     data.update({"max_lots_per_signal": "80", "entry_cutoff": "15:00:00"})
     response = client.post(url, data)
     assert response.status_code == 200

@@ -357,17 +357,20 @@ class PaperBroker(Broker):
         await self._latency()
         return await sync_to_async(self._modify, thread_sensitive=True)(broker_order_id, price, quantity)
 
+    def _locked_open_order(self, broker_order_id: str) -> PaperOrder:
+        """The order, row-locked, if it is still open (call inside a transaction)."""
+        order = (
+            PaperOrder.objects.select_for_update().filter(account=self.account, broker_order_id=broker_order_id).first()
+        )
+        if order is None:
+            raise Rejected("DH-906", f"No order {broker_order_id}")
+        if order.status not in OPEN_STATUSES:
+            raise Rejected("DH-906", f"Order {broker_order_id} is {order.status}, not open")
+        return order
+
     def _modify(self, broker_order_id: str, price: Decimal | None, quantity: int | None) -> BrokerOrder:
         with transaction.atomic():
-            order = (
-                PaperOrder.objects.select_for_update()
-                .filter(account=self.account, broker_order_id=broker_order_id)
-                .first()
-            )
-            if order is None:
-                raise Rejected("DH-906", f"No order {broker_order_id}")
-            if order.status not in OPEN_STATUSES:
-                raise Rejected("DH-906", f"Order {broker_order_id} is {order.status}, not open")
+            order = self._locked_open_order(broker_order_id)
             if order.modifications >= MAX_MODIFICATIONS:
                 raise Rejected("DH-906", f"Order {broker_order_id} reached {MAX_MODIFICATIONS} modifications")
             if price is not None:
@@ -392,15 +395,7 @@ class PaperBroker(Broker):
 
     def _cancel(self, broker_order_id: str) -> BrokerOrder:
         with transaction.atomic():
-            order = (
-                PaperOrder.objects.select_for_update()
-                .filter(account=self.account, broker_order_id=broker_order_id)
-                .first()
-            )
-            if order is None:
-                raise Rejected("DH-906", f"No order {broker_order_id}")
-            if order.status not in OPEN_STATUSES:
-                raise Rejected("DH-906", f"Order {broker_order_id} is {order.status}, not open")
+            order = self._locked_open_order(broker_order_id)
             PaperOrder.objects.filter(pk=order.pk).update(
                 status=BrokerStatus.CANCELLED, margin_blocked=0, updated_at=self.clock.now()
             )
