@@ -1,0 +1,111 @@
+"""One full simulated session (09:15–15:30, NIFTY and BANKNIFTY, a chain every
+3 s each, LTP every second) through the whole engine — validation, book,
+strategy, gate, OMS on the paper broker, storage writes — at full speed, on
+SQLite (a temporary file) and, when DATABASE_URL points at PostgreSQL (or
+--postgres URL), on PostgreSQL.
+
+    python benchmarks/replay.py [--json PATH] [--postgres URL] [--minutes N]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, parser, report  # noqa: E402
+
+
+def run_one(url: str, minutes: int, tmp: str) -> dict:
+    env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "error", "QUANTHUB_VAR_DIR": tmp}
+    env.pop("REDIS_URL", None)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", str(minutes)], env=env, capture_output=True, text=True, cwd=ROOT
+    )
+    if out.returncode:
+        raise SystemExit(f"replay benchmark on {url.split('@')[-1]} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child(minutes: int) -> None:
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "quanthub.settings")
+    import asyncio
+    import datetime as dt
+    import time
+
+    import django
+    import numpy as np
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    from marketdata.book import QuoteBook
+    from marketdata.demo import ensure_demo_instruments
+    from marketdata.feeds.simulator import SimulatorFeed
+    from marketdata.storage import SnapshotWriter
+    from quanthub.clock import IST, SimulatedClock
+    from trading.brokers.paper import PaperBroker
+    from trading.engine.engine import Engine
+    from trading.models import Strategy
+
+    day = dt.date(2026, 11, 23)
+    ensure_demo_instruments(day)
+    Strategy.objects.filter(key="vol_oi").update(enabled=True)
+    clock = SimulatedClock(dt.datetime(2026, 11, 23, 9, 14, 59, tzinfo=IST))
+    book = QuoteBook()
+    end = (dt.datetime(2026, 1, 1, 9, 15) + dt.timedelta(minutes=minutes)).time()
+    feed = SimulatorFeed(clock=clock, seed=7, scenario="default", trading_day=day, end_time=end)
+    engine = Engine(
+        feed=feed, broker=PaperBroker(clock=clock, book=book), clock=clock, book=book, writer=SnapshotWriter()
+    )
+    began = time.perf_counter()
+    stats = asyncio.run(engine.run())
+    elapsed = time.perf_counter() - began
+    latencies = np.array(stats.tick_to_intent_ms or [0.0])
+    print(
+        json.dumps(
+            {
+                "session_s": elapsed,
+                "snapshots": stats.snapshots,
+                "orders": stats.orders,
+                "snapshots_per_s": stats.snapshots / elapsed,
+                "p50": float(np.percentile(latencies, 50)),
+                "p99": float(np.percentile(latencies, 99)),
+            }
+        )
+    )
+
+
+def main() -> None:
+    args_parser = parser(__doc__.splitlines()[0])
+    args_parser.add_argument("--postgres", help="PostgreSQL URL (default: DATABASE_URL if it is one).")
+    args_parser.add_argument("--minutes", type=int, default=375, help="Session length (375 = 09:15–15:30).")
+    args = args_parser.parse_args()
+    metrics: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run_one(f"sqlite:///{tmp}/replay.sqlite3", args.minutes, tmp)
+        metrics.update(
+            sqlite_session_s=result["session_s"],
+            snapshots_per_s=result["snapshots_per_s"],
+            tick_to_intent_p50_ms=result["p50"],
+            tick_to_intent_p99_ms=result["p99"],
+            orders=result["orders"],
+        )
+        url = os.environ.get("DATABASE_URL", "")
+        pg = args.postgres or (url if url.startswith("postgres") else "")
+        if pg:
+            metrics["postgres_session_s"] = run_one(pg, args.minutes, tmp)["session_s"]
+    report("replay", metrics, args.json)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        child(int(sys.argv[2]))
+    else:
+        main()
