@@ -122,3 +122,23 @@ async def test_the_command_reports_a_summary(oms, book, demo_market, capsys):
     await sync_to_async(call_command, thread_sensitive=False)("kill_all", "--actor", "ops", "--reason", "drill")
     out = capsys.readouterr().out
     assert "2 legs, 2 exits sent" in out and "FLAT" in out and "kill switch on" in out
+
+
+async def test_the_daily_loss_cap_flattens_and_halts_until_the_next_session(oms, book, demo_market):
+    from risk.breakers import enforce_daily_loss, next_session_open
+    from risk.models import BreakerTrip
+
+    await _open_legs(oms, book, 3)
+    now = dt.datetime.now(tz=IST)
+    summary = await enforce_daily_loss(
+        broker=oms.broker, oms=oms, net_pnl=Decimal("-26000"), cap=Decimal("25000"), now=now
+    )
+    assert summary.flat and summary.kill_switch is False  # flattened; the broker switch stays for Kill All
+    state = await TradingState.objects.aget(account="default")
+    assert state.state == TradingState.State.HALTED and state.halted_until == next_session_open(now)
+    assert await BreakerTrip.objects.filter(breaker="daily_loss").aexists()
+    assert not await Position.objects.exclude(net_quantity=0).aexists()
+    assert (
+        await enforce_daily_loss(broker=oms.broker, oms=oms, net_pnl=Decimal("-100"), cap=Decimal("25000"), now=now)
+        is None
+    )

@@ -27,10 +27,10 @@ from marketdata.feeds.base import ChainSnapshot, LtpTick
 from marketdata.models import Instrument
 from marketdata.validation import ChainValidator, FeedHealth
 from quanthub.clock import Clock
-from risk.breakers import VixMonitor
+from risk.breakers import VixMonitor, enforce_daily_loss
 from risk.breakers import clear as clear_breaker
 from risk.breakers import trip as trip_breaker
-from risk.context import build_context
+from risk.context import build_context, daily_net_pnl
 from risk.gate import RiskGate, record_refusal
 from risk.models import RiskLimits
 from trading.brokers.ratelimit import RateLimiter
@@ -105,6 +105,7 @@ class Engine:
         self.engine_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.reconcile_every_s = reconcile_every_s
         self._stopping = False
+        self._loss_handled = False
         self._last_second: dt.datetime | None = None
         self._last_reconcile: dt.datetime | None = None
         self.started = asyncio.Event()
@@ -253,6 +254,7 @@ class Engine:
                     await self._submit_all(loaded, self._contained(loaded, handler, event), now, now)
         for loaded in self.strategies:
             await self._submit_all(loaded, self._contained(loaded, loaded.strategy.on_timer, now), now, now)
+        await self._daily_loss(now)
         await _db(self._beat)("ACTIVE")
         await asend_now("heartbeat", {"engine": self.engine_id, "at": now.isoformat()}, account=self.account)
         if self._last_reconcile is None or (now - self._last_reconcile).total_seconds() >= self.reconcile_every_s:
@@ -261,6 +263,22 @@ class Engine:
             if self.writer is not None and self.writer.pending:
                 await _db(self.writer.flush)()
             await _db(self._persist_states)()
+
+    async def _daily_loss(self, now: dt.datetime) -> None:
+        """Past the daily net loss cap: REDUCING, flatten everything, HALTED until the next session."""
+        if self._loss_handled:
+            return
+        pnl = await _db(daily_net_pnl)(self.account, now)
+        if pnl <= -self._limits.daily_loss_cap:
+            self._loss_handled = True
+            await enforce_daily_loss(
+                broker=self.broker,
+                oms=self.oms,
+                net_pnl=pnl,
+                cap=self._limits.daily_loss_cap,
+                now=now,
+                account=self.account,
+            )
 
     async def _on_chain(self, snapshot: ChainSnapshot, now: dt.datetime) -> None:
         report = self.validator.validate(snapshot, now)
