@@ -247,6 +247,10 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"user": env_str("API_THROTTLE_RATE", "600/min")},
 }
+# /health/ready: the engine's heartbeat must be younger than this (it beats every second).
+HEALTH_ENGINE_STALE_S = env_int("HEALTH_ENGINE_STALE_S", 10, minimum=1)
+# Health probes come over plain HTTP from inside the container, never redirected.
+SECURE_REDIRECT_EXEMPT = [r"^health/"]
 SPECTACULAR_SETTINGS = {
     "TITLE": "Quant Hub API",
     "DESCRIPTION": "Positions, orders, risk limits, trading state, Kill All, audit export and health.",

@@ -3,8 +3,10 @@ from __future__ import annotations
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView
+from rest_framework.permissions import IsAuthenticated
 
-from quanthub import views
+from quanthub import health, views
 
 admin.site.site_header = "Quant Hub administration"
 admin.site.site_title = "Quant Hub admin"
@@ -17,4 +19,9 @@ urlpatterns = [
     path("trading/", include("trading.urls")),
     path("risk/", include("risk.urls")),
     path("compliance/", include("audit.urls")),
+    path("api/v1/", include("quanthub.api_urls")),
+    # The OpenAPI schema only (no Swagger UI: it would load from a CDN); for logged-in users.
+    path("api/schema/", SpectacularAPIView.as_view(permission_classes=[IsAuthenticated]), name="api-schema"),
+    path("health/live", health.live, name="health-live"),
+    path("health/ready", health.ready, name="health-ready"),
 ]

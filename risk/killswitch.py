@@ -218,8 +218,9 @@ def book_from_storage(security_ids):
     return book
 
 
-def run_kill_all(actor: str, reason: str, account: str = "default", *, timeout_s: float = 15.0) -> KillAllSummary:
-    """Kill All from anywhere (the admin, the API, ``manage.py kill_all``), engine or no engine."""
+def offline_oms(account: str, security_ids):
+    """A broker and an OMS for work done outside the engine (Kill All, a
+    requested exit with no engine running), pricing from the last stored quotes."""
     from django.conf import settings
 
     from quanthub.clock import RealClock
@@ -228,17 +229,7 @@ def run_kill_all(actor: str, reason: str, account: str = "default", *, timeout_s
     from trading.brokers.ratelimit import RateLimiter
     from trading.oms import OrderManager
 
-    ids = set(
-        Position.objects.filter(account=account)
-        .exclude(net_quantity=0)
-        .values_list("instrument__security_id", flat=True)
-    )
-    ids |= set(
-        Position.objects.filter(account=account)
-        .exclude(net_quantity=0)
-        .values_list("instrument__underlying__security_id", flat=True)
-    )
-    book = book_from_storage(ids)
+    book = book_from_storage(security_ids)
     clock = RealClock()
     broker = build_broker(settings.QUANTHUB_BROKER, account=account, clock=clock, book=book)
     limits = RiskLimits.active()
@@ -249,6 +240,22 @@ def run_kill_all(actor: str, reason: str, account: str = "default", *, timeout_s
         clock=clock,
         book=book,
     )
+    return broker, oms, book
+
+
+def run_kill_all(actor: str, reason: str, account: str = "default", *, timeout_s: float = 15.0) -> KillAllSummary:
+    """Kill All from anywhere (the admin, the API, ``manage.py kill_all``), engine or no engine."""
+    ids = set(
+        Position.objects.filter(account=account)
+        .exclude(net_quantity=0)
+        .values_list("instrument__security_id", flat=True)
+    )
+    ids |= set(
+        Position.objects.filter(account=account)
+        .exclude(net_quantity=0)
+        .values_list("instrument__underlying__security_id", flat=True)
+    )
+    broker, oms, _ = offline_oms(account, ids)
 
     async def go():
         try:

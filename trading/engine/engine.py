@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from asgiref.sync import sync_to_async
 from django.db import transaction
+from django.utils import timezone
 
 from audit.chain import append as audit_append
 from marketdata.book import QuoteBook
@@ -35,6 +36,7 @@ from risk.gate import RiskGate, record_refusal
 from risk.models import RiskLimits
 from trading.brokers.ratelimit import RateLimiter
 from trading.events import asend_now, publish_on_commit
+from trading.exits import send_requested_exits
 from trading.models import EngineHeartbeat, Order, Signal, Strategy
 from trading.oms import OrderManager
 from trading.reconcile import reconcile
@@ -194,6 +196,9 @@ class Engine:
 
     def _beat(self, role: str) -> None:
         now = self.clock.now()
+        # Wall time: health checks and the API judge liveness by it; the engine's
+        # own (possibly simulated) clock goes in market_time.
+        wall = timezone.now()
         EngineHeartbeat.objects.update_or_create(
             engine_id=self.engine_id,
             defaults={
@@ -203,8 +208,8 @@ class Engine:
                 "role": role,
                 "broker": self.broker.name,
                 "feed": getattr(self.feed, "name", "feed"),
-                "started_at": now,
-                "beat_at": now,
+                "started_at": wall,
+                "beat_at": wall,
                 "market_time": now,
                 "feed_health": self.health.as_dict(now),
                 "stats": {k: v for k, v in vars(self.stats).items() if k != "tick_to_intent_ms"},
@@ -246,6 +251,8 @@ class Engine:
             await _db(clear_breaker)("vix", at=tick.exchange_time, actor="breaker:vix", account=self.account)
 
     async def _every_second(self, now: dt.datetime) -> None:
+        # Exits requested from outside (the API) go out from here, so their fills reach the strategies.
+        await send_requested_exits(self.oms, self.book, account=self.account)
         events = await self.oms.sync()
         for event in events:
             for loaded in self.strategies:

@@ -1,0 +1,159 @@
+"""REST API for risk: limits (read by all, edited by risk managers), trading state, Kill All."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers
+from rest_framework.exceptions import ValidationError
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from quanthub.api import ApiView, HasRole, require_perm, run_in_fresh_thread
+from quanthub.clock import IST
+from risk import services
+from risk.models import BreakerTrip, EventDay, RiskLimits, TradingState
+from trading.models import ReconciliationBreak
+
+
+class RiskLimitsSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = RiskLimits
+        exclude = ("is_active",)
+        read_only_fields = ("id", "version", "updated_at", "updated_by")
+
+
+class RiskLimitsView(ApiView):
+    """The active risk limits. Any role reads them; a risk manager changes them."""
+
+    def get_permissions(self):
+        if self.request.method in ("PUT", "PATCH"):
+            return [IsAuthenticated(), require_perm("risk.change_risklimits")()]
+        return [IsAuthenticated(), HasRole()]
+
+    @extend_schema(responses=RiskLimitsSerializer)
+    def get(self, request: Request) -> Response:
+        return Response(RiskLimitsSerializer(RiskLimits.active()).data)
+
+    @extend_schema(
+        request=RiskLimitsSerializer,
+        responses=RiskLimitsSerializer,
+        description="Replace the active limits' values. The same validation and audited service as the "
+        "admin form: a new version, old and new values in the audit log; 400 names each bad field.",
+    )
+    def put(self, request: Request) -> Response:
+        return self._save(request, partial=False)
+
+    @extend_schema(request=RiskLimitsSerializer, responses=RiskLimitsSerializer)
+    def patch(self, request: Request) -> Response:
+        return self._save(request, partial=True)
+
+    def _save(self, request: Request, *, partial: bool) -> Response:
+        limits = RiskLimits.active()
+        body = RiskLimitsSerializer(limits, data=request.data, partial=partial)
+        body.is_valid(raise_exception=True)
+        for name, value in body.validated_data.items():
+            setattr(limits, name, value)
+        try:
+            services.save_risk_limits(limits, actor=request.user.get_username())
+        except DjangoValidationError as exc:
+            raise ValidationError(exc.message_dict) from None
+        return Response(RiskLimitsSerializer(limits).data)
+
+
+class TradingStateSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = TradingState
+        fields = ("account", "state", "actor", "reason", "changed_at", "halted_until")
+
+
+class BreakerSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = BreakerTrip
+        fields = ("breaker", "tripped_at", "reason", "details")
+
+
+class EventDaySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = EventDay
+        fields = ("date", "kind", "action", "note")
+
+
+class RiskStateView(ApiView):
+    @extend_schema(
+        summary="Trading state, open breakers, today's event days, open reconciliation breaks",
+        responses=inline_serializer(
+            "RiskState",
+            {
+                "trading_state": TradingStateSerializer(),
+                "open_breakers": BreakerSerializer(many=True),
+                "event_days_today": EventDaySerializer(many=True),
+                "open_reconciliation_breaks": serializers.IntegerField(),
+                "limits_version": serializers.IntegerField(),
+            },
+        ),
+    )
+    def get(self, request: Request) -> Response:
+        from django.utils import timezone
+
+        account = settings.QUANTHUB_ACCOUNT
+        today = timezone.now().astimezone(IST).date()
+        return Response(
+            {
+                "trading_state": TradingStateSerializer(services.get_trading_state(account)).data,
+                "open_breakers": BreakerSerializer(
+                    BreakerTrip.objects.filter(account=account, cleared_at__isnull=True), many=True
+                ).data,
+                "event_days_today": EventDaySerializer(EventDay.objects.filter(date=today), many=True).data,
+                "open_reconciliation_breaks": ReconciliationBreak.objects.filter(
+                    account=account, resolved_at__isnull=True
+                ).count(),
+                "limits_version": RiskLimits.active().version,
+            }
+        )
+
+
+class KillAllRequest(serializers.Serializer):
+    reason = serializers.CharField(max_length=500, default="Kill All from the API", trim_whitespace=True)
+    timeout_s = serializers.FloatField(min_value=1, max_value=60, default=15.0)
+
+
+class KillAllView(ApiView):
+    permission_classes = [IsAuthenticated, require_perm("trading.kill_all")]
+
+    @extend_schema(
+        summary="Kill All",
+        description="HALT, cancel open orders, exit every position in the priority lane, and when flat "
+        "activate the broker's kill switch (risk.killswitch.run_kill_all). Blocks until flat or "
+        "timeout_s; check `flat` in the summary.",
+        request=KillAllRequest,
+        responses=inline_serializer(
+            "KillAllSummary",
+            {
+                "legs": serializers.IntegerField(),
+                "sent": serializers.IntegerField(),
+                "filled": serializers.IntegerField(),
+                "cancelled": serializers.IntegerField(),
+                "flat": serializers.BooleanField(),
+                "kill_switch": serializers.BooleanField(),
+                "sent_s": serializers.FloatField(allow_null=True),
+                "flat_s": serializers.FloatField(allow_null=True),
+                "errors": serializers.ListField(child=serializers.CharField()),
+            },
+        ),
+    )
+    def post(self, request: Request) -> Response:
+        from risk.killswitch import run_kill_all
+
+        body = KillAllRequest(data=request.data)
+        body.is_valid(raise_exception=True)
+        summary = run_in_fresh_thread(
+            run_kill_all,
+            request.user.get_username(),
+            body.validated_data["reason"],
+            settings.QUANTHUB_ACCOUNT,
+            timeout_s=body.validated_data["timeout_s"],
+        )
+        return Response(summary.as_dict())

@@ -1,0 +1,310 @@
+"""REST API for trading: summary, positions (and exiting one), orders, trades, strategies."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.shortcuts import get_object_or_404
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import generics, serializers, status
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from quanthub.api import ApiView, Pagination, require_perm, run_in_fresh_thread
+from quanthub.clock import IST
+from trading import services
+from trading.exits import ExitRefused, exit_position
+from trading.models import Order, Position, Strategy, Trade
+
+
+def jsonable(value: Any) -> Any:
+    """Money stays exact on the wire: Decimals become strings, as in the serializers."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+# --- summary ---------------------------------------------------------------------------
+
+
+class SummaryView(ApiView):
+    @extend_schema(
+        summary="Today at a glance",
+        description="Gross and net P&L, charges, open positions, trading state, engine heartbeat, "
+        "feed health and open alerts of the account this server trades (QUANTHUB_ACCOUNT).",
+        responses={200: OpenApiTypes.OBJECT},
+    )
+    def get(self, request: Request) -> Response:
+        from trading.selectors import overview
+
+        return Response(jsonable(overview(account=settings.QUANTHUB_ACCOUNT)))
+
+
+# --- positions ---------------------------------------------------------------------------
+
+
+class PositionSerializer(serializers.ModelSerializer):
+    instrument = serializers.CharField(source="instrument.trading_symbol")
+    security_id = serializers.CharField(source="instrument.security_id")
+    strategy = serializers.CharField(source="strategy.key", allow_null=True, default=None)
+    signal = serializers.CharField(source="signal.key", allow_null=True, default=None)
+    net_pnl = serializers.DecimalField(max_digits=16, decimal_places=2, read_only=True)
+    expires_at = serializers.SerializerMethodField(help_text="opened_at + ttl_seconds: when the time stop falls due.")
+    ttl_remaining_s = serializers.SerializerMethodField(help_text="Seconds until the time stop; 0 when past.")
+
+    class Meta:
+        model = Position
+        fields = (
+            "id",
+            "account",
+            "instrument",
+            "security_id",
+            "strategy",
+            "signal",
+            "net_quantity",
+            "average_price",
+            "last_price",
+            "realised_pnl",
+            "unrealised_pnl",
+            "charges",
+            "net_pnl",
+            "delta",
+            "gamma",
+            "theta",
+            "vega",
+            "stop_price",
+            "target_price",
+            "opened_at",
+            "ttl_seconds",
+            "expires_at",
+            "ttl_remaining_s",
+            "updated_at",
+        )
+
+    def get_expires_at(self, position: Position) -> dt.datetime | None:
+        if position.opened_at is None or position.ttl_seconds is None:
+            return None
+        return position.opened_at + dt.timedelta(seconds=position.ttl_seconds)
+
+    def get_ttl_remaining_s(self, position: Position) -> int | None:
+        expires = self.get_expires_at(position)
+        if expires is None:
+            return None
+        return max(int((expires - timezone.now()).total_seconds()), 0)
+
+
+class PositionList(ApiView, generics.ListAPIView):
+    """Open positions (net quantity not zero) with Greeks, stop, target and time-to-live."""
+
+    serializer_class = PositionSerializer
+    pagination_class = Pagination
+
+    def get_queryset(self):
+        return Position.objects.exclude(net_quantity=0).select_related(
+            "instrument", "instrument__underlying", "strategy", "signal"
+        )
+
+
+class OrderSerializer(serializers.ModelSerializer):
+    instrument = serializers.CharField(source="instrument.trading_symbol")
+    security_id = serializers.CharField(source="instrument.security_id")
+    strategy = serializers.CharField(source="strategy.key", allow_null=True, default=None)
+    signal = serializers.CharField(source="signal.key", allow_null=True, default=None)
+
+    class Meta:
+        model = Order
+        fields = (
+            "id",
+            "client_order_id",
+            "broker_order_id",
+            "account",
+            "instrument",
+            "security_id",
+            "strategy",
+            "signal",
+            "side",
+            "purpose",
+            "order_type",
+            "quantity",
+            "limit_price",
+            "filled_quantity",
+            "average_price",
+            "state",
+            "reject_code",
+            "reason",
+            "requote_count",
+            "created_at",
+            "sent_at",
+            "acked_at",
+            "filled_at",
+            "cancelled_at",
+            "rejected_at",
+            "updated_at",
+        )
+
+
+class PositionExit(ApiView):
+    permission_classes = [IsAuthenticated, require_perm("trading.exit_position")]
+
+    @extend_schema(
+        summary="Exit one position",
+        description="Commits the exit orders (one per freeze-quantity slice, in the OMS's priority lane). "
+        "When an engine is trading the account it sends them within a second (202); otherwise this "
+        "request sends them through the broker and reports their state (200). 409 when the position "
+        "is flat, an exit is already working, or trading is HALTED.",
+        request=None,
+        responses={
+            200: inline_serializer(
+                "PositionExitResult", {"sent_by": serializers.CharField(), "orders": OrderSerializer(many=True)}
+            ),
+            202: inline_serializer(
+                "PositionExitQueued", {"sent_by": serializers.CharField(), "orders": OrderSerializer(many=True)}
+            ),
+            409: OpenApiTypes.OBJECT,
+        },
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        get_object_or_404(Position, pk=pk)
+        try:
+            # With no engine this request sends the orders (asyncio.run): off the ASGI request thread.
+            result = exit_position(pk, actor=request.user.get_username(), run=run_in_fresh_thread)
+        except ExitRefused as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(
+            {"sent_by": result.sent_by, "orders": OrderSerializer(result.orders, many=True).data},
+            status=status.HTTP_202_ACCEPTED if result.engine_id else status.HTTP_200_OK,
+        )
+
+
+# --- orders and trades ---------------------------------------------------------------------
+
+
+class OrderFilter(serializers.Serializer):
+    state = serializers.MultipleChoiceField(choices=Order.State.choices, required=False)
+    date = serializers.DateField(required=False, help_text="Trading day (IST) the order was created.")
+
+
+class OrderList(ApiView, generics.ListAPIView):
+    serializer_class = OrderSerializer
+    pagination_class = Pagination
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("state", OpenApiTypes.STR, many=True, enum=Order.State.values, description="Repeatable."),
+            OpenApiParameter("date", OpenApiTypes.DATE, description="Trading day (IST) the order was created."),
+        ]
+    )
+    def get(self, request: Request, *args, **kwargs) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self):
+        params = self.request.query_params
+        data = {"state": params.getlist("state")}
+        if params.get("date"):
+            data["date"] = params["date"]
+        query = OrderFilter(data=data)
+        query.is_valid(raise_exception=True)
+        orders = Order.objects.select_related("instrument", "strategy", "signal")
+        if query.validated_data.get("state"):
+            orders = orders.filter(state__in=query.validated_data["state"])
+        if query.validated_data.get("date"):
+            day = query.validated_data["date"]
+            start = dt.datetime.combine(day, dt.time(0), tzinfo=IST)
+            orders = orders.filter(created_at__gte=start, created_at__lt=start + dt.timedelta(days=1))
+        return orders
+
+
+class TradeSerializer(serializers.ModelSerializer):
+    instrument = serializers.CharField(source="instrument.trading_symbol")
+    security_id = serializers.CharField(source="instrument.security_id")
+    strategy = serializers.CharField(source="strategy.key", allow_null=True, default=None)
+    signal = serializers.CharField(source="signal.key", allow_null=True, default=None)
+
+    class Meta:
+        model = Trade
+        fields = (
+            "id",
+            "account",
+            "instrument",
+            "security_id",
+            "strategy",
+            "signal",
+            "direction",
+            "quantity",
+            "entry_price",
+            "exit_price",
+            "opened_at",
+            "closed_at",
+            "gross_pnl",
+            "charges",
+            "net_pnl",
+            "exit_reason",
+            "risk_amount",
+        )
+
+
+class TradeList(ApiView, generics.ListAPIView):
+    """Round-trip trades, newest first."""
+
+    serializer_class = TradeSerializer
+    pagination_class = Pagination
+
+    def get_queryset(self):
+        return Trade.objects.select_related("instrument", "strategy", "signal")
+
+
+# --- strategies ------------------------------------------------------------------------------
+
+
+class StrategySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Strategy
+        fields = ("id", "key", "name", "enabled", "version", "params", "updated_at")
+        read_only_fields = fields
+
+
+class StrategyList(ApiView, generics.ListAPIView):
+    serializer_class = StrategySerializer
+
+    def get_queryset(self):
+        return Strategy.objects.all()
+
+
+class ToggleSerializer(serializers.Serializer):
+    enabled = serializers.BooleanField(
+        required=False, help_text="The state wanted; left out, the strategy's switch is flipped."
+    )
+
+
+class StrategyToggle(ApiView):
+    permission_classes = [IsAuthenticated, require_perm("trading.toggle_strategy")]
+
+    @extend_schema(
+        summary="Enable or disable a strategy",
+        description="Audited like the admin's actions; bumps the strategy's version so the engine picks "
+        "the change up at its next snapshot. Disabling stops new entries only.",
+        request=ToggleSerializer,
+        responses={
+            200: inline_serializer(
+                "StrategyToggled", {"changed": serializers.BooleanField(), "strategy": StrategySerializer()}
+            )
+        },
+    )
+    def post(self, request: Request, pk: int) -> Response:
+        strategy = get_object_or_404(Strategy, pk=pk)
+        body = ToggleSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        enabled = body.validated_data.get("enabled", not strategy.enabled)
+        changed = services.set_strategy_enabled(strategy, enabled, actor=request.user.get_username())
+        strategy.refresh_from_db()
+        return Response({"changed": changed, "strategy": StrategySerializer(strategy).data})
