@@ -42,6 +42,7 @@ from trading.oms import OrderManager
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+QUOTE_WAIT_S = 5.0
 
 
 class ExitRefused(Exception):
@@ -130,9 +131,13 @@ def commit_exit(position_id: int, *, actor: str) -> list[Order]:
         ]
 
 
-async def send_requested_exits(oms: OrderManager, book=None, *, account: str = "default") -> list[Order]:
+async def send_requested_exits(
+    oms: OrderManager, book=None, *, account: str = "default", quote_wait_s: float = QUOTE_WAIT_S
+) -> list[Order]:
     """Send the committed exits nobody has sent yet, in the priority lane (the
-    engine calls this every second). A resting exit is priced at the live touch first."""
+    engine calls this every second), priced at the live touch. An exit whose
+    instrument has no live quote yet waits up to ``quote_wait_s`` for one (an
+    engine that has just started has an empty book), then goes as committed."""
     pending = await sync_to_async(
         lambda: list(
             Order.objects.filter(account=account, purpose=Order.Purpose.EXIT, state=Order.State.NEW)
@@ -144,6 +149,8 @@ async def send_requested_exits(oms: OrderManager, book=None, *, account: str = "
     sent = []
     for order in pending:
         price = _exit_price(order.side, book.get(order.instrument.security_id)) if book is not None else None
+        if price is None and (timezone.now() - order.created_at).total_seconds() < quote_wait_s:
+            continue
         if price is not None and price != order.limit_price:
             await sync_to_async(Order.objects.filter(pk=order.pk, state=Order.State.NEW).update, thread_sensitive=True)(
                 limit_price=price, order_type=Order.Type.LIMIT

@@ -241,9 +241,12 @@ def test_the_engine_sends_the_queued_exit(trader, demo_market):
     beat()
     client_for(trader).post(V1 + f"positions/{position.pk}/exit/")
     book = QuoteBook()
-    store_quotes([position.instrument], book, timezone.now().astimezone(IST))
     clock = RealClock()
     engine_oms = OrderManager(PaperBroker(clock=clock, book=book), RateLimiter(rate=1000), clock=clock, book=book)
+    # A just-started engine has no quote yet: the exit waits rather than going out blind.
+    assert async_to_sync(send_requested_exits)(engine_oms, book) == []
+    assert Order.objects.get(purpose=Order.Purpose.EXIT).state == Order.State.NEW
+    store_quotes([position.instrument], book, timezone.now().astimezone(IST))
 
     async def engine_second():
         sent = await send_requested_exits(engine_oms, book)
