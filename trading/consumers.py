@@ -35,15 +35,25 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self.group = group_name(self.account)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
-        await self.send(text_data=await database_sync_to_async(self._current)())
+        await self.send(text_data=await database_sync_to_async(self._current)(self._wanted()))
 
-    def _current(self) -> str:
+    def _wanted(self) -> list[str]:
+        """The panels the page asked for (``?panels=overview,chain-NIFTY``), else all."""
+        from urllib.parse import parse_qs
+
+        query = parse_qs(self.scope.get("query_string", b"").decode("ascii", "replace"))
+        wanted = [p for p in ",".join(query.get("panels", [])).split(",") if p]
+        return wanted or [*INITIAL_PANELS, *(f"chain-{u}" for u in ("NIFTY", "BANKNIFTY"))]
+
+    def _current(self, wanted: list[str]) -> str:
         from trading import dashboard
 
-        parts = [dashboard.render_panel(name, account=self.account) for name in INITIAL_PANELS]
-        parts += [
-            dashboard.render_panel("chain", {"underlying": u}, account=self.account) for u in dashboard.UNDERLYINGS
-        ]
+        parts = []
+        for name in wanted:
+            if name.startswith("chain-") and name[6:] in dashboard.UNDERLYINGS:
+                parts.append(dashboard.render_panel("chain", {"underlying": name[6:]}, account=self.account))
+            elif name in dashboard.PANELS and name != "chain":
+                parts.append(dashboard.render_panel(name, account=self.account))
         return "".join(parts)
 
     async def disconnect(self, code):

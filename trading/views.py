@@ -58,6 +58,8 @@ def _page(request, template: str, panels: tuple[str, ...], extra: dict | None = 
     for name in panels:
         context.update(dashboard.panel_context(name, extra, account=_account()))
     context.update(extra or {})
+    live = [f"chain-{context['chain']['underlying']}" if name == "chain" else name for name in panels]
+    context["live_panels"] = ",".join(live)
     return render(request, template, context)
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from asgiref.sync import sync_to_async
 from django.db import transaction
+from django.utils import timezone
 
 from audit.chain import append as audit_append
 from marketdata.book import QuoteBook
@@ -194,22 +195,23 @@ class Engine:
             Strategy.objects.filter(pk=loaded.row_id).update(state=loaded.strategy.get_state())
 
     def _beat(self, role: str) -> None:
-        now = self.clock.now()
+        # beat_at is wall-clock time (the health check and the dashboards judge
+        # liveness by it); market_time is the engine's clock, simulated in replays.
+        wall = timezone.now()
+        values = {
+            "account": self.account,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "role": role,
+            "broker": self.broker.name,
+            "feed": getattr(self.feed, "name", "feed"),
+            "beat_at": wall,
+            "market_time": self.clock.now(),
+            "feed_health": self.health.as_dict(self.clock.now()),
+            "stats": {k: v for k, v in vars(self.stats).items() if k != "tick_to_intent_ms"},
+        }
         EngineHeartbeat.objects.update_or_create(
-            engine_id=self.engine_id,
-            defaults={
-                "account": self.account,
-                "hostname": socket.gethostname(),
-                "pid": os.getpid(),
-                "role": role,
-                "broker": self.broker.name,
-                "feed": getattr(self.feed, "name", "feed"),
-                "started_at": now,
-                "beat_at": now,
-                "market_time": now,
-                "feed_health": self.health.as_dict(now),
-                "stats": {k: v for k, v in vars(self.stats).items() if k != "tick_to_intent_ms"},
-            },
+            engine_id=self.engine_id, defaults=values, create_defaults={**values, "started_at": wall}
         )
 
     # --- the loop ------------------------------------------------------------------------

@@ -84,3 +84,16 @@ async def test_kill_all_progress_reaches_the_page(trader):
     pushed = await communicator.receive_from(timeout=10)
     assert 'data-testid="kill-summary"' in pushed and "Flat" in pushed and "flat after 1.2 s" in pushed
     await communicator.disconnect()
+
+
+async def test_a_page_gets_only_the_panels_it_shows_on_connect(trader, demo_market):
+    communicator = WebsocketCommunicator(
+        DashboardConsumer.as_asgi(), "/ws/dashboard/?panels=risk,chain-BANKNIFTY,bogus"
+    )
+    communicator.scope["user"] = trader
+    connected, _ = await communicator.connect()
+    assert connected
+    first = await communicator.receive_from(timeout=10)
+    assert 'id="panel-risk"' in first and 'id="panel-chain-BANKNIFTY"' in first
+    assert 'id="panel-overview"' not in first and "bogus" not in first
+    await communicator.disconnect()

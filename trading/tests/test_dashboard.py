@@ -40,7 +40,7 @@ def test_every_page_renders_its_live_panels_for_a_trader(client, trader, demo_ma
     response = client.get(reverse(name))
     assert response.status_code == 200
     html = response.content.decode()
-    assert 'ws-connect="/ws/dashboard/"' in html
+    assert 'ws-connect="/ws/dashboard/?panels=' in html
     assert "can-kill_all" in html  # the trader may press Kill All
     assert 'id="panel-' in html
 
