@@ -23,6 +23,11 @@ from quanthub.roles import roles_of
 T = TypeVar("T")
 
 
+def actor(request) -> str:
+    """Who did it, in the audit log: the same form as the dashboard's actions."""
+    return f"user:{request.user.get_username()}"
+
+
 class Pagination(PageNumberPagination):
     page_size = 50
     page_size_query_param = "page_size"

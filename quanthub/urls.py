@@ -6,13 +6,14 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView
 from rest_framework.permissions import IsAuthenticated
 
-from quanthub import health, views
+from quanthub import health
+from trading import views as trading_views
 
 admin.site.site_header = "Quant Hub administration"
 admin.site.site_title = "Quant Hub admin"
 
 urlpatterns = [
-    path("", views.dashboard, name="dashboard"),
+    path("", trading_views.overview, name="dashboard"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

@@ -11,7 +11,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from quanthub.api import ApiView, HasRole, require_perm, run_in_fresh_thread
+from quanthub.api import ApiView, HasRole, actor, require_perm, run_in_fresh_thread
 from quanthub.clock import IST
 from risk import services
 from risk.models import BreakerTrip, EventDay, RiskLimits, TradingState
@@ -57,7 +57,7 @@ class RiskLimitsView(ApiView):
         for name, value in body.validated_data.items():
             setattr(limits, name, value)
         try:
-            services.save_risk_limits(limits, actor=request.user.get_username())
+            services.save_risk_limits(limits, actor=actor(request))
         except DjangoValidationError as exc:
             raise ValidationError(exc.message_dict) from None
         return Response(RiskLimitsSerializer(limits).data)
@@ -151,7 +151,7 @@ class KillAllView(ApiView):
         body.is_valid(raise_exception=True)
         summary = run_in_fresh_thread(
             run_kill_all,
-            request.user.get_username(),
+            actor(request),
             body.validated_data["reason"],
             settings.QUANTHUB_ACCOUNT,
             timeout_s=body.validated_data["timeout_s"],

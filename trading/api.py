@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal
-from typing import Any
 
 from django.conf import settings
 from django.shortcuts import get_object_or_404
@@ -16,23 +14,12 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from quanthub.api import ApiView, Pagination, require_perm, run_in_fresh_thread
+from quanthub.api import ApiView, Pagination, actor, require_perm, run_in_fresh_thread
 from quanthub.clock import IST
 from trading import services
 from trading.exits import ExitRefused, exit_position
 from trading.models import Order, Position, Strategy, Trade
-
-
-def jsonable(value: Any) -> Any:
-    """Money stays exact on the wire: Decimals become strings, as in the serializers."""
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return value
-
+from trading.selectors import overview
 
 # --- summary ---------------------------------------------------------------------------
 
@@ -45,9 +32,7 @@ class SummaryView(ApiView):
         responses={200: OpenApiTypes.OBJECT},
     )
     def get(self, request: Request) -> Response:
-        from trading.selectors import overview
-
-        return Response(jsonable(overview(account=settings.QUANTHUB_ACCOUNT)))
+        return Response(overview(account=settings.QUANTHUB_ACCOUNT).as_dict())
 
 
 # --- positions ---------------------------------------------------------------------------
@@ -110,8 +95,10 @@ class PositionList(ApiView, generics.ListAPIView):
     pagination_class = Pagination
 
     def get_queryset(self):
-        return Position.objects.exclude(net_quantity=0).select_related(
-            "instrument", "instrument__underlying", "strategy", "signal"
+        return (
+            Position.objects.filter(account=settings.QUANTHUB_ACCOUNT)
+            .exclude(net_quantity=0)
+            .select_related("instrument", "instrument__underlying", "strategy", "signal")
         )
 
 
@@ -165,23 +152,46 @@ class PositionExit(ApiView):
         request=None,
         responses={
             200: inline_serializer(
-                "PositionExitResult", {"sent_by": serializers.CharField(), "orders": OrderSerializer(many=True)}
+                "PositionExitResult",
+                {
+                    "sent_by": serializers.CharField(),
+                    "orders": OrderSerializer(many=True),
+                    "summary": inline_serializer(
+                        "PositionExitSummary",
+                        {
+                            "position": serializers.IntegerField(),
+                            "instrument": serializers.CharField(),
+                            "sent": serializers.IntegerField(),
+                            "flat": serializers.BooleanField(),
+                            "errors": serializers.ListField(child=serializers.CharField()),
+                        },
+                    ),
+                },
             ),
             202: inline_serializer(
-                "PositionExitQueued", {"sent_by": serializers.CharField(), "orders": OrderSerializer(many=True)}
+                "PositionExitQueued",
+                {
+                    "sent_by": serializers.CharField(),
+                    "orders": OrderSerializer(many=True),
+                    "summary": serializers.JSONField(allow_null=True, help_text="Always null: the engine sends."),
+                },
             ),
             409: OpenApiTypes.OBJECT,
         },
     )
     def post(self, request: Request, pk: int) -> Response:
-        get_object_or_404(Position, pk=pk)
+        get_object_or_404(Position, pk=pk, account=settings.QUANTHUB_ACCOUNT)
         try:
-            # With no engine this request sends the orders (asyncio.run): off the ASGI request thread.
-            result = exit_position(pk, actor=request.user.get_username(), run=run_in_fresh_thread)
+            # With no engine this request works the exit itself (asyncio.run): off the ASGI request thread.
+            result = exit_position(pk, actor=actor(request), run=run_in_fresh_thread)
         except ExitRefused as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         return Response(
-            {"sent_by": result.sent_by, "orders": OrderSerializer(result.orders, many=True).data},
+            {
+                "sent_by": result.sent_by,
+                "orders": OrderSerializer(result.orders, many=True).data,
+                "summary": result.summary,
+            },
             status=status.HTTP_202_ACCEPTED if result.engine_id else status.HTTP_200_OK,
         )
 
@@ -214,7 +224,9 @@ class OrderList(ApiView, generics.ListAPIView):
             data["date"] = params["date"]
         query = OrderFilter(data=data)
         query.is_valid(raise_exception=True)
-        orders = Order.objects.select_related("instrument", "strategy", "signal")
+        orders = Order.objects.filter(account=settings.QUANTHUB_ACCOUNT).select_related(
+            "instrument", "strategy", "signal"
+        )
         if query.validated_data.get("state"):
             orders = orders.filter(state__in=query.validated_data["state"])
         if query.validated_data.get("date"):
@@ -260,7 +272,9 @@ class TradeList(ApiView, generics.ListAPIView):
     pagination_class = Pagination
 
     def get_queryset(self):
-        return Trade.objects.select_related("instrument", "strategy", "signal")
+        return Trade.objects.filter(account=settings.QUANTHUB_ACCOUNT).select_related(
+            "instrument", "strategy", "signal"
+        )
 
 
 # --- strategies ------------------------------------------------------------------------------
@@ -305,6 +319,6 @@ class StrategyToggle(ApiView):
         body = ToggleSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         enabled = body.validated_data.get("enabled", not strategy.enabled)
-        changed = services.set_strategy_enabled(strategy, enabled, actor=request.user.get_username())
+        changed = services.set_strategy_enabled(strategy, enabled, actor=actor(request))
         strategy.refresh_from_db()
         return Response({"changed": changed, "strategy": StrategySerializer(strategy).data})

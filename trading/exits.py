@@ -1,27 +1,30 @@
-"""Exiting one position on request (the API's ``positions/<id>/exit``).
+"""Exiting one position on request from the API (``positions/<id>/exit``).
 
-The exit takes the OMS path, never a row edit: the request commits the exit
-orders as intents (``Order`` rows in NEW with client order ids, audited as
-``order.intent`` like every order) and then one process sends them:
+The exit always takes the OMS path, never a row edit. Who sends it depends on
+whether an engine is trading the account (an ACTIVE heartbeat younger than
+``HEALTH_ENGINE_STALE_S``):
 
-- When an engine is trading the account (an ACTIVE heartbeat younger than
-  ``HEALTH_ENGINE_STALE_S``), the engine sends them at its next second
-  (``send_requested_exits``), priced at its live touch. Its OMS records the
-  fills, so the strategy holding the position hears about them through
-  ``on_fill`` and does not later send its own exit for units already sold.
-  Sending from this process instead would leave the strategy believing it
-  still held the position, and its time or price stop would then open a
-  position the other way.
-- With no engine, the request sends them itself through an OMS and broker
-  built as ``run_kill_all`` builds them, priced from the last stored quotes.
+- Engine running: the request commits the exit orders as intents (``Order``
+  rows in NEW with client order ids, audited as ``order.intent`` like every
+  order) and the engine sends them at its next second
+  (``send_requested_exits``), priced at its live touch, after cancelling the
+  strategy's other live orders on that instrument. The engine's OMS records
+  the fills, so the strategy holding the position hears about them through
+  ``on_fill``. Sending from another process instead would leave the strategy
+  believing it still held the units, and its take-profit, stop or time stop
+  would later sell them a second time, opening a short position.
+- No engine: ``risk.killswitch.run_exit_position`` (the dashboard's manual
+  exit) builds its own broker and OMS, as Kill All does, and works the exit
+  until the position is flat or its time is up.
 
-Either way the NEW → SUBMITTING step is a conditional update, so if both an
-engine and the request try to send the same order only one does.
+The NEW → SUBMITTING step is a conditional update, so if an engine and
+another sender ever race for the same order only one sends it. An engine
+that restarts cancels NEW orders it finds (``OrderManager.recover``), so an
+exit queued just before a crash is cancelled, visibly, never sent late.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -34,9 +37,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from quanthub.clock import RealClock
-from risk.killswitch import _exit_price, book_from_storage, offline_oms
-from risk.models import TradingState
-from risk.services import get_trading_state
+from risk.killswitch import _exit_price, book_from_storage, run_exit_position
 from trading.models import EngineHeartbeat, Order, Position
 from trading.oms import OrderManager
 
@@ -54,6 +55,7 @@ class ExitResult:
     position_id: int
     orders: list[Order] = field(default_factory=list)
     engine_id: str | None = None  # the engine that will send the orders; None: sent here
+    summary: dict | None = None  # run_exit_position's summary when sent here
 
     @property
     def sent_by(self) -> str:
@@ -80,38 +82,36 @@ def _slices(quantity: int, instrument) -> list[int]:
     return parts
 
 
-def commit_exit(position_id: int, *, actor: str) -> list[Order]:
-    """Commit the exit orders of one open position (intent before I/O).
+def _refuse_unless_exitable(position: Position) -> None:
+    if not position.is_open:
+        raise ExitRefused("the position is already flat")
+    working = Order.objects.filter(
+        account=position.account,
+        instrument_id=position.instrument_id,
+        purpose__in=[Order.Purpose.EXIT, Order.Purpose.KILL],
+        state__in=Order.LIVE_STATES,
+    ).values_list("client_order_id", flat=True)
+    if working:
+        raise ExitRefused(f"an exit is already working ({', '.join(working)})")
 
-    Holds the position's row lock while it checks that nothing else is
-    already exiting it, so two clicks cannot sell the position twice.
-    """
+
+def commit_exit(position_id: int, *, actor: str) -> list[Order]:
+    """Commit the exit orders of one open position for the engine to send
+    (intent before I/O). Holds the position's row lock while it checks that
+    nothing else is exiting it, so two requests cannot sell it twice."""
     with transaction.atomic():
         position = (
             Position.objects.select_for_update(of=("self",))
             .select_related("instrument", "instrument__underlying", "strategy", "signal")
             .get(pk=position_id)
         )
-        if not position.is_open:
-            raise ExitRefused("the position is already flat")
-        state = get_trading_state(position.account).state
-        if state == TradingState.State.HALTED:
-            raise ExitRefused("trading is HALTED: nothing but cancels (Kill All exits everything)")
-        working = Order.objects.filter(
-            account=position.account,
-            instrument=position.instrument,
-            purpose__in=[Order.Purpose.EXIT, Order.Purpose.KILL],
-            state__in=Order.LIVE_STATES,
-        )
-        if working.exists():
-            raise ExitRefused(f"an exit is already working ({', '.join(o.client_order_id for o in working)})")
+        _refuse_unless_exitable(position)
         side = Order.Side.SELL if position.net_quantity > 0 else Order.Side.BUY
         instrument = position.instrument
-        book = book_from_storage([instrument.security_id])
-        price = _exit_price(side, book.get(instrument.security_id))
+        # Priced from the last stored quote; the engine re-prices at its live touch when it sends.
+        price = _exit_price(side, book_from_storage([instrument.security_id]).get(instrument.security_id))
         # Committing an intent needs no broker: only the OMS's audited create is used.
         oms = OrderManager(None, None, account=position.account, clock=RealClock())
-        reason = f"exit requested by {actor}"
         return [
             oms._create(
                 client_order_id=oms.id_factory(),
@@ -125,7 +125,7 @@ def commit_exit(position_id: int, *, actor: str) -> list[Order]:
                 limit_price=price,
                 first_price=price,
                 intent_at=oms.clock.now(),
-                reason=reason,
+                reason=f"manual exit by {actor}",
             )
             for part in _slices(abs(position.net_quantity), instrument)
         ]
@@ -151,6 +151,21 @@ async def send_requested_exits(
         price = _exit_price(order.side, book.get(order.instrument.security_id)) if book is not None else None
         if price is None and (timezone.now() - order.created_at).total_seconds() < quote_wait_s:
             continue
+        others = await sync_to_async(
+            lambda order=order: list(
+                Order.objects.filter(
+                    account=account,
+                    instrument_id=order.instrument_id,
+                    strategy_id=order.strategy_id,
+                    state__in=[Order.State.OPEN, Order.State.PARTIAL],
+                )
+                .exclude(purpose__in=[Order.Purpose.EXIT, Order.Purpose.KILL])
+                .select_related("instrument")
+            ),
+            thread_sensitive=True,
+        )()
+        for other in others:  # a scale-up still working would re-open what the exit closes
+            await oms.cancel(other, reason=order.reason)
         if price is not None and price != order.limit_price:
             await sync_to_async(Order.objects.filter(pk=order.pk, state=Order.State.NEW).update, thread_sensitive=True)(
                 limit_price=price, order_type=Order.Type.LIMIT
@@ -160,34 +175,6 @@ async def send_requested_exits(
     return sent
 
 
-def _fresh(order_id: int) -> Order:
-    return Order.objects.select_related("instrument", "strategy", "signal").get(pk=order_id)
-
-
-def send_exits_now(orders: list[Order], *, account: str, confirm_s: float = 3.0) -> list[Order]:
-    """No engine: send the committed exits from this process and wait up to
-    ``confirm_s`` for the broker to confirm fills."""
-    ids = {o.instrument.security_id for o in orders} | {o.instrument.underlying.security_id for o in orders}
-    broker, oms, book = offline_oms(account, ids)
-
-    async def go() -> list[Order]:
-        try:
-            sent = [await oms.send(order, priority=True) for order in orders]
-            deadline = asyncio.get_running_loop().time() + confirm_s
-            while any(o.state in (Order.State.OPEN, Order.State.PARTIAL) for o in sent):
-                if asyncio.get_running_loop().time() >= deadline:
-                    break
-                await asyncio.sleep(0.05)
-                await broker.on_market_data()
-                await oms.sync()
-                sent = [await sync_to_async(_fresh, thread_sensitive=True)(o.pk) for o in sent]
-            return sent
-        finally:
-            await broker.close()
-
-    return asyncio.run(go())
-
-
 def _call(fn: Callable[..., T], *args, **kwargs) -> T:
     return fn(*args, **kwargs)
 
@@ -195,17 +182,26 @@ def _call(fn: Callable[..., T], *args, **kwargs) -> T:
 def exit_position(position_id: int, *, actor: str, run: Callable = _call) -> ExitResult:
     """Exit one open position through the OMS; see the module docstring for who sends.
 
-    ``run(fn, *args, **kwargs)`` calls the sending (which starts an event loop);
+    ``run(fn, *args)`` calls the standalone exit (which starts an event loop);
     the API passes one that keeps it off the ASGI request thread.
     """
-    orders = commit_exit(position_id, actor=actor)
-    account = orders[0].account
-    engine = active_engine(account)
-    result = ExitResult(position_id=position_id, orders=orders, engine_id=engine.engine_id if engine else None)
-    log.warning(
-        "position exit requested",
-        extra={"position": position_id, "actor": actor, "orders": [o.client_order_id for o in orders]},
+    position = Position.objects.select_related("instrument").get(pk=position_id)
+    engine = active_engine(position.account)
+    log.warning("position exit requested", extra={"position": position_id, "actor": actor, "engine": bool(engine)})
+    if engine is not None:
+        orders = commit_exit(position_id, actor=actor)
+        return ExitResult(position_id=position_id, orders=orders, engine_id=engine.engine_id)
+    _refuse_unless_exitable(position)
+    started = timezone.now()
+    summary = run(run_exit_position, position_id, actor, position.account)
+    orders = list(
+        Order.objects.filter(
+            account=position.account,
+            instrument_id=position.instrument_id,
+            purpose=Order.Purpose.EXIT,
+            created_at__gte=started,
+        )
+        .select_related("instrument", "strategy", "signal")
+        .order_by("created_at")
     )
-    if engine is None:
-        result.orders = run(send_exits_now, orders, account=account)
-    return result
+    return ExitResult(position_id=position_id, orders=orders, summary=summary.as_dict())

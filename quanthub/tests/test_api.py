@@ -22,7 +22,7 @@ from risk.models import RiskLimits, TradingState
 from risk.services import set_trading_state
 from trading.brokers.paper import PaperBroker
 from trading.brokers.ratelimit import RateLimiter
-from trading.models import EngineHeartbeat, Order, Position, Strategy
+from trading.models import Alert, EngineHeartbeat, Order, Position, Strategy
 from trading.oms import OrderManager
 
 pytestmark = pytest.mark.django_db
@@ -145,6 +145,23 @@ def test_the_schema_needs_a_login(trader):
 # --- summary ----------------------------------------------------------------------------------
 
 
+def test_the_summary_reports_today(trader, demo_market):
+    [position] = open_positions(1)
+    Position.objects.filter(pk=position.pk).update(unrealised_pnl=Decimal("120.50"))
+    beat(age_s=1)
+    Alert.objects.create(level=Alert.Level.WARNING, source="feed", title="chain stale")
+    response = client_for(trader, token=True).get(V1 + "summary/")
+    assert response.status_code == 200, response.content
+    data = response.json()
+    assert data["open_positions"] == 1 and data["open_alerts"] == 1
+    assert data["trading_state"] == "ACTIVE"
+    assert data["engine"]["role"] == "ACTIVE" and data["engine"]["alive"] is True
+    assert data["feed_health"]["stale"] is False
+    # Money travels as exact decimal strings.
+    assert Decimal(data["gross_pnl"]) == Decimal("120.50") + position.realised_pnl
+    assert Decimal(data["net_pnl"]) == Decimal(data["gross_pnl"]) - Decimal(data["charges"])
+
+
 def test_the_summary_needs_a_login():
     assert APIClient().get(V1 + "summary/").status_code == 401
 
@@ -203,7 +220,7 @@ def test_an_exit_with_an_engine_running_is_queued_for_the_engine(trader, demo_ma
     [order] = body["orders"]
     assert (order["side"], order["purpose"], order["state"]) == ("SELL", "EXIT", "NEW")
     assert order["quantity"] == position.net_quantity
-    assert order["reason"] == "exit requested by trader1"
+    assert order["reason"] == "manual exit by user:trader1"
     assert AuditRecord.objects.filter(action="order.intent").count() == before + 1
     # The position is untouched until the engine's OMS sends the exit and the broker fills it.
     assert Position.objects.get(pk=position.pk).net_quantity == position.net_quantity
@@ -220,12 +237,12 @@ def test_a_second_exit_is_refused_while_one_is_working(trader, demo_market):
     assert Order.objects.filter(purpose=Order.Purpose.EXIT).count() == 1
 
 
-def test_no_exit_while_halted(trader, demo_market):
+def test_an_exit_is_allowed_while_halted(trader, demo_market):
+    # Exits only reduce exposure: HALTED stops everything else, as for Kill All and the dashboard.
     [position] = open_positions(1)
+    beat()
     set_trading_state(TradingState.State.HALTED, actor="risk1", reason="test")
-    response = client_for(trader).post(V1 + f"positions/{position.pk}/exit/")
-    assert response.status_code == 409
-    assert "HALTED" in response.json()["detail"]
+    assert client_for(trader).post(V1 + f"positions/{position.pk}/exit/").status_code == 202
 
 
 def test_a_flat_position_cannot_be_exited(trader, demo_market):
@@ -321,7 +338,7 @@ def test_a_risk_manager_toggles_a_strategy_with_an_audit_record_and_a_new_versio
     strategy.refresh_from_db()
     assert strategy.enabled and strategy.version == 2
     record = AuditRecord.objects.filter(action="strategy.enabled").latest("seq")
-    assert record.actor == "risk1" and record.subject == "strategy:vol_oi"
+    assert record.actor == "user:risk1" and record.subject == "strategy:vol_oi"
     # Asking for the state it already has changes nothing.
     response = client.post(V1 + f"strategies/{strategy.pk}/toggle/", {"enabled": True}, format="json")
     assert response.json()["changed"] is False and Strategy.objects.get(pk=strategy.pk).version == 2
@@ -357,7 +374,7 @@ def test_a_risk_manager_changes_the_limits_through_the_audited_service(risk_mana
     assert response.status_code == 200, response.content
     assert response.json()["daily_loss_cap"] == "30000.00" and response.json()["version"] == 2
     limits = RiskLimits.active()
-    assert limits.daily_loss_cap == Decimal("30000") and limits.updated_by == "risk1"
+    assert limits.daily_loss_cap == Decimal("30000") and limits.updated_by == "user:risk1"
     record = AuditRecord.objects.filter(action="risk_limits.changed").latest("seq")
     assert record.payload["changes"]["daily_loss_cap"] == {"old": "25000.00", "new": "30000.00"}
 
@@ -534,7 +551,7 @@ def test_an_exit_with_no_engine_is_sent_through_the_broker_at_once(trader, demo_
     response = client_for(trader, token=True).post(V1 + f"positions/{position.pk}/exit/")
     assert response.status_code == 200, response.content
     body = response.json()
-    assert body["sent_by"] == "api"
+    assert body["sent_by"] == "api" and body["summary"]["flat"] is True and body["summary"]["errors"] == []
     assert [(o["purpose"], o["state"]) for o in body["orders"]] == [("EXIT", "FILLED")]
     assert Position.objects.get(pk=position.pk).net_quantity == 0
     assert not PaperPosition.objects.exclude(net_quantity=0).exists()
@@ -551,4 +568,4 @@ def test_kill_all_flattens_and_returns_its_summary(trader, demo_market):
     assert not Position.objects.exclude(net_quantity=0).exists()
     assert TradingState.objects.get(account="default").state == TradingState.State.HALTED
     started = AuditRecord.objects.get(action="kill_all.started")
-    assert started.actor == "trader1" and started.payload == {"reason": "desk drill"}
+    assert started.actor == "user:trader1" and started.payload == {"reason": "desk drill"}
