@@ -140,6 +140,7 @@ def test_the_schema_needs_a_login(trader):
     response = client.get("/api/schema/")
     assert response.status_code == 200
     assert b"Quant Hub API" in response.content
+    assert client.get("/api/schema/", {"format": "json"}).json()["info"]["title"] == "Quant Hub API"
 
 
 # --- summary ----------------------------------------------------------------------------------
