@@ -111,6 +111,7 @@ class Engine:
         self._last_second: dt.datetime | None = None
         self._last_reconcile: dt.datetime | None = None
         self._pushed: dict[str, float] = {}
+        self._exits_checked = -1e9  # time.monotonic() of the last look for requested exits
         self.started = asyncio.Event()
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -250,8 +251,11 @@ class Engine:
             await _db(clear_breaker)("vix", at=tick.exchange_time, actor="breaker:vix", account=self.account)
 
     async def _every_second(self, now: dt.datetime) -> None:
-        # Exits requested from outside (the API) go out from here, so their fills reach the strategies.
-        await send_requested_exits(self.oms, self.book, account=self.account)
+        # Exits requested from outside (the API) go out from here, so their fills reach the
+        # strategies. Looked for once a wall-clock second, not once a simulated one (--speed max).
+        if time.monotonic() - self._exits_checked >= 1.0:
+            self._exits_checked = time.monotonic()
+            await send_requested_exits(self.oms, self.book, account=self.account)
         events = await self.oms.sync()
         for event in events:
             for loaded in self.strategies:
