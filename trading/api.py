@@ -145,10 +145,11 @@ class PositionExit(ApiView):
 
     @extend_schema(
         summary="Exit one position",
-        description="Commits the exit orders (one per freeze-quantity slice, in the OMS's priority lane). "
-        "When an engine is trading the account it sends them within a second (202); otherwise this "
-        "request sends them through the broker and reports their state (200). 409 when the position "
-        "is flat, an exit is already working, or trading is HALTED.",
+        description="Through the OMS, one order per freeze-quantity slice in the priority lane. When an "
+        "engine trades the account the request commits the orders and the engine sends them within a "
+        "second (202); otherwise the request works the exit itself until flat or 10 s (200, with a "
+        "summary). 409 when the position is flat or an exit is already working. Allowed in any "
+        "trading state: an exit only reduces exposure.",
         request=None,
         responses={
             200: inline_serializer(
