@@ -4,13 +4,13 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from quanthub import views
+from trading import views as trading_views
 
 admin.site.site_header = "Quant Hub administration"
 admin.site.site_title = "Quant Hub admin"
 
 urlpatterns = [
-    path("", views.dashboard, name="dashboard"),
+    path("", trading_views.overview, name="dashboard"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),

@@ -59,6 +59,36 @@ def _exit_price(side: str, quote) -> Decimal | None:
     return touch if touch > 0 else None
 
 
+async def exit_leg(oms, book, position: Position, *, purpose: str, reason: str) -> list[Order]:
+    """Send the orders that flatten one position (sliced at the freeze quantity),
+    in the rate limiter's priority lane, priced at the touch when there is one."""
+    side = Order.Side.SELL if position.net_quantity > 0 else Order.Side.BUY
+    quantity = abs(position.net_quantity)
+    instrument = position.instrument
+    largest = max(instrument.freeze_quantity // instrument.lot_size, 1) * instrument.lot_size
+    price = _exit_price(side, book.get(instrument.security_id) if book else None)
+    orders = []
+    while quantity > 0:
+        part = min(quantity, largest)
+        quantity -= part
+        orders.append(
+            await oms.submit(
+                instrument=instrument,
+                side=side,
+                quantity=part,
+                limit_price=price,
+                purpose=purpose,
+                order_type=Order.Type.LIMIT if price else Order.Type.MARKET,
+                strategy=position.strategy,
+                signal=position.signal,
+                priority=True,
+                check_slippage_rule=False,
+                reason=reason,
+            )
+        )
+    return orders
+
+
 async def kill_all(
     *,
     broker,
@@ -109,34 +139,10 @@ async def kill_all(
     await report("cancelled")
     book = oms.book
 
-    async def exit_leg(position: Position):
-        side = Order.Side.SELL if position.net_quantity > 0 else Order.Side.BUY
-        quantity = abs(position.net_quantity)
-        instrument = position.instrument
-        largest = max(instrument.freeze_quantity // instrument.lot_size, 1) * instrument.lot_size
-        price = _exit_price(side, book.get(instrument.security_id) if book else None)
-        orders = []
-        while quantity > 0:
-            part = min(quantity, largest)
-            quantity -= part
-            orders.append(
-                await oms.submit(
-                    instrument=instrument,
-                    side=side,
-                    quantity=part,
-                    limit_price=price,
-                    purpose=Order.Purpose.KILL,
-                    order_type=Order.Type.LIMIT if price else Order.Type.MARKET,
-                    strategy=position.strategy,
-                    signal=position.signal,
-                    priority=True,
-                    check_slippage_rule=False,
-                    reason="Kill All",
-                )
-            )
-        return orders
-
-    results = await asyncio.gather(*(exit_leg(p) for p in legs), return_exceptions=True)
+    results = await asyncio.gather(
+        *(exit_leg(oms, book, p, purpose=Order.Purpose.KILL, reason="Kill All") for p in legs),
+        return_exceptions=True,
+    )
     for result in results:
         if isinstance(result, Exception):
             summary.errors.append(repr(result)[:200])
@@ -218,8 +224,9 @@ def book_from_storage(security_ids):
     return book
 
 
-def run_kill_all(actor: str, reason: str, account: str = "default", *, timeout_s: float = 15.0) -> KillAllSummary:
-    """Kill All from anywhere (the admin, the API, ``manage.py kill_all``), engine or no engine."""
+def _standalone(account: str, positions):
+    """A broker and an OMS of our own, pricing exits from the last stored quotes:
+    Kill All and manual exits need no running engine."""
     from django.conf import settings
 
     from quanthub.clock import RealClock
@@ -228,16 +235,8 @@ def run_kill_all(actor: str, reason: str, account: str = "default", *, timeout_s
     from trading.brokers.ratelimit import RateLimiter
     from trading.oms import OrderManager
 
-    ids = set(
-        Position.objects.filter(account=account)
-        .exclude(net_quantity=0)
-        .values_list("instrument__security_id", flat=True)
-    )
-    ids |= set(
-        Position.objects.filter(account=account)
-        .exclude(net_quantity=0)
-        .values_list("instrument__underlying__security_id", flat=True)
-    )
+    ids = set(positions.values_list("instrument__security_id", flat=True))
+    ids |= set(positions.values_list("instrument__underlying__security_id", flat=True))
     book = book_from_storage(ids)
     clock = RealClock()
     broker = build_broker(settings.QUANTHUB_BROKER, account=account, clock=clock, book=book)
@@ -249,11 +248,121 @@ def run_kill_all(actor: str, reason: str, account: str = "default", *, timeout_s
         clock=clock,
         book=book,
     )
+    return broker, oms
+
+
+def run_kill_all(actor: str, reason: str, account: str = "default", *, timeout_s: float = 15.0) -> KillAllSummary:
+    """Kill All from anywhere (the dashboard, the admin, the API, ``manage.py kill_all``), engine or no engine."""
+    broker, oms = _standalone(account, Position.objects.filter(account=account).exclude(net_quantity=0))
 
     async def go():
         try:
             return await kill_all(
                 broker=broker, oms=oms, actor=actor, reason=reason, account=account, timeout_s=timeout_s
+            )
+        finally:
+            await broker.close()
+
+    return asyncio.run(go())
+
+
+@dataclass
+class ExitSummary:
+    position: int
+    instrument: str = ""
+    sent: int = 0
+    flat: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+async def exit_position(
+    *, broker, oms, position_id: int, actor: str, account: str = "default", timeout_s: float = 10.0
+) -> ExitSummary:
+    """Flatten one position: cancel its strategy's open orders on that instrument,
+    send the exit (purpose EXIT, priority lane), re-price toward the touch until
+    the position is flat or the time is up. The gate is not asked: an exit only
+    ever reduces exposure, and HALTED still allows it."""
+    began = time.monotonic()
+    summary = ExitSummary(position=position_id)
+    position = await _db(
+        lambda: (
+            Position.objects.select_related("instrument", "strategy", "signal")
+            .filter(pk=position_id, account=account)
+            .first()
+        )
+    )()
+    if position is None or position.net_quantity == 0:
+        summary.flat = True
+        summary.errors.append("no open position")
+        return summary
+    summary.instrument = position.instrument.trading_symbol
+    await _db(audit_append)(
+        "position.exit_requested",
+        actor=actor,
+        subject=f"position:{position_id}",
+        payload={"instrument": position.instrument.security_id, "quantity": position.net_quantity},
+    )
+    live = await _db(
+        lambda: list(
+            Order.objects.filter(
+                account=account,
+                instrument_id=position.instrument_id,
+                strategy_id=position.strategy_id,
+                state__in=[Order.State.NEW, Order.State.OPEN, Order.State.PARTIAL],
+            ).select_related("instrument")
+        )
+    )()
+    await asyncio.gather(*(oms.cancel(o, reason=f"manual exit by {actor}") for o in live), return_exceptions=True)
+    try:
+        orders = await exit_leg(oms, oms.book, position, purpose=Order.Purpose.EXIT, reason=f"manual exit by {actor}")
+        summary.sent = len(orders)
+    except (OrderRefused, Rejected, Unavailable) as exc:
+        summary.errors.append(str(exc)[:200])
+        return summary
+    ids = [o.pk for o in orders]
+    while time.monotonic() - began < timeout_s:
+        await broker.on_market_data()
+        await oms.sync()
+        resting = await _db(
+            lambda: list(
+                Order.objects.filter(pk__in=ids, state__in=[Order.State.OPEN, Order.State.PARTIAL]).select_related(
+                    "instrument"
+                )
+            )
+        )()
+        left = await _db(
+            lambda: Position.objects.filter(pk=position_id).values_list("net_quantity", flat=True).first()
+        )()
+        if not resting and not left:
+            summary.flat = True
+            break
+        for order in resting:
+            price = _exit_price(order.side, oms.book.get(order.instrument.security_id) if oms.book else None)
+            if price is not None and price != order.limit_price:
+                try:
+                    await oms.reprice(order, price)
+                except (OrderRefused, Rejected) as exc:
+                    summary.errors.append(f"reprice {order.client_order_id}: {exc}")
+        await asyncio.sleep(0.05)
+    await _db(audit_append)(
+        "position.exit_finished", actor=actor, subject=f"position:{position_id}", payload=summary.as_dict()
+    )
+    return summary
+
+
+def run_exit_position(
+    position_id: int, actor: str, account: str = "default", *, timeout_s: float = 10.0
+) -> ExitSummary:
+    """A manual exit from the dashboard or the API, engine or no engine."""
+    broker, oms = _standalone(account, Position.objects.filter(pk=position_id, account=account))
+
+    async def go():
+        try:
+            return await exit_position(
+                broker=broker, oms=oms, position_id=position_id, actor=actor, account=account, timeout_s=timeout_s
             )
         finally:
             await broker.close()

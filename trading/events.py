@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django.db import transaction
 
@@ -30,12 +30,14 @@ def group_name(account: str = "default") -> str:
     return DASHBOARD_GROUP.format(account=account)
 
 
-def _message(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+def _message(kind: str, data: dict[str, Any], account: str = "default") -> dict[str, Any]:
+    """The group message; ``html`` holds the re-rendered panels (rendered once here,
+    not once per connected page). Renderers read the database: call from sync code."""
     message: dict[str, Any] = {"type": "dashboard.event", "kind": kind, "data": data}
     renderer = RENDERERS.get(kind)
     if renderer is not None:
         try:
-            message["html"] = "".join(html for _, html in renderer(data))
+            message["html"] = "".join(html for _, html in renderer({**data, "account": account}))
         except Exception:  # a broken partial must not stop trading
             log.exception("event renderer failed", extra={"kind": kind})
     return message
@@ -47,7 +49,7 @@ def send_now(kind: str, data: dict[str, Any] | None = None, *, account: str = "d
     if layer is None:
         return False
     try:
-        async_to_sync(layer.group_send)(group_name(account), _message(kind, data or {}))
+        async_to_sync(layer.group_send)(group_name(account), _message(kind, data or {}, account))
     except Exception as exc:  # Redis down degrades the dashboards, never trading
         stats["failed"] += 1
         log.warning("dashboard publish failed", extra={"kind": kind, "error": repr(exc)})
@@ -61,7 +63,8 @@ async def asend_now(kind: str, data: dict[str, Any] | None = None, *, account: s
     if layer is None:
         return False
     try:
-        await layer.group_send(group_name(account), _message(kind, data or {}))
+        message = await sync_to_async(_message, thread_sensitive=True)(kind, data or {}, account)
+        await layer.group_send(group_name(account), message)
     except Exception as exc:
         stats["failed"] += 1
         log.warning("dashboard publish failed", extra={"kind": kind, "error": repr(exc)})

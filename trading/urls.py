@@ -1,5 +1,20 @@
 from __future__ import annotations
 
+from django.urls import path
+
+from trading import views
+
 app_name = "trading"
 
-urlpatterns: list = []
+urlpatterns = [
+    path("positions/", views.positions, name="positions"),
+    path("positions/<int:pk>/exit/", views.exit_position, name="exit_position"),
+    path("strategies/", views.strategies, name="strategies"),
+    path("strategies/<int:pk>/toggle/", views.toggle_strategy, name="toggle_strategy"),
+    path("chain/", views.chain, name="chain"),
+    path("analytics/", views.analytics, name="analytics"),
+    path("alerts/", views.alerts, name="alerts"),
+    path("alerts/<int:pk>/ack/", views.acknowledge_alert, name="ack_alert"),
+    path("kill-all/", views.kill_all, name="kill_all"),
+    path("panels/<slug:name>/", views.panel, name="panel"),
+]

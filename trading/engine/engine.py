@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from asgiref.sync import sync_to_async
 from django.db import transaction
+from django.utils import timezone
 
 from audit.chain import append as audit_append
 from marketdata.book import QuoteBook
@@ -108,6 +109,7 @@ class Engine:
         self._loss_handled = False
         self._last_second: dt.datetime | None = None
         self._last_reconcile: dt.datetime | None = None
+        self._pushed: dict[str, float] = {}
         self.started = asyncio.Event()
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -193,22 +195,23 @@ class Engine:
             Strategy.objects.filter(pk=loaded.row_id).update(state=loaded.strategy.get_state())
 
     def _beat(self, role: str) -> None:
-        now = self.clock.now()
+        # beat_at is wall-clock time (the health check and the dashboards judge
+        # liveness by it); market_time is the engine's clock, simulated in replays.
+        wall = timezone.now()
+        values = {
+            "account": self.account,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "role": role,
+            "broker": self.broker.name,
+            "feed": getattr(self.feed, "name", "feed"),
+            "beat_at": wall,
+            "market_time": self.clock.now(),
+            "feed_health": self.health.as_dict(self.clock.now()),
+            "stats": {k: v for k, v in vars(self.stats).items() if k != "tick_to_intent_ms"},
+        }
         EngineHeartbeat.objects.update_or_create(
-            engine_id=self.engine_id,
-            defaults={
-                "account": self.account,
-                "hostname": socket.gethostname(),
-                "pid": os.getpid(),
-                "role": role,
-                "broker": self.broker.name,
-                "feed": getattr(self.feed, "name", "feed"),
-                "started_at": now,
-                "beat_at": now,
-                "market_time": now,
-                "feed_health": self.health.as_dict(now),
-                "stats": {k: v for k, v in vars(self.stats).items() if k != "tick_to_intent_ms"},
-            },
+            engine_id=self.engine_id, defaults=values, create_defaults={**values, "started_at": wall}
         )
 
     # --- the loop ------------------------------------------------------------------------
@@ -256,13 +259,37 @@ class Engine:
             await self._submit_all(loaded, self._contained(loaded, loaded.strategy.on_timer, now), now, now)
         await self._daily_loss(now)
         await _db(self._beat)("ACTIVE")
-        await asend_now("heartbeat", {"engine": self.engine_id, "at": now.isoformat()}, account=self.account)
+        await self._push(now)
         if self._last_reconcile is None or (now - self._last_reconcile).total_seconds() >= self.reconcile_every_s:
             self._last_reconcile = now
             await reconcile(self.broker, account=self.account)
             if self.writer is not None and self.writer.pending:
                 await _db(self.writer.flush)()
             await _db(self._persist_states)()
+
+    async def _push(self, now: dt.datetime) -> None:
+        """Dashboard pushes, paced by the wall clock (at --speed max a simulated
+        second passes in microseconds): panels at most once a second, latency and
+        alpha decay every 10 s. Each push re-renders its panels once for all pages."""
+        wall = time.monotonic()
+        if wall - self._pushed.get("heartbeat", -1e9) >= 1.0:
+            self._pushed["heartbeat"] = wall
+            await asend_now("heartbeat", {"engine": self.engine_id, "at": now.isoformat()}, account=self.account)
+        if wall - self._pushed.get("analytics", -1e9) >= 10.0:
+            self._pushed["analytics"] = wall
+            await asend_now("analytics", {}, account=self.account)
+
+    async def _push_chain(self, snapshot: ChainSnapshot) -> None:
+        key = f"chain:{snapshot.underlying}"
+        wall = time.monotonic()
+        if wall - self._pushed.get(key, -1e9) < 3.0:
+            return
+        self._pushed[key] = wall
+        from trading.dashboard import chain_rows
+
+        await asend_now(
+            "chain", {"underlying": snapshot.underlying, "rows": chain_rows(snapshot)}, account=self.account
+        )
 
     async def _daily_loss(self, now: dt.datetime) -> None:
         """Past the daily net loss cap: REDUCING, flatten everything, HALTED until the next session."""
@@ -295,6 +322,7 @@ class Engine:
         for loaded in self.strategies:
             intents = self._contained(loaded, loaded.strategy.on_snapshot, snapshot)
             await self._submit_all(loaded, intents, now, received, started)
+        await self._push_chain(snapshot)
 
     def _contained(self, loaded: Loaded, method, *args):
         """One failing strategy never stops the engine or the others."""

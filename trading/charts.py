@@ -1,0 +1,240 @@
+"""Small server-rendered SVG charts: no JavaScript, no plotting library.
+
+Each function is pure: numbers in, one ``<svg>`` element out, marked safe for
+templates. Every piece of text that reaches the markup goes through
+``html.escape`` first, so titles and labels from the database cannot inject
+markup. Empty or degenerate input (no points, one point, all values equal,
+NaN or infinity) renders an empty frame with a "no data" note instead of
+raising, because a dashboard panel must always render.
+
+Styling is by CSS class (``qh-chart``, ``qh-line``, ``qh-dd``, ``qh-bar``,
+``qh-dot``, ``qh-axis``) with sensible inline defaults, so the stylesheet can
+override colours without touching the code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from html import escape
+
+from django.utils.safestring import SafeString, mark_safe
+
+# Margins leave room for the axis labels: left for y values, bottom for x.
+_LEFT, _RIGHT, _TOP, _BOTTOM = 56, 10, 22, 22
+
+
+def _finite(values: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    out = []
+    for x, y in values:
+        fx, fy = float(x), float(y)
+        if math.isfinite(fx) and math.isfinite(fy):
+            out.append((fx, fy))
+    return out
+
+
+def _fmt(v: float) -> str:
+    """Coordinates with two decimals: small markup, stable output."""
+    s = f"{v:.2f}".rstrip("0").rstrip(".")
+    return "0" if s in ("-0", "") else s
+
+
+def _label(v: float) -> str:
+    """Compact human label for an axis value (1.2k, 3.4M)."""
+    a = abs(v)
+    if a >= 1e7:
+        return f"{v / 1e6:.0f}M"
+    if a >= 1e6:
+        return f"{v / 1e6:.1f}M"
+    if a >= 1e4:
+        return f"{v / 1e3:.0f}k"
+    if a >= 1e3:
+        return f"{v / 1e3:.1f}k"
+    if a >= 10 or v == 0:
+        return f"{v:.0f}"
+    return f"{v:.2g}"
+
+
+def _open(width: int, height: int, title: str, kind: str) -> list[str]:
+    t = escape(title)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="qh-chart qh-{kind}" '
+        f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img"'
+        + (f' aria-label="{t}"' if t else "")
+        + ">"
+    ]
+    if t:
+        parts.append(f"<title>{t}</title>")
+        parts.append(f'<text x="{_LEFT}" y="14" class="qh-title" font-size="12" fill="currentColor">{t}</text>')
+    return parts
+
+
+def _empty(width: int, height: int, title: str, kind: str) -> SafeString:
+    parts = _open(width, height, title, kind)
+    parts.append(
+        f'<text x="{width / 2:.0f}" y="{height / 2:.0f}" text-anchor="middle" class="qh-empty" '
+        f'font-size="12" fill="#888">no data</text>'
+    )
+    parts.append("</svg>")
+    return mark_safe("".join(parts))  # noqa: S308 -- every interpolated text was escaped above
+
+
+class _Scale:
+    """Maps data ranges onto the plot area (y grows downwards in SVG)."""
+
+    def __init__(self, xs: Sequence[float], ys: Sequence[float], width: int, height: int, *, y_zero: bool) -> None:
+        self.x0, self.x1 = min(xs), max(xs)
+        self.y0, self.y1 = min(ys), max(ys)
+        if y_zero:
+            self.y0, self.y1 = min(self.y0, 0.0), max(self.y1, 0.0)
+        # A flat series still needs a non-zero span to divide by.
+        if self.x1 == self.x0:
+            self.x0, self.x1 = self.x0 - 0.5, self.x1 + 0.5
+        if self.y1 == self.y0:
+            pad = abs(self.y0) * 0.05 or 1.0
+            self.y0, self.y1 = self.y0 - pad, self.y1 + pad
+        self.pw = width - _LEFT - _RIGHT
+        self.ph = height - _TOP - _BOTTOM
+        self.width, self.height = width, height
+
+    def x(self, v: float) -> float:
+        return _LEFT + (v - self.x0) / (self.x1 - self.x0) * self.pw
+
+    def y(self, v: float) -> float:
+        return _TOP + (self.y1 - v) / (self.y1 - self.y0) * self.ph
+
+    def axes(self, *, x_labels: tuple[str, str] | None = None) -> list[str]:
+        bottom = _TOP + self.ph
+        parts = [
+            f'<g class="qh-axis" stroke="#999" stroke-width="1" fill="none">'
+            f'<line x1="{_LEFT}" y1="{_TOP}" x2="{_LEFT}" y2="{_fmt(bottom)}"/>'
+            f'<line x1="{_LEFT}" y1="{_fmt(bottom)}" x2="{_fmt(_LEFT + self.pw)}" y2="{_fmt(bottom)}"/></g>',
+            f'<g class="qh-axis-labels" font-size="10" fill="#666">'
+            f'<text x="{_LEFT - 4}" y="{_TOP + 4}" text-anchor="end">{escape(_label(self.y1))}</text>'
+            f'<text x="{_LEFT - 4}" y="{_fmt(bottom)}" text-anchor="end">{escape(_label(self.y0))}</text>',
+        ]
+        if x_labels:
+            lo, hi = x_labels
+            parts.append(f'<text x="{_LEFT}" y="{self.height - 6}">{escape(lo)}</text>')
+            parts.append(
+                f'<text x="{_fmt(_LEFT + self.pw)}" y="{self.height - 6}" text-anchor="end">{escape(hi)}</text>'
+            )
+        parts.append("</g>")
+        if self.y0 < 0 < self.y1:
+            zy = _fmt(self.y(0.0))
+            parts.append(
+                f'<line class="qh-zero" x1="{_LEFT}" y1="{zy}" x2="{_fmt(_LEFT + self.pw)}" y2="{zy}" '
+                f'stroke="#bbb" stroke-dasharray="3 3"/>'
+            )
+        return parts
+
+
+def line_chart(
+    points: list[tuple[float, float]],
+    *,
+    width: int = 640,
+    height: int = 180,
+    title: str = "",
+    drawdown: bool = False,
+    x_labels: tuple[str, str] | None = None,
+) -> SafeString:
+    """A polyline through ``points`` (sorted by x).
+
+    With ``drawdown=True`` the area between the running peak and the curve is
+    shaded, which is how an equity curve shows its drawdowns at a glance.
+    ``x_labels`` optionally names the two ends of the x axis (e.g. times).
+    """
+    pts = sorted(_finite(points))
+    if not pts:
+        return _empty(width, height, title, "line")
+    xs = [p[0] for p in pts]
+    ys = [p[1] for p in pts]
+    sc = _Scale(xs, ys, width, height, y_zero=drawdown)
+    parts = _open(width, height, title, "line")
+    parts.extend(sc.axes(x_labels=x_labels))
+    if drawdown and len(pts) > 1:
+        # Polygon: along the running peak forwards, back along the curve.
+        peak = -math.inf
+        peaks = []
+        for _, y in pts:
+            peak = max(peak, y)
+            peaks.append(peak)
+        upper = " ".join(f"{_fmt(sc.x(x))},{_fmt(sc.y(p))}" for (x, _), p in zip(pts, peaks, strict=True))
+        lower = " ".join(f"{_fmt(sc.x(x))},{_fmt(sc.y(y))}" for x, y in reversed(pts))
+        parts.append(
+            f'<polygon class="qh-dd" points="{upper} {lower}" fill="#d9534f" fill-opacity="0.25" stroke="none"/>'
+        )
+    coords = " ".join(f"{_fmt(sc.x(x))},{_fmt(sc.y(y))}" for x, y in pts)
+    if len(pts) == 1:
+        x, y = pts[0]
+        parts.append(f'<circle class="qh-dot" cx="{_fmt(sc.x(x))}" cy="{_fmt(sc.y(y))}" r="3" fill="#2a6fdb"/>')
+    else:
+        parts.append(f'<polyline class="qh-line" points="{coords}" fill="none" stroke="#2a6fdb" stroke-width="1.5"/>')
+    parts.append("</svg>")
+    return mark_safe("".join(parts))  # noqa: S308 -- numbers only, text escaped
+
+
+def histogram(
+    values: list[float],
+    *,
+    bins: int = 20,
+    width: int = 640,
+    height: int = 160,
+    unit: str = "ms",
+    title: str = "",
+) -> SafeString:
+    """Counts of ``values`` in ``bins`` equal-width bins between min and max."""
+    vals = [float(v) for v in values if math.isfinite(float(v))]
+    if not vals or bins < 1:
+        return _empty(width, height, title, "hist")
+    lo, hi = min(vals), max(vals)
+    if hi == lo:
+        bins, lo, hi = 1, lo - 0.5, hi + 0.5
+    span = (hi - lo) / bins
+    counts = [0] * bins
+    for v in vals:
+        counts[min(int((v - lo) / span), bins - 1)] += 1
+    sc = _Scale([lo, hi], [0.0, float(max(counts))], width, height, y_zero=True)
+    parts = _open(width, height, title, "hist")
+    u = f" {unit}" if unit else ""
+    parts.extend(sc.axes(x_labels=(f"{_label(lo)}{u}", f"{_label(hi)}{u}")))
+    bar_w = sc.pw / bins
+    for i, c in enumerate(counts):
+        if not c:
+            continue
+        left = lo + i * span
+        x = sc.x(left)
+        y = sc.y(float(c))
+        h = sc.y(0.0) - y
+        tip = escape(f"{_label(left)}–{_label(left + span)}{u}: {c}")
+        parts.append(
+            f'<rect class="qh-bar" x="{_fmt(x + 0.5)}" y="{_fmt(y)}" width="{_fmt(max(bar_w - 1, 0.5))}" '
+            f'height="{_fmt(h)}" fill="#2a6fdb"><title>{tip}</title></rect>'
+        )
+    parts.append("</svg>")
+    return mark_safe("".join(parts))  # noqa: S308 -- numbers only, text escaped
+
+
+def scatter(
+    points: list[tuple[float, float]],
+    *,
+    width: int = 640,
+    height: int = 180,
+    title: str = "",
+    x_labels: tuple[str, str] | None = None,
+    radius: float = 2.5,
+) -> SafeString:
+    """One dot per point; the y axis includes zero so signs read correctly."""
+    pts = _finite(points)
+    if not pts:
+        return _empty(width, height, title, "scatter")
+    sc = _Scale([p[0] for p in pts], [p[1] for p in pts], width, height, y_zero=True)
+    parts = _open(width, height, title, "scatter")
+    parts.extend(sc.axes(x_labels=x_labels))
+    r = _fmt(radius)
+    for x, y in pts:
+        parts.append(
+            f'<circle class="qh-dot" cx="{_fmt(sc.x(x))}" cy="{_fmt(sc.y(y))}" r="{r}" fill="#2a6fdb" fill-opacity="0.7"/>'
+        )
+    parts.append("</svg>")
+    return mark_safe("".join(parts))  # noqa: S308 -- numbers only, text escaped

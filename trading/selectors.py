@@ -1,0 +1,406 @@
+"""Reads for the dashboards and the API: one function per panel.
+
+Each returns plain data (Decimals for money) built from committed rows, so the
+same numbers reach an htmx request, a websocket push and the REST API.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.conf import settings
+from django.db.models import Count, Max, Q, Sum
+from django.utils import timezone
+
+from quanthub.clock import IST
+from risk.context import margin_per_lot
+from risk.models import BreakerTrip, EventDay, RiskLimits
+from risk.services import get_trading_state
+from trading.models import Alert, EngineHeartbeat, Order, Position, Signal, Strategy, Trade
+
+ZERO = Decimal("0")
+HEARTBEAT_STALE_S = 5
+
+
+def _today_start(now: dt.datetime) -> dt.datetime:
+    return dt.datetime.combine(now.astimezone(IST).date(), dt.time(0), tzinfo=IST)
+
+
+def latest_heartbeat(account: str) -> EngineHeartbeat | None:
+    return EngineHeartbeat.objects.filter(account=account).order_by("-beat_at").first()
+
+
+def market_now(account: str) -> dt.datetime:
+    """The engine's clock when it runs (simulated in the demo), else the wall clock."""
+    beat = latest_heartbeat(account)
+    if beat is not None and beat.role == EngineHeartbeat.Role.ACTIVE and beat.market_time:
+        return beat.market_time
+    return timezone.now()
+
+
+def drawdown(curve: list[Decimal]) -> tuple[Decimal, list[Decimal]]:
+    """Max drawdown (a positive amount) and the drawdown at each point."""
+    peak, worst, series = ZERO, ZERO, []
+    for value in curve:
+        peak = max(peak, value)
+        series.append(value - peak)
+        worst = min(worst, value - peak)
+    return -worst, series
+
+
+@dataclass
+class Overview:
+    gross_pnl: Decimal
+    charges: Decimal
+    net_pnl: Decimal
+    realised: Decimal
+    unrealised: Decimal
+    trades_today: int
+    open_positions: int
+    equity: list[tuple[dt.datetime, Decimal]]
+    max_drawdown: Decimal
+    trading_state: object
+    heartbeat: EngineHeartbeat | None
+    heartbeat_age_s: float | None
+    engine_alive: bool
+    feed_health: dict
+    alerts: list[Alert]
+    open_alerts: int
+    now: dt.datetime = field(default_factory=timezone.now)
+
+    def as_dict(self) -> dict:
+        return {
+            "gross_pnl": str(self.gross_pnl),
+            "charges": str(self.charges),
+            "net_pnl": str(self.net_pnl),
+            "realised": str(self.realised),
+            "unrealised": str(self.unrealised),
+            "trades_today": self.trades_today,
+            "open_positions": self.open_positions,
+            "max_drawdown": str(self.max_drawdown),
+            "equity": [[t.isoformat(), str(v)] for t, v in self.equity],
+            "trading_state": self.trading_state.state,
+            "trading_state_reason": self.trading_state.reason,
+            "engine": None
+            if self.heartbeat is None
+            else {
+                "engine_id": self.heartbeat.engine_id,
+                "role": self.heartbeat.role,
+                "broker": self.heartbeat.broker,
+                "feed": self.heartbeat.feed,
+                "beat_at": self.heartbeat.beat_at.isoformat(),
+                "age_s": self.heartbeat_age_s,
+                "alive": self.engine_alive,
+                "market_time": self.heartbeat.market_time.isoformat() if self.heartbeat.market_time else None,
+            },
+            "feed_health": self.feed_health,
+            "open_alerts": self.open_alerts,
+        }
+
+
+def overview(account: str = "default") -> Overview:
+    now = market_now(account)
+    start = _today_start(now)
+    trades = list(
+        Trade.objects.filter(account=account, closed_at__gte=start)
+        .order_by("closed_at")
+        .values_list("closed_at", "gross_pnl", "charges", "net_pnl")
+    )
+    open_rows = Position.objects.filter(account=account).exclude(net_quantity=0)
+    agg = open_rows.aggregate(r=Sum("realised_pnl"), u=Sum("unrealised_pnl"), c=Sum("charges"), n=Count("id"))
+    open_realised, open_unrealised, open_charges = agg["r"] or ZERO, agg["u"] or ZERO, agg["c"] or ZERO
+    closed_gross = sum((t[1] for t in trades), ZERO)
+    closed_charges = sum((t[2] for t in trades), ZERO)
+    gross = closed_gross + open_realised + open_unrealised
+    charges = closed_charges + open_charges
+    equity: list[tuple[dt.datetime, Decimal]] = [(start, ZERO)] if trades else []
+    running = ZERO
+    for closed_at, _, _, net in trades:
+        running += net
+        equity.append((closed_at, running))
+    if agg["n"]:
+        equity.append((now, running + open_realised + open_unrealised - open_charges))
+    max_dd, _ = drawdown([v for _, v in equity])
+    beat = latest_heartbeat(account)
+    age = (timezone.now() - beat.beat_at).total_seconds() if beat else None
+    alive = bool(beat and beat.role == EngineHeartbeat.Role.ACTIVE and age is not None and age <= HEARTBEAT_STALE_S)
+    open_alerts = Alert.objects.filter(account=account, acknowledged_at__isnull=True)
+    return Overview(
+        gross_pnl=gross,
+        charges=charges,
+        net_pnl=gross - charges,
+        realised=closed_gross + open_realised,
+        unrealised=open_unrealised,
+        trades_today=len(trades),
+        open_positions=agg["n"] or 0,
+        equity=equity,
+        max_drawdown=max_dd,
+        trading_state=get_trading_state(account),
+        heartbeat=beat,
+        heartbeat_age_s=round(age, 1) if age is not None else None,
+        engine_alive=alive,
+        feed_health=(beat.feed_health if beat else {}) or {},
+        alerts=list(open_alerts[:8]),
+        open_alerts=open_alerts.count(),
+        now=now,
+    )
+
+
+@dataclass
+class PositionRow:
+    position: Position
+    lots: int
+    net_pnl: Decimal
+    ttl_left_s: int | None
+
+
+def open_positions(account: str = "default") -> list[PositionRow]:
+    now = market_now(account)
+    rows = []
+    for p in (
+        Position.objects.filter(account=account)
+        .exclude(net_quantity=0)
+        .select_related("instrument", "instrument__underlying", "strategy", "signal")
+    ):
+        ttl = None
+        if p.ttl_seconds and p.opened_at:
+            ttl = max(int(p.ttl_seconds - (now - p.opened_at).total_seconds()), 0)
+        rows.append(PositionRow(p, abs(p.net_quantity) // max(p.instrument.lot_size, 1), p.net_pnl, ttl))
+    return rows
+
+
+@dataclass
+class Scorecard:
+    strategy: Strategy
+    trades: int
+    trades_today: int
+    wins: int
+    win_rate: float | None
+    avg_rr: float | None
+    net_pnl: Decimal
+    max_drawdown: Decimal
+    open_lots: int
+
+
+def scorecards(account: str = "default") -> list[Scorecard]:
+    start = _today_start(market_now(account))
+    cards = []
+    for strategy in Strategy.objects.order_by("key"):
+        rows = list(
+            Trade.objects.filter(account=account, strategy=strategy)
+            .order_by("closed_at")
+            .values_list("net_pnl", "risk_amount", "closed_at")
+        )
+        wins = [r for r in rows if r[0] > 0]
+        losses = [r for r in rows if r[0] <= 0]
+        rr = None
+        if wins and losses:
+            avg_win = sum((r[0] for r in wins), ZERO) / len(wins)
+            avg_loss = -sum((r[0] for r in losses), ZERO) / len(losses)
+            rr = float(avg_win / avg_loss) if avg_loss else None
+        elif rows and any(r[1] for r in rows):
+            multiples = [float(r[0] / r[1]) for r in rows if r[1]]
+            rr = sum(multiples) / len(multiples) if multiples else None
+        running, curve = ZERO, []
+        for r in rows:
+            running += r[0]
+            curve.append(running)
+        max_dd, _ = drawdown(curve)
+        lots = sum(
+            abs(p.net_quantity) // max(p.instrument.lot_size, 1)
+            for p in Position.objects.filter(account=account, strategy=strategy)
+            .exclude(net_quantity=0)
+            .exclude(instrument__kind="FUT")
+            .select_related("instrument")
+        )
+        cards.append(
+            Scorecard(
+                strategy=strategy,
+                trades=len(rows),
+                trades_today=sum(1 for r in rows if r[2] >= start),
+                wins=len(wins),
+                win_rate=len(wins) / len(rows) if rows else None,
+                avg_rr=rr,
+                net_pnl=running,
+                max_drawdown=max_dd,
+                open_lots=lots,
+            )
+        )
+    return cards
+
+
+@dataclass
+class RiskPanel:
+    limits: RiskLimits
+    capital: Decimal
+    margin_used: Decimal
+    margin_cap: Decimal
+    margin_pct: float
+    daily_net_pnl: Decimal
+    loss_used_pct: float
+    lots: list[tuple[str, int, int]]
+    breakers: list[BreakerTrip]
+    event_day: EventDay | None
+    trading_state: object
+
+
+def risk_panel(account: str = "default") -> RiskPanel:
+    from trading.models import PaperAccount
+
+    now = market_now(account)
+    limits = RiskLimits.active()
+    paper = PaperAccount.objects.filter(account=account).first()
+    capital = Decimal(settings.QUANTHUB_PAPER_CAPITAL)
+    if paper is not None:
+        capital = paper.cash + sum(
+            (
+                p.average_price * abs(p.net_quantity)
+                for p in Position.objects.filter(account=account, net_quantity__gt=0)
+            ),
+            ZERO,
+        )
+    margin = ZERO
+    for p in Position.objects.filter(account=account).exclude(net_quantity=0).select_related("instrument"):
+        lots = abs(p.net_quantity) // max(p.instrument.lot_size, 1)
+        price = p.last_price or p.average_price
+        quote = type("Q", (), {"bid": float(price), "ask": float(price)})()
+        side = "BUY" if p.net_quantity > 0 else "SELL"
+        margin += margin_per_lot(p.instrument, side, quote, None) * lots
+    cap_pct = Decimal(limits.margin_utilisation_cap_pct)
+    margin_cap = capital * cap_pct / 100
+    start = _today_start(now)
+    closed = Trade.objects.filter(account=account, closed_at__gte=start).aggregate(n=Sum("net_pnl"))["n"] or ZERO
+    open_net = ZERO
+    for p in Position.objects.filter(account=account).exclude(net_quantity=0):
+        open_net += p.net_pnl
+    daily = closed + open_net
+    loss_pct = float(max(-daily, ZERO) / limits.daily_loss_cap * 100) if limits.daily_loss_cap else 0.0
+    lots = [(c.strategy.name or c.strategy.key, c.open_lots, limits.max_lots_per_strategy) for c in scorecards(account)]
+    today = now.astimezone(IST).date()
+    return RiskPanel(
+        limits=limits,
+        capital=capital,
+        margin_used=margin,
+        margin_cap=margin_cap,
+        margin_pct=float(margin / capital * 100) if capital else 0.0,
+        daily_net_pnl=daily,
+        loss_used_pct=loss_pct,
+        lots=lots,
+        breakers=list(
+            BreakerTrip.objects.filter(account=account, cleared_at__isnull=True).order_by("-tripped_at")[:10]
+        ),
+        event_day=EventDay.objects.filter(date=today).first(),
+        trading_state=get_trading_state(account),
+    )
+
+
+def latency_ms(account: str = "default", limit: int = 500) -> list[float]:
+    """Snapshot → broker acknowledgement of today's orders, in milliseconds."""
+    start = _today_start(market_now(account))
+    rows = (
+        Order.objects.filter(account=account, created_at__gte=start - dt.timedelta(days=1))
+        .exclude(snapshot_at=None)
+        .exclude(acked_at=None)
+        .order_by("-id")
+        .values_list("snapshot_at", "acked_at")[:limit]
+    )
+    return [max((acked - snap).total_seconds() * 1000, 0.0) for snap, acked in rows]
+
+
+def slippage(account: str = "default", limit: int = 50) -> list[dict]:
+    """Per filled leg: the price we first quoted against the average fill, in ₹ and ticks
+    (positive = worse for us)."""
+    legs = []
+    for o in (
+        Order.objects.filter(account=account, filled_quantity__gt=0)
+        .exclude(first_price=None)
+        .exclude(average_price=None)
+        .select_related("instrument")
+        .order_by("-id")[:limit]
+    ):
+        diff = (o.average_price - o.first_price) if o.side == Order.Side.BUY else (o.first_price - o.average_price)
+        legs.append(
+            {
+                "order": o,
+                "slippage": diff,
+                "ticks": float(diff / o.instrument.tick_size) if getattr(o.instrument, "tick_size", None) else None,
+            }
+        )
+    return legs
+
+
+def alpha_decay(account: str = "default", limit: int = 500) -> list[tuple[float, float]]:
+    """(minutes held, net P&L) of closed trades: how fast the edge fades."""
+    rows = (
+        Trade.objects.filter(account=account)
+        .order_by("-closed_at")
+        .values_list("opened_at", "closed_at", "net_pnl")[:limit]
+    )
+    return [((closed - opened).total_seconds() / 60, float(net)) for opened, closed, net in rows]
+
+
+@dataclass
+class ChainRow:
+    strike: Decimal
+    ce: dict | None = None
+    pe: dict | None = None
+
+
+def option_chain(underlying: str, account: str = "default", rows: list[dict] | None = None) -> dict:
+    """The latest stored chain of one underlying (or the rows the engine pushes),
+    CE and PE side by side, with the instruments of live signals marked."""
+    from marketdata.models import ChainQuote
+
+    if rows is None:
+        latest = ChainQuote.objects.filter(underlying=underlying).aggregate(t=Max("received_at"))["t"]
+        rows = []
+        if latest is not None:
+            rows = [
+                {
+                    "security_id": q["security_id"],
+                    "strike": Decimal(q["strike_paise"]) / 100,
+                    "option_type": q["option_type"],
+                    "oi": q["oi"],
+                    "oi_change": q["oi"] - q["prev_oi"],
+                    "volume": q["volume"],
+                    "iv": q["iv"],
+                    "delta": q["delta"],
+                    "gamma": q["gamma"],
+                    "theta": q["theta"],
+                    "vega": q["vega"],
+                    "last": Decimal(q["last_paise"]) / 100,
+                    "underlying": Decimal(q["underlying_paise"]) / 100,
+                    "at": q["received_at"],
+                }
+                for q in ChainQuote.objects.filter(underlying=underlying, received_at=latest).values()
+            ]
+    live = set(
+        Signal.objects.filter(strategy__positions__account=account)
+        .filter(~Q(phase__in=["CLOSED", "REFUSED"]))
+        .values_list("instrument__security_id", flat=True)
+    ) | set(
+        Signal.objects.filter(~Q(phase__in=["CLOSED", "REFUSED"]), instrument__underlying__symbol=underlying)
+        .order_by("-detected_at")
+        .values_list("instrument__security_id", flat=True)[:20]
+    )
+    by_strike: dict[Decimal, ChainRow] = {}
+    for r in rows:
+        row = by_strike.setdefault(r["strike"], ChainRow(r["strike"]))
+        r = {**r, "signal": r["security_id"] in live}
+        if r["option_type"] == 0:
+            row.ce = r
+        else:
+            row.pe = r
+    spot = rows[0]["underlying"] if rows else None
+    strikes = sorted(by_strike)
+    if spot is not None and len(strikes) > 21:
+        atm = min(range(len(strikes)), key=lambda i: abs(strikes[i] - spot))
+        strikes = strikes[max(atm - 10, 0) : atm + 11]
+    return {
+        "underlying": underlying,
+        "spot": spot,
+        "at": rows[0]["at"] if rows else None,
+        "rows": [by_strike[s] for s in strikes],
+    }

@@ -1,0 +1,72 @@
+"""Kill All and a manual exit pressed on the dashboard, through the real OMS and paper broker."""
+
+from __future__ import annotations
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.test import Client
+from django.urls import reverse
+
+from risk.models import TradingState
+from risk.tests.test_killswitch import _open_legs
+from trading import views
+from trading.models import Order, Position
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _post(user, url):
+    client = Client()
+    client.force_login(user)
+    return client.post(url, HTTP_HX_REQUEST="true")
+
+
+async def test_kill_all_from_the_dashboard_flattens_the_book_and_halts(oms, book, demo_market, trader):
+    await _open_legs(oms, book, 4)
+    response = await sync_to_async(_post)(trader, reverse("trading:kill_all"))
+    assert response.status_code == 200
+    assert 'id="panel-killall"' in response.content.decode()
+    await sync_to_async(views.wait_for_jobs, thread_sensitive=False)(30)
+    assert not await Position.objects.exclude(net_quantity=0).aexists()
+    assert await Order.objects.filter(purpose=Order.Purpose.KILL, state=Order.State.FILLED).acount() == 4
+    assert (await TradingState.objects.aget(account="default")).state == TradingState.State.HALTED
+
+
+async def test_a_second_press_while_kill_all_runs_starts_nothing(oms, book, demo_market, trader, monkeypatch):
+    import threading
+
+    release = threading.Event()
+    calls = []
+
+    def slow_kill_all(actor, reason, account):
+        calls.append(actor)
+        release.wait(10)
+
+    monkeypatch.setattr("risk.killswitch.run_kill_all", slow_kill_all)
+    first = await sync_to_async(_post)(trader, reverse("trading:kill_all"))
+    second = await sync_to_async(_post)(trader, reverse("trading:kill_all"))
+    release.set()
+    await sync_to_async(views.wait_for_jobs, thread_sensitive=False)(10)
+    assert calls == ["user:trader1"]
+    assert "already running" in second.content.decode() and "started" in first.content.decode()
+
+
+async def test_a_manual_exit_flattens_one_position_and_leaves_the_others(
+    oms, book, demo_market, trader, compliance_user
+):
+    await _open_legs(oms, book, 2)
+    positions = [p async for p in Position.objects.exclude(net_quantity=0).order_by("pk")]
+    target, other = positions
+    refused = await sync_to_async(_post)(compliance_user, reverse("trading:exit_position", args=[target.pk]))
+    assert refused.status_code == 403
+    response = await sync_to_async(_post)(trader, reverse("trading:exit_position", args=[target.pk]))
+    assert response.status_code == 200 and "Exit sent" in response.content.decode()
+    await sync_to_async(views.wait_for_jobs, thread_sensitive=False)(30)
+    assert (await Position.objects.aget(pk=target.pk)).net_quantity == 0
+    assert (await Position.objects.aget(pk=other.pk)).net_quantity == other.net_quantity
+    exits = [o async for o in Order.objects.filter(purpose=Order.Purpose.EXIT)]
+    assert len(exits) == 1 and exits[0].state == Order.State.FILLED
+    # Exiting does not halt trading.
+    assert (await TradingState.objects.aget(account="default")).state != TradingState.State.HALTED
+    again = await sync_to_async(_post)(trader, reverse("trading:exit_position", args=[target.pk]))
+    assert "Already flat" in again.content.decode()

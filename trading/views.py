@@ -1,0 +1,217 @@
+"""Dashboard pages, htmx panel refreshes and the dashboard's few actions.
+
+Every view needs a logged-in user with one of the three roles; actions check
+their own permission too (the buttons are only hidden by CSS). Actions answer
+with the panel they changed, so htmx swaps it in at once; the websocket push
+that follows the commit brings every other open page up to date.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.http import Http404, HttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET, require_POST
+
+from audit.chain import append as audit_append
+from quanthub.roles import roles_of
+from trading import dashboard
+from trading.events import publish_on_commit, send_now
+from trading.models import Alert, Position, Strategy
+from trading.services import save_strategy
+
+log = logging.getLogger(__name__)
+
+
+def role_required(view):
+    """Login, then any of the three roles; a user without one gets 403."""
+
+    @functools.wraps(view)
+    @login_required
+    def wrapped(request, *args, **kwargs):
+        if not roles_of(request.user):
+            raise PermissionDenied("Your account has no Quant Hub role.")
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
+def _require(request, perm: str) -> None:
+    if not request.user.has_perm(perm):
+        raise PermissionDenied(f"You lack the permission {perm}.")
+
+
+def _account() -> str:
+    return settings.QUANTHUB_ACCOUNT
+
+
+def _page(request, template: str, panels: tuple[str, ...], extra: dict | None = None):
+    context: dict = {}
+    for name in panels:
+        context.update(dashboard.panel_context(name, extra, account=_account()))
+    context.update(extra or {})
+    live = [f"chain-{context['chain']['underlying']}" if name == "chain" else name for name in panels]
+    context["live_panels"] = ",".join(live)
+    return render(request, template, context)
+
+
+@require_GET
+@role_required
+def overview(request):
+    return _page(request, "trading/overview.html", ("overview", "killall", "risk", "positions", "scorecards", "alerts"))
+
+
+@require_GET
+@role_required
+def positions(request):
+    return _page(request, "trading/positions.html", ("positions", "killall", "risk"))
+
+
+@require_GET
+@role_required
+def strategies(request):
+    return _page(request, "trading/strategies.html", ("scorecards", "risk"))
+
+
+@require_GET
+@role_required
+def analytics(request):
+    return _page(request, "trading/analytics.html", ("latency", "alphadecay"))
+
+
+@require_GET
+@role_required
+def chain(request):
+    underlying = request.GET.get("underlying", dashboard.UNDERLYINGS[0])
+    if underlying not in dashboard.UNDERLYINGS:
+        return HttpResponse(f"Unknown underlying {underlying!r}.", status=400)
+    return _page(
+        request,
+        "trading/chain.html",
+        ("chain",),
+        {"underlying": underlying, "underlyings": dashboard.UNDERLYINGS},
+    )
+
+
+@require_GET
+@role_required
+def alerts(request):
+    return _page(request, "trading/alerts.html", ("alerts",))
+
+
+@require_GET
+@role_required
+def panel(request, name: str):
+    """One panel, for an htmx refresh (``hx-get``)."""
+    if name not in dashboard.PANELS:
+        raise Http404("No such panel.")
+    data = {}
+    if name == "chain":
+        underlying = request.GET.get("underlying", dashboard.UNDERLYINGS[0])
+        if underlying not in dashboard.UNDERLYINGS:
+            return HttpResponse(f"Unknown underlying {underlying!r}.", status=400)
+        data["underlying"] = underlying
+    return HttpResponse(dashboard.render_panel(name, data, request=request, account=_account()))
+
+
+# --- actions ---------------------------------------------------------------------------
+
+_running: dict[str, threading.Thread] = {}
+_running_lock = threading.Lock()
+
+
+def _in_background(key: str, target, *args) -> bool:
+    """Run a flattening job on its own thread (it takes seconds; the request must not
+    wait). One job per key at a time: a second press while one runs does nothing."""
+    with _running_lock:
+        current = _running.get(key)
+        if current is not None and current.is_alive():
+            return False
+
+        def run():
+            from django.db import close_old_connections
+
+            try:
+                target(*args)
+            except Exception:
+                log.exception("background job failed", extra={"job": key})
+            finally:
+                close_old_connections()
+
+        thread = threading.Thread(target=run, name=f"qh-{key}", daemon=True)
+        _running[key] = thread
+        thread.start()
+        return True
+
+
+def wait_for_jobs(timeout: float = 30.0) -> None:
+    """For tests and shutdown: wait for running Kill All / exit jobs."""
+    for thread in list(_running.values()):
+        thread.join(timeout)
+
+
+@require_POST
+@role_required
+def kill_all(request):
+    _require(request, "trading.kill_all")
+    from risk.killswitch import run_kill_all
+
+    actor = f"user:{request.user.get_username()}"
+    started = _in_background(f"kill_all:{_account()}", run_kill_all, actor, "dashboard Kill All", _account())
+    data = {"stage": "started" if started else "already running", "legs": 0, "sent": 0, "filled": 0, "cancelled": 0}
+    log.warning("kill all pressed", extra={"actor": actor, "started": started})
+    return HttpResponse(dashboard.render_panel("killall", data, request=request, account=_account()))
+
+
+@require_POST
+@role_required
+def exit_position(request, pk: int):
+    _require(request, "trading.exit_position")
+    from risk.killswitch import run_exit_position
+
+    position = get_object_or_404(Position.objects.select_related("instrument"), pk=pk, account=_account())
+    if position.net_quantity == 0:
+        return HttpResponse(f'<tr id="position-{pk}"><td colspan="15" class="muted">Already flat.</td></tr>')
+    actor = f"user:{request.user.get_username()}"
+    started = _in_background(f"exit:{pk}", run_exit_position, pk, actor, _account())
+    text = "Exit sent" if started else "Exit already working"
+    return HttpResponse(
+        f'<tr id="position-{pk}"><td colspan="15" class="warn">{text} for '
+        f"{position.instrument.trading_symbol} ({position.net_quantity}).</td></tr>"
+    )
+
+
+@require_POST
+@role_required
+def acknowledge_alert(request, pk: int):
+    _require(request, "trading.acknowledge_alert")
+    actor = request.user.get_username()
+    with transaction.atomic():
+        updated = Alert.objects.filter(pk=pk, account=_account(), acknowledged_at__isnull=True).update(
+            acknowledged_at=timezone.now(), acknowledged_by=actor
+        )
+        if updated:
+            audit_append("alert.acknowledged", actor=f"user:{actor}", subject=f"alert:{pk}", payload={})
+            publish_on_commit("alert_acknowledged", {"id": pk}, account=_account())
+    if not updated and not Alert.objects.filter(pk=pk, account=_account()).exists():
+        raise Http404("No such alert.")
+    return HttpResponse(dashboard.render_panel("alerts", request=request, account=_account()))
+
+
+@require_POST
+@role_required
+def toggle_strategy(request, pk: int):
+    _require(request, "trading.toggle_strategy")
+    strategy = get_object_or_404(Strategy, pk=pk)
+    strategy.enabled = not strategy.enabled
+    save_strategy(strategy, actor=f"user:{request.user.get_username()}", changed=["enabled"])
+    send_now("strategy", {"id": pk, "enabled": strategy.enabled}, account=_account())
+    return HttpResponse(dashboard.render_panel("scorecards", request=request, account=_account()))
