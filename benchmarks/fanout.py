@@ -1,6 +1,6 @@
 """Dashboard fan-out over channels-redis: N websocket clients on daphne and on
-uvicorn, a publisher standing in for the engine (positions every second, the
-option chain every 3 s); publish → receive latency and dropped messages.
+uvicorn, a publisher standing in for the engine (the heartbeat that re-renders
+positions and the other live panels every second, the option chain every 3 s); publish → receive latency and dropped messages.
 
     REDIS_URL=redis://127.0.0.1:6379/10 python benchmarks/fanout.py [--json PATH]
         [--clients 50,200] [--servers daphne,uvicorn] [--seconds N] [--client-procs N]
@@ -40,25 +40,27 @@ from _common import ROOT, parser, report, setup_django  # noqa: E402
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/10"
 MARKER_ID = "bench-seq"
-MARKER = re.compile(r'data-seq="(\d+)" data-t="(\d+)"')
+MARKER = re.compile(r'data-seq="(\d+)" data-t="(\d+)" data-r="(\d+)"')
+KINDS = ("heartbeat", "chain")  # the engine's kinds: positions ride on the heartbeat
 CLIENTS_PER_PROCESS = 100  # one client process per 100 clients; see the README
 
 
 # --- the statistics (pure, tested in trading/tests/test_fanout_smoke.py) ---------
 
 
-def marker_html(kind: str, seq: int, sent_ns: int) -> str:
-    """The hidden element the benchmark adds to each pushed frame."""
+def marker_html(kind: str, seq: int, sent_ns: int, rendered_ns: int) -> str:
+    """The hidden element the benchmark adds to each pushed frame: the publish
+    call's start and the moment the panels were rendered (``time.time_ns()``)."""
     return (
         f'<span id="{MARKER_ID}" hx-swap-oob="true" data-kind="{kind}" '
-        f'data-seq="{seq}" data-t="{sent_ns}" hidden></span>'
+        f'data-seq="{seq}" data-t="{sent_ns}" data-r="{rendered_ns}" hidden></span>'
     )
 
 
-def parse_marker(frame: str) -> tuple[int, int] | None:
-    """(sequence number, send time in ns) of a benchmark frame; None for any other frame."""
+def parse_marker(frame: str) -> tuple[int, int, int] | None:
+    """(sequence number, publish time, render end) of a benchmark frame; None for any other frame."""
     match = MARKER.search(frame)
-    return (int(match[1]), int(match[2])) if match else None
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -78,11 +80,15 @@ def dropped(published: Iterable[int], received: Iterable[int]) -> int:
 
 
 def summarise(published: list[int], clients: list[dict[str, Any]]) -> dict[str, float]:
-    """p50/p99 over every frame at every client, and drops summed over clients."""
+    """p50/p99 over every frame at every client (publish call → frame read, and
+    render end → frame read), and drops summed over clients."""
     latencies = [ms for client in clients for ms in client["latencies_ms"]]
+    delivery = [ms for client in clients for ms in client["delivery_ms"]]
     return {
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
+        "delivery_p50_ms": percentile(delivery, 50),
+        "delivery_p99_ms": percentile(delivery, 99),
         "max_ms": max(latencies) if latencies else math.nan,
         "dropped": sum(dropped(published, client["seqs"]) for client in clients),
         "received": len(latencies),
@@ -97,7 +103,6 @@ async def _run_clients(
 ) -> None:
     from websockets.asyncio.client import connect
 
-    clients: list[dict[str, Any]] = []
     failures: list[str] = []
     extensions = ""
     gate = asyncio.Semaphore(25)  # a burst of 200 handshakes at once only measures the accept backlog
@@ -108,44 +113,47 @@ async def _run_clients(
                 arrived = time.time_ns()  # before any parsing, so our own work does not count
                 marker = parse_marker(frame if isinstance(frame, str) else frame.decode())
                 if marker is None:
-                    state["other_frames" if state["started"] else "connect_frames"] += 1
+                    state["other_frames"] += 1
                     continue
-                seq, sent = marker
+                seq, sent, rendered = marker
                 if seq in state["seqs"]:
                     state["duplicates"] += 1
                 state["seqs"].add(seq)
                 state["latencies_ms"].append((arrived - sent) / 1e6)
+                state["delivery_ms"].append((arrived - rendered) / 1e6)
         except Exception as exc:  # a dropped connection shows up as missing sequence numbers
             state["error"] = repr(exc)
 
     async def open_one() -> tuple[Any, dict[str, Any]] | None:
         nonlocal extensions
+        state: dict[str, Any] = {
+            "connect_frames": 0,
+            "connect_bytes": 0,
+            "other_frames": 0,
+            "duplicates": 0,
+            "latencies_ms": [],
+            "delivery_ms": [],
+            "seqs": set(),
+            "error": "",
+        }
         async with gate:
             try:
                 ws = await connect(
                     url, origin=origin, additional_headers={"Cookie": cookie}, max_size=2**24, open_timeout=60
                 )
+                # The current panels come first; the publisher starts once every page has them.
+                first = await asyncio.wait_for(ws.recv(), timeout=120)
             except Exception as exc:
                 failures.append(repr(exc))
                 return None
         extensions = ws.response.headers.get("Sec-WebSocket-Extensions", "")
-        state: dict[str, Any] = {
-            "connect_frames": 0,
-            "other_frames": 0,
-            "duplicates": 0,
-            "latencies_ms": [],
-            "seqs": set(),
-            "started": False,
-            "error": "",
-        }
+        state["connect_frames"] += 1
+        state["connect_bytes"] += len(first)
         state["task"] = asyncio.create_task(read(ws, state))
         return ws, state
 
     opened = [pair for pair in await asyncio.gather(*(open_one() for _ in range(count))) if pair]
     clients = [state for _, state in opened]
-    await asyncio.sleep(1.0)  # let the initial panels arrive before the publisher starts
-    for state in clients:
-        state["started"] = True
     ready.put((index, len(clients), failures[:3], len(failures), extensions))
     await asyncio.to_thread(stop.wait)
     await asyncio.gather(*(ws.close() for ws, _ in opened), return_exceptions=True)
@@ -250,34 +258,48 @@ def trader_cookie() -> str:
     return f"{settings.SESSION_COOKIE_NAME}={session.session_key}"
 
 
-def install_renderers() -> dict[str, bool]:
-    """Wrap the real renderers (or stand-ins of a similar size) to stamp seq and time."""
+def install_renderers(probe: dict[str, list[float]]) -> None:
+    """Wrap the real renderers so each frame carries its sequence number and send
+    time; note each frame's size and render time in ``probe``."""
     from trading import events
 
-    def stand_in(kind: str):
-        # Roughly the size of the real panels: 10 position rows, a 41-strike chain.
-        rows = 10 if kind == "positions" else 82
-        cells = "".join(f"<td>{i * 1.05:,.2f}</td>" for i in range(8 if kind == "positions" else 12))
-        body = "".join(f"<tr id='{kind}-{i}'>{cells}</tr>" for i in range(rows))
-        return lambda data: [(kind, f'<table id="{kind}" hx-swap-oob="true"><tbody>{body}</tbody></table>')]
-
-    real: dict[str, bool] = {}
-    for kind in ("positions", "chain"):
+    for kind in KINDS:
         inner = events.RENDERERS.get(kind)
-        real[kind] = inner is not None
-        inner = inner or stand_in(kind)
+        if inner is None:
+            raise SystemExit(f"no renderer for {kind!r} in trading.events.RENDERERS: is trading.dashboard registered?")
 
         def stamped(data: dict[str, Any], inner=inner, kind=kind) -> list[tuple[str, str]]:
             sent = time.time_ns()  # the publish call starts here: rendering counts
-            parts = [(element, html) for element, html in inner(data)]
-            return [*parts, (MARKER_ID, marker_html(kind, data["bench_seq"], sent))]
+            parts = list(inner(data))
+            rendered = time.time_ns()
+            parts.append((MARKER_ID, marker_html(kind, data["bench_seq"], sent, rendered)))
+            probe["render_ms"].append((rendered - sent) / 1e6)
+            probe[f"{kind}_bytes"].append(sum(len(html.encode()) for _, html in parts))
+            return parts
 
         events.RENDERERS[kind] = stamped
-    return real
+
+
+def panel_data() -> dict[str, dict[str, Any]]:
+    """What the engine passes: a heartbeat, and the simulator's first NIFTY chain
+    as ``trading.dashboard.chain_rows`` makes it (the engine's default width)."""
+    import datetime as dt
+
+    from marketdata.feeds.base import ChainSnapshot
+    from marketdata.feeds.simulator import SimulatorFeed
+    from trading.dashboard import chain_rows
+
+    feed = SimulatorFeed(seed=7, underlyings=("NIFTY",))
+    snapshot = next(item for item in feed.run_sync() if isinstance(item, ChainSnapshot))
+    return {
+        "heartbeat": {"engine": "fanout-bench", "at": dt.datetime.now(tz=dt.UTC).isoformat()},
+        "chain": {"underlying": snapshot.underlying, "rows": chain_rows(snapshot)},
+    }
 
 
 async def publish(seconds: int, account: str, data: dict[str, dict[str, Any]]) -> tuple[list[int], list[str]]:
-    """Positions every second, the chain every third second, on the wall clock."""
+    """The heartbeat (positions and the other live panels) every second, the chain
+    every third second, on the wall clock, through ``asend_now`` as the engine does."""
     from channels.layers import get_channel_layer
 
     from trading.events import asend_now
@@ -290,7 +312,7 @@ async def publish(seconds: int, account: str, data: dict[str, dict[str, Any]]) -
     began = time.monotonic()
     for tick in range(seconds):
         await asyncio.sleep(max(0.0, began + tick - time.monotonic()))
-        for kind in ("positions", "chain") if tick % 3 == 0 else ("positions",):
+        for kind in KINDS if tick % 3 == 0 else KINDS[:1]:
             seq += 1
             if await asend_now(kind, {**data[kind], "bench_seq": seq}, account=account):
                 published.append(seq)
@@ -299,13 +321,16 @@ async def publish(seconds: int, account: str, data: dict[str, dict[str, Any]]) -
     return published, failures
 
 
-def panel_data() -> dict[str, dict[str, Any]]:
-    """Data for the real renderers, when main has them: what the engine would pass."""
-    return {"positions": {}, "chain": {}}
-
-
 def run_configuration(
-    server: str, clients: int, seconds: int, procs: int, env: dict[str, str], cookie: str, tmp: Path
+    server: str,
+    clients: int,
+    seconds: int,
+    procs: int,
+    env: dict[str, str],
+    cookie: str,
+    tmp: Path,
+    data: dict[str, dict[str, Any]],
+    probe: dict[str, list[float]],
 ) -> dict[str, float]:
     account = f"fanout-{server}-{clients}-{os.getpid()}"
     server_env = {**env, "QUANTHUB_ACCOUNT": account}
@@ -335,7 +360,7 @@ def run_configuration(
         for worker in workers:
             worker.start()
         reports = [ready.get(timeout=180) for _ in workers]
-        connect_s = time.monotonic() - began - 1.0  # minus the pause for the initial panels
+        connect_s = time.monotonic() - began  # process start to every page showing its panels
         connected = sum(r[1] for r in reports)
         failed = sum(r[3] for r in reports)
         if connected == 0:
@@ -344,7 +369,9 @@ def run_configuration(
                 f"{(tmp / f'{server}-{clients}.log').read_text()[-3000:]}"
             )
         cpu_before = cpu_seconds(proc.pid)
-        published, publish_failures = asyncio.run(publish(seconds, account, panel_data()))
+        probe["render_ms"].clear()
+        published, publish_failures = asyncio.run(publish(seconds, account, data))
+        render_ms = list(probe["render_ms"])
         time.sleep(2.0)  # stragglers: anything later than this counts as dropped
         cpu_used = cpu_seconds(proc.pid) - cpu_before
         stop.set()
@@ -360,10 +387,13 @@ def run_configuration(
     states = [state for _, payload in sorted(payloads) for state in payload]
     stats = summarise(published, states)
     errors = sorted({s["error"] for s in states if s["error"]})
+    first = sum(s["connect_bytes"] for s in states) / max(sum(s["connect_frames"] for s in states), 1) / 1024
     print(
         f"  {server:<8} {clients:>4} clients: {connected} connected in {connect_s:.1f} s ({failed} failed), "
         f"{len(published)} published ({len(publish_failures)} failed), compression {reports[0][4] or 'none'!r}, "
-        f"server CPU {cpu_used / (seconds + 2) * 100:.0f}%" + (f", client errors {errors[:2]}" if errors else ""),
+        f"initial frame {first:.1f} KiB, server CPU {cpu_used / (seconds + 2) * 100:.0f}%"
+        + (f", client errors {errors[:2]}" if errors else "")
+        + (f", connect failures {[r[2] for r in reports if r[2]]}" if failed else ""),
         flush=True,
     )
     prefix = f"clients_{clients}_"
@@ -371,12 +401,16 @@ def run_configuration(
         prefix + "p50_ms": round(stats["p50_ms"], 2),
         prefix + "p99_ms": round(stats["p99_ms"], 2),
         prefix + "max_ms": round(stats["max_ms"], 2),
-        prefix + "dropped": stats["dropped"] + (clients - connected) * len(published),
+        prefix + "delivery_p50_ms": round(stats["delivery_p50_ms"], 2),
+        prefix + "delivery_p99_ms": round(stats["delivery_p99_ms"], 2),
+        prefix + "dropped": stats["dropped"],
         prefix + "received": stats["received"],
         prefix + "published": len(published),
         prefix + "connect_frames": sum(s["connect_frames"] for s in states),
         prefix + "connect_failed": failed,
         prefix + "connect_s": round(connect_s, 2),
+        prefix + "render_p50_ms": round(percentile(render_ms, 50), 2),
+        prefix + "render_p99_ms": round(percentile(render_ms, 99), 2),
         prefix + "server_cpu_pct": round(cpu_used / (seconds + 2) * 100, 1),
     }
 
@@ -436,13 +470,15 @@ def main() -> None:
 
     call_command("migrate", verbosity=0)
     cookie = trader_cookie()
-    real = install_renderers()
+    probe: dict[str, list[float]] = {"render_ms": [], **{f"{kind}_bytes": [] for kind in KINDS}}
+    install_renderers(probe)
+    data = panel_data()
+    from trading import events
+
+    for kind in KINDS:  # compile the templates once, as a running engine has
+        events.RENDERERS[kind]({**data[kind], "bench_seq": 0, "account": "fanout-warm-up"})
     env = {**os.environ, "LOG_LEVEL": "error", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
-    print(
-        f"fanout: Redis {redis_url}, database {database_url.split('@')[-1]}, {options.seconds} s each; renderers: "
-        + ", ".join(f"{kind} {'real' if is_real else 'stand-in'}" for kind, is_real in real.items()),
-        flush=True,
-    )
+    print(f"fanout: Redis {redis_url}, database {database_url.split('@')[-1]}, {options.seconds} s each", flush=True)
     metrics: dict[str, dict[str, float]] = {}
     flat: dict[str, float] = {}
     try:
@@ -450,12 +486,15 @@ def main() -> None:
             metrics[server] = {}
             for count in counts:
                 procs = options.client_procs or max(1, math.ceil(count / CLIENTS_PER_PROCESS))
-                result = run_configuration(server, count, options.seconds, procs, env, cookie, tmp)
+                result = run_configuration(server, count, options.seconds, procs, env, cookie, tmp, data, probe)
                 metrics[server].update(result)
                 flat.update({f"{server}_{key}": value for key, value in result.items()})
     finally:
         cleanup_redis(redis_url)
     shutil.rmtree(tmp, ignore_errors=True)  # kept on failure: the server logs are in it
+    for kind in KINDS:
+        values = probe[f"{kind}_bytes"]
+        print(f"  {kind} frame: {sum(values) / max(len(values), 1) / 1024:.1f} KiB on average")
     report("fanout", flat, None)
     if options.json:
         import json
