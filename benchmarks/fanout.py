@@ -20,6 +20,7 @@ A missing sequence number at a client is a dropped message.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import multiprocessing as mp
 import os
@@ -37,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, parser, report, setup_django  # noqa: E402
+from _common import ROOT, parser, setup_django  # noqa: E402
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/10"
 MARKER_ID = "bench-seq"
@@ -457,6 +458,22 @@ def cleanup_redis(redis_url: str) -> None:
         client.close()
 
 
+def table(metrics: dict[str, dict[str, float]]) -> None:
+    """The servers side by side, one row per metric."""
+    servers = list(metrics)
+    keys = list(dict.fromkeys(key for values in metrics.values() for key in values))
+    width = max(len(k) for k in keys)
+    print("\nfanout")
+    print(f"{'':<{width}}" + "".join(f"  {server:>12}" for server in servers))
+    print("-" * (width + 14 * len(servers)))
+    for key in keys:
+        cells = []
+        for server in servers:
+            value = metrics[server].get(key, math.nan)
+            cells.append(f"{value:,.2f}" if isinstance(value, float) else f"{value:,}")
+        print(f"{key:<{width}}" + "".join(f"  {cell:>12}" for cell in cells))
+
+
 def main() -> None:
     args = parser(__doc__.splitlines()[0])
     args.add_argument("--clients", default="50,200", help="Comma-separated client counts (default 50,200).")
@@ -497,7 +514,6 @@ def main() -> None:
     env = {**os.environ, "LOG_LEVEL": "error", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
     print(f"fanout: Redis {redis_url}, database {database_url.split('@')[-1]}, {options.seconds} s each", flush=True)
     metrics: dict[str, dict[str, float]] = {}
-    flat: dict[str, float] = {}
     try:
         for server in servers:
             metrics[server] = {}
@@ -505,17 +521,14 @@ def main() -> None:
                 procs = options.client_procs or max(1, math.ceil(count / CLIENTS_PER_PROCESS))
                 result = run_configuration(server, count, options.seconds, procs, env, cookie, tmp, data, probe)
                 metrics[server].update(result)
-                flat.update({f"{server}_{key}": value for key, value in result.items()})
     finally:
         cleanup_redis(redis_url)
     shutil.rmtree(tmp, ignore_errors=True)  # kept on failure: the server logs are in it
     for kind in KINDS:
         values = probe[f"{kind}_bytes"]
         print(f"  {kind} frame: {sum(values) / max(len(values), 1) / 1024:.1f} KiB on average")
-    report("fanout", flat, None)
+    table(metrics)
     if options.json:
-        import json
-
         Path(options.json).write_text(json.dumps({"benchmark": "fanout", "metrics": metrics}, indent=2) + "\n")
         print(f"\nwrote {options.json}")
 
