@@ -430,6 +430,8 @@ def run_configuration(
         prefix + "render_p50_ms": round(percentile(render_ms, 50), 2),
         prefix + "render_p99_ms": round(percentile(render_ms, 99), 2),
         prefix + "server_cpu_pct": round(cpu_used / (seconds + 2) * 100, 1),
+        # The fan-out's own cost, less sensitive to a busy machine than the latencies.
+        prefix + "server_cpu_ms_per_frame": round(cpu_used * 1000 / max(stats["received"], 1), 3),
     }
 
 
