@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from django.db import connection, transaction
+from psycopg import errors as psycopg_errors
 
 from marketdata.feeds.base import ChainSnapshot, LtpTick
 from marketdata.models import ChainQuote, DerivedMetric, LtpQuote, MinuteBar
@@ -257,17 +258,39 @@ class SnapshotWriter:
 
 
 def _write(model, columns: list[str], rows: list[tuple], batch: int) -> None:
+    """Append raw rows. A row already stored under the same (received_at,
+    security_id) is kept and the new one dropped: a feed that repeats itself, or
+    the simulator replaying a day it already wrote, must not stop the engine."""
     if connection.vendor == "postgresql":
         table = model._meta.db_table
-        with (
-            connection.cursor() as cursor,
-            cursor.cursor.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy,
-        ):
-            for row in rows:
-                copy.write_row(row)
+        names = ", ".join(columns)
+        try:
+            with (
+                transaction.atomic(),  # a savepoint: the fast path may fail
+                connection.cursor() as cursor,
+                cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy,
+            ):
+                for row in rows:
+                    copy.write_row(row)
+            return
+        except psycopg_errors.UniqueViolation:
+            pass
+        with connection.cursor() as cursor:
+            staging = f"{table}_staging"
+            cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {staging} (LIKE {table}) ON COMMIT DELETE ROWS")
+            with cursor.cursor.copy(f"COPY {staging} ({names}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+            # Table and column names come from our models, never from input.
+            insert = (
+                f"INSERT INTO {table} ({names}) SELECT DISTINCT ON (received_at, security_id) {names} "  # noqa: S608
+                f"FROM {staging}"
+            )
+            cursor.execute(insert + " ON CONFLICT DO NOTHING")
+            cursor.execute(f"DELETE FROM {staging}")  # noqa: S608
         return
     objects = [model(**dict(zip(columns, row, strict=True))) for row in rows]
-    model.objects.bulk_create(objects, batch_size=min(batch, 900))
+    model.objects.bulk_create(objects, batch_size=min(batch, 900), ignore_conflicts=True)
 
 
 def record_metric(name: str, value: float, *, key: str = "", ts: dt.datetime) -> None:

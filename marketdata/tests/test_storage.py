@@ -210,3 +210,18 @@ def test_bad_command_arguments_get_clear_errors():
         call_command("replay", "--date", "2026-11-23", "--speed", "fast")
     with pytest.raises(CommandError, match="--date takes YYYY-MM-DD"):
         call_command("replay", "--date", "23/11/2026")
+
+
+@pytest.mark.django_db
+def test_a_day_written_twice_keeps_the_first_rows_and_does_not_fail():
+    # The simulator replaying a day it already wrote (a second `scripts/run` on one day)
+    # or a feed repeating a frame must not stop the engine's writer.
+    items = _record(minutes=1, scenario=None)
+    chain_rows, ltp_rows = ChainQuote.objects.count(), LtpQuote.objects.count()
+    writer = SnapshotWriter()
+    for item in items:
+        writer.add(item)
+    writer.add(items[-1])  # a repeat inside one batch too
+    writer.flush(close_bars=True)
+    assert (ChainQuote.objects.count(), LtpQuote.objects.count()) == (chain_rows, ltp_rows)
+    assert chain_rows and ltp_rows
