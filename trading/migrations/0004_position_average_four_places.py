@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('trading', '0003_dhan_token_refresh_task'),
+        ("trading", "0003_dhan_token_refresh_task"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='position',
-            name='average_price',
+            model_name="position",
+            name="average_price",
             field=models.DecimalField(decimal_places=4, default=0, max_digits=16),
         ),
     ]
