@@ -15,6 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.template.loader import render_to_string
 
+from quanthub.clock import IST
 from trading import charts, selectors
 
 UNDERLYINGS = ("NIFTY", "BANKNIFTY")
@@ -30,7 +31,7 @@ def _ctx_overview(account: str, data: dict) -> dict:
     points = [(t.timestamp(), float(v)) for t, v in ov.equity]
     labels = None
     if ov.equity:
-        labels = (ov.equity[0][0].strftime("%H:%M"), ov.equity[-1][0].strftime("%H:%M"))
+        labels = tuple(t.astimezone(IST).strftime("%H:%M") for t in (ov.equity[0][0], ov.equity[-1][0]))
     return {
         "ov": ov,
         "equity_svg": charts.line_chart(points, title="Net equity today (₹)", drawdown=True, x_labels=labels),

@@ -197,7 +197,9 @@ class Position(models.Model):
     instrument = models.ForeignKey(Instrument, on_delete=models.PROTECT, related_name="positions")
     signal = models.ForeignKey(Signal, on_delete=models.SET_NULL, null=True, blank=True, related_name="positions")
     net_quantity = models.IntegerField(default=0, help_text="Units; negative when short.")
-    average_price = models.DecimalField(**PRICE, default=0)
+    # An average of fills needs more places than a price (apply_fill keeps four);
+    # with two, PostgreSQL would round what SQLite keeps.
+    average_price = models.DecimalField(max_digits=16, decimal_places=4, default=0)
     last_price = models.DecimalField(**PRICE, null=True, blank=True)
     realised_pnl = models.DecimalField(**MONEY)
     unrealised_pnl = models.DecimalField(**MONEY)

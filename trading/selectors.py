@@ -14,7 +14,7 @@ from django.conf import settings
 from django.db.models import Count, Max, Q, Sum
 from django.utils import timezone
 
-from quanthub.clock import IST
+from quanthub.clock import IST, SESSION_OPEN
 from risk.context import margin_per_lot
 from risk.models import BreakerTrip, EventDay, RiskLimits
 from risk.services import get_trading_state
@@ -115,7 +115,8 @@ def overview(account: str = "default") -> Overview:
     closed_charges = sum((t[2] for t in trades), ZERO)
     gross = closed_gross + open_realised + open_unrealised
     charges = closed_charges + open_charges
-    equity: list[tuple[dt.datetime, Decimal]] = [(start, ZERO)] if trades else []
+    session_open = dt.datetime.combine(now.astimezone(IST).date(), SESSION_OPEN, tzinfo=IST)
+    equity: list[tuple[dt.datetime, Decimal]] = [(session_open, ZERO)] if trades or agg["n"] else []
     running = ZERO
     for closed_at, _, _, net in trades:
         running += net
@@ -154,6 +155,27 @@ class PositionRow:
     lots: int
     net_pnl: Decimal
     ttl_left_s: int | None
+
+    def _total(self, greek: str) -> float | None:
+        value = getattr(self.position, greek)
+        return None if value is None else value * self.position.net_quantity
+
+    # Position Greeks: per-unit Greeks times the signed quantity (Δ in units of the underlying).
+    @property
+    def delta(self) -> float | None:
+        return self._total("delta")
+
+    @property
+    def gamma(self) -> float | None:
+        return self._total("gamma")
+
+    @property
+    def theta(self) -> float | None:
+        return self._total("theta")
+
+    @property
+    def vega(self) -> float | None:
+        return self._total("vega")
 
 
 def open_positions(account: str = "default") -> list[PositionRow]:
@@ -251,23 +273,23 @@ def risk_panel(account: str = "default") -> RiskPanel:
 
     now = market_now(account)
     limits = RiskLimits.active()
-    paper = PaperAccount.objects.filter(account=account).first()
-    capital = Decimal(settings.QUANTHUB_PAPER_CAPITAL)
-    if paper is not None:
-        capital = paper.cash + sum(
-            (
-                p.average_price * abs(p.net_quantity)
-                for p in Position.objects.filter(account=account, net_quantity__gt=0)
-            ),
-            ZERO,
-        )
-    margin = ZERO
-    for p in Position.objects.filter(account=account).exclude(net_quantity=0).select_related("instrument"):
-        lots = abs(p.net_quantity) // max(p.instrument.lot_size, 1)
-        price = p.last_price or p.average_price
-        quote = type("Q", (), {"bid": float(price), "ask": float(price)})()
-        side = "BUY" if p.net_quantity > 0 else "SELL"
-        margin += margin_per_lot(p.instrument, side, quote, None) * lots
+    # The broker's own figures, as the engine last read them; an estimate when no engine runs.
+    beat = latest_heartbeat(account)
+    funds = (beat.stats or {}).get("funds") if beat else None
+    if funds:
+        capital, margin = Decimal(funds["total"]), Decimal(funds["utilised"])
+    else:
+        paper = PaperAccount.objects.filter(account=account).first()
+        capital = paper.cash if paper is not None else Decimal(settings.QUANTHUB_PAPER_CAPITAL)
+        margin = ZERO
+        for p in Position.objects.filter(account=account).exclude(net_quantity=0).select_related("instrument"):
+            lots = abs(p.net_quantity) // max(p.instrument.lot_size, 1)
+            price = p.last_price or p.average_price
+            quote = type("Q", (), {"bid": float(price), "ask": float(price)})()
+            side = "BUY" if p.net_quantity > 0 else "SELL"
+            margin += margin_per_lot(p.instrument, side, quote, None) * lots
+            if p.net_quantity > 0 and p.instrument.kind != "FUT":
+                capital += p.average_price * abs(p.net_quantity)  # premium paid is still capital
     cap_pct = Decimal(limits.margin_utilisation_cap_pct)
     margin_cap = capital * cap_pct / 100
     start = _today_start(now)

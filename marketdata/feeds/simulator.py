@@ -347,7 +347,9 @@ class SimulatorFeed(Feed):
 
         mid = np.maximum(_round_tick(theo * multiplier), TICK)
         fast = 1.0 + min(abs(market.last_return) / 0.0002, 3.0)
-        spread_ticks = np.ceil((1.0 + 0.25 * np.abs(m) + mid * 0.0004) * fast).astype(np.int64)
+        # Near the money NIFTY and BANKNIFTY options trade one or two ticks wide;
+        # spreads widen with moneyness, premium and a fast market.
+        spread_ticks = np.maximum(np.rint((1.0 + 0.25 * np.abs(m) + mid * 0.0004) * fast), 1).astype(np.int64)
         bid = np.maximum(_round_tick(mid - spread_ticks * TICK / 2.0), TICK)
         ask = _round_tick(bid + spread_ticks * TICK)
         side = rng.random(len(rows))

@@ -18,6 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+import numpy as np
 from asgiref.sync import sync_to_async
 from django.db import transaction
 from django.utils import timezone
@@ -34,12 +35,14 @@ from risk.breakers import trip as trip_breaker
 from risk.context import build_context, daily_net_pnl
 from risk.gate import RiskGate, record_refusal
 from risk.models import RiskLimits
+from trading.accounting import mark_to_market
 from trading.brokers.ratelimit import RateLimiter
 from trading.events import asend_now, publish_on_commit
 from trading.exits import send_requested_exits
-from trading.models import EngineHeartbeat, Order, Signal, Strategy
+from trading.models import EngineHeartbeat, Order, Position, Signal, Strategy
 from trading.oms import OrderManager
 from trading.reconcile import reconcile
+from trading.strategies.base import to_tick
 from trading.strategies.registry import get_strategy_class
 from trading.strategies.vol_oi.strategy import VolOiStrategy
 
@@ -111,6 +114,9 @@ class Engine:
         self._last_second: dt.datetime | None = None
         self._last_reconcile: dt.datetime | None = None
         self._pushed: dict[str, float] = {}
+        self._open_sids: set[str] = set()
+        self._funds: dict[str, str] | None = None  # the broker's last funds report, for the risk panel
+        self._greeks: dict[str, tuple[float, float, float, float]] = {}
         self._exits_checked = -1e9  # time.monotonic() of the last look for requested exits
         self.started = asyncio.Event()
 
@@ -146,6 +152,7 @@ class Engine:
         await self.feed.close()
         if self.writer is not None:
             await _db(self.writer.flush)(close_bars=True)
+        await _db(self._mark_positions)()
         await _db(self._persist_states)()
         await _db(self._beat)("STOPPED")
         log.info(
@@ -210,7 +217,10 @@ class Engine:
             "beat_at": wall,
             "market_time": self.clock.now(),
             "feed_health": self.health.as_dict(self.clock.now()),
-            "stats": {k: v for k, v in vars(self.stats).items() if k != "tick_to_intent_ms"},
+            "stats": {
+                **{k: v for k, v in vars(self.stats).items() if k != "tick_to_intent_ms"},
+                "funds": self._funds,
+            },
         }
         EngineHeartbeat.objects.update_or_create(
             engine_id=self.engine_id, defaults=values, create_defaults={**values, "started_at": wall}
@@ -274,6 +284,51 @@ class Engine:
                 await _db(self.writer.flush)()
             await _db(self._persist_states)()
 
+    def _mark_positions(self) -> None:
+        """Open positions at the mid of the live book, with Greeks from the latest
+        chain and the strategy's stop, target and time-out. A conditional update:
+        a fill that changed the position since it was read wins."""
+        levels: dict = {}
+        for loaded in self.strategies:
+            try:
+                levels.update(loaded.strategy.exit_levels())
+            except Exception:  # a strategy's bug must not stop marking
+                log.exception("exit_levels failed", extra={"strategy": loaded.key})
+        rows = list(Position.objects.filter(account=self.account).exclude(net_quantity=0).select_related("instrument"))
+        self._open_sids = {p.instrument.security_id for p in rows}
+        for p in rows:
+            sid = p.instrument.security_id
+            values: dict = {}
+            quote = self.book.get(sid)
+            if quote is not None and quote.bid > 0 and quote.ask > 0:
+                mark_to_market(p, to_tick((quote.bid + quote.ask) / 2))
+                values.update(last_price=p.last_price, unrealised_pnl=p.unrealised_pnl)
+            greeks = (1.0, 0.0, 0.0, 0.0) if p.instrument.kind == "FUT" else self._greeks.get(sid)
+            if greeks is not None:
+                values.update(delta=greeks[0], gamma=greeks[1], theta=greeks[2], vega=greeks[3])
+            level = levels.get(sid)
+            if level is not None and p.opened_at is not None:
+                values.update(
+                    stop_price=to_tick(level.stop),
+                    target_price=to_tick(level.target),
+                    ttl_seconds=max(int((level.deadline - p.opened_at).total_seconds()), 0),
+                )
+            if values:
+                Position.objects.filter(pk=p.pk, net_quantity=p.net_quantity, average_price=p.average_price).update(
+                    **values, updated_at=timezone.now()
+                )
+
+    def _keep_greeks(self, snapshot: ChainSnapshot) -> None:
+        if not self._open_sids:
+            return
+        for i in np.flatnonzero(np.isin(snapshot.security_id, list(self._open_sids))):
+            self._greeks[str(snapshot.security_id[i])] = (
+                float(snapshot.delta[i]),
+                float(snapshot.gamma[i]),
+                float(snapshot.theta[i]),
+                float(snapshot.vega[i]),
+            )
+
     async def _push(self, now: dt.datetime) -> None:
         """Dashboard pushes, paced by the wall clock (at --speed max a simulated
         second passes in microseconds): panels at most once a second, latency and
@@ -281,6 +336,14 @@ class Engine:
         wall = time.monotonic()
         if wall - self._pushed.get("heartbeat", -1e9) >= 1.0:
             self._pushed["heartbeat"] = wall
+            await _db(self._mark_positions)()
+            if wall - self._pushed.get("funds", -1e9) >= 5.0:
+                self._pushed["funds"] = wall
+                try:
+                    funds = await self.broker.funds()
+                    self._funds = {k: str(getattr(funds, k)) for k in ("available", "utilised", "total")}
+                except Exception as exc:  # the risk panel shows the last known figures
+                    log.warning("funds unavailable", extra={"error": repr(exc)})
             await asend_now("heartbeat", {"engine": self.engine_id, "at": now.isoformat()}, account=self.account)
         if wall - self._pushed.get("analytics", -1e9) >= 10.0:
             self._pushed["analytics"] = wall
@@ -329,6 +392,7 @@ class Engine:
         for loaded in self.strategies:
             intents = self._contained(loaded, loaded.strategy.on_snapshot, snapshot)
             await self._submit_all(loaded, intents, now, received, started)
+        self._keep_greeks(snapshot)
         await self._push_chain(snapshot)
 
     def _contained(self, loaded: Loaded, method, *args):

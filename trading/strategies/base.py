@@ -18,6 +18,13 @@ from typing import Any, ClassVar
 
 from trading.strategies.config import StrategyConfig
 
+TICK = Decimal("0.05")
+
+
+def to_tick(value: float) -> Decimal:
+    """A float price from analytics onto the exchange's ₹0.05 tick, as Decimal."""
+    return (Decimal(str(value)) / TICK).quantize(Decimal("1")) * TICK
+
 
 @dataclass(frozen=True, slots=True)
 class OrderIntent:
@@ -69,6 +76,15 @@ class OrderUpdate:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class ExitLevels:
+    """Where a held trade will exit by its own rules, for the positions grid."""
+
+    stop: float
+    target: float
+    deadline: dt.datetime
+
+
 class Strategy(abc.ABC):
     key: ClassVar[str]
     config_class: ClassVar[type[StrategyConfig]]
@@ -99,6 +115,10 @@ class Strategy(abc.ABC):
 
     def on_stop(self) -> None:  # noqa: B027  (optional hook)
         """Called once when the engine stops; state is persisted afterwards."""
+
+    def exit_levels(self) -> dict[str, ExitLevels]:
+        """Security id → the stop, target and time-out of each trade held (optional)."""
+        return {}
 
     def get_state(self) -> dict[str, Any]:
         return {}

@@ -14,7 +14,7 @@ from marketdata.storage import SnapshotWriter
 from quanthub.clock import IST, SimulatedClock
 from trading.brokers.paper import PaperBroker
 from trading.engine.engine import Engine
-from trading.models import Order, Signal, Strategy, Trade
+from trading.models import Order, Position, Signal, Strategy, Trade
 
 pytestmark = pytest.mark.django_db(transaction=True)
 DAY = dt.date(2026, 11, 23)
@@ -55,6 +55,15 @@ async def test_an_engine_killed_mid_trade_resumes_it_without_a_duplicate_entry(e
     await first.run()  # stops at 09:17:30 with the 09:16:30 probe open
     open_trades = (await Strategy.objects.aget(key="vol_oi")).state["trades"]
     assert len(open_trades) == 1
+    # The open option position is marked for the dashboards: price, Greeks, the strategy's exits.
+    [trade] = open_trades.values()
+    held = await Position.objects.select_related("instrument").aget(instrument__security_id=trade["security_id"])
+    assert held.net_quantity > 0 and held.last_price and held.unrealised_pnl is not None
+    assert 0 < held.delta < 1 and held.gamma > 0 and held.theta < 0 and held.vega > 0
+    average = trade["cost"] / trade["held"]  # the exits act on the strategy's own average
+    assert float(held.stop_price) == pytest.approx(average * 0.75, abs=0.05)
+    assert float(held.target_price) == pytest.approx(average * 1.40, abs=0.05)
+    assert held.ttl_seconds == 600
     [key] = open_trades
     second, _ = await sync_to_async(_engine)(dt.time(9, 17, 31), dt.time(9, 24), clock=clock)
     await second.run()

@@ -8,7 +8,7 @@ from dataclasses import asdict
 from typing import Any
 
 from marketdata.feeds.base import ChainSnapshot
-from trading.strategies.base import FillEvent, OrderIntent, OrderUpdate, Strategy
+from trading.strategies.base import ExitLevels, FillEvent, OrderIntent, OrderUpdate, Strategy, to_tick
 from trading.strategies.vol_oi.config import VolOiConfig
 from trading.strategies.vol_oi.detector import VolOiDetector
 from trading.strategies.vol_oi.trader import (
@@ -20,7 +20,6 @@ from trading.strategies.vol_oi.trader import (
     SignalTrade,
     Transition,
     exit_reason,
-    to_tick,
 )
 
 
@@ -266,6 +265,17 @@ class VolOiStrategy(Strategy):
 
     def on_timer(self, now: dt.datetime) -> Sequence[OrderIntent]:
         return self._exits(now)
+
+    def exit_levels(self) -> dict[str, ExitLevels]:
+        levels = {}
+        for trade in self.active():
+            if trade.held and trade.average:
+                levels[trade.security_id] = ExitLevels(
+                    stop=trade.average * (1 - self.config.stop_loss_pct / 100),
+                    target=trade.average * (1 + self.config.take_profit_pct / 100),
+                    deadline=trade.opened + dt.timedelta(seconds=self.config.time_stop_s),
+                )
+        return levels
 
     def get_state(self) -> dict[str, Any]:
         return {

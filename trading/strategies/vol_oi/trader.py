@@ -13,14 +13,8 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from decimal import Decimal
 
 PROBE, SCALED, EXITING, CLOSED, REFUSED = "PROBE", "SCALED", "EXITING", "CLOSED", "REFUSED"
-TICK = Decimal("0.05")
-
-
-def to_tick(value: float) -> Decimal:
-    return (Decimal(str(value)) / TICK).quantize(Decimal("1")) * TICK
 
 
 @dataclass
