@@ -88,6 +88,32 @@ def beat(*, age_s: float = 0.0, role: str = EngineHeartbeat.Role.ACTIVE, stale_f
 # --- authentication -----------------------------------------------------------------------
 
 
+ENDPOINTS = [
+    ("get", "summary/"),
+    ("get", "positions/"),
+    ("post", "positions/1/exit/"),
+    ("get", "orders/"),
+    ("get", "trades/"),
+    ("get", "strategies/"),
+    ("post", "strategies/1/toggle/"),
+    ("get", "risk/limits/"),
+    ("patch", "risk/limits/"),
+    ("get", "risk/state/"),
+    ("post", "risk/kill-all/"),
+    ("get", "audit/export/"),
+]
+
+
+@pytest.mark.parametrize(("method", "path"), ENDPOINTS)
+def test_every_endpoint_refuses_anonymous_clients(method, path):
+    assert getattr(APIClient(), method)(V1 + path).status_code == 401
+
+
+@pytest.mark.parametrize(("method", "path"), ENDPOINTS)
+def test_every_endpoint_refuses_a_user_without_a_role(make_user, method, path):
+    assert getattr(client_for(make_user("nobody")), method)(V1 + path).status_code == 403
+
+
 def test_it_refuses_anonymous_clients_with_401():
     response = APIClient().get(V1 + "positions/")
     assert response.status_code == 401
