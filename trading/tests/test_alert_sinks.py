@@ -261,3 +261,18 @@ def test_with_the_queue_down_it_delivers_in_process(api, settings, monkeypatch):
 
     assert sorted(api.paths()) == sorted([SLACK_PATH, TELEGRAM_PATH])
     assert {entry["status"] for entry in alert.deliveries.values()} == {"sent"}
+
+
+def test_the_json_log_masks_the_token_even_where_a_library_logs_the_url(api, caplog):
+    # urllib3 logs every request line at DEBUG, bot token included; settings keep
+    # it at WARNING, and the formatter masks the secret if it ever gets through.
+    caplog.set_level(logging.DEBUG, logger="urllib3")
+
+    raise_and_commit()
+
+    leaked = [record.getMessage() for record in caplog.records]
+    assert any(BOT_TOKEN in message for message in leaked), "urllib3 stopped logging URLs: this test proves nothing"
+    assert any(SLACK_PATH in message for message in leaked)
+    lines = "\n".join(JsonFormatter().format(record) for record in caplog.records)
+    assert BOT_TOKEN not in lines and "s3cr3t-webhook-part" not in lines
+    assert "/bot***/sendMessage" in lines
