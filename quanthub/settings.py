@@ -176,6 +176,10 @@ QUANTHUB_STRATEGIES = {
 SLACK_WEBHOOK_URL = env_secret("SLACK_WEBHOOK_URL")
 TELEGRAM_BOT_TOKEN = env_secret("TELEGRAM_BOT_TOKEN")
 TELEGRAM_CHAT_ID = env_str("TELEGRAM_CHAT_ID")
+if TESTING:
+    # Tests never reach the network: a developer's exported webhook or bot token
+    # must not turn a test's alert into a real message (tests set their own).
+    SLACK_WEBHOOK_URL = TELEGRAM_BOT_TOKEN = ""
 # Only for tests and for a self-hosted Bot API server; the token is appended to it.
 TELEGRAM_API_BASE = env_str("TELEGRAM_API_BASE", "https://api.telegram.org")
 # Alerts below this level stay in the app; at or above it they also go to the sinks.
