@@ -4,12 +4,15 @@ admin, login throttling, CSRF on htmx posts, login-only pages and a clean
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
 import secrets
+import socket
 import subprocess
 import sys
+import time
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -93,7 +96,9 @@ async def test_it_sends_the_headers_under_asgi_too(async_client, db):
 def test_our_pages_have_no_inline_code_the_csp_would_block(client, compliance_user, superuser):
     assert inline_code(client.get("/login/").content.decode()) == []
     client.force_login(compliance_user)
-    for url in ("/", "/compliance/", "/compliance/?from=2026-11-02&to=2026-11-02"):
+    pages = ["/", "/compliance/", "/compliance/?from=2026-11-02&to=2026-11-02"]
+    pages += [reverse(f"trading:{name}") for name in ("positions", "strategies", "chain", "analytics", "alerts")]
+    for url in pages:
         page = client.get(url).content.decode()
         assert inline_code(page) == [], url
         assert 'name="htmx-config"' in page and '"includeIndicatorStyles": false' in page
@@ -180,13 +185,15 @@ def test_it_locks_a_user_out_after_the_failure_limit_until_the_cool_off_ends(cli
 
 
 @pytest.mark.django_db
-def test_it_refuses_an_htmx_post_without_the_csrf_token(trader):
+@pytest.mark.parametrize("url_name", ["logout", "trading:kill_all"])
+def test_it_refuses_an_htmx_post_without_the_csrf_token(trader, url_name):
     client = Client(enforce_csrf_checks=True)
     client.force_login(trader)
 
-    response = client.post(reverse("logout"), headers={"HX-Request": "true"})
+    response = client.post(reverse(url_name), headers={"HX-Request": "true"})
 
     assert response.status_code == 403
+    assert b"CSRF" in response.content
     assert client.session.get("_auth_user_id") == str(trader.pk)
 
 
@@ -243,3 +250,88 @@ def test_check_deploy_fails_when_https_is_off(tmp_path):
 
     assert result.returncode != 0
     assert "security.W004" in result.stderr and "security.W012" in result.stderr
+
+
+# --- In a real browser -------------------------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+WATCH_CSP = """
+window.__csp = [];
+document.addEventListener("securitypolicyviolation", (e) => window.__csp.push(`${e.violatedDirective} ${e.blockedURI}`));
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def served_app(tmp_path):
+    """The app under daphne in its own process, on a fresh SQLite file, with one superuser."""
+    env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(QUANTHUB_VAR_DIR=str(tmp_path), DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}", DEBUG="1")
+    manage = [sys.executable, "manage.py"]
+    subprocess.run([*manage, "migrate", "-v0"], cwd=BASE_DIR, env=env, check=True, timeout=300)
+    create = (
+        "from django.contrib.auth.models import User; User.objects.create_superuser('boss', '', 'a-long-test-password')"
+    )
+    subprocess.run(
+        [*manage, "shell", "-c", create], cwd=BASE_DIR, env=env, check=True, timeout=120, capture_output=True
+    )
+    port = _free_port()
+    daphne = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "quanthub.asgi:application"]
+    server = subprocess.Popen(daphne, cwd=BASE_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_pages_and_admin_run_in_chromium_without_a_csp_violation(served_app):
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    live_pages = ["/", "/trading/positions/", "/trading/alerts/"]
+    other_pages = [
+        "/compliance/",
+        "/admin/",
+        "/admin/risk/risklimits/add/",
+        "/admin/django_celery_beat/periodictask/add/",
+    ]
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.add_init_script(WATCH_CSP)
+            page.goto(served_app + "/login/")
+            page.fill("#id_username", "boss")
+            page.fill("#id_password", "a-long-test-password")
+            page.click("button[type=submit]")
+            page.wait_for_url(served_app + "/")
+            for url in live_pages + other_pages:
+                page.goto(served_app + url)
+                page.wait_for_load_state("networkidle")
+                assert page.evaluate("window.__csp") == [], url
+                if url in live_pages:
+                    assert page.evaluate("typeof htmx") == "object", url
+                    # The dashboard websocket is allowed by connect-src and opens.
+                    page.wait_for_selector("#connection[data-state=open]", timeout=10_000)
+            # The watcher does catch what the policy blocks: inline code, another host's websocket.
+            page.evaluate(
+                "document.head.insertAdjacentHTML('beforeend', '<style>body{}</style>');"
+                "new WebSocket('ws://localhost:1/ws/')"
+            )
+            page.wait_for_timeout(300)
+            assert sorted(v.split()[0] for v in page.evaluate("window.__csp")) == ["connect-src", "style-src-elem"]
+        finally:
+            browser.close()
