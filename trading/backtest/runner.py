@@ -197,6 +197,8 @@ class DayResult:
     source: str
     seed: int
     stats: EngineStats
+    open_positions: int = 0
+    trading_state: str = "ACTIVE"
 
     @property
     def session_start(self) -> dt.datetime:
@@ -207,6 +209,8 @@ class DayResult:
             "day": self.day.isoformat(),
             "source": self.source,
             "seed": self.seed,
+            "open_positions_at_close": self.open_positions,
+            "trading_state_at_close": self.trading_state,
             **{k: v for k, v in vars(self.stats).items() if k != "tick_to_intent_ms"},
         }
 
@@ -291,6 +295,17 @@ def _build_day(plan: Plan, day: dt.date, index: int, states: dict, order_ids) ->
     return engine, source, seed
 
 
+def _closing_state(account: str) -> tuple[int, str]:
+    """What the day left behind: positions carried into the next day, and a HALT (e.g. the
+    daily loss breaker) that nothing lifts automatically, so later days stay halted."""
+    from risk.models import TradingState
+    from trading.models import Position
+
+    open_positions = Position.objects.filter(account=account).exclude(net_quantity=0).count()
+    state = TradingState.objects.filter(account=account).values_list("state", flat=True).first() or "ACTIVE"
+    return open_positions, state
+
+
 async def run(plan: Plan) -> RunResult:
     """Every day of the plan, one engine each, state carried over as a restarted engine would."""
     result = RunResult(account=account_for(plan.run_id))
@@ -305,5 +320,6 @@ async def run(plan: Plan) -> RunResult:
         engine, source, seed = await sync_to_async(_build_day)(plan, day, index, states, order_ids)
         log.info("backtest day", extra={"run": plan.run_id, "day": day.isoformat(), "source": source})
         stats = await engine.run()
-        result.days.append(DayResult(day, source, seed, stats))
+        open_positions, state = await sync_to_async(_closing_state)(result.account)
+        result.days.append(DayResult(day, source, seed, stats, open_positions, state))
     return result

@@ -60,7 +60,9 @@ def test_it_backtests_a_short_simulated_day_under_its_own_account(vol_oi, var_di
     report = run.report
     account = f"backtest-{run.pk}"
     assert run.finished_at is not None and report["account"] == account
-    assert report["days"][0]["source"] == "sim" and report["days"][0]["snapshots"] > 100
+    [day] = report["days"]
+    assert day["source"] == "sim" and day["snapshots"] > 100 and day["trading_state_at_close"] == "ACTIVE"
+    assert day["open_positions_at_close"] == report["open_positions_at_end"]
     # The default scenario's 09:16:30 NIFTY call is bought and taken off at the target within the five minutes.
     trades = list(Trade.objects.filter(account=account))
     assert report["trades"] == len(trades) >= 1
