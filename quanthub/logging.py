@@ -2,7 +2,9 @@
 
 Fields a log shipper can index: time (ISO 8601, UTC), level, logger, message,
 plus anything passed through ``extra=``. Secrets never reach a log: callers
-pass identifiers, not credentials, and ``redact`` masks known secret keys.
+pass identifiers, not credentials, ``redact`` masks known secret keys, and the
+values of the configured secrets are masked wherever they appear (a library
+that logs a request URL would otherwise log a webhook URL or a bot token).
 """
 
 from __future__ import annotations
@@ -10,9 +12,38 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from urllib.parse import urlsplit
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
 _SECRET_KEYS = ("token", "secret", "password", "totp", "pin", "hmac", "webhook", "authorization")
+
+
+# Settings holding secrets whose values must never reach a log line. Values
+# shorter than _MIN_SECRET (a PIN) are left alone: masking them would garble
+# ordinary numbers, and nothing logs them.
+_SECRET_SETTINGS = ("SLACK_WEBHOOK_URL", "TELEGRAM_BOT_TOKEN", "DHAN_ACCESS_TOKEN", "DHAN_TOTP_SECRET")
+_MIN_SECRET = 12
+
+
+def secret_values() -> list[str]:
+    from django.conf import settings
+
+    if not settings.configured:
+        return []
+    values = []
+    for name in _SECRET_SETTINGS:
+        value = getattr(settings, name, "") or ""
+        if len(value) >= _MIN_SECRET:
+            values.append(value)
+            if name == "SLACK_WEBHOOK_URL":
+                values.append(urlsplit(value).path)  # the path alone is the token
+    return [value for value in values if len(value) >= _MIN_SECRET]
+
+
+def mask_secrets(text: str) -> str:
+    for value in secret_values():
+        text = text.replace(value, "***")
+    return text
 
 
 def redact(data: dict) -> dict:
@@ -31,4 +62,4 @@ class JsonFormatter(logging.Formatter):
         payload.update(redact(extra))
         if record.exc_info:
             payload["exception"] = self.formatException(record.exc_info)
-        return json.dumps(payload, default=str, ensure_ascii=False)
+        return mask_secrets(json.dumps(payload, default=str, ensure_ascii=False))

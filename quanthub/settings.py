@@ -69,6 +69,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "quanthub.security.SecurityHeadersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -175,6 +176,22 @@ QUANTHUB_STRATEGIES = {
 SLACK_WEBHOOK_URL = env_secret("SLACK_WEBHOOK_URL")
 TELEGRAM_BOT_TOKEN = env_secret("TELEGRAM_BOT_TOKEN")
 TELEGRAM_CHAT_ID = env_str("TELEGRAM_CHAT_ID")
+if TESTING:
+    # Tests never reach the network: a developer's exported webhook or bot token
+    # must not turn a test's alert into a real message (tests set their own).
+    SLACK_WEBHOOK_URL = TELEGRAM_BOT_TOKEN = ""
+# Only for tests and for a self-hosted Bot API server; the token is appended to it.
+TELEGRAM_API_BASE = env_str("TELEGRAM_API_BASE", "https://api.telegram.org")
+# Alerts below this level stay in the app; at or above it they also go to the sinks.
+ALERT_SINK_MIN_LEVEL = env_choice("ALERT_SINK_MIN_LEVEL", ("info", "warning", "critical"), "warning").upper()
+ALERT_SINK_TIMEOUT_S = env_int("ALERT_SINK_TIMEOUT_S", 5, minimum=1, maximum=60)
+# Seconds to wait before each retry of a failed delivery (so 1 + len attempts in all).
+ALERT_SINK_RETRY_DELAYS = (0.5, 2.0, 5.0)
+# Sink name -> dotted path of its class, imported lazily (trading/sinks/).
+ALERT_SINKS = {
+    "slack": "trading.sinks.slack.SlackSink",
+    "telegram": "trading.sinks.telegram.TelegramSink",
+}
 
 # --- Auth, sessions, security --------------------------------------------------------
 AUTHENTICATION_BACKENDS = [

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from audit.chain import append as audit_append
 from risk.models import RiskLimits, TradingState
+from trading.events import publish_on_commit
 
 _UNAUDITED = {"id", "updated_at", "updated_by", "version"}
 
@@ -50,6 +51,7 @@ def save_risk_limits(limits: RiskLimits, *, actor: str) -> RiskLimits:
             subject=f"risk_limits:{limits.pk}",
             payload={"version": limits.version, "changes": changes},
         )
+        publish_on_commit("limits", {"version": limits.version})
     return limits
 
 
@@ -103,4 +105,5 @@ def set_trading_state(
                 "halted_until": halted_until.isoformat() if halted_until else None,
             },
         )
+        publish_on_commit("trading_state", {"state": new_state}, account=account)
     return True

@@ -59,9 +59,8 @@ def _open(width: int, height: int, title: str, kind: str) -> list[str]:
     t = escape(title)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="qh-chart qh-{kind}" '
-        f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img"'
-        + (f' aria-label="{t}"' if t else "")
-        + ">"
+        f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
+        'style="max-width:100%;height:auto"' + (f' aria-label="{t}"' if t else "") + ">"
     ]
     if t:
         parts.append(f"<title>{t}</title>")
@@ -109,7 +108,7 @@ class _Scale:
             f'<g class="qh-axis" stroke="#999" stroke-width="1" fill="none">'
             f'<line x1="{_LEFT}" y1="{_TOP}" x2="{_LEFT}" y2="{_fmt(bottom)}"/>'
             f'<line x1="{_LEFT}" y1="{_fmt(bottom)}" x2="{_fmt(_LEFT + self.pw)}" y2="{_fmt(bottom)}"/></g>',
-            f'<g class="qh-axis-labels" font-size="10" fill="#666">'
+            f'<g class="qh-axis-labels" font-size="10" fill="#888">'
             f'<text x="{_LEFT - 4}" y="{_TOP + 4}" text-anchor="end">{escape(_label(self.y1))}</text>'
             f'<text x="{_LEFT - 4}" y="{_fmt(bottom)}" text-anchor="end">{escape(_label(self.y0))}</text>',
         ]

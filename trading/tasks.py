@@ -12,3 +12,19 @@ def refresh_dhan_token() -> dict:
 
     result = refresh_or_alert()
     return {"method": result.method, "expiry": result.expiry}
+
+
+@shared_task(bind=True, name="trading.deliver_alert", acks_late=True, max_retries=None)
+def deliver_alert(self, alert_id: int, sink: str) -> str:
+    """Deliver one alert to one sink; a failed try is retried after each of
+    ``ALERT_SINK_RETRY_DELAYS`` seconds, then marked failed on the alert."""
+    from django.conf import settings
+
+    from trading.alerts import RETRY, attempt_delivery
+
+    delays = settings.ALERT_SINK_RETRY_DELAYS
+    retries = self.request.retries
+    outcome = attempt_delivery(alert_id, sink, attempt=retries + 1, final=retries >= len(delays))
+    if outcome == RETRY:
+        raise self.retry(countdown=delays[retries])
+    return outcome

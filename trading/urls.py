@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from trading import views
+from trading import views, views_backtest
 
 app_name = "trading"
 
@@ -17,4 +17,6 @@ urlpatterns = [
     path("alerts/<int:pk>/ack/", views.acknowledge_alert, name="ack_alert"),
     path("kill-all/", views.kill_all, name="kill_all"),
     path("panels/<slug:name>/", views.panel, name="panel"),
+    path("backtests/", views_backtest.backtest_list, name="backtests"),
+    path("backtests/<int:pk>/", views_backtest.backtest_detail, name="backtest_detail"),
 ]
