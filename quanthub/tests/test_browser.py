@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -289,10 +288,3 @@ def test_an_anonymous_visitor_goes_to_the_login_page_and_its_websocket_is_refuse
     )
     assert outcome.startswith("closed"), outcome
     context.close()
-
-
-def teardown_module(module):
-    # Keep the README's screenshot in step with the latest run of the browser tests.
-    overview = SHOTS / "overview.png"
-    if overview.exists() and os.environ.get("QUANTHUB_UPDATE_DOC_SCREENSHOT"):
-        shutil.copy(overview, Path(settings.BASE_DIR) / "docs" / "screenshots" / "overview.png")
