@@ -198,6 +198,12 @@ def test_a_trader_watches_the_book_live_and_kill_all_takes_it_flat(browser, serv
         _shot(page, name)
     page.goto(served["url"] + "/trading/chain/")
     assert page.locator("table.chain tbody tr").count() > 10
+    # A tablet in portrait: the panels stack into one column and nothing needs sideways scrolling.
+    page.set_viewport_size({"width": 820, "height": 1180})
+    page.goto(served["url"] + "/")
+    page.wait_for_timeout(1000)
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 820
+    _shot(page, "overview-tablet")
     context.close()
 
 
