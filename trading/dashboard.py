@@ -56,16 +56,23 @@ def _ctx_alerts(account: str, data: dict) -> dict:
     return {"alerts": list(Alert.objects.filter(account=account, acknowledged_at__isnull=True)[:50])}
 
 
+def _percentiles(values: list[float]) -> dict[int, float | None]:
+    ordered = sorted(values)
+    return {q: ordered[min(int(len(ordered) * q / 100), len(ordered) - 1)] if ordered else None for q in (50, 90, 99)}
+
+
 def _ctx_latency(account: str, data: dict) -> dict:
-    values = selectors.latency_ms(account)
-    values.sort()
-    pct = {}
-    for q in (50, 90, 99):
-        pct[q] = values[min(int(len(values) * q / 100), len(values) - 1)] if values else None
+    acks = selectors.latency_ms(account)
+    beat = selectors.latest_heartbeat(account)
+    engine = list((beat.stats or {}).get("tick_to_intent_recent_ms", [])) if beat else []
     return {
-        "latency_svg": charts.histogram(values, title="Snapshot → acknowledgement", unit="ms"),
-        "latency_n": len(values),
-        "latency_pct": pct,
+        "latency_svg": charts.histogram(acks, title="Snapshot → broker acknowledgement (engine clock)", unit="ms"),
+        "latency_n": len(acks),
+        "latency_pct": _percentiles(acks),
+        "engine_svg": charts.histogram(engine, title="Snapshot → order intent (wall clock)", unit="ms"),
+        "engine_n": len(engine),
+        "engine_pct": _percentiles(engine),
+        "simulated": bool(beat and beat.feed != "dhan"),
         "slippage": selectors.slippage(account),
     }
 
@@ -73,7 +80,11 @@ def _ctx_latency(account: str, data: dict) -> dict:
 def _ctx_alphadecay(account: str, data: dict) -> dict:
     points = selectors.alpha_decay(account)
     return {
-        "alpha_svg": charts.scatter(points, title="Net P&L (₹) against minutes held", x_labels=("0 min", "")),
+        "alpha_svg": charts.scatter(
+            points,
+            title="Net P&L (₹) against minutes held",
+            x_labels=("0 min", f"{max((p[0] for p in points), default=0):.0f} min"),
+        ),
         "alpha_n": len(points),
     }
 

@@ -43,10 +43,20 @@ def _message(kind: str, data: dict[str, Any], account: str = "default") -> dict[
     return message
 
 
+def _has_listeners(layer, group: str) -> bool:
+    """The in-memory layer knows its groups: with no page open (tests, benchmarks,
+    a headless engine) there is nothing to render. Other layers may have
+    listeners in other processes, so they always get the event."""
+    groups = getattr(layer, "groups", None)
+    if isinstance(groups, dict):
+        return bool(groups.get(group))
+    return True
+
+
 def send_now(kind: str, data: dict[str, Any] | None = None, *, account: str = "default") -> bool:
     """Send immediately (use only outside a transaction, e.g. heartbeats)."""
     layer = get_channel_layer()
-    if layer is None:
+    if layer is None or not _has_listeners(layer, group_name(account)):
         return False
     try:
         async_to_sync(layer.group_send)(group_name(account), _message(kind, data or {}, account))
@@ -60,7 +70,7 @@ def send_now(kind: str, data: dict[str, Any] | None = None, *, account: str = "d
 
 async def asend_now(kind: str, data: dict[str, Any] | None = None, *, account: str = "default") -> bool:
     layer = get_channel_layer()
-    if layer is None:
+    if layer is None or not _has_listeners(layer, group_name(account)):
         return False
     try:
         message = await sync_to_async(_message, thread_sensitive=True)(kind, data or {}, account)

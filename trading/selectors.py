@@ -299,7 +299,19 @@ def risk_panel(account: str = "default") -> RiskPanel:
         open_net += p.net_pnl
     daily = closed + open_net
     loss_pct = float(max(-daily, ZERO) / limits.daily_loss_cap * 100) if limits.daily_loss_cap else 0.0
-    lots = [(c.strategy.name or c.strategy.key, c.open_lots, limits.max_lots_per_strategy) for c in scorecards(account)]
+    held: dict[int, int] = {}
+    for p in (
+        Position.objects.filter(account=account, strategy__isnull=False)
+        .exclude(net_quantity=0)
+        .exclude(instrument__kind="FUT")
+        .values("strategy_id", "net_quantity", "instrument__lot_size")
+    ):
+        held[p["strategy_id"]] = held.get(p["strategy_id"], 0) + abs(p["net_quantity"]) // max(
+            p["instrument__lot_size"], 1
+        )
+    lots = [
+        (s.name or s.key, held.get(s.pk, 0), limits.max_lots_per_strategy) for s in Strategy.objects.order_by("key")
+    ]
     today = now.astimezone(IST).date()
     return RiskPanel(
         limits=limits,

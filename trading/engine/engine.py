@@ -220,6 +220,8 @@ class Engine:
             "stats": {
                 **{k: v for k, v in vars(self.stats).items() if k != "tick_to_intent_ms"},
                 "funds": self._funds,
+                # Wall-clock snapshot → intent of the latest intents, for the latency panel.
+                "tick_to_intent_recent_ms": [round(v, 3) for v in self.stats.tick_to_intent_ms[-200:]],
             },
         }
         EngineHeartbeat.objects.update_or_create(
