@@ -59,8 +59,9 @@ def _open(width: int, height: int, title: str, kind: str) -> list[str]:
     t = escape(title)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="qh-chart qh-{kind}" '
-        f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" '
-        'style="max-width:100%;height:auto"' + (f' aria-label="{t}"' if t else "") + ">"
+        f'width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img"'
+        + (f' aria-label="{t}"' if t else "")
+        + ">"
     ]
     if t:
         parts.append(f"<title>{t}</title>")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from html import escape
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
@@ -174,19 +175,28 @@ def kill_all(request):
 @require_POST
 @role_required
 def exit_position(request, pk: int):
+    """Exit one position through the OMS. With an engine trading the account the
+    exit is committed for the engine to send, so the strategy holding the position
+    hears its fills (and never sells the units again); with none it is worked here,
+    in the background, like Kill All."""
     _require(request, "trading.exit_position")
     from risk.killswitch import run_exit_position
+    from trading.exits import ExitRefused, _refuse_unless_exitable, active_engine, commit_exit
 
     position = get_object_or_404(Position.objects.select_related("instrument"), pk=pk, account=_account())
-    if position.net_quantity == 0:
-        return HttpResponse(f'<tr id="position-{pk}"><td colspan="15" class="muted">Already flat.</td></tr>')
     actor = f"user:{request.user.get_username()}"
-    started = _in_background(f"exit:{pk}", run_exit_position, pk, actor, _account())
-    text = "Exit sent" if started else "Exit already working"
-    return HttpResponse(
-        f'<tr id="position-{pk}"><td colspan="15" class="warn">{text} for '
-        f"{position.instrument.trading_symbol} ({position.net_quantity}).</td></tr>"
-    )
+    label = f"{position.instrument.trading_symbol} ({position.net_quantity})"
+    try:
+        if active_engine(position.account) is not None:
+            orders = commit_exit(pk, actor=actor)
+            text, css = f"Exit of {label} handed to the engine: {len(orders)} order(s).", "warn"
+        else:
+            _refuse_unless_exitable(position)
+            _in_background(f"exit:{pk}", run_exit_position, pk, actor, _account())
+            text, css = f"Exit sent for {label}.", "warn"
+    except ExitRefused as exc:
+        text, css = f"{position.instrument.trading_symbol}: {exc}.", "muted"
+    return HttpResponse(f'<tr id="position-{pk}"><td colspan="15" class="{css}">{escape(text)}</td></tr>')
 
 
 @require_POST

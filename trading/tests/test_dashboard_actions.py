@@ -69,4 +69,25 @@ async def test_a_manual_exit_flattens_one_position_and_leaves_the_others(
     # Exiting does not halt trading.
     assert (await TradingState.objects.aget(account="default")).state != TradingState.State.HALTED
     again = await sync_to_async(_post)(trader, reverse("trading:exit_position", args=[target.pk]))
-    assert "Already flat" in again.content.decode()
+    assert "already flat" in again.content.decode()
+
+
+async def test_with_an_engine_running_the_exit_is_handed_to_it(oms, book, demo_market, trader):
+    from django.utils import timezone
+
+    from trading.models import EngineHeartbeat
+
+    await _open_legs(oms, book, 1)
+    position = await Position.objects.exclude(net_quantity=0).afirst()
+    now = timezone.now()
+    await EngineHeartbeat.objects.acreate(
+        engine_id="engine-1", role=EngineHeartbeat.Role.ACTIVE, started_at=now, beat_at=now
+    )
+    response = await sync_to_async(_post)(trader, reverse("trading:exit_position", args=[position.pk]))
+    assert "handed to the engine" in response.content.decode()
+    queued = [o async for o in Order.objects.filter(purpose=Order.Purpose.EXIT)]
+    # Committed for the engine to send (intent before I/O); nothing went to the broker from the web.
+    assert queued and all(o.state == Order.State.NEW for o in queued)
+    assert sum(o.quantity for o in queued) == position.net_quantity
+    again = await sync_to_async(_post)(trader, reverse("trading:exit_position", args=[position.pk]))
+    assert "already working" in again.content.decode()
