@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -172,7 +173,10 @@ class SnapshotWriter:
             self._bar(str(snapshot.security_id[i]), "", ts, int(mid[i]), int(snapshot.volume[i]), int(snapshot.oi[i]))
 
     def add_tick(self, tick: LtpTick) -> None:
-        paise = int(to_paise(np.array([tick.ltp]))[0])
+        ltp = float(tick.ltp)
+        # The scalar twin of to_paise (round half to even, like np.round): a numpy
+        # array per tick cost more than the rest of the tick path.
+        paise = int(round(ltp * 100.0)) if math.isfinite(ltp) else -1
         self._ltp_rows.append(
             (
                 tick.exchange_time,
@@ -266,8 +270,37 @@ def _write(model, columns: list[str], rows: list[tuple], batch: int) -> None:
             for row in rows:
                 copy.write_row(row)
         return
-    objects = [model(**dict(zip(columns, row, strict=True))) for row in rows]
-    model.objects.bulk_create(objects, batch_size=min(batch, 900))
+    # SQLite: one executemany of plain tuples. Building a model instance per row
+    # and letting bulk_create compile a statement per 900 rows cost more than the
+    # insert itself; the values are adapted exactly as the ORM would adapt them.
+    table = connection.ops.quote_name(model._meta.db_table)
+    names = ", ".join(connection.ops.quote_name(c) for c in columns)
+    sql = f"INSERT INTO {table} ({names}) VALUES ({', '.join(['%s'] * len(columns))})"
+    adapters = [_adapter(model._meta.get_field(c)) for c in columns]
+    adapt = [(i, a) for i, a in enumerate(adapters) if a is not None]
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), batch):
+            chunk = rows[start : start + batch]
+            if adapt:
+                chunk = [_adapted(row, adapt) for row in chunk]
+            cursor.executemany(sql, chunk)
+
+
+def _adapter(field):
+    """The ORM's own value adaptation for date and time columns (None: pass as is)."""
+    kind = field.get_internal_type()
+    if kind == "DateTimeField":
+        return connection.ops.adapt_datetimefield_value
+    if kind == "DateField":
+        return connection.ops.adapt_datefield_value
+    return None
+
+
+def _adapted(row: tuple, adapt: list) -> tuple:
+    values = list(row)
+    for i, fn in adapt:
+        values[i] = fn(values[i])
+    return tuple(values)
 
 
 def record_metric(name: str, value: float, *, key: str = "", ts: dt.datetime) -> None:

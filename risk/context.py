@@ -1,15 +1,20 @@
-"""Building the gate's context from the database, once per intent.
+"""Building the gate's context from the database.
 
-A handful of indexed queries: the active limits (so an admin change applies
-to the next intent), the trading state, today's event days, the lots open and
-pending for the intent's signal and strategy, today's net P&L, and the VIX
-breaker. Runtime facts the engine already holds — funds, the quote, feed
-health, the order rate — are passed in.
+``GateBasis.load`` reads, in one go, what the gate needs from the database:
+the active limits, the trading state, today's event days, the lots open and
+pending per signal and per strategy, today's net P&L and the VIX breaker.
+The engine loads one basis per snapshot (lazily, at the first intent) and
+``GateBasis.record`` adds each passed intent's lots and margin to it, so the
+next intent of the same snapshot sees them. Runtime facts the engine already
+holds — funds, the quote, feed health, the order rate — are passed in.
+``build_context`` is the one-intent form (a fresh basis per call).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 
 from django.db.models import F, Sum
@@ -68,6 +73,119 @@ def margin_per_lot(instrument, side: str, quote: Quote | None, underlying_price:
     return Decimal(str(underlying_price or 0)) * instrument.lot_size * SHORT_OPTION_MARGIN
 
 
+def _lots_by_key(account: str) -> tuple[dict[str, int], dict[str, int]]:
+    """``open_lots`` for every signal and strategy at once: two queries."""
+    by_signal: dict[str, int] = defaultdict(int)
+    by_strategy: dict[str, int] = defaultdict(int)
+    positions = (
+        Position.objects.filter(account=account)
+        .exclude(net_quantity=0)
+        .values_list("net_quantity", "instrument__lot_size", "signal__key", "strategy__key")
+    )
+    orders = Order.objects.filter(
+        account=account, state__in=LIVE, purpose__in=[Order.Purpose.ENTRY, Order.Purpose.SCALE]
+    ).values_list("quantity", "filled_quantity", "instrument__lot_size", "signal__key", "strategy__key")
+    rows = [(_lots(q, lot), sig, strat) for q, lot, sig, strat in positions]
+    rows += [(_lots(q - f, lot), sig, strat) for q, f, lot, sig, strat in orders]
+    for lots, signal_key, strategy_key in rows:
+        if signal_key:
+            by_signal[signal_key] += lots
+        if strategy_key:
+            by_strategy[strategy_key] += lots
+    return dict(by_signal), dict(by_strategy)
+
+
+@dataclass
+class GateBasis:
+    """The database side of the gate's context, read once and kept current in memory.
+
+    Valid for one snapshot: the engine loads a new one at the next snapshot
+    (or second), so changes made elsewhere — the admin, Kill All, another
+    process — are seen from the next snapshot on. Within the snapshot,
+    ``record`` counts every passed intent as if it were already open: its lots
+    against its signal and strategy, its margin as utilised. That errs on the
+    safe side (a probe that does not fill still counts until the next
+    snapshot) and never lets two intents of one snapshot share the same room.
+    """
+
+    now: dt.datetime
+    limits: Limits
+    trading_state: str = "ACTIVE"
+    event_action: str | None = None
+    daily_net_pnl: Decimal = Decimal("0")
+    vix_breaker: bool = False
+    lots_by_signal: dict[str, int] = field(default_factory=dict)
+    lots_by_strategy: dict[str, int] = field(default_factory=dict)
+    funds: Funds | None = None
+
+    @classmethod
+    def load(cls, *, account: str, now: dt.datetime, funds: Funds | None = None, limits=None) -> GateBasis:
+        """``limits``: a RiskLimits row the caller read in this same snapshot (else read here)."""
+        state = TradingState.objects.filter(account=account).values_list("state", flat=True).first() or "ACTIVE"
+        actions = EventDay.objects.filter(date=now.astimezone(IST).date()).values_list("action", flat=True)
+        by_signal, by_strategy = _lots_by_key(account)
+        return cls(
+            now=now,
+            limits=Limits.from_model(limits if limits is not None else RiskLimits.active()),
+            trading_state=state,
+            event_action=max(actions, key=lambda a: SEVERITY.get(a, 0), default=None),
+            daily_net_pnl=daily_net_pnl(account, now),
+            vix_breaker=BreakerTrip.objects.filter(account=account, breaker="vix", cleared_at__isnull=True).exists(),
+            lots_by_signal=by_signal,
+            lots_by_strategy=by_strategy,
+            funds=funds,
+        )
+
+    def context(
+        self,
+        intent,
+        *,
+        instrument,
+        now: dt.datetime,
+        quote: Quote | None = None,
+        underlying_price: float | None = None,
+        feed_stale: bool = False,
+        orders_last_second: int = 0,
+    ) -> GateContext:
+        funds = self.funds
+        return GateContext(
+            now=now,
+            trading_state=self.trading_state,
+            limits=self.limits,
+            event_action=self.event_action,
+            feed_stale=feed_stale,
+            lots_for_signal=self.lots_by_signal.get(intent.signal_key, 0) if intent.signal_key else 0,
+            lots_for_strategy=self.lots_by_strategy.get(intent.strategy_key, 0) if intent.strategy_key else 0,
+            margin_available=funds.available if funds else Decimal("0"),
+            margin_utilised=funds.utilised if funds else Decimal("0"),
+            margin_per_lot=margin_per_lot(instrument, intent.side, quote, underlying_price) if funds else Decimal("0"),
+            daily_net_pnl=self.daily_net_pnl,
+            vix_breaker=self.vix_breaker,
+            lot_size=instrument.lot_size,
+            freeze_quantity=instrument.freeze_quantity,
+            quote=quote,
+            orders_last_second=orders_last_second,
+        )
+
+    def record(self, intent, lots: int, ctx: GateContext) -> None:
+        """A passed intent is on its way: count its lots and margin for the rest of the snapshot.
+
+        Exits are not subtracted (an exit that does not fill must not free
+        room); everything that adds exposure is added, hedges included.
+        """
+        if intent.reduces_exposure or lots <= 0:
+            return
+        if intent.signal_key:
+            self.lots_by_signal[intent.signal_key] = self.lots_by_signal.get(intent.signal_key, 0) + lots
+        if intent.strategy_key:
+            self.lots_by_strategy[intent.strategy_key] = self.lots_by_strategy.get(intent.strategy_key, 0) + lots
+        if self.funds is not None and ctx.margin_per_lot > 0:
+            margin = ctx.margin_per_lot * lots
+            self.funds = replace(
+                self.funds, available=self.funds.available - margin, utilised=self.funds.utilised + margin
+            )
+
+
 def build_context(
     intent,
     *,
@@ -80,33 +198,13 @@ def build_context(
     orders_last_second: int = 0,
     account: str = "default",
 ) -> GateContext:
-    limits = Limits.from_model(RiskLimits.active())
-    state = TradingState.objects.filter(account=account).values_list("state", flat=True).first() or "ACTIVE"
-    actions = EventDay.objects.filter(date=now.astimezone(IST).date()).values_list("action", flat=True)
-    event_action = max(actions, key=lambda a: SEVERITY.get(a, 0), default=None)
-
-    def lot_size_of(inst):
-        return inst.lot_size
-
-    return GateContext(
+    """One intent's context, read fresh (the active limits apply to the next intent)."""
+    return GateBasis.load(account=account, now=now, funds=funds).context(
+        intent,
+        instrument=instrument,
         now=now,
-        trading_state=state,
-        limits=limits,
-        event_action=event_action,
-        feed_stale=feed_stale,
-        lots_for_signal=open_lots(account=account, lot_size_of=lot_size_of, signal_key=intent.signal_key)
-        if intent.signal_key
-        else 0,
-        lots_for_strategy=open_lots(account=account, lot_size_of=lot_size_of, strategy_key=intent.strategy_key)
-        if intent.strategy_key
-        else 0,
-        margin_available=funds.available if funds else Decimal("0"),
-        margin_utilised=funds.utilised if funds else Decimal("0"),
-        margin_per_lot=margin_per_lot(instrument, intent.side, quote, underlying_price) if funds else Decimal("0"),
-        daily_net_pnl=daily_net_pnl(account, now),
-        vix_breaker=BreakerTrip.objects.filter(account=account, breaker="vix", cleared_at__isnull=True).exists(),
-        lot_size=instrument.lot_size,
-        freeze_quantity=instrument.freeze_quantity,
         quote=quote,
+        underlying_price=underlying_price,
+        feed_stale=feed_stale,
         orders_last_second=orders_last_second,
     )

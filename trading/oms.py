@@ -434,13 +434,7 @@ class OrderManager:
     async def sync(self) -> list[FillEvent | OrderUpdate]:
         """Pull order and trade updates from the broker; apply fills; enforce
         the partial-fill rule; resolve UNKNOWN orders. Returns strategy events."""
-        live = await _db(
-            lambda: list(
-                Order.objects.filter(account=self.account, state__in=[S.OPEN, S.PARTIAL, S.UNKNOWN]).select_related(
-                    "instrument", "strategy", "signal"
-                )
-            )
-        )()
+        live = await _db(self._live_orders)()
         if not live:
             return self._drain()
         book = {o.correlation_id: o for o in await self.broker.order_book()}
@@ -482,6 +476,14 @@ class OrderManager:
             elif state in (S.OPEN, S.PARTIAL):
                 events.extend(await self._partial_fill_rule(order, limits, now))
         return self._drain()
+
+    def _live_orders(self) -> list[Order]:
+        # Called every second, and most seconds nothing is live: a one-column
+        # query first, the joined rows only when there is something to sync.
+        live = Order.objects.filter(account=self.account, state__in=[S.OPEN, S.PARTIAL, S.UNKNOWN])
+        if not live.values_list("pk", flat=True)[:1]:
+            return []
+        return list(live.select_related("instrument", "strategy", "signal"))
 
     def _drain(self) -> list[FillEvent | OrderUpdate]:
         events, self._events = self._events, []
