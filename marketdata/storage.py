@@ -275,7 +275,7 @@ def _write(model, columns: list[str], rows: list[tuple], batch: int) -> None:
     # insert itself; the values are adapted exactly as the ORM would adapt them.
     table = connection.ops.quote_name(model._meta.db_table)
     names = ", ".join(connection.ops.quote_name(c) for c in columns)
-    sql = f"INSERT INTO {table} ({names}) VALUES ({', '.join(['%s'] * len(columns))})"
+    sql = f"INSERT INTO {table} ({names}) VALUES ({', '.join(['%s'] * len(columns))})"  # noqa: S608 (identifiers from the model)
     adapters = [_adapter(model._meta.get_field(c)) for c in columns]
     adapt = [(i, a) for i, a in enumerate(adapters) if a is not None]
     with connection.cursor() as cursor:

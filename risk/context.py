@@ -15,9 +15,9 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from decimal import Decimal
+from decimal import Context, Decimal
 
-from django.db.models import F, Sum
+from django.db import connection
 
 from marketdata.book import Quote
 from quanthub.clock import IST
@@ -29,6 +29,8 @@ from trading.models import Order, Position, Trade
 SEVERITY = {"HALT": 3, "REDUCE_ONLY": 2, "NO_NEW_ENTRIES": 1}
 SHORT_OPTION_MARGIN = Decimal("0.12")
 FUTURE_MARGIN = Decimal("0.14")
+CENT = Decimal("0.01")
+_FLOAT_CONTEXT = Context(prec=15)  # what Django uses for DecimalField values read from SQLite
 LIVE = (Order.State.NEW, Order.State.SUBMITTING, Order.State.OPEN, Order.State.PARTIAL, Order.State.UNKNOWN)
 
 
@@ -52,16 +54,43 @@ def open_lots(*, account: str, lot_size_of, strategy_key: str | None = None, sig
     return held + pending
 
 
+_DAILY_PNL_SQL = (
+    "SELECT (SELECT SUM({net_pnl}) FROM {trade} WHERE {account} = %s AND {closed_at} >= %s), "
+    "(SELECT SUM({realised_pnl} + {unrealised_pnl} - {charges}) FROM {position} "
+    "WHERE {account} = %s AND {opened_at} >= %s AND {net_quantity} <> 0)"
+)
+
+
 def daily_net_pnl(account: str, now: dt.datetime) -> Decimal:
+    """Today's closed trades' net P&L plus today's open positions' (realised +
+    unrealised − charges).
+
+    One statement, written out: the engine asks every second, and compiling
+    the two ORM aggregates cost far more than running them. The sums are
+    converted exactly as the ORM converts a DecimalField sum.
+    """
     start = dt.datetime.combine(now.astimezone(IST).date(), dt.time(0), tzinfo=IST)
-    closed = Trade.objects.filter(account=account, closed_at__gte=start).aggregate(n=Sum("net_pnl"))["n"] or 0
-    open_ = (
-        Position.objects.filter(account=account, opened_at__gte=start)
-        .exclude(net_quantity=0)
-        .aggregate(n=Sum(F("realised_pnl") + F("unrealised_pnl") - F("charges")))["n"]
-        or 0
-    )
-    return Decimal(closed) + Decimal(open_)
+    q = connection.ops.quote_name
+    names = {"trade": q(Trade._meta.db_table), "position": q(Position._meta.db_table)}
+    for model, columns in (
+        (Trade, ("net_pnl", "account", "closed_at")),
+        (Position, ("realised_pnl", "unrealised_pnl", "charges", "opened_at", "net_quantity")),
+    ):
+        names.update({c: q(model._meta.get_field(c).column) for c in columns})
+    sql = _DAILY_PNL_SQL.format(**names)  # identifiers from the models; values are parameters
+    at = connection.ops.adapt_datetimefield_value(start)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [account, at, account, at])
+        closed, open_ = cursor.fetchone()
+    return _money(closed) + _money(open_)
+
+
+def _money(value) -> Decimal:
+    if value is None:
+        return Decimal("0")
+    if isinstance(value, float):  # SQLite keeps decimals as REAL: the ORM's own conversion
+        return _FLOAT_CONTEXT.create_decimal_from_float(value).quantize(CENT)
+    return Decimal(value).quantize(CENT)
 
 
 def margin_per_lot(instrument, side: str, quote: Quote | None, underlying_price: float | None) -> Decimal:

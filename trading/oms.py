@@ -34,6 +34,7 @@ from django.db import transaction
 from audit.chain import append as audit_append
 from marketdata.book import Quote
 from quanthub.clock import Clock, RealClock
+from quanthub.sql import Prepared
 from risk.models import RiskLimits
 from trading.brokers.base import (
     AuthExpired,
@@ -158,6 +159,7 @@ class OrderManager:
         # Fill and order events for the strategies, whichever call recorded them
         # (a fill can arrive with the acknowledgement); sync() hands them over.
         self._events: list[FillEvent | OrderUpdate] = []
+        self._any_live: Prepared | None = None
 
     # --- state changes (sync; called through _db) ----------------------------------
 
@@ -481,7 +483,9 @@ class OrderManager:
         # Called every second, and most seconds nothing is live: a one-column
         # query first, the joined rows only when there is something to sync.
         live = Order.objects.filter(account=self.account, state__in=[S.OPEN, S.PARTIAL, S.UNKNOWN])
-        if not live.values_list("pk", flat=True)[:1]:
+        if self._any_live is None:
+            self._any_live = Prepared(live.values_list("pk")[:1])
+        if not self._any_live.exists():
             return []
         return list(live.select_related("instrument", "strategy", "signal"))
 

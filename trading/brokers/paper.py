@@ -29,6 +29,7 @@ from django.db.models import F
 from marketdata.book import QuoteBook
 from marketdata.models import Instrument
 from quanthub.clock import Clock, RealClock
+from quanthub.sql import Prepared
 from trading.brokers.base import (
     Broker,
     BrokerOrder,
@@ -93,6 +94,7 @@ class PaperBroker(Broker):
         self._specs: dict[str, _Spec] = {}
         self._ids = itertools.count(1)
         self._consumed: dict[tuple[str, dt.datetime, str], int] = {}
+        self._any_resting: Prepared | None = None
 
     @classmethod
     def from_options(cls, *, account="default", clock=None, book=None, seed=7, **options) -> PaperBroker:
@@ -348,7 +350,13 @@ class PaperBroker(Broker):
         await sync_to_async(self._match_resting, thread_sensitive=True)()
 
     def _match_resting(self) -> None:
-        for order in PaperOrder.objects.filter(account=self.account, status__in=OPEN_STATUSES).order_by("created_at"):
+        resting = PaperOrder.objects.filter(account=self.account, status__in=OPEN_STATUSES)
+        # Called at every snapshot, and mostly nothing rests: a one-column check first.
+        if self._any_resting is None:
+            self._any_resting = Prepared(resting.values_list("pk")[:1])
+        if not self._any_resting.exists():
+            return
+        for order in resting.order_by("created_at"):
             self._match(order)
 
     async def modify_order(

@@ -27,6 +27,7 @@ from marketdata.feeds.base import ChainSnapshot, LtpTick
 from marketdata.models import Instrument
 from marketdata.validation import ChainValidator, FeedHealth
 from quanthub.clock import Clock
+from quanthub.sql import Prepared
 from risk.breakers import VixMonitor, enforce_daily_loss
 from risk.breakers import clear as clear_breaker
 from risk.breakers import trip as trip_breaker
@@ -124,6 +125,7 @@ class Engine:
         self._limits_fresh = False  # read at this snapshot: the gate may use them as they are
         self._basis: GateBasis | None = None  # the gate's database reads, for the current snapshot or second
         self._beat_created = False
+        self._config_queries: tuple[Prepared, Prepared] | None = None
         self._last_beat_wall: float | None = None
         self.started = asyncio.Event()
 
@@ -201,9 +203,15 @@ class Engine:
         are read only when it did. Every admin path bumps the version (and
         ``updated_at``), so nothing is missed.
         """
-        versions = dict(
-            Strategy.objects.filter(pk__in=[s.row_id for s in self.strategies]).values_list("pk", "version")
-        )
+        if self._config_queries is None:
+            self._config_queries = (
+                Prepared(
+                    Strategy.objects.filter(pk__in=[s.row_id for s in self.strategies]).values_list("pk", "version")
+                ),
+                Prepared(RiskLimits.objects.filter(is_active=True).values_list("pk", "version", "updated_at")[:1]),
+            )
+        strategies, limits = self._config_queries
+        versions = dict(strategies.rows())
         changed = [s for s in self.strategies if versions.get(s.row_id, s.version) != s.version]
         rows = Strategy.objects.in_bulk([s.row_id for s in changed]) if changed else {}
         for loaded in changed:
@@ -215,7 +223,7 @@ class Engine:
             loaded.strategy.entries_enabled = row.enabled and not self._stopping
             loaded.version = row.version
             loaded.row = row
-        key = RiskLimits.objects.filter(is_active=True).values_list("pk", "version", "updated_at").first()
+        key = next(iter(limits.rows()), None)
         if key is None or key != self._limits_key:
             self._limits = RiskLimits.active()
             self._limits_key = key
