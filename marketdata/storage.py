@@ -282,7 +282,8 @@ def _write(model, columns: list[str], rows: list[tuple], batch: int) -> None:
         for start in range(0, len(rows), batch):
             chunk = rows[start : start + batch]
             if adapt:
-                chunk = [_adapted(row, adapt) for row in chunk]
+                memo: dict = {}  # a snapshot's rows share their times: adapt each once
+                chunk = [_adapted(row, adapt, memo) for row in chunk]
             cursor.executemany(sql, chunk)
 
 
@@ -296,10 +297,14 @@ def _adapter(field):
     return None
 
 
-def _adapted(row: tuple, adapt: list) -> tuple:
+def _adapted(row: tuple, adapt: list, memo: dict) -> tuple:
     values = list(row)
     for i, fn in adapt:
-        values[i] = fn(values[i])
+        value = values[i]
+        done = memo.get(value)
+        if done is None:
+            done = memo[value] = fn(value)
+        values[i] = done
     return tuple(values)
 
 

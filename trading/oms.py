@@ -433,10 +433,15 @@ class OrderManager:
 
     # --- synchronising with the broker --------------------------------------------------
 
-    async def sync(self) -> list[FillEvent | OrderUpdate]:
+    async def sync(self, live: list[Order] | None = None) -> list[FillEvent | OrderUpdate]:
         """Pull order and trade updates from the broker; apply fills; enforce
-        the partial-fill rule; resolve UNKNOWN orders. Returns strategy events."""
-        live = await _db(self._live_orders)()
+        the partial-fill rule; resolve UNKNOWN orders. Returns strategy events.
+
+        ``live``: what ``live_orders()`` returned just now, when the caller read
+        it together with other things in one trip to the database thread.
+        """
+        if live is None:
+            live = await _db(self.live_orders)()
         if not live:
             return self._drain()
         book = {o.correlation_id: o for o in await self.broker.order_book()}
@@ -479,7 +484,8 @@ class OrderManager:
                 events.extend(await self._partial_fill_rule(order, limits, now))
         return self._drain()
 
-    def _live_orders(self) -> list[Order]:
+    def live_orders(self) -> list[Order]:
+        """Orders the broker may still change: OPEN, PARTIAL, UNKNOWN (sync; call through the database thread)."""
         # Called every second, and most seconds nothing is live: a one-column
         # query first, the joined rows only when there is something to sync.
         live = Order.objects.filter(account=self.account, state__in=[S.OPEN, S.PARTIAL, S.UNKNOWN])

@@ -17,6 +17,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from asgiref.sync import sync_to_async
 from django.db import transaction
@@ -295,7 +296,11 @@ class Engine:
 
     async def _every_second(self, now: dt.datetime) -> None:
         self._basis, self._limits_fresh = None, False  # a new batch: the gate reads the database again
-        events = await self.oms.sync()
+        # One trip to the database thread for what every second needs: the live
+        # orders and, while nothing is live (most seconds), today's net P&L.
+        live, pnl = await _db(self._second_reads)(now)
+        orders_before = self.stats.orders
+        events = await self.oms.sync(live=live)
         for event in events:
             for loaded in self.strategies:
                 if event.strategy_key == loaded.key:
@@ -303,7 +308,8 @@ class Engine:
                     await self._submit_all(loaded, self._contained(loaded, handler, event), now, now)
         for loaded in self.strategies:
             await self._submit_all(loaded, self._contained(loaded, loaded.strategy.on_timer, now), now, now)
-        await self._daily_loss(now)
+        # P&L read before sync is still today's figure if nothing was live and nothing was sent since.
+        await self._daily_loss(now, pnl if not events and self.stats.orders == orders_before else None)
         # The heartbeat row and event: at most once per wall-clock second. Live,
         # that is every second; a replay at full speed would otherwise write a
         # heartbeat for every simulated second.
@@ -319,11 +325,21 @@ class Engine:
                 await _db(self.writer.flush)()
             await _db(self._persist_states)()
 
-    async def _daily_loss(self, now: dt.datetime) -> None:
-        """Past the daily net loss cap: REDUCING, flatten everything, HALTED until the next session."""
+    def _second_reads(self, now: dt.datetime) -> tuple[list[Order], Decimal | None]:
+        live = self.oms.live_orders()
+        if live or self._loss_handled:
+            return live, None  # sync may book fills: the P&L is read after it
+        return live, daily_net_pnl(self.account, now)
+
+    async def _daily_loss(self, now: dt.datetime, pnl: Decimal | None = None) -> None:
+        """Past the daily net loss cap: REDUCING, flatten everything, HALTED until the next session.
+
+        ``pnl``: today's net P&L when the caller has just read it.
+        """
         if self._loss_handled:
             return
-        pnl = await _db(daily_net_pnl)(self.account, now)
+        if pnl is None:
+            pnl = await _db(daily_net_pnl)(self.account, now)
         if pnl <= -self._limits.daily_loss_cap:
             self._loss_handled = True
             await enforce_daily_loss(
