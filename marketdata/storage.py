@@ -167,10 +167,18 @@ class SnapshotWriter:
                     received,
                 )
             )
-        good = np.flatnonzero(snapshot.flags == 0)
-        mid = to_paise((snapshot.bid + snapshot.ask) / 2.0)
-        for i in good.tolist():
-            self._bar(str(snapshot.security_id[i]), "", ts, int(mid[i]), int(snapshot.volume[i]), int(snapshot.oi[i]))
+        mid = to_paise((snapshot.bid + snapshot.ask) / 2.0).tolist()
+        minute = ts.replace(second=0, microsecond=0)
+        for good, sid, m, vol, oi in zip(
+            (snapshot.flags == 0).tolist(),
+            snapshot.security_id.tolist(),
+            mid,
+            snapshot.volume.tolist(),
+            snapshot.oi.tolist(),
+            strict=True,
+        ):
+            if good:
+                self._bar(sid, "", ts, m, vol, oi, minute)
 
     def add_tick(self, tick: LtpTick) -> None:
         ltp = float(tick.ltp)
@@ -202,8 +210,18 @@ class SnapshotWriter:
     def pending(self) -> int:
         return len(self._chain_rows) + len(self._ltp_rows)
 
-    def _bar(self, sid: str, symbol: str, ts: dt.datetime, price: int, volume: int, oi: int) -> None:
-        minute = ts.replace(second=0, microsecond=0)
+    def _bar(
+        self,
+        sid: str,
+        symbol: str,
+        ts: dt.datetime,
+        price: int,
+        volume: int,
+        oi: int,
+        minute: dt.datetime | None = None,
+    ) -> None:
+        if minute is None:
+            minute = ts.replace(second=0, microsecond=0)
         bar = self._bars.get(sid)
         if bar is not None and bar.minute != minute:
             self._done_bars.append(self._close_bar(sid, bar))

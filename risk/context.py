@@ -21,6 +21,7 @@ from django.db import connection
 
 from marketdata.book import Quote
 from quanthub.clock import IST
+from quanthub.sql import Prepared
 from risk.checks import GateContext, Limits
 from risk.models import BreakerTrip, EventDay, RiskLimits, TradingState
 from trading.brokers.base import Funds
@@ -102,20 +103,39 @@ def margin_per_lot(instrument, side: str, quote: Quote | None, underlying_price:
     return Decimal(str(underlying_price or 0)) * instrument.lot_size * SHORT_OPTION_MARGIN
 
 
+_PREPARED: dict[tuple, Prepared] = {}
+
+
+def _prepared(key: tuple, build) -> Prepared:
+    """The basis's queries, compiled once per account (and day): all of them return
+    states, counts, keys and ids, never money."""
+    key = (connection.vendor, *key)
+    prepared = _PREPARED.get(key)
+    if prepared is None:
+        prepared = _PREPARED[key] = Prepared(build())
+    return prepared
+
+
 def _lots_by_key(account: str) -> tuple[dict[str, int], dict[str, int]]:
     """``open_lots`` for every signal and strategy at once: two queries."""
     by_signal: dict[str, int] = defaultdict(int)
     by_strategy: dict[str, int] = defaultdict(int)
-    positions = (
-        Position.objects.filter(account=account)
-        .exclude(net_quantity=0)
-        .values_list("net_quantity", "instrument__lot_size", "signal__key", "strategy__key")
+    positions = _prepared(
+        ("positions", account),
+        lambda: (
+            Position.objects.filter(account=account)
+            .exclude(net_quantity=0)
+            .values_list("net_quantity", "instrument__lot_size", "signal__key", "strategy__key")
+        ),
     )
-    orders = Order.objects.filter(
-        account=account, state__in=LIVE, purpose__in=[Order.Purpose.ENTRY, Order.Purpose.SCALE]
-    ).values_list("quantity", "filled_quantity", "instrument__lot_size", "signal__key", "strategy__key")
-    rows = [(_lots(q, lot), sig, strat) for q, lot, sig, strat in positions]
-    rows += [(_lots(q - f, lot), sig, strat) for q, f, lot, sig, strat in orders]
+    orders = _prepared(
+        ("orders", account),
+        lambda: Order.objects.filter(
+            account=account, state__in=LIVE, purpose__in=[Order.Purpose.ENTRY, Order.Purpose.SCALE]
+        ).values_list("quantity", "filled_quantity", "instrument__lot_size", "signal__key", "strategy__key"),
+    )
+    rows = [(_lots(q, lot), sig, strat) for q, lot, sig, strat in positions.rows()]
+    rows += [(_lots(q - f, lot), sig, strat) for q, f, lot, sig, strat in orders.rows()]
     for lots, signal_key, strategy_key in rows:
         if signal_key:
             by_signal[signal_key] += lots
@@ -150,16 +170,30 @@ class GateBasis:
     @classmethod
     def load(cls, *, account: str, now: dt.datetime, funds: Funds | None = None, limits=None) -> GateBasis:
         """``limits``: a RiskLimits row the caller read in this same snapshot (else read here)."""
-        state = TradingState.objects.filter(account=account).values_list("state", flat=True).first() or "ACTIVE"
-        actions = EventDay.objects.filter(date=now.astimezone(IST).date()).values_list("action", flat=True)
+        day = now.astimezone(IST).date()
+        state = _prepared(
+            ("state", account), lambda: TradingState.objects.filter(account=account).values_list("state")[:1]
+        ).rows()
+        actions = [
+            a
+            for (a,) in _prepared(
+                ("events", day), lambda: EventDay.objects.filter(date=day).values_list("action")
+            ).rows()
+        ]
+        vix = _prepared(
+            ("vix", account),
+            lambda: BreakerTrip.objects.filter(account=account, breaker="vix", cleared_at__isnull=True).values_list(
+                "pk"
+            )[:1],
+        )
         by_signal, by_strategy = _lots_by_key(account)
         return cls(
             now=now,
             limits=Limits.from_model(limits if limits is not None else RiskLimits.active()),
-            trading_state=state,
+            trading_state=state[0][0] if state else "ACTIVE",
             event_action=max(actions, key=lambda a: SEVERITY.get(a, 0), default=None),
             daily_net_pnl=daily_net_pnl(account, now),
-            vix_breaker=BreakerTrip.objects.filter(account=account, breaker="vix", cleared_at__isnull=True).exists(),
+            vix_breaker=vix.exists(),
             lots_by_signal=by_signal,
             lots_by_strategy=by_strategy,
             funds=funds,

@@ -179,7 +179,8 @@ class PaperBroker(Broker):
             Decimal("0"),
         )
         utilised = blocked
-        for position in PaperPosition.objects.filter(account=self.account).exclude(net_quantity=0):
+        positions = list(PaperPosition.objects.filter(account=self.account).exclude(net_quantity=0))
+        for position in positions:
             spec = self._spec(position.security_id)
             notional = abs(position.net_quantity) * position.average_price
             if spec.kind == "FUT":
@@ -191,8 +192,8 @@ class PaperBroker(Broker):
         total = account.cash + sum(
             (
                 abs(p.net_quantity) * p.average_price
-                for p in PaperPosition.objects.filter(account=self.account, net_quantity__gt=0)
-                if self._spec(p.security_id).kind != "FUT"
+                for p in positions
+                if p.net_quantity > 0 and self._spec(p.security_id).kind != "FUT"
             ),
             Decimal("0"),
         )
