@@ -64,14 +64,15 @@ def child(minutes: int) -> None:
     engine = Engine(
         feed=feed, broker=PaperBroker(clock=clock, book=book), clock=clock, book=book, writer=SnapshotWriter()
     )
-    began = time.perf_counter()
+    began, began_cpu = time.perf_counter(), time.process_time()
     stats = asyncio.run(engine.run())
-    elapsed = time.perf_counter() - began
+    elapsed, cpu = time.perf_counter() - began, time.process_time() - began_cpu
     latencies = np.array(stats.tick_to_intent_ms or [0.0])
     print(
         json.dumps(
             {
                 "session_s": elapsed,
+                "cpu_s": cpu,
                 "snapshots": stats.snapshots,
                 "orders": stats.orders,
                 "snapshots_per_s": stats.snapshots / elapsed,
@@ -92,6 +93,7 @@ def main() -> None:
         result = run_one(f"sqlite:///{tmp}/replay.sqlite3", args.minutes, tmp)
         metrics.update(
             sqlite_session_s=result["session_s"],
+            sqlite_cpu_s=result["cpu_s"],
             snapshots_per_s=result["snapshots_per_s"],
             tick_to_intent_p50_ms=result["p50"],
             tick_to_intent_p99_ms=result["p99"],
@@ -100,7 +102,8 @@ def main() -> None:
         url = os.environ.get("DATABASE_URL", "")
         pg = args.postgres or (url if url.startswith("postgres") else "")
         if pg:
-            metrics["postgres_session_s"] = run_one(pg, args.minutes, tmp)["session_s"]
+            pg_result = run_one(pg, args.minutes, tmp)
+            metrics.update(postgres_session_s=pg_result["session_s"], postgres_cpu_s=pg_result["cpu_s"])
     report("replay", metrics, args.json)
 
 

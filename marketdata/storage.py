@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import heapq
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
@@ -167,13 +168,24 @@ class SnapshotWriter:
                     received,
                 )
             )
-        good = np.flatnonzero(snapshot.flags == 0)
-        mid = to_paise((snapshot.bid + snapshot.ask) / 2.0)
-        for i in good.tolist():
-            self._bar(str(snapshot.security_id[i]), "", ts, int(mid[i]), int(snapshot.volume[i]), int(snapshot.oi[i]))
+        mid = to_paise((snapshot.bid + snapshot.ask) / 2.0).tolist()
+        minute = ts.replace(second=0, microsecond=0)
+        for good, sid, m, vol, oi in zip(
+            (snapshot.flags == 0).tolist(),
+            snapshot.security_id.tolist(),
+            mid,
+            snapshot.volume.tolist(),
+            snapshot.oi.tolist(),
+            strict=True,
+        ):
+            if good:
+                self._bar(sid, "", ts, m, vol, oi, minute)
 
     def add_tick(self, tick: LtpTick) -> None:
-        paise = int(to_paise(np.array([tick.ltp]))[0])
+        ltp = float(tick.ltp)
+        # The scalar twin of to_paise (round half to even, like np.round): a numpy
+        # array per tick cost more than the rest of the tick path.
+        paise = int(round(ltp * 100.0)) if math.isfinite(ltp) else -1
         self._ltp_rows.append(
             (
                 tick.exchange_time,
@@ -199,8 +211,18 @@ class SnapshotWriter:
     def pending(self) -> int:
         return len(self._chain_rows) + len(self._ltp_rows)
 
-    def _bar(self, sid: str, symbol: str, ts: dt.datetime, price: int, volume: int, oi: int) -> None:
-        minute = ts.replace(second=0, microsecond=0)
+    def _bar(
+        self,
+        sid: str,
+        symbol: str,
+        ts: dt.datetime,
+        price: int,
+        volume: int,
+        oi: int,
+        minute: dt.datetime | None = None,
+    ) -> None:
+        if minute is None:
+            minute = ts.replace(second=0, microsecond=0)
         bar = self._bars.get(sid)
         if bar is not None and bar.minute != minute:
             self._done_bars.append(self._close_bar(sid, bar))
@@ -289,8 +311,42 @@ def _write(model, columns: list[str], rows: list[tuple], batch: int) -> None:
             cursor.execute(insert + " ON CONFLICT DO NOTHING")
             cursor.execute(f"DELETE FROM {staging}")  # noqa: S608
         return
-    objects = [model(**dict(zip(columns, row, strict=True))) for row in rows]
-    model.objects.bulk_create(objects, batch_size=min(batch, 900), ignore_conflicts=True)
+    # SQLite: one executemany of plain tuples (OR IGNORE: the first row stored wins). Building a model instance per row
+    # and letting bulk_create compile a statement per 900 rows cost more than the
+    # insert itself; the values are adapted exactly as the ORM would adapt them.
+    table = connection.ops.quote_name(model._meta.db_table)
+    names = ", ".join(connection.ops.quote_name(c) for c in columns)
+    sql = f"INSERT OR IGNORE INTO {table} ({names}) VALUES ({', '.join(['%s'] * len(columns))})"  # noqa: S608 (identifiers from the model)
+    adapters = [_adapter(model._meta.get_field(c)) for c in columns]
+    adapt = [(i, a) for i, a in enumerate(adapters) if a is not None]
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), batch):
+            chunk = rows[start : start + batch]
+            if adapt:
+                memo: dict = {}  # a snapshot's rows share their times: adapt each once
+                chunk = [_adapted(row, adapt, memo) for row in chunk]
+            cursor.executemany(sql, chunk)
+
+
+def _adapter(field):
+    """The ORM's own value adaptation for date and time columns (None: pass as is)."""
+    kind = field.get_internal_type()
+    if kind == "DateTimeField":
+        return connection.ops.adapt_datetimefield_value
+    if kind == "DateField":
+        return connection.ops.adapt_datefield_value
+    return None
+
+
+def _adapted(row: tuple, adapt: list, memo: dict) -> tuple:
+    values = list(row)
+    for i, fn in adapt:
+        value = values[i]
+        done = memo.get(value)
+        if done is None:
+            done = memo[value] = fn(value)
+        values[i] = done
+    return tuple(values)
 
 
 def record_metric(name: str, value: float, *, key: str = "", ts: dt.datetime) -> None:

@@ -1,21 +1,27 @@
-"""Building the gate's context from the database, once per intent.
+"""Building the gate's context from the database.
 
-A handful of indexed queries: the active limits (so an admin change applies
-to the next intent), the trading state, today's event days, the lots open and
-pending for the intent's signal and strategy, today's net P&L, and the VIX
-breaker. Runtime facts the engine already holds — funds, the quote, feed
-health, the order rate — are passed in.
+``GateBasis.load`` reads, in one go, what the gate needs from the database:
+the active limits, the trading state, today's event days, the lots open and
+pending per signal and per strategy, today's net P&L and the VIX breaker.
+The engine loads one basis per snapshot (lazily, at the first intent) and
+``GateBasis.record`` adds each passed intent's lots and margin to it, so the
+next intent of the same snapshot sees them. Runtime facts the engine already
+holds — funds, the quote, feed health, the order rate — are passed in.
+``build_context`` is the one-intent form (a fresh basis per call).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from decimal import Decimal
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from decimal import Context, Decimal
 
-from django.db.models import F, Sum
+from django.db import connection
 
 from marketdata.book import Quote
 from quanthub.clock import IST
+from quanthub.sql import Prepared
 from risk.checks import GateContext, Limits
 from risk.models import BreakerTrip, EventDay, RiskLimits, TradingState
 from trading.brokers.base import Funds
@@ -24,6 +30,8 @@ from trading.models import Order, Position, Trade
 SEVERITY = {"HALT": 3, "REDUCE_ONLY": 2, "NO_NEW_ENTRIES": 1}
 SHORT_OPTION_MARGIN = Decimal("0.12")
 FUTURE_MARGIN = Decimal("0.14")
+CENT = Decimal("0.01")
+_FLOAT_CONTEXT = Context(prec=15)  # what Django uses for DecimalField values read from SQLite
 LIVE = (Order.State.NEW, Order.State.SUBMITTING, Order.State.OPEN, Order.State.PARTIAL, Order.State.UNKNOWN)
 
 
@@ -47,16 +55,43 @@ def open_lots(*, account: str, lot_size_of, strategy_key: str | None = None, sig
     return held + pending
 
 
+_DAILY_PNL_SQL = (
+    "SELECT (SELECT SUM({net_pnl}) FROM {trade} WHERE {account} = %s AND {closed_at} >= %s), "
+    "(SELECT SUM({realised_pnl} + {unrealised_pnl} - {charges}) FROM {position} "
+    "WHERE {account} = %s AND {opened_at} >= %s AND {net_quantity} <> 0)"
+)
+
+
 def daily_net_pnl(account: str, now: dt.datetime) -> Decimal:
+    """Today's closed trades' net P&L plus today's open positions' (realised +
+    unrealised − charges).
+
+    One statement, written out: the engine asks every second, and compiling
+    the two ORM aggregates cost far more than running them. The sums are
+    converted exactly as the ORM converts a DecimalField sum.
+    """
     start = dt.datetime.combine(now.astimezone(IST).date(), dt.time(0), tzinfo=IST)
-    closed = Trade.objects.filter(account=account, closed_at__gte=start).aggregate(n=Sum("net_pnl"))["n"] or 0
-    open_ = (
-        Position.objects.filter(account=account, opened_at__gte=start)
-        .exclude(net_quantity=0)
-        .aggregate(n=Sum(F("realised_pnl") + F("unrealised_pnl") - F("charges")))["n"]
-        or 0
-    )
-    return Decimal(closed) + Decimal(open_)
+    q = connection.ops.quote_name
+    names = {"trade": q(Trade._meta.db_table), "position": q(Position._meta.db_table)}
+    for model, columns in (
+        (Trade, ("net_pnl", "account", "closed_at")),
+        (Position, ("realised_pnl", "unrealised_pnl", "charges", "opened_at", "net_quantity")),
+    ):
+        names.update({c: q(model._meta.get_field(c).column) for c in columns})
+    sql = _DAILY_PNL_SQL.format(**names)  # identifiers from the models; values are parameters
+    at = connection.ops.adapt_datetimefield_value(start)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [account, at, account, at])
+        closed, open_ = cursor.fetchone()
+    return _money(closed) + _money(open_)
+
+
+def _money(value) -> Decimal:
+    if value is None:
+        return Decimal("0")
+    if isinstance(value, float):  # SQLite keeps decimals as REAL: the ORM's own conversion
+        return _FLOAT_CONTEXT.create_decimal_from_float(value).quantize(CENT)
+    return Decimal(value).quantize(CENT)
 
 
 def margin_per_lot(instrument, side: str, quote: Quote | None, underlying_price: float | None) -> Decimal:
@@ -66,6 +101,152 @@ def margin_per_lot(instrument, side: str, quote: Quote | None, underlying_price:
     if side == "BUY":
         return price * instrument.lot_size
     return Decimal(str(underlying_price or 0)) * instrument.lot_size * SHORT_OPTION_MARGIN
+
+
+_PREPARED: dict[tuple, Prepared] = {}
+
+
+def _prepared(key: tuple, build) -> Prepared:
+    """The basis's queries, compiled once per account (and day): all of them return
+    states, counts, keys and ids, never money."""
+    key = (connection.vendor, *key)
+    prepared = _PREPARED.get(key)
+    if prepared is None:
+        prepared = _PREPARED[key] = Prepared(build())
+    return prepared
+
+
+def _lots_by_key(account: str) -> tuple[dict[str, int], dict[str, int]]:
+    """``open_lots`` for every signal and strategy at once: two queries."""
+    by_signal: dict[str, int] = defaultdict(int)
+    by_strategy: dict[str, int] = defaultdict(int)
+    positions = _prepared(
+        ("positions", account),
+        lambda: (
+            Position.objects.filter(account=account)
+            .exclude(net_quantity=0)
+            .values_list("net_quantity", "instrument__lot_size", "signal__key", "strategy__key")
+        ),
+    )
+    orders = _prepared(
+        ("orders", account),
+        lambda: Order.objects.filter(
+            account=account, state__in=LIVE, purpose__in=[Order.Purpose.ENTRY, Order.Purpose.SCALE]
+        ).values_list("quantity", "filled_quantity", "instrument__lot_size", "signal__key", "strategy__key"),
+    )
+    rows = [(_lots(q, lot), sig, strat) for q, lot, sig, strat in positions.rows()]
+    rows += [(_lots(q - f, lot), sig, strat) for q, f, lot, sig, strat in orders.rows()]
+    for lots, signal_key, strategy_key in rows:
+        if signal_key:
+            by_signal[signal_key] += lots
+        if strategy_key:
+            by_strategy[strategy_key] += lots
+    return dict(by_signal), dict(by_strategy)
+
+
+@dataclass
+class GateBasis:
+    """The database side of the gate's context, read once and kept current in memory.
+
+    Valid for one snapshot: the engine loads a new one at the next snapshot
+    (or second), so changes made elsewhere — the admin, Kill All, another
+    process — are seen from the next snapshot on. Within the snapshot,
+    ``record`` counts every passed intent as if it were already open: its lots
+    against its signal and strategy, its margin as utilised. That errs on the
+    safe side (a probe that does not fill still counts until the next
+    snapshot) and never lets two intents of one snapshot share the same room.
+    """
+
+    now: dt.datetime
+    limits: Limits
+    trading_state: str = "ACTIVE"
+    event_action: str | None = None
+    daily_net_pnl: Decimal = Decimal("0")
+    vix_breaker: bool = False
+    lots_by_signal: dict[str, int] = field(default_factory=dict)
+    lots_by_strategy: dict[str, int] = field(default_factory=dict)
+    funds: Funds | None = None
+
+    @classmethod
+    def load(cls, *, account: str, now: dt.datetime, funds: Funds | None = None, limits=None) -> GateBasis:
+        """``limits``: a RiskLimits row the caller read in this same snapshot (else read here)."""
+        day = now.astimezone(IST).date()
+        state = _prepared(
+            ("state", account), lambda: TradingState.objects.filter(account=account).values_list("state")[:1]
+        ).rows()
+        actions = [
+            a
+            for (a,) in _prepared(
+                ("events", day), lambda: EventDay.objects.filter(date=day).values_list("action")
+            ).rows()
+        ]
+        vix = _prepared(
+            ("vix", account),
+            lambda: BreakerTrip.objects.filter(account=account, breaker="vix", cleared_at__isnull=True).values_list(
+                "pk"
+            )[:1],
+        )
+        by_signal, by_strategy = _lots_by_key(account)
+        return cls(
+            now=now,
+            limits=Limits.from_model(limits if limits is not None else RiskLimits.active()),
+            trading_state=state[0][0] if state else "ACTIVE",
+            event_action=max(actions, key=lambda a: SEVERITY.get(a, 0), default=None),
+            daily_net_pnl=daily_net_pnl(account, now),
+            vix_breaker=vix.exists(),
+            lots_by_signal=by_signal,
+            lots_by_strategy=by_strategy,
+            funds=funds,
+        )
+
+    def context(
+        self,
+        intent,
+        *,
+        instrument,
+        now: dt.datetime,
+        quote: Quote | None = None,
+        underlying_price: float | None = None,
+        feed_stale: bool = False,
+        orders_last_second: int = 0,
+    ) -> GateContext:
+        funds = self.funds
+        return GateContext(
+            now=now,
+            trading_state=self.trading_state,
+            limits=self.limits,
+            event_action=self.event_action,
+            feed_stale=feed_stale,
+            lots_for_signal=self.lots_by_signal.get(intent.signal_key, 0) if intent.signal_key else 0,
+            lots_for_strategy=self.lots_by_strategy.get(intent.strategy_key, 0) if intent.strategy_key else 0,
+            margin_available=funds.available if funds else Decimal("0"),
+            margin_utilised=funds.utilised if funds else Decimal("0"),
+            margin_per_lot=margin_per_lot(instrument, intent.side, quote, underlying_price) if funds else Decimal("0"),
+            daily_net_pnl=self.daily_net_pnl,
+            vix_breaker=self.vix_breaker,
+            lot_size=instrument.lot_size,
+            freeze_quantity=instrument.freeze_quantity,
+            quote=quote,
+            orders_last_second=orders_last_second,
+        )
+
+    def record(self, intent, lots: int, ctx: GateContext) -> None:
+        """A passed intent is on its way: count its lots and margin for the rest of the snapshot.
+
+        Exits are not subtracted (an exit that does not fill must not free
+        room); everything that adds exposure is added, hedges included.
+        """
+        if intent.reduces_exposure or lots <= 0:
+            return
+        if intent.signal_key:
+            self.lots_by_signal[intent.signal_key] = self.lots_by_signal.get(intent.signal_key, 0) + lots
+        if intent.strategy_key:
+            self.lots_by_strategy[intent.strategy_key] = self.lots_by_strategy.get(intent.strategy_key, 0) + lots
+        if self.funds is not None and ctx.margin_per_lot > 0:
+            margin = ctx.margin_per_lot * lots
+            self.funds = replace(
+                self.funds, available=self.funds.available - margin, utilised=self.funds.utilised + margin
+            )
 
 
 def build_context(
@@ -80,33 +261,13 @@ def build_context(
     orders_last_second: int = 0,
     account: str = "default",
 ) -> GateContext:
-    limits = Limits.from_model(RiskLimits.active())
-    state = TradingState.objects.filter(account=account).values_list("state", flat=True).first() or "ACTIVE"
-    actions = EventDay.objects.filter(date=now.astimezone(IST).date()).values_list("action", flat=True)
-    event_action = max(actions, key=lambda a: SEVERITY.get(a, 0), default=None)
-
-    def lot_size_of(inst):
-        return inst.lot_size
-
-    return GateContext(
+    """One intent's context, read fresh (the active limits apply to the next intent)."""
+    return GateBasis.load(account=account, now=now, funds=funds).context(
+        intent,
+        instrument=instrument,
         now=now,
-        trading_state=state,
-        limits=limits,
-        event_action=event_action,
-        feed_stale=feed_stale,
-        lots_for_signal=open_lots(account=account, lot_size_of=lot_size_of, signal_key=intent.signal_key)
-        if intent.signal_key
-        else 0,
-        lots_for_strategy=open_lots(account=account, lot_size_of=lot_size_of, strategy_key=intent.strategy_key)
-        if intent.strategy_key
-        else 0,
-        margin_available=funds.available if funds else Decimal("0"),
-        margin_utilised=funds.utilised if funds else Decimal("0"),
-        margin_per_lot=margin_per_lot(instrument, intent.side, quote, underlying_price) if funds else Decimal("0"),
-        daily_net_pnl=daily_net_pnl(account, now),
-        vix_breaker=BreakerTrip.objects.filter(account=account, breaker="vix", cleared_at__isnull=True).exists(),
-        lot_size=instrument.lot_size,
-        freeze_quantity=instrument.freeze_quantity,
         quote=quote,
+        underlying_price=underlying_price,
+        feed_stale=feed_stale,
         orders_last_second=orders_last_second,
     )

@@ -34,6 +34,7 @@ from django.db import transaction
 from audit.chain import append as audit_append
 from marketdata.book import Quote
 from quanthub.clock import Clock, RealClock
+from quanthub.sql import Prepared
 from risk.models import RiskLimits
 from trading.brokers.base import (
     AuthExpired,
@@ -158,6 +159,7 @@ class OrderManager:
         # Fill and order events for the strategies, whichever call recorded them
         # (a fill can arrive with the acknowledgement); sync() hands them over.
         self._events: list[FillEvent | OrderUpdate] = []
+        self._any_live: Prepared | None = None
 
     # --- state changes (sync; called through _db) ----------------------------------
 
@@ -431,16 +433,15 @@ class OrderManager:
 
     # --- synchronising with the broker --------------------------------------------------
 
-    async def sync(self) -> list[FillEvent | OrderUpdate]:
+    async def sync(self, live: list[Order] | None = None) -> list[FillEvent | OrderUpdate]:
         """Pull order and trade updates from the broker; apply fills; enforce
-        the partial-fill rule; resolve UNKNOWN orders. Returns strategy events."""
-        live = await _db(
-            lambda: list(
-                Order.objects.filter(account=self.account, state__in=[S.OPEN, S.PARTIAL, S.UNKNOWN]).select_related(
-                    "instrument", "strategy", "signal"
-                )
-            )
-        )()
+        the partial-fill rule; resolve UNKNOWN orders. Returns strategy events.
+
+        ``live``: what ``live_orders()`` returned just now, when the caller read
+        it together with other things in one trip to the database thread.
+        """
+        if live is None:
+            live = await _db(self.live_orders)()
         if not live:
             return self._drain()
         book = {o.correlation_id: o for o in await self.broker.order_book()}
@@ -482,6 +483,17 @@ class OrderManager:
             elif state in (S.OPEN, S.PARTIAL):
                 events.extend(await self._partial_fill_rule(order, limits, now))
         return self._drain()
+
+    def live_orders(self) -> list[Order]:
+        """Orders the broker may still change: OPEN, PARTIAL, UNKNOWN (sync; call through the database thread)."""
+        # Called every second, and most seconds nothing is live: a one-column
+        # query first, the joined rows only when there is something to sync.
+        live = Order.objects.filter(account=self.account, state__in=[S.OPEN, S.PARTIAL, S.UNKNOWN])
+        if self._any_live is None:
+            self._any_live = Prepared(live.values_list("pk")[:1])
+        if not self._any_live.exists():
+            return []
+        return list(live.select_related("instrument", "strategy", "signal"))
 
     def _drain(self) -> list[FillEvent | OrderUpdate]:
         events, self._events = self._events, []

@@ -29,6 +29,7 @@ from django.db.models import F
 from marketdata.book import QuoteBook
 from marketdata.models import Instrument
 from quanthub.clock import Clock, RealClock
+from quanthub.sql import Prepared
 from trading.brokers.base import (
     Broker,
     BrokerOrder,
@@ -93,6 +94,7 @@ class PaperBroker(Broker):
         self._specs: dict[str, _Spec] = {}
         self._ids = itertools.count(1)
         self._consumed: dict[tuple[str, dt.datetime, str], int] = {}
+        self._any_resting: Prepared | None = None
 
     @classmethod
     def from_options(cls, *, account="default", clock=None, book=None, seed=7, **options) -> PaperBroker:
@@ -177,7 +179,8 @@ class PaperBroker(Broker):
             Decimal("0"),
         )
         utilised = blocked
-        for position in PaperPosition.objects.filter(account=self.account).exclude(net_quantity=0):
+        positions = list(PaperPosition.objects.filter(account=self.account).exclude(net_quantity=0))
+        for position in positions:
             spec = self._spec(position.security_id)
             notional = abs(position.net_quantity) * position.average_price
             if spec.kind == "FUT":
@@ -189,8 +192,8 @@ class PaperBroker(Broker):
         total = account.cash + sum(
             (
                 abs(p.net_quantity) * p.average_price
-                for p in PaperPosition.objects.filter(account=self.account, net_quantity__gt=0)
-                if self._spec(p.security_id).kind != "FUT"
+                for p in positions
+                if p.net_quantity > 0 and self._spec(p.security_id).kind != "FUT"
             ),
             Decimal("0"),
         )
@@ -348,7 +351,13 @@ class PaperBroker(Broker):
         await sync_to_async(self._match_resting, thread_sensitive=True)()
 
     def _match_resting(self) -> None:
-        for order in PaperOrder.objects.filter(account=self.account, status__in=OPEN_STATUSES).order_by("created_at"):
+        resting = PaperOrder.objects.filter(account=self.account, status__in=OPEN_STATUSES)
+        # Called at every snapshot, and mostly nothing rests: a one-column check first.
+        if self._any_resting is None:
+            self._any_resting = Prepared(resting.values_list("pk")[:1])
+        if not self._any_resting.exists():
+            return
+        for order in resting.order_by("created_at"):
             self._match(order)
 
     async def modify_order(

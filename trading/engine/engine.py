@@ -17,6 +17,7 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import numpy as np
 from asgiref.sync import sync_to_async
@@ -29,10 +30,11 @@ from marketdata.feeds.base import ChainSnapshot, LtpTick
 from marketdata.models import Instrument
 from marketdata.validation import ChainValidator, FeedHealth
 from quanthub.clock import Clock
+from quanthub.sql import Prepared
 from risk.breakers import VixMonitor, enforce_daily_loss
 from risk.breakers import clear as clear_breaker
 from risk.breakers import trip as trip_breaker
-from risk.context import build_context, daily_net_pnl
+from risk.context import GateBasis, daily_net_pnl
 from risk.gate import RiskGate, record_refusal
 from risk.models import RiskLimits
 from trading.accounting import mark_to_market
@@ -62,6 +64,18 @@ class Loaded:
     enabled: bool
     strategy: object
     failures: int = 0
+    row: Strategy | None = None  # the row orders point at (its pk and key never change)
+
+
+@dataclass
+class Passed:
+    """An intent the gate let through, waiting to be sent."""
+
+    intent: object
+    instrument: Instrument
+    decision: object
+    intent_at: dt.datetime
+    gate_passed_at: dt.datetime
 
 
 @dataclass
@@ -118,6 +132,13 @@ class Engine:
         self._funds: dict[str, str] | None = None  # the broker's last funds report, for the risk panel
         self._greeks: dict[str, tuple[float, float, float, float]] = {}
         self._exits_checked = -1e9  # time.monotonic() of the last look for requested exits
+        self._mark_needed = True  # mark once at the first second: a restart may find positions open
+        self._limits_key: tuple | None = None  # (pk, version, updated_at) of the limits held in _limits
+        self._limits_fresh = False  # read at this snapshot: the gate may use them as they are
+        self._basis: GateBasis | None = None  # the gate's database reads, for the current snapshot or second
+        self._beat_created = False
+        self._config_queries: tuple[Prepared, Prepared] | None = None
+        self._last_beat_wall: float | None = None
         self.started = asyncio.Event()
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -185,19 +206,41 @@ class Engine:
                 strategy.set_instruments(lot_sizes, {k: (v[0], v[1]) for k, v in futures.items()})
             strategy.set_state(row.state or {})
             strategy.entries_enabled = row.enabled
-            self.strategies.append(Loaded(row.pk, row.key, row.version, row.enabled, strategy))
+            self.strategies.append(Loaded(row.pk, row.key, row.version, row.enabled, strategy, row=row))
 
-    def _refresh_strategies(self) -> None:
-        """Pick up admin changes at the next snapshot: params (by version) and the enabled switch."""
-        rows = {r.pk: r for r in Strategy.objects.filter(pk__in=[s.row_id for s in self.strategies])}
-        for loaded in self.strategies:
+    def _refresh_config(self) -> None:
+        """Pick up admin changes at every snapshot: strategy params and the enabled
+        switch (both bump the row's version), and the active risk limits.
+
+        Two one-column queries find out whether anything changed; the full rows
+        are read only when it did. Every admin path bumps the version (and
+        ``updated_at``), so nothing is missed.
+        """
+        if self._config_queries is None:
+            self._config_queries = (
+                Prepared(
+                    Strategy.objects.filter(pk__in=[s.row_id for s in self.strategies]).values_list("pk", "version")
+                ),
+                Prepared(RiskLimits.objects.filter(is_active=True).values_list("pk", "version", "updated_at")[:1]),
+            )
+        strategies, limits = self._config_queries
+        versions = dict(strategies.rows())
+        changed = [s for s in self.strategies if versions.get(s.row_id, s.version) != s.version]
+        rows = Strategy.objects.in_bulk([s.row_id for s in changed]) if changed else {}
+        for loaded in changed:
             row = rows.get(loaded.row_id)
-            if row is None or row.version == loaded.version:
+            if row is None:
                 continue
             loaded.strategy.configure(type(loaded.strategy).config_class.from_params(row.params))
             loaded.enabled = row.enabled
             loaded.strategy.entries_enabled = row.enabled and not self._stopping
             loaded.version = row.version
+            loaded.row = row
+        key = next(iter(limits.rows()), None)
+        if key is None or key != self._limits_key:
+            self._limits = RiskLimits.active()
+            self._limits_key = key
+        self._limits_fresh = True
 
     def _persist_states(self) -> None:
         for loaded in self.strategies:
@@ -207,16 +250,12 @@ class Engine:
         # beat_at is wall-clock time (the health check and the dashboards judge
         # liveness by it); market_time is the engine's clock, simulated in replays.
         wall = timezone.now()
+        market = self.clock.now()
         values = {
-            "account": self.account,
-            "hostname": socket.gethostname(),
-            "pid": os.getpid(),
             "role": role,
-            "broker": self.broker.name,
-            "feed": getattr(self.feed, "name", "feed"),
             "beat_at": wall,
-            "market_time": self.clock.now(),
-            "feed_health": self.health.as_dict(self.clock.now()),
+            "market_time": market,
+            "feed_health": self.health.as_dict(market),
             "stats": {
                 **{k: v for k, v in vars(self.stats).items() if k != "tick_to_intent_ms"},
                 "funds": self._funds,
@@ -224,9 +263,22 @@ class Engine:
                 "tick_to_intent_recent_ms": [round(v, 3) for v in self.stats.tick_to_intent_ms[-200:]],
             },
         }
+        # After the first beat one UPDATE does (the row is this engine's own).
+        if self._beat_created and EngineHeartbeat.objects.filter(engine_id=self.engine_id).update(**values):
+            return
+        fixed = {
+            "account": self.account,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "broker": self.broker.name,
+            "feed": getattr(self.feed, "name", "feed"),
+        }
         EngineHeartbeat.objects.update_or_create(
-            engine_id=self.engine_id, defaults=values, create_defaults={**values, "started_at": wall}
+            engine_id=self.engine_id,
+            defaults={**fixed, **values},
+            create_defaults={**fixed, **values, "started_at": wall},
         )
+        self._beat_created = True
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -263,12 +315,17 @@ class Engine:
             await _db(clear_breaker)("vix", at=tick.exchange_time, actor="breaker:vix", account=self.account)
 
     async def _every_second(self, now: dt.datetime) -> None:
-        # Exits requested from outside (the API) go out from here, so their fills reach the
-        # strategies. Looked for once a wall-clock second, not once a simulated one (--speed max).
+        # Exits requested from outside (the API, the dashboard) go out from here, so their fills
+        # reach the strategies. Looked for once a wall-clock second, not once a simulated one.
         if time.monotonic() - self._exits_checked >= 1.0:
             self._exits_checked = time.monotonic()
             await send_requested_exits(self.oms, self.book, account=self.account)
-        events = await self.oms.sync()
+        self._basis, self._limits_fresh = None, False  # a new batch: the gate reads the database again
+        # One trip to the database thread for what every second needs: the live
+        # orders and, while nothing is live (most seconds), today's net P&L.
+        live, pnl = await _db(self._second_reads)(now)
+        orders_before = self.stats.orders
+        events = await self.oms.sync(live=live)
         for event in events:
             for loaded in self.strategies:
                 if event.strategy_key == loaded.key:
@@ -276,9 +333,22 @@ class Engine:
                     await self._submit_all(loaded, self._contained(loaded, handler, event), now, now)
         for loaded in self.strategies:
             await self._submit_all(loaded, self._contained(loaded, loaded.strategy.on_timer, now), now, now)
-        await self._daily_loss(now)
-        await _db(self._beat)("ACTIVE")
-        await self._push(now)
+        # P&L read before sync is still today's figure if nothing was live and nothing was sent since.
+        await self._daily_loss(now, pnl if not events and self.stats.orders == orders_before else None)
+        # Open positions are marked on the engine's clock (every second while any is open or
+        # a fill came), so a replay marks exactly as live trading does: P&L, the daily loss
+        # check and a closed trade's risk amount never depend on how fast the replay ran.
+        if self._mark_needed or self._open_sids or events:
+            self._mark_needed = False
+            await _db(self._mark_positions)()
+        # The heartbeat row and the dashboards' push: at most once per wall-clock second.
+        # Live, that is every second; a replay at full speed would otherwise write a
+        # heartbeat for every simulated second.
+        wall = time.monotonic()
+        if self._last_beat_wall is None or wall - self._last_beat_wall >= 1.0:
+            self._last_beat_wall = wall
+            await _db(self._beat)("ACTIVE")
+            await self._push(now)
         if self._last_reconcile is None or (now - self._last_reconcile).total_seconds() >= self.reconcile_every_s:
             self._last_reconcile = now
             await reconcile(self.broker, account=self.account)
@@ -332,21 +402,18 @@ class Engine:
             )
 
     async def _push(self, now: dt.datetime) -> None:
-        """Dashboard pushes, paced by the wall clock (at --speed max a simulated
-        second passes in microseconds): panels at most once a second, latency and
-        alpha decay every 10 s. Each push re-renders its panels once for all pages."""
+        """Dashboard pushes, called at most once a wall-clock second: the panels every
+        time, the broker's funds every 5 s, latency and alpha decay every 10 s. Each
+        push re-renders its panels once for all pages."""
         wall = time.monotonic()
-        if wall - self._pushed.get("heartbeat", -1e9) >= 1.0:
-            self._pushed["heartbeat"] = wall
-            await _db(self._mark_positions)()
-            if wall - self._pushed.get("funds", -1e9) >= 5.0:
-                self._pushed["funds"] = wall
-                try:
-                    funds = await self.broker.funds()
-                    self._funds = {k: str(getattr(funds, k)) for k in ("available", "utilised", "total")}
-                except Exception as exc:  # the risk panel shows the last known figures
-                    log.warning("funds unavailable", extra={"error": repr(exc)})
-            await asend_now("heartbeat", {"engine": self.engine_id, "at": now.isoformat()}, account=self.account)
+        if wall - self._pushed.get("funds", -1e9) >= 5.0:
+            self._pushed["funds"] = wall
+            try:
+                funds = await self.broker.funds()
+                self._funds = {k: str(getattr(funds, k)) for k in ("available", "utilised", "total")}
+            except Exception as exc:  # the risk panel shows the last known figures
+                log.warning("funds unavailable", extra={"error": repr(exc)})
+        await asend_now("heartbeat", {"engine": self.engine_id, "at": now.isoformat()}, account=self.account)
         if wall - self._pushed.get("analytics", -1e9) >= 10.0:
             self._pushed["analytics"] = wall
             await asend_now("analytics", {}, account=self.account)
@@ -363,11 +430,21 @@ class Engine:
             "chain", {"underlying": snapshot.underlying, "rows": chain_rows(snapshot)}, account=self.account
         )
 
-    async def _daily_loss(self, now: dt.datetime) -> None:
-        """Past the daily net loss cap: REDUCING, flatten everything, HALTED until the next session."""
+    def _second_reads(self, now: dt.datetime) -> tuple[list[Order], Decimal | None]:
+        live = self.oms.live_orders()
+        if live or self._loss_handled:
+            return live, None  # sync may book fills: the P&L is read after it
+        return live, daily_net_pnl(self.account, now)
+
+    async def _daily_loss(self, now: dt.datetime, pnl: Decimal | None = None) -> None:
+        """Past the daily net loss cap: REDUCING, flatten everything, HALTED until the next session.
+
+        ``pnl``: today's net P&L when the caller has just read it.
+        """
         if self._loss_handled:
             return
-        pnl = await _db(daily_net_pnl)(self.account, now)
+        if pnl is None:
+            pnl = await _db(daily_net_pnl)(self.account, now)
         if pnl <= -self._limits.daily_loss_cap:
             self._loss_handled = True
             await enforce_daily_loss(
@@ -387,8 +464,8 @@ class Engine:
         await self.broker.on_market_data()
         if self.writer is not None:
             self.writer.add_chain(snapshot)
-        await _db(self._refresh_strategies)()
-        self._limits = await _db(RiskLimits.active)()
+        await _db(self._refresh_config)()
+        self._basis = None  # the gate reads the database once for this snapshot, at its first intent
         received = snapshot.received_at
         started = time.perf_counter()  # wall time: the simulated clock stands still within a tick
         for loaded in self.strategies:
@@ -410,37 +487,51 @@ class Engine:
     async def _submit_all(
         self, loaded: Loaded, intents, now: dt.datetime, snapshot_at: dt.datetime, started: float | None = None
     ) -> None:
+        """Gate the intents in order, then send what passed, in order.
+
+        Gating first keeps tick → intent short for the second leg (a probe's
+        hedge is not held up by the probe's round trip to the broker). The
+        basis counts each passed intent's lots and margin, so later intents see
+        earlier ones. An exit is sent before any later entry is gated, and the
+        basis is read again, so a loss it realises counts against that entry.
+        """
         started = time.perf_counter() if started is None else started
         refused_signals = set()
+        queue: list[Passed] = []
         for intent in intents:
             if intent.purpose == "HEDGE" and intent.signal_key in refused_signals:
                 continue  # no hedge for an entry that was not sent
             self.stats.intents += 1
-            intent_at = self.clock.now()
-            if not await self._submit(loaded, intent, snapshot_at, intent_at, started) and intent.purpose in (
-                "ENTRY",
-                "SCALE",
-            ):
+            if not intent.reduces_exposure and any(p.intent.reduces_exposure for p in queue):
+                await self._send(loaded, queue, snapshot_at)
+                queue, self._basis = [], None
+            passed = await self._gate(loaded, intent, self.clock.now(), started)
+            if passed is not None:
+                queue.append(passed)
+            elif intent.purpose in ("ENTRY", "SCALE"):
                 refused_signals.add(intent.signal_key)
-        await _db(self._record_transitions)(loaded)
+        await self._send(loaded, queue, snapshot_at)
+        if getattr(loaded.strategy, "transitions", None):
+            await _db(self._record_transitions)(loaded)
 
-    async def _submit(self, loaded: Loaded, intent, snapshot_at, intent_at, started: float) -> bool:
+    async def _gate(self, loaded: Loaded, intent, intent_at: dt.datetime, started: float) -> Passed | None:
         instrument = self.instruments.get(intent.security_id)
         if instrument is None:
             log.error("intent for an unknown instrument", extra={"security_id": intent.security_id})
-            return False
-        funds = await self.broker.funds()
-        underlying_quote = self.book.get(self.underlying_ids.get(instrument.underlying.symbol, ""))
+            return None
         now = self.clock.now()
-        ctx = await _db(build_context)(
+        if self._basis is None:
+            funds = await self.broker.funds()
+            limits = self._limits if self._limits_fresh else None
+            self._basis = await _db(GateBasis.load)(account=self.account, now=now, funds=funds, limits=limits)
+        underlying_quote = self.book.get(self.underlying_ids.get(instrument.underlying.symbol, ""))
+        ctx = self._basis.context(
             intent,
             instrument=instrument,
             now=now,
-            funds=funds,
             quote=self.book.get(intent.security_id),
             underlying_price=underlying_quote.last if underlying_quote else None,
             feed_stale=self.health.is_stale(now),
-            account=self.account,
         )
         decision = self.gate.check(intent, ctx)
         if not decision.allowed:
@@ -448,29 +539,35 @@ class Engine:
             await _db(record_refusal)(intent, decision, ctx, account=self.account)
             if hasattr(loaded.strategy, "on_refused"):
                 loaded.strategy.on_refused(intent, f"{decision.rule}: {decision.reason}", now)
-            return False
+            return None
+        self._basis.record(intent, decision.lots, ctx)
         gate_passed_at = self.clock.now()
         self.stats.tick_to_intent_ms.append((time.perf_counter() - started) * 1000)
-        signal = await _db(self._signal)(loaded, intent) if intent.signal_key else None
-        strategy_row = await _db(Strategy.objects.get)(pk=loaded.row_id)
-        for quantity in decision.slices:
-            self.stats.orders += 1
-            await self.oms.submit(
-                instrument=instrument,
-                side=intent.side,
-                quantity=quantity,
-                limit_price=intent.limit_price,
-                purpose=intent.purpose,
-                order_type=Order.Type.LIMIT if intent.limit_price else Order.Type.MARKET,
-                strategy=strategy_row,
-                signal=signal,
-                snapshot_at=snapshot_at,
-                intent_at=intent_at,
-                gate_passed_at=gate_passed_at,
-                check_slippage_rule=False,  # the gate ran the slippage rule
-                reason=intent.reason,
-            )
-        return True
+        return Passed(intent, instrument, decision, intent_at, gate_passed_at)
+
+    async def _send(self, loaded: Loaded, queue: list[Passed], snapshot_at: dt.datetime) -> None:
+        for passed in queue:
+            intent = passed.intent
+            signal = await _db(self._signal)(loaded, intent) if intent.signal_key else None
+            if loaded.row is None:
+                loaded.row = await _db(Strategy.objects.get)(pk=loaded.row_id)
+            for quantity in passed.decision.slices:
+                self.stats.orders += 1
+                await self.oms.submit(
+                    instrument=passed.instrument,
+                    side=intent.side,
+                    quantity=quantity,
+                    limit_price=intent.limit_price,
+                    purpose=intent.purpose,
+                    order_type=Order.Type.LIMIT if intent.limit_price else Order.Type.MARKET,
+                    strategy=loaded.row,
+                    signal=signal,
+                    snapshot_at=snapshot_at,
+                    intent_at=passed.intent_at,
+                    gate_passed_at=passed.gate_passed_at,
+                    check_slippage_rule=False,  # the gate ran the slippage rule
+                    reason=intent.reason,
+                )
 
     def _signal(self, loaded: Loaded, intent) -> Signal:
         signal = Signal.objects.filter(key=intent.signal_key).first()
