@@ -201,7 +201,13 @@ class Engine:
 
     def _persist_states(self) -> None:
         for loaded in self.strategies:
-            Strategy.objects.filter(pk=loaded.row_id).update(state=loaded.strategy.get_state())
+            self._persist_state(loaded)
+
+    def _persist_state(self, loaded: Loaded) -> None:
+        Strategy.objects.filter(pk=loaded.row_id).update(state=loaded.strategy.get_state())
+
+    def _entered(self, signal_key: str) -> bool:
+        return Order.objects.filter(signal__key=signal_key, purpose=Order.Purpose.ENTRY).exists()
 
     def _beat(self, role: str) -> None:
         # beat_at is wall-clock time (the health check and the dashboards judge
@@ -269,11 +275,15 @@ class Engine:
             self._exits_checked = time.monotonic()
             await send_requested_exits(self.oms, self.book, account=self.account)
         events = await self.oms.sync()
+        touched = {}
         for event in events:
             for loaded in self.strategies:
                 if event.strategy_key == loaded.key:
                     handler = loaded.strategy.on_fill if hasattr(event, "price") else loaded.strategy.on_order_update
                     await self._submit_all(loaded, self._contained(loaded, handler, event), now, now)
+                    touched[loaded.row_id] = loaded
+        for loaded in touched.values():  # fills change what a trade holds: save it now
+            await _db(self._persist_state)(loaded)
         for loaded in self.strategies:
             await self._submit_all(loaded, self._contained(loaded, loaded.strategy.on_timer, now), now, now)
         await self._daily_loss(now)
@@ -412,9 +422,21 @@ class Engine:
     ) -> None:
         started = time.perf_counter() if started is None else started
         refused_signals = set()
+        duplicates = set()
         for intent in intents:
             if intent.purpose == "HEDGE" and intent.signal_key in refused_signals:
                 continue  # no hedge for an entry that was not sent
+            if intent.purpose == "ENTRY" and intent.signal_key and await _db(self._entered)(intent.signal_key):
+                # A restarted or taken-over engine whose strategy state lags the
+                # orders (killed between an order and the next state save) may
+                # detect the same signal again: never enter it twice.
+                log.error("duplicate entry refused", extra={"signal": intent.signal_key, "engine": self.engine_id})
+                self.stats.refused += 1
+                refused_signals.add(intent.signal_key)
+                duplicates.add(intent.signal_key)
+                if hasattr(loaded.strategy, "on_refused"):
+                    loaded.strategy.on_refused(intent, "duplicate entry: the signal was entered before", now)
+                continue
             self.stats.intents += 1
             intent_at = self.clock.now()
             if not await self._submit(loaded, intent, snapshot_at, intent_at, started) and intent.purpose in (
@@ -422,7 +444,14 @@ class Engine:
                 "SCALE",
             ):
                 refused_signals.add(intent.signal_key)
+        if duplicates:  # the signal's row belongs to the first entry: leave its phase alone
+            transitions = getattr(loaded.strategy, "transitions", None) or []
+            loaded.strategy.transitions = [t for t in transitions if t.signal_key not in duplicates]
         await _db(self._record_transitions)(loaded)
+        if intents:
+            # Save the strategy's state with its orders, not 30 s later: an engine
+            # that takes over after a crash then manages the open trades it finds.
+            await _db(self._persist_state)(loaded)
 
     async def _submit(self, loaded: Loaded, intent, snapshot_at, intent_at, started: float) -> bool:
         instrument = self.instruments.get(intent.security_id)
