@@ -74,11 +74,11 @@ def _pg_url(name: str) -> str:
     return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{name}"
 
 
-def _pg_admin(sql: str) -> None:
+def _pg_admin(sql: str, params: tuple = ()) -> None:
     import psycopg
 
     with psycopg.connect(_pg_url("postgres"), autocommit=True) as conn:
-        conn.execute(sql)
+        conn.execute(sql, params)
 
 
 # --- the lock ------------------------------------------------------------------------------
@@ -370,3 +370,21 @@ def test_sigterm_stops_the_engine_cleanly_and_frees_the_account(engine_db):
     lock = db.lock()
     assert lock.acquire()
     lock.release()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_an_engine_that_loses_its_lock_stops_trading_and_exits_with_an_error(engine_db):
+    db = engine_db
+    engine = db.engine("engine")
+    _wait_for(lambda: db.role(engine.pid) == "ACTIVE", 40, what="the engine to beat ACTIVE")
+    if db.name:  # the lock's session ends (a database restart, a failover, an administrator)
+        _pg_admin(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND application_name = %s",
+            (db.name, "quanthub-engine-lock:default"),
+        )
+    else:
+        (db.tmp_path / "locks" / "engine-default.lock").unlink()
+    assert engine.wait(15) == 1, db.output(engine)
+    assert "lost the engine lock for account default" in db.output(engine)
+    assert db.role(engine.pid) == "STOPPED"
