@@ -59,14 +59,19 @@ def _standby_beat(engine_id: str, plan, role: str) -> None:
 
 def _claim(account: str, engine_id: str) -> dt.datetime | None:
     """With the lock held no other engine trades the account: mark any row still
-    saying ACTIVE (a killed engine's) STOPPED, and return the market time it had reached."""
+    saying ACTIVE (a killed engine's) STOPPED. Returns the latest market time an
+    engine of the account reached (where a takeover on the simulator carries on)."""
     from trading.models import EngineHeartbeat
 
-    rows = EngineHeartbeat.objects.filter(account=account, role=EngineHeartbeat.Role.ACTIVE).exclude(
-        engine_id=engine_id
+    Role = EngineHeartbeat.Role
+    others = EngineHeartbeat.objects.filter(account=account).exclude(engine_id=engine_id)
+    last = (
+        others.filter(role__in=[Role.ACTIVE, Role.STOPPED], market_time__isnull=False)
+        .order_by("-market_time")
+        .values_list("market_time", flat=True)
+        .first()
     )
-    last = rows.exclude(market_time=None).order_by("-market_time").values_list("market_time", flat=True).first()
-    rows.update(role=EngineHeartbeat.Role.STOPPED)
+    others.filter(role=Role.ACTIVE).update(role=Role.STOPPED)
     return last
 
 
@@ -78,6 +83,7 @@ def last_weekday(day: dt.date) -> dt.date:
 
 class Command(BaseCommand):
     help = "Run the trading engine (and, with --serve, the web app in the same process)."
+    signalled = False
 
     def add_arguments(self, parser):
         parser.add_argument("--broker", choices=["paper", "dhan"], default=None)
@@ -196,6 +202,7 @@ class Command(BaseCommand):
         engine = None
 
         def stop():
+            self.signalled = True
             stopping.set()
             if engine is not None:
                 engine.stop()
@@ -278,9 +285,14 @@ class Command(BaseCommand):
 
         def start_engine():
             task = asyncio.ensure_future(self._run(plan, lock), loop=twisted_loop)
-            task.add_done_callback(
-                lambda t: t.exception() and log.error("engine ended with an error", exc_info=t.exception())
-            )
+
+            def done(t):
+                if not t.cancelled() and t.exception():
+                    log.error("engine ended with an error", exc_info=t.exception())
+                if self.signalled and reactor.running:
+                    reactor.stop()  # SIGTERM/SIGINT went to the engine: leave once it has stopped
+
+            task.add_done_callback(done)
 
         reactor.callWhenRunning(start_engine)
         Server(
