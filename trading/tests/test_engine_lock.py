@@ -329,7 +329,9 @@ def test_a_standby_takes_over_within_ten_seconds_of_the_active_engine_dying(engi
     last_market_time = db.heartbeat(active.pid)[1]
 
     _wait_for(lambda: db.role(standby.pid) == "ACTIVE", 10, interval=0.1, what="the standby to take over")
-    assert time.monotonic() - killed_at < 10
+    took = time.monotonic() - killed_at
+    print(f"standby beat ACTIVE {took:.1f} s after the kill")  # the figure in docs/engine.md (pytest -s)
+    assert took < 10
     assert "taking over account default" in db.output(standby)
     assert db.role(active.pid) == "STOPPED"  # the dead engine's row no longer claims the account
     # The simulated session carries on where the dead engine left it (not from 09:15 again).

@@ -162,6 +162,22 @@ class Command(BaseCommand):
         finally:
             lock.release()
 
+    def _prepare(self, plan) -> None:
+        """The simulator's instruments, and the engine's imports (seconds of a cold start)."""
+        from django.utils.module_loading import import_string
+
+        import trading.engine.engine  # noqa: F401
+        from marketdata.feeds import FEEDS
+        from marketdata.storage import SnapshotWriter  # noqa: F401
+        from trading.brokers import BROKERS
+
+        import_string(FEEDS[plan["feed"]])
+        import_string(BROKERS[plan["broker"]])
+        if plan["feed"] == "sim":
+            from marketdata.demo import ensure_demo_instruments
+
+            ensure_demo_instruments(plan["day"] or last_weekday(dt.date.today()))  # noqa: DTZ011
+
     def _build(self, plan, resume_at: dt.datetime | None = None):
         from marketdata.book import QuoteBook
         from marketdata.feeds import build_feed
@@ -214,6 +230,9 @@ class Command(BaseCommand):
             except (NotImplementedError, RuntimeError):
                 pass
         engine_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # Everything that does not depend on the takeover moment happens first,
+        # so a standby that gets the lock only has to build and start.
+        await sync_to_async(self._prepare)(plan)
         took_over = False
         if not lock.held:
             took_over = await self._standby(plan, lock, engine_id, stopping)
@@ -222,10 +241,6 @@ class Command(BaseCommand):
                 return None
         try:
             resume_at = await sync_to_async(_claim)(account, engine_id)
-            if plan["feed"] == "sim":
-                from marketdata.demo import ensure_demo_instruments
-
-                await sync_to_async(ensure_demo_instruments)(plan["day"] or last_weekday(dt.date.today()))  # noqa: DTZ011
             engine = await sync_to_async(self._build)(plan, resume_at if took_over else None)
             engine.engine_id = engine_id  # a standby's row turns ACTIVE
             if stopping.is_set():
