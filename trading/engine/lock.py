@@ -9,8 +9,8 @@ engine waits as a standby until the lock frees up.
   settings. Django's connections come and go (``close_old_connections``,
   transactions, the ``sync_to_async`` thread); this one stays open for the
   engine's life. The server drops the lock when the session ends: the engine
-  exits, is killed, or its host disappears (TCP keepalives notice that within
-  about ten seconds). A session that dies under a running engine means the lock
+  exits, is killed, or its host disappears (server-side TCP keepalives notice
+  that within about eleven seconds). A session that dies under a running engine means the lock
   is gone and another engine may take over, so the holder must watch it
   (``is_alive``/``watch``) and stop trading when it is lost.
 * SQLite (one machine): an exclusive ``flock`` on ``VAR_DIR/locks/engine-<account>.lock``.
@@ -147,6 +147,9 @@ class PostgresEngineLock(EngineLock):
 
         db = self.database
         params = {k: v for k, v in (db.get("OPTIONS") or {}).items() if k in _LIBPQ_OPTIONS}
+        # The server ends the session of a vanished engine host (and so frees the
+        # lock) after ~11 s of silence instead of its default two hours...
+        server = "-c tcp_keepalives_idle=5 -c tcp_keepalives_interval=2 -c tcp_keepalives_count=3"
         params.update(
             dbname=db["NAME"],
             user=db.get("USER") or None,
@@ -154,12 +157,15 @@ class PostgresEngineLock(EngineLock):
             host=db.get("HOST") or None,
             port=db.get("PORT") or None,
             application_name=f"quanthub-engine-lock:{self.account}"[:63],
+            options=f"{params.get('options', '')} {server}".strip(),
             connect_timeout=5,
-            # A vanished client or server is noticed in ~10 s rather than hours.
+            # ...and the engine gives up on an unanswered check after 4 s, so on a
+            # network cut the old engine stops before a standby can take over.
+            tcp_user_timeout=4000,
             keepalives=1,
-            keepalives_idle=5,
-            keepalives_interval=2,
-            keepalives_count=3,
+            keepalives_idle=2,
+            keepalives_interval=1,
+            keepalives_count=2,
         )
         return psycopg.connect(autocommit=True, **{k: v for k, v in params.items() if v is not None})
 
