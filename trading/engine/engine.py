@@ -201,10 +201,7 @@ class Engine:
 
     def _persist_states(self) -> None:
         for loaded in self.strategies:
-            self._persist_state(loaded)
-
-    def _persist_state(self, loaded: Loaded) -> None:
-        Strategy.objects.filter(pk=loaded.row_id).update(state=loaded.strategy.get_state())
+            Strategy.objects.filter(pk=loaded.row_id).update(state=loaded.strategy.get_state())
 
     def _entered(self, signal_key: str) -> bool:
         return Order.objects.filter(signal__key=signal_key, purpose=Order.Purpose.ENTRY).exists()
@@ -275,15 +272,15 @@ class Engine:
             self._exits_checked = time.monotonic()
             await send_requested_exits(self.oms, self.book, account=self.account)
         events = await self.oms.sync()
-        touched = {}
+        touched = False
         for event in events:
             for loaded in self.strategies:
                 if event.strategy_key == loaded.key:
                     handler = loaded.strategy.on_fill if hasattr(event, "price") else loaded.strategy.on_order_update
                     await self._submit_all(loaded, self._contained(loaded, handler, event), now, now)
-                    touched[loaded.row_id] = loaded
-        for loaded in touched.values():  # fills change what a trade holds: save it now
-            await _db(self._persist_state)(loaded)
+                    touched = True
+        if touched:  # fills change what a trade holds: save it now
+            await _db(self._persist_states)()
         for loaded in self.strategies:
             await self._submit_all(loaded, self._contained(loaded, loaded.strategy.on_timer, now), now, now)
         await self._daily_loss(now)
@@ -444,14 +441,12 @@ class Engine:
                 "SCALE",
             ):
                 refused_signals.add(intent.signal_key)
-        if duplicates:  # the signal's row belongs to the first entry: leave its phase alone
-            transitions = getattr(loaded.strategy, "transitions", None) or []
-            loaded.strategy.transitions = [t for t in transitions if t.signal_key not in duplicates]
-        await _db(self._record_transitions)(loaded)
+        # A duplicate's signal row belongs to the first entry: leave its phase alone.
+        await _db(self._record_transitions)(loaded, skip=duplicates)
         if intents:
-            # Save the strategy's state with its orders, not 30 s later: an engine
+            # Save the strategies' state with their orders, not 30 s later: an engine
             # that takes over after a crash then manages the open trades it finds.
-            await _db(self._persist_state)(loaded)
+            await _db(self._persist_states)()
 
     async def _submit(self, loaded: Loaded, intent, snapshot_at, intent_at, started: float) -> bool:
         instrument = self.instruments.get(intent.security_id)
@@ -524,12 +519,14 @@ class Engine:
                 publish_on_commit("signal", {"key": signal.key}, account=self.account)
         return signal
 
-    def _record_transitions(self, loaded: Loaded) -> None:
+    def _record_transitions(self, loaded: Loaded, skip: set[str] | frozenset[str] = frozenset()) -> None:
         transitions = getattr(loaded.strategy, "transitions", None)
         if not transitions:
             return
         pending, loaded.strategy.transitions = list(transitions), []
         for t in pending:
+            if t.signal_key in skip:
+                continue
             phase = {
                 "PROBE": "PROBE",
                 "SCALED": "SCALED",
