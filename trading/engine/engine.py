@@ -246,6 +246,9 @@ class Engine:
         for loaded in self.strategies:
             Strategy.objects.filter(pk=loaded.row_id).update(state=loaded.strategy.get_state())
 
+    def _entered(self, signal_key: str) -> bool:
+        return Order.objects.filter(signal__key=signal_key, purpose=Order.Purpose.ENTRY).exists()
+
     def _beat(self, role: str) -> None:
         # beat_at is wall-clock time (the health check and the dashboards judge
         # liveness by it); market_time is the engine's clock, simulated in replays.
@@ -326,11 +329,15 @@ class Engine:
         live, pnl = await _db(self._second_reads)(now)
         orders_before = self.stats.orders
         events = await self.oms.sync(live=live)
+        touched = False
         for event in events:
             for loaded in self.strategies:
                 if event.strategy_key == loaded.key:
                     handler = loaded.strategy.on_fill if hasattr(event, "price") else loaded.strategy.on_order_update
                     await self._submit_all(loaded, self._contained(loaded, handler, event), now, now)
+                    touched = True
+        if touched:  # fills change what a trade holds: save it now
+            await _db(self._persist_states)()
         for loaded in self.strategies:
             await self._submit_all(loaded, self._contained(loaded, loaded.strategy.on_timer, now), now, now)
         # P&L read before sync is still today's figure if nothing was live and nothing was sent since.
@@ -498,9 +505,21 @@ class Engine:
         started = time.perf_counter() if started is None else started
         refused_signals = set()
         queue: list[Passed] = []
+        duplicates = set()
         for intent in intents:
             if intent.purpose == "HEDGE" and intent.signal_key in refused_signals:
                 continue  # no hedge for an entry that was not sent
+            if intent.purpose == "ENTRY" and intent.signal_key and await _db(self._entered)(intent.signal_key):
+                # A restarted or taken-over engine whose strategy state lags the
+                # orders (killed between an order and the next state save) may
+                # detect the same signal again: never enter it twice.
+                log.error("duplicate entry refused", extra={"signal": intent.signal_key, "engine": self.engine_id})
+                self.stats.refused += 1
+                refused_signals.add(intent.signal_key)
+                duplicates.add(intent.signal_key)
+                if hasattr(loaded.strategy, "on_refused"):
+                    loaded.strategy.on_refused(intent, "duplicate entry: the signal was entered before", now)
+                continue
             self.stats.intents += 1
             if not intent.reduces_exposure and any(p.intent.reduces_exposure for p in queue):
                 await self._send(loaded, queue, snapshot_at)
@@ -512,7 +531,12 @@ class Engine:
                 refused_signals.add(intent.signal_key)
         await self._send(loaded, queue, snapshot_at)
         if getattr(loaded.strategy, "transitions", None):
-            await _db(self._record_transitions)(loaded)
+            # A duplicate's signal row belongs to the first entry: leave its phase alone.
+            await _db(self._record_transitions)(loaded, skip=duplicates)
+        if intents:
+            # Save the strategies' state with their orders, not 30 s later: an engine
+            # that takes over after a crash then manages the open trades it finds.
+            await _db(self._persist_states)()
 
     async def _gate(self, loaded: Loaded, intent, intent_at: dt.datetime, started: float) -> Passed | None:
         instrument = self.instruments.get(intent.security_id)
@@ -592,12 +616,14 @@ class Engine:
                 publish_on_commit("signal", {"key": signal.key}, account=self.account)
         return signal
 
-    def _record_transitions(self, loaded: Loaded) -> None:
+    def _record_transitions(self, loaded: Loaded, skip: set[str] | frozenset[str] = frozenset()) -> None:
         transitions = getattr(loaded.strategy, "transitions", None)
         if not transitions:
             return
         pending, loaded.strategy.transitions = list(transitions), []
         for t in pending:
+            if t.signal_key in skip:
+                continue
             phase = {
                 "PROBE": "PROBE",
                 "SCALED": "SCALED",

@@ -73,6 +73,37 @@ async def test_an_engine_killed_mid_trade_resumes_it_without_a_duplicate_entry(e
     assert (await Signal.objects.aget(key=key)).phase == "CLOSED"
 
 
+async def test_an_engine_whose_state_lags_its_orders_never_enters_a_signal_twice(enabled):
+    first, _ = await sync_to_async(_engine)(dt.time(9, 15), dt.time(9, 17))
+    await first.run()
+    [key] = (await Strategy.objects.aget(key="vol_oi")).state["trades"]
+    phase = (await Signal.objects.aget(key=key)).phase
+    # As if the engine had died between the probe order and saving the strategy state:
+    # a new engine (a standby taking over, a restart) sees the same informed flow again.
+    await Strategy.objects.filter(key="vol_oi").aupdate(state={})
+    second, _ = await sync_to_async(_engine)(dt.time(9, 15), dt.time(9, 17))
+    second.writer = None  # the first run stored these minutes' market data already
+    stats = await second.run()
+    assert await Order.objects.filter(purpose="ENTRY", signal__key=key).acount() == 1
+    assert await Order.objects.filter(purpose="HEDGE", signal__key=key).acount() == 1  # no hedge for a refused entry
+    assert stats.refused >= 1
+    assert (await Signal.objects.aget(key=key)).phase == phase  # the first entry's signal row is left alone
+
+
+async def test_the_engine_saves_a_strategy_state_with_its_orders(enabled):
+    engine, _ = await sync_to_async(_engine)(dt.time(9, 15), dt.time(9, 17))
+    engine.reconcile_every_s = 10_000  # no periodic save within the run
+    await engine.start()
+    async for item in engine.feed:
+        await engine.tick(item)
+        if await Order.objects.filter(purpose="ENTRY").aexists():
+            break
+    # The probe's order is in: its trade is already in the saved state, before any periodic save.
+    order = await Order.objects.select_related("signal").aget(purpose="ENTRY")
+    assert order.signal.key in (await Strategy.objects.aget(key="vol_oi")).state["trades"]
+    await engine.shutdown()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -1,24 +1,78 @@
 """manage.py run_engine [--broker paper|dhan] [--feed sim|replay|dhan] [--speed N|max] [--serve]
-[--seed N] [--port N] [--host H] [--date YYYY-MM-DD] [--scenario FILE|default|none]
+[--seed N] [--port N] [--host H] [--date YYYY-MM-DD] [--scenario FILE|default|none] [--no-standby]
 
 Every flag is checked before anything starts. With --serve the web app is
 served from the same process and event loop (daphne), on the in-memory
 channel layer: the embedded default the README's run command starts.
+
+One engine trades an account at a time (``trading.engine.lock``). When
+another engine holds the account's lock this one waits as a standby: it beats
+STANDBY every second, tries the lock twice a second and, once it has it, starts
+like any engine (OMS recovery and reconciliation first). ``--no-standby``
+refuses to wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
+import os
 import signal
+import socket
+import time
+import uuid
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from marketdata.management.commands._feedargs import parse_date, parse_speed
 
 log = logging.getLogger(__name__)
+
+
+STANDBY_POLL_S = 0.5  # a standby tries the lock this often: a takeover well within 10 s of a death
+
+
+def _standby_beat(engine_id: str, plan, role: str) -> None:
+    from trading.models import EngineHeartbeat
+
+    now = timezone.now()
+    row, created = EngineHeartbeat.objects.get_or_create(
+        engine_id=engine_id,
+        defaults={
+            "account": settings.QUANTHUB_ACCOUNT,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "role": role,
+            "broker": plan["broker"],
+            "feed": plan["feed"],
+            "started_at": now,
+            "beat_at": now,
+        },
+    )
+    if not created:
+        EngineHeartbeat.objects.filter(pk=row.pk).update(role=role, beat_at=now)
+
+
+def _claim(account: str, engine_id: str) -> dt.datetime | None:
+    """With the lock held no other engine trades the account: mark any row still
+    saying ACTIVE (a killed engine's) STOPPED. Returns the latest market time an
+    engine of the account reached (where a takeover on the simulator carries on)."""
+    from trading.models import EngineHeartbeat
+
+    Role = EngineHeartbeat.Role
+    others = EngineHeartbeat.objects.filter(account=account).exclude(engine_id=engine_id)
+    last = (
+        others.filter(role__in=[Role.ACTIVE, Role.STOPPED], market_time__isnull=False)
+        .order_by("-market_time")
+        .values_list("market_time", flat=True)
+        .first()
+    )
+    others.filter(role=Role.ACTIVE).update(role=Role.STOPPED)
+    return last
 
 
 def last_weekday(day: dt.date) -> dt.date:
@@ -29,6 +83,7 @@ def last_weekday(day: dt.date) -> dt.date:
 
 class Command(BaseCommand):
     help = "Run the trading engine (and, with --serve, the web app in the same process)."
+    signalled = False
 
     def add_arguments(self, parser):
         parser.add_argument("--broker", choices=["paper", "dhan"], default=None)
@@ -40,6 +95,11 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=8000)
         parser.add_argument("--date", help="Trading day for the simulator or the replay (YYYY-MM-DD).")
         parser.add_argument("--scenario", default="default", help="Simulator scenario: a JSON file, default or none.")
+        parser.add_argument(
+            "--no-standby",
+            action="store_true",
+            help="Exit with an error instead of waiting as a standby when another engine holds the account.",
+        )
 
     def handle(self, *args, **options):
         broker = options["broker"] or settings.QUANTHUB_BROKER
@@ -79,16 +139,46 @@ class Command(BaseCommand):
             "scenario": scenario,
             "seed": options["seed"] if options["seed"] is not None else settings.QUANTHUB_SEED,
         }
-        if options["serve"]:
-            self._serve(plan, options["host"], options["port"])
-        else:
-            stats = asyncio.run(self._run(plan))
-            self.stdout.write(
-                f"Engine finished: {stats.snapshots} snapshots, {stats.intents} intents, "
-                f"{stats.orders} orders, {stats.refused} refused by the gate."
-            )
+        from trading.engine.lock import engine_lock
 
-    def _build(self, plan):
+        account = settings.QUANTHUB_ACCOUNT
+        lock = engine_lock(account)
+        if not lock.acquire() and options["no_standby"]:
+            raise CommandError(
+                f"another engine holds account {account} ({lock.describe()}); not waiting as a standby (--no-standby)"
+            )
+        try:
+            if options["serve"]:
+                self._serve(plan, lock, options["host"], options["port"])
+            else:
+                stats = asyncio.run(self._run(plan, lock))
+                if stats is None:
+                    self.stdout.write("Standby stopped before taking over.")
+                else:
+                    self.stdout.write(
+                        f"Engine finished: {stats.snapshots} snapshots, {stats.intents} intents, "
+                        f"{stats.orders} orders, {stats.refused} refused by the gate."
+                    )
+        finally:
+            lock.release()
+
+    def _prepare(self, plan) -> None:
+        """The simulator's instruments, and the engine's imports (seconds of a cold start)."""
+        from django.utils.module_loading import import_string
+
+        import trading.engine.engine  # noqa: F401
+        from marketdata.feeds import FEEDS
+        from marketdata.storage import SnapshotWriter  # noqa: F401
+        from trading.brokers import BROKERS
+
+        import_string(FEEDS[plan["feed"]])
+        import_string(BROKERS[plan["broker"]])
+        if plan["feed"] == "sim":
+            from marketdata.demo import ensure_demo_instruments
+
+            ensure_demo_instruments(plan["day"] or last_weekday(dt.date.today()))  # noqa: DTZ011
+
+    def _build(self, plan, resume_at: dt.datetime | None = None):
         from marketdata.book import QuoteBook
         from marketdata.feeds import build_feed
         from marketdata.storage import SnapshotWriter
@@ -101,8 +191,16 @@ class Command(BaseCommand):
             feed_options = {}
         else:
             day = plan["day"] or last_weekday(RealClock().today())
-            clock = SimulatedClock(dt.datetime.combine(day, SESSION_OPEN, tzinfo=IST) - dt.timedelta(seconds=1))
+            start = dt.datetime.combine(day, SESSION_OPEN, tzinfo=IST)
             feed_options = {"trading_day": day, "date": day, "scenario": plan["scenario"]}
+            if plan["feed"] == "sim" and resume_at is not None:
+                resume_at = resume_at.astimezone(IST)
+                if resume_at.date() == day and resume_at >= start:
+                    # A takeover carries on with the session where the dead engine
+                    # left it, rather than trading its first minutes a second time.
+                    start = resume_at.replace(microsecond=0) + dt.timedelta(seconds=1)
+                    feed_options["start_time"] = start.time()
+            clock = SimulatedClock(start - dt.timedelta(seconds=1))
         book = QuoteBook()
         feed = build_feed(plan["feed"], clock=clock, seed=plan["seed"], speed=plan["speed"], **feed_options)
         broker = build_broker(
@@ -112,23 +210,83 @@ class Command(BaseCommand):
             feed=feed, broker=broker, clock=clock, book=book, account=settings.QUANTHUB_ACCOUNT, writer=SnapshotWriter()
         )
 
-    async def _run(self, plan):
+    async def _run(self, plan, lock):
         from asgiref.sync import sync_to_async
 
-        if plan["feed"] == "sim":
-            from marketdata.demo import ensure_demo_instruments
+        account = settings.QUANTHUB_ACCOUNT
+        stopping = asyncio.Event()
+        engine = None
 
-            await sync_to_async(ensure_demo_instruments)(plan["day"] or last_weekday(dt.date.today()))  # noqa: DTZ011
-        engine = await sync_to_async(self._build)(plan)
+        def stop():
+            self.signalled = True
+            stopping.set()
+            if engine is not None:
+                engine.stop()
+
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
-                loop.add_signal_handler(sig, engine.stop)
+                loop.add_signal_handler(sig, stop)
             except (NotImplementedError, RuntimeError):
                 pass
-        return await engine.run()
+        engine_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        # Everything that does not depend on the takeover moment happens first,
+        # so a standby that gets the lock only has to build and start.
+        await sync_to_async(self._prepare)(plan)
+        took_over = False
+        if not lock.held:
+            took_over = await self._standby(plan, lock, engine_id, stopping)
+            if not took_over:
+                await sync_to_async(_standby_beat)(engine_id, plan, "STOPPED")
+                return None
+        try:
+            resume_at = await sync_to_async(_claim)(account, engine_id)
+            engine = await sync_to_async(self._build)(plan, resume_at if took_over else None)
+            engine.engine_id = engine_id  # a standby's row turns ACTIVE
+            if stopping.is_set():
+                engine.stop()
+            lost = asyncio.Event()
+            watch = asyncio.create_task(lock.watch())
+            watch.add_done_callback(lambda t: t.cancelled() or (lost.set(), engine.stop()))
+            try:
+                stats = await engine.run()
+            finally:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
+        finally:
+            lock.release()
+        if lost.is_set():
+            raise CommandError(
+                f"lost the engine lock for account {account} ({lock.describe()}): stopped trading; "
+                "another engine may have taken over"
+            )
+        return stats
 
-    def _serve(self, plan, host: str, port: int) -> None:
+    async def _standby(self, plan, lock, engine_id: str, stopping: asyncio.Event) -> bool:
+        """Wait until the lock frees up (True) or a stop signal comes (False)."""
+        from asgiref.sync import sync_to_async
+
+        message = f"standby: another engine holds account {settings.QUANTHUB_ACCOUNT} ({lock.describe()})"
+        log.warning(message, extra={"engine": engine_id})
+        self.stdout.write(message)
+        self.stdout.flush()
+        last_beat = None
+        while not stopping.is_set():
+            if last_beat is None or time.monotonic() - last_beat >= 1.0:
+                await sync_to_async(_standby_beat)(engine_id, plan, "STANDBY")
+                last_beat = time.monotonic()
+            if await asyncio.to_thread(lock.acquire):
+                message = f"taking over account {settings.QUANTHUB_ACCOUNT}: the engine lock is ours"
+                log.warning(message, extra={"engine": engine_id})
+                self.stdout.write(message)
+                self.stdout.flush()
+                return True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), STANDBY_POLL_S)
+        return False
+
+    def _serve(self, plan, lock, host: str, port: int) -> None:
         from daphne.endpoints import build_endpoint_description_strings
         from daphne.server import Server, twisted_loop
         from twisted.internet import reactor
@@ -141,10 +299,15 @@ class Command(BaseCommand):
         )
 
         def start_engine():
-            task = asyncio.ensure_future(self._run(plan), loop=twisted_loop)
-            task.add_done_callback(
-                lambda t: t.exception() and log.error("engine ended with an error", exc_info=t.exception())
-            )
+            task = asyncio.ensure_future(self._run(plan, lock), loop=twisted_loop)
+
+            def done(t):
+                if not t.cancelled() and t.exception():
+                    log.error("engine ended with an error", exc_info=t.exception())
+                if self.signalled and reactor.running:
+                    reactor.stop()  # SIGTERM/SIGINT went to the engine: leave once it has stopped
+
+            task.add_done_callback(done)
 
         reactor.callWhenRunning(start_engine)
         Server(
