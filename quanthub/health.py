@@ -19,8 +19,8 @@ import secrets
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import connection
-from django.http import HttpRequest, JsonResponse
+from django.db import connection, models
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -105,3 +105,71 @@ def ready(request: HttpRequest) -> JsonResponse:
         {"status": "fail" if failed else "ok", "failed": failed, "checks": checks},
         status=503 if failed else 200,
     )
+
+
+def _metric_lines(account: str) -> list[str]:
+    from trading import events, selectors
+    from trading.models import Order
+
+    ov = selectors.overview(account)
+    start = selectors._today_start(selectors.market_now(account))
+    label = f'account="{account}"'
+    lines = [
+        "# HELP quanthub_engine_up 1 while the account's engine beats ACTIVE within the stale limit.",
+        "# TYPE quanthub_engine_up gauge",
+        f"quanthub_engine_up{{{label}}} {1 if ov.engine_alive else 0}",
+        "# HELP quanthub_engine_heartbeat_age_seconds Seconds since the engine's last heartbeat.",
+        "# TYPE quanthub_engine_heartbeat_age_seconds gauge",
+        f"quanthub_engine_heartbeat_age_seconds{{{label}}} {ov.heartbeat_age_s if ov.heartbeat_age_s is not None else 'NaN'}",
+        "# HELP quanthub_feed_stale 1 when the engine reports stale market data.",
+        "# TYPE quanthub_feed_stale gauge",
+        f"quanthub_feed_stale{{{label}}} {1 if ov.feed_health.get('stale') else 0}",
+        "# HELP quanthub_trading_state The account's trading state (1 for the current one).",
+        "# TYPE quanthub_trading_state gauge",
+    ]
+    lines += [
+        f'quanthub_trading_state{{{label},state="{state}"}} {1 if ov.trading_state.state == state else 0}'
+        for state in ("ACTIVE", "REDUCING", "HALTED")
+    ]
+    lines += [
+        "# HELP quanthub_net_pnl_rupees Today's net P&L (closed trades and open positions, after charges).",
+        "# TYPE quanthub_net_pnl_rupees gauge",
+        f"quanthub_net_pnl_rupees{{{label}}} {ov.net_pnl}",
+        "# HELP quanthub_open_positions Open positions.",
+        "# TYPE quanthub_open_positions gauge",
+        f"quanthub_open_positions{{{label}}} {ov.open_positions}",
+        "# HELP quanthub_open_alerts Alerts not yet acknowledged.",
+        "# TYPE quanthub_open_alerts gauge",
+        f"quanthub_open_alerts{{{label}}} {ov.open_alerts}",
+        "# HELP quanthub_orders_today Orders created today, by state.",
+        "# TYPE quanthub_orders_today gauge",
+    ]
+    counts = dict(
+        Order.objects.filter(account=account, created_at__gte=start)
+        .values_list("state")
+        .annotate(n=models.Count("id"))
+        .values_list("state", "n")
+    )
+    lines += [f'quanthub_orders_today{{{label},state="{s}"}} {counts.get(s, 0)}' for s in Order.State.values]
+    lines += [
+        "# HELP quanthub_dashboard_events_total Dashboard events this process published or failed to.",
+        "# TYPE quanthub_dashboard_events_total counter",
+        f'quanthub_dashboard_events_total{{result="published"}} {events.stats["published"]}',
+        f'quanthub_dashboard_events_total{{result="failed"}} {events.stats["failed"]}',
+    ]
+    return lines
+
+
+@never_cache
+@require_GET
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus metrics, for a scraper holding ``METRICS_TOKEN`` as a bearer token.
+    Without the setting the endpoint does not exist (P&L is not for anonymous eyes)."""
+    token = settings.METRICS_TOKEN
+    if not token:
+        raise Http404("Metrics are off: set METRICS_TOKEN.")
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not secrets.compare_digest(given.encode(), token.encode()):
+        return HttpResponse("A bearer token is required.\n", status=401, content_type="text/plain")
+    body = "\n".join(_metric_lines(settings.QUANTHUB_ACCOUNT)) + "\n"
+    return HttpResponse(body, content_type="text/plain; version=0.0.4; charset=utf-8")

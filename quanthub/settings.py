@@ -172,6 +172,9 @@ QUANTHUB_STRATEGIES = {
     "vol_oi": "trading.strategies.vol_oi.strategy.VolOiStrategy",
 }
 
+# Bearer token a Prometheus scraper sends to /health/metrics; unset: no metrics endpoint.
+METRICS_TOKEN = env_secret("METRICS_TOKEN")
+
 # --- Alerts -----------------------------------------------------------------------
 SLACK_WEBHOOK_URL = env_secret("SLACK_WEBHOOK_URL")
 TELEGRAM_BOT_TOKEN = env_secret("TELEGRAM_BOT_TOKEN")
