@@ -122,3 +122,49 @@ def test_bad_flags_stop_before_anything_starts(args, message):
 def test_an_unknown_flag_value_is_refused_by_the_parser(capsys):
     with pytest.raises((CommandError, SystemExit)):
         call_command("run_engine", "--broker", "zerodha")
+
+
+def _change_strategy(**fields):
+    from trading.services import save_strategy
+
+    strategy = Strategy.objects.get(key="vol_oi")
+    for name, value in fields.items():
+        setattr(strategy, name, value)
+    save_strategy(strategy, actor="user:risk1", changed=list(fields))
+
+
+async def _run_until(engine, condition, then):
+    """Run the engine; when ``condition()`` first holds (polled), call ``then()`` — a
+    change made in the admin while the engine trades — and let the session finish."""
+    import asyncio
+
+    task = asyncio.ensure_future(engine.run())
+    while not task.done():
+        if await sync_to_async(condition)():
+            await sync_to_async(then)()
+            break
+        await asyncio.sleep(0.02)
+    return await task
+
+
+async def test_a_params_change_in_the_admin_reaches_the_running_engine_at_the_next_snapshot(enabled):
+    engine, _ = await sync_to_async(_engine)(dt.time(9, 15), dt.time(9, 17, 30))
+    # Changed as soon as the engine trades, long before the 09:16:30 signal.
+    await _run_until(engine, lambda: engine.started.is_set(), lambda: _change_strategy(params={"probe_lots": 3}))
+    probe = await Order.objects.select_related("instrument").filter(purpose="ENTRY").order_by("created_at").afirst()
+    assert probe is not None and probe.quantity == 3 * probe.instrument.lot_size  # not the default 2 lots
+
+
+async def test_disabling_a_strategy_stops_new_entries_at_once_and_open_trades_still_exit(enabled):
+    engine, _ = await sync_to_async(_engine)(dt.time(9, 15), dt.time(9, 24))
+    await _run_until(
+        engine,
+        lambda: Order.objects.filter(purpose="ENTRY").exists(),
+        lambda: _change_strategy(enabled=False),
+    )
+    entries = await sync_to_async(list)(Order.objects.filter(purpose="ENTRY").values_list("signal__key", flat=True))
+    # The 09:16:30 NIFTY probe went in; the 09:19 BANKNIFTY flow came after the switch: no entry.
+    assert len(set(entries)) == 1 and entries[0].endswith("091630")
+    # The open trade is left to its own exit rules: the take-profit closes it.
+    trade = await Trade.objects.filter(exit_reason__startswith="target").afirst()
+    assert trade is not None
