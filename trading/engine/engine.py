@@ -42,7 +42,7 @@ from trading.brokers.ratelimit import RateLimiter
 from trading.events import asend_now, publish_on_commit
 from trading.exits import send_requested_exits
 from trading.models import EngineHeartbeat, Order, Position, Signal, Strategy
-from trading.oms import OrderManager
+from trading.oms import OrderManager, OrderRefused
 from trading.reconcile import reconcile
 from trading.strategies.base import to_tick
 from trading.strategies.registry import get_strategy_class
@@ -340,6 +340,8 @@ class Engine:
             await _db(self._persist_states)()
         for loaded in self.strategies:
             await self._submit_all(loaded, self._contained(loaded, loaded.strategy.on_timer, now), now, now)
+        if any(o.purpose == Order.Purpose.EXIT for o in live):
+            await self._work_exits([o.pk for o in live if o.purpose == Order.Purpose.EXIT])
         # P&L read before sync is still today's figure if nothing was live and nothing was sent since.
         await self._daily_loss(now, pnl if not events and self.stats.orders == orders_before else None)
         # Open positions are marked on the engine's clock (every second while any is open or
@@ -362,6 +364,62 @@ class Engine:
             if self.writer is not None and self.writer.pending:
                 await _db(self.writer.flush)()
             await _db(self._persist_states)()
+
+    async def _work_exits(self, order_ids: list[int]) -> None:
+        """A resting exit follows the touch. A stop or a take-profit is sent at the mid;
+        if the market moves away it would rest unfilled for the rest of the day. Each
+        second it is re-priced to the bid (sell) or ask (buy) within the modification
+        cap; past the cap it is cancelled and sent again at the touch (a new order with
+        a new budget), and an alert says so."""
+        resting = await _db(
+            lambda: list(
+                Order.objects.filter(
+                    pk__in=order_ids, state__in=[Order.State.OPEN, Order.State.PARTIAL]
+                ).select_related("instrument", "strategy", "signal")
+            )
+        )()
+        for order in resting:
+            quote = self.book.get(order.instrument.security_id)
+            touch = (quote.bid if order.side == Order.Side.SELL else quote.ask) if quote is not None else 0
+            if touch <= 0 or order.limit_price is None:
+                continue
+            price = to_tick(touch)
+            away = price < order.limit_price if order.side == Order.Side.SELL else price > order.limit_price
+            if not away:
+                continue
+            try:
+                await self.oms.reprice(order, price)
+            except OrderRefused as exc:
+                await self._resend_exit(order, price, str(exc))
+            except Exception as exc:  # a reject or timeout: the next second tries again
+                log.warning("exit re-price failed", extra={"order": order.client_order_id, "error": repr(exc)})
+
+    async def _resend_exit(self, order: Order, price, why: str) -> None:
+        from trading.alerts import raise_alert
+
+        cancelled = await self.oms.cancel(order, reason=f"re-sent at the touch: {why}")
+        left = cancelled.quantity - cancelled.filled_quantity
+        if cancelled.state != Order.State.CANCELLED or left <= 0:
+            return
+        await self.oms.submit(
+            instrument=order.instrument,
+            side=order.side,
+            quantity=left,
+            limit_price=price,
+            purpose=Order.Purpose.EXIT,
+            strategy=order.strategy,
+            signal=order.signal,
+            priority=True,
+            check_slippage_rule=False,
+            reason=order.reason,
+        )
+        await _db(raise_alert)(
+            "WARNING",
+            "oms",
+            f"Exit {order.client_order_id} re-sent at {price}",
+            f"{order.instrument.trading_symbol}: {why}",
+            account=self.account,
+        )
 
     def _mark_positions(self) -> None:
         """Open positions at the mid of the live book, with Greeks from the latest
