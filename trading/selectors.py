@@ -21,7 +21,6 @@ from risk.services import get_trading_state
 from trading.models import Alert, EngineHeartbeat, Order, Position, Signal, Strategy, Trade
 
 ZERO = Decimal("0")
-HEARTBEAT_STALE_S = 5
 
 
 def _today_start(now: dt.datetime) -> dt.datetime:
@@ -126,7 +125,7 @@ def overview(account: str = "default") -> Overview:
     max_dd, _ = drawdown([v for _, v in equity])
     beat = latest_heartbeat(account)
     age = (timezone.now() - beat.beat_at).total_seconds() if beat else None
-    alive = bool(beat and beat.role == EngineHeartbeat.Role.ACTIVE and age is not None and age <= HEARTBEAT_STALE_S)
+    alive = bool(beat and beat.role == EngineHeartbeat.Role.ACTIVE and age is not None and age <= settings.HEALTH_ENGINE_STALE_S)
     open_alerts = Alert.objects.filter(account=account, acknowledged_at__isnull=True)
     return Overview(
         gross_pnl=gross,
