@@ -38,11 +38,16 @@ class SummaryView(ApiView):
 # --- positions ---------------------------------------------------------------------------
 
 
-class PositionSerializer(serializers.ModelSerializer):
+class _BookRowSerializer(serializers.ModelSerializer):
+    """Positions, orders and trades name their instrument, strategy and signal."""
+
     instrument = serializers.CharField(source="instrument.trading_symbol")
     security_id = serializers.CharField(source="instrument.security_id")
     strategy = serializers.CharField(source="strategy.key", allow_null=True, default=None)
     signal = serializers.CharField(source="signal.key", allow_null=True, default=None)
+
+
+class PositionSerializer(_BookRowSerializer):
     net_pnl = serializers.DecimalField(max_digits=16, decimal_places=2, read_only=True)
     expires_at = serializers.SerializerMethodField(help_text="opened_at + ttl_seconds: when the time stop falls due.")
     ttl_remaining_s = serializers.SerializerMethodField(help_text="Seconds until the time stop; 0 when past.")
@@ -102,12 +107,7 @@ class PositionList(ApiView, generics.ListAPIView):
         )
 
 
-class OrderSerializer(serializers.ModelSerializer):
-    instrument = serializers.CharField(source="instrument.trading_symbol")
-    security_id = serializers.CharField(source="instrument.security_id")
-    strategy = serializers.CharField(source="strategy.key", allow_null=True, default=None)
-    signal = serializers.CharField(source="signal.key", allow_null=True, default=None)
-
+class OrderSerializer(_BookRowSerializer):
     class Meta:
         model = Order
         fields = (
@@ -237,12 +237,7 @@ class OrderList(ApiView, generics.ListAPIView):
         return orders
 
 
-class TradeSerializer(serializers.ModelSerializer):
-    instrument = serializers.CharField(source="instrument.trading_symbol")
-    security_id = serializers.CharField(source="instrument.security_id")
-    strategy = serializers.CharField(source="strategy.key", allow_null=True, default=None)
-    signal = serializers.CharField(source="signal.key", allow_null=True, default=None)
-
+class TradeSerializer(_BookRowSerializer):
     class Meta:
         model = Trade
         fields = (

@@ -58,19 +58,9 @@ def open_positions(count: int = 1) -> list[Position]:
         .order_by("underlying__symbol", "strike", "kind")[:count]
     )
     store_quotes(instruments, book, now)
+    from risk.tests.test_killswitch import buy_two_lots
 
-    async def buy():
-        for inst in instruments:
-            order = await oms.submit(
-                instrument=inst,
-                side="BUY",
-                quantity=inst.lot_size * 2,
-                limit_price=Decimal(str(book.get(inst.security_id).ask)),
-                check_slippage_rule=False,
-            )
-            assert order.state == Order.State.FILLED
-
-    async_to_sync(buy)()
+    async_to_sync(buy_two_lots)(oms, book, instruments)
     return list(Position.objects.exclude(net_quantity=0).select_related("instrument"))
 
 

@@ -70,6 +70,12 @@ async def _open_legs(oms, book, count):
         )
     )()
     await sync_to_async(_quotes_for)(instruments, book, now)
+    await buy_two_lots(oms, book, instruments)
+    return instruments
+
+
+async def buy_two_lots(oms, book, instruments) -> None:
+    """Two lots of each instrument at the ask, through the real OMS (filled at once by the paper broker)."""
     for inst in instruments:
         order = await oms.submit(
             instrument=inst,
@@ -79,7 +85,6 @@ async def _open_legs(oms, book, count):
             check_slippage_rule=False,
         )
         assert order.state == Order.State.FILLED
-    return instruments
 
 
 async def test_kill_all_empties_18_legs_with_the_engine_stopped(oms, book, demo_market, capsys):
