@@ -57,8 +57,9 @@ def _ctx_alerts(account: str, data: dict) -> dict:
 
 
 def _percentiles(values: list[float]) -> dict[int, float | None]:
-    ordered = sorted(values)
-    return {q: ordered[min(int(len(ordered) * q / 100), len(ordered) - 1)] if ordered else None for q in (50, 90, 99)}
+    from trading.backtest.report import percentile
+
+    return {q: percentile(values, q) for q in (50, 90, 99)}
 
 
 def _ctx_latency(account: str, data: dict) -> dict:

@@ -43,10 +43,14 @@ def _message(kind: str, data: dict[str, Any], account: str = "default") -> dict[
     return message
 
 
-def _has_listeners(layer, group: str) -> bool:
-    """The in-memory layer knows its groups: with no page open (tests, benchmarks,
-    a headless engine) there is nothing to render. Other layers may have
-    listeners in other processes, so they always get the event."""
+def _has_listeners(layer, group: str, kind: str) -> bool:
+    """Whether an event can reach a page. A page only ever swaps in rendered panels,
+    so a kind with no renderer (order, fill, position, signal: the next heartbeat
+    carries them) is not sent at all. The in-memory layer knows its groups: with
+    no page open (tests, benchmarks, a headless engine) there is nothing to render.
+    Other layers may have listeners in other processes, so they get the event."""
+    if kind not in RENDERERS:
+        return False
     groups = getattr(layer, "groups", None)
     if isinstance(groups, dict):
         return bool(groups.get(group))
@@ -56,7 +60,7 @@ def _has_listeners(layer, group: str) -> bool:
 def send_now(kind: str, data: dict[str, Any] | None = None, *, account: str = "default") -> bool:
     """Send immediately (use only outside a transaction, e.g. heartbeats)."""
     layer = get_channel_layer()
-    if layer is None or not _has_listeners(layer, group_name(account)):
+    if layer is None or not _has_listeners(layer, group_name(account), kind):
         return False
     try:
         async_to_sync(layer.group_send)(group_name(account), _message(kind, data or {}, account))
@@ -70,7 +74,7 @@ def send_now(kind: str, data: dict[str, Any] | None = None, *, account: str = "d
 
 async def asend_now(kind: str, data: dict[str, Any] | None = None, *, account: str = "default") -> bool:
     layer = get_channel_layer()
-    if layer is None or not _has_listeners(layer, group_name(account)):
+    if layer is None or not _has_listeners(layer, group_name(account), kind):
         return False
     try:
         message = await sync_to_async(_message, thread_sensitive=True)(kind, data or {}, account)
@@ -85,5 +89,7 @@ async def asend_now(kind: str, data: dict[str, Any] | None = None, *, account: s
 
 def publish_on_commit(kind: str, data: dict[str, Any] | None = None, *, account: str = "default") -> None:
     """Publish after the current transaction commits (at once outside one)."""
+    if kind not in RENDERERS:  # nothing on a page would show it
+        return
     payload = dict(data or {})
     transaction.on_commit(lambda: send_now(kind, payload, account=account), robust=True)

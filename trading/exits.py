@@ -82,7 +82,7 @@ def _slices(quantity: int, instrument) -> list[int]:
     return parts
 
 
-def _refuse_unless_exitable(position: Position) -> None:
+def refuse_unless_exitable(position: Position) -> None:
     if not position.is_open:
         raise ExitRefused("the position is already flat")
     working = Order.objects.filter(
@@ -105,7 +105,7 @@ def commit_exit(position_id: int, *, actor: str) -> list[Order]:
             .select_related("instrument", "instrument__underlying", "strategy", "signal")
             .get(pk=position_id)
         )
-        _refuse_unless_exitable(position)
+        refuse_unless_exitable(position)
         side = Order.Side.SELL if position.net_quantity > 0 else Order.Side.BUY
         instrument = position.instrument
         # Priced from the last stored quote; the engine re-prices at its live touch when it sends.
@@ -191,7 +191,7 @@ def exit_position(position_id: int, *, actor: str, run: Callable = _call) -> Exi
     if engine is not None:
         orders = commit_exit(position_id, actor=actor)
         return ExitResult(position_id=position_id, orders=orders, engine_id=engine.engine_id)
-    _refuse_unless_exitable(position)
+    refuse_unless_exitable(position)
     started = timezone.now()
     summary = run(run_exit_position, position_id, actor, position.account)
     orders = list(

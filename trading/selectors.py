@@ -15,7 +15,7 @@ from django.db.models import Count, Max, Q, Sum
 from django.utils import timezone
 
 from quanthub.clock import IST, SESSION_OPEN
-from risk.context import margin_per_lot
+from risk.context import daily_net_pnl
 from risk.models import BreakerTrip, EventDay, RiskLimits
 from risk.services import get_trading_state
 from trading.models import Alert, EngineHeartbeat, Order, Position, Signal, Strategy, Trade
@@ -125,7 +125,9 @@ def overview(account: str = "default") -> Overview:
     max_dd, _ = drawdown([v for _, v in equity])
     beat = latest_heartbeat(account)
     age = (timezone.now() - beat.beat_at).total_seconds() if beat else None
-    alive = bool(beat and beat.role == EngineHeartbeat.Role.ACTIVE and age is not None and age <= settings.HEALTH_ENGINE_STALE_S)
+    alive = bool(
+        beat and beat.role == EngineHeartbeat.Role.ACTIVE and age is not None and age <= settings.HEALTH_ENGINE_STALE_S
+    )
     open_alerts = Alert.objects.filter(account=account, acknowledged_at__isnull=True)
     return Overview(
         gross_pnl=gross,
@@ -255,10 +257,10 @@ def scorecards(account: str = "default") -> list[Scorecard]:
 @dataclass
 class RiskPanel:
     limits: RiskLimits
-    capital: Decimal
-    margin_used: Decimal
-    margin_cap: Decimal
-    margin_pct: float
+    capital: Decimal | None  # None: no engine has reported the broker's funds
+    margin_used: Decimal | None
+    margin_cap: Decimal | None
+    margin_pct: float | None
     daily_net_pnl: Decimal
     loss_used_pct: float
     lots: list[tuple[str, int, int]]
@@ -268,35 +270,16 @@ class RiskPanel:
 
 
 def risk_panel(account: str = "default") -> RiskPanel:
-    from trading.models import PaperAccount
 
     now = market_now(account)
     limits = RiskLimits.active()
-    # The broker's own figures, as the engine last read them; an estimate when no engine runs.
+    # The broker's own figures, as the engine last read them (every 5 s); none without an engine.
     beat = latest_heartbeat(account)
     funds = (beat.stats or {}).get("funds") if beat else None
-    if funds:
-        capital, margin = Decimal(funds["total"]), Decimal(funds["utilised"])
-    else:
-        paper = PaperAccount.objects.filter(account=account).first()
-        capital = paper.cash if paper is not None else Decimal(settings.QUANTHUB_PAPER_CAPITAL)
-        margin = ZERO
-        for p in Position.objects.filter(account=account).exclude(net_quantity=0).select_related("instrument"):
-            lots = abs(p.net_quantity) // max(p.instrument.lot_size, 1)
-            price = p.last_price or p.average_price
-            quote = type("Q", (), {"bid": float(price), "ask": float(price)})()
-            side = "BUY" if p.net_quantity > 0 else "SELL"
-            margin += margin_per_lot(p.instrument, side, quote, None) * lots
-            if p.net_quantity > 0 and p.instrument.kind != "FUT":
-                capital += p.average_price * abs(p.net_quantity)  # premium paid is still capital
+    capital = Decimal(funds["total"]) if funds else None
+    margin = Decimal(funds["utilised"]) if funds else None
     cap_pct = Decimal(limits.margin_utilisation_cap_pct)
-    margin_cap = capital * cap_pct / 100
-    start = _today_start(now)
-    closed = Trade.objects.filter(account=account, closed_at__gte=start).aggregate(n=Sum("net_pnl"))["n"] or ZERO
-    open_net = ZERO
-    for p in Position.objects.filter(account=account).exclude(net_quantity=0):
-        open_net += p.net_pnl
-    daily = closed + open_net
+    daily = daily_net_pnl(account, now)
     loss_pct = float(max(-daily, ZERO) / limits.daily_loss_cap * 100) if limits.daily_loss_cap else 0.0
     held: dict[int, int] = {}
     for p in (
@@ -316,8 +299,8 @@ def risk_panel(account: str = "default") -> RiskPanel:
         limits=limits,
         capital=capital,
         margin_used=margin,
-        margin_cap=margin_cap,
-        margin_pct=float(margin / capital * 100) if capital else 0.0,
+        margin_cap=capital * cap_pct / 100 if capital is not None else None,
+        margin_pct=float(margin / capital * 100) if capital else None,
         daily_net_pnl=daily,
         loss_used_pct=loss_pct,
         lots=lots,
@@ -330,10 +313,9 @@ def risk_panel(account: str = "default") -> RiskPanel:
 
 
 def latency_ms(account: str = "default", limit: int = 500) -> list[float]:
-    """Snapshot → broker acknowledgement of today's orders, in milliseconds."""
-    start = _today_start(market_now(account))
+    """Snapshot → broker acknowledgement of the latest orders, in milliseconds."""
     rows = (
-        Order.objects.filter(account=account, created_at__gte=start - dt.timedelta(days=1))
+        Order.objects.filter(account=account)
         .exclude(snapshot_at=None)
         .exclude(acked_at=None)
         .order_by("-id")

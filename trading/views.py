@@ -181,7 +181,7 @@ def exit_position(request, pk: int):
     in the background, like Kill All."""
     _require(request, "trading.exit_position")
     from risk.killswitch import run_exit_position
-    from trading.exits import ExitRefused, _refuse_unless_exitable, active_engine, commit_exit
+    from trading.exits import ExitRefused, active_engine, commit_exit, refuse_unless_exitable
 
     position = get_object_or_404(Position.objects.select_related("instrument"), pk=pk, account=_account())
     actor = f"user:{request.user.get_username()}"
@@ -191,7 +191,7 @@ def exit_position(request, pk: int):
             orders = commit_exit(pk, actor=actor)
             text, css = f"Exit of {label} handed to the engine: {len(orders)} order(s).", "warn"
         else:
-            _refuse_unless_exitable(position)
+            refuse_unless_exitable(position)
             _in_background(f"exit:{pk}", run_exit_position, pk, actor, _account())
             text, css = f"Exit sent for {label}.", "warn"
     except ExitRefused as exc:
