@@ -39,7 +39,7 @@ def main() -> None:
     from risk.killswitch import kill_all
     from trading.brokers.paper import PaperBroker
     from trading.brokers.ratelimit import RateLimiter
-    from trading.oms import OrderManager
+    from trading.orders.manager import OrderManager
 
     ensure_demo_instruments()
     instruments = list(

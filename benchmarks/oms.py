@@ -55,7 +55,7 @@ def child(orders: int) -> None:
     from trading.brokers.paper import PaperBroker
     from trading.brokers.ratelimit import RateLimiter
     from trading.models import Order
-    from trading.oms import OrderManager
+    from trading.orders.manager import OrderManager
 
     ensure_demo_instruments()
     option = (

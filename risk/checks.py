@@ -147,7 +147,7 @@ def margin(intent, ctx: GateContext, lots: int):
 def slippage(intent, ctx: GateContext, lots: int):
     if intent.reduces_exposure:
         return lots
-    from trading.oms import check_slippage
+    from trading.orders.manager import check_slippage
 
     verdict = check_slippage(intent.side, lots * ctx.lot_size, ctx.quote, ctx.limits)
     return lots if verdict.ok else _refuse("slippage", verdict.reason)

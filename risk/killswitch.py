@@ -26,7 +26,7 @@ from risk.services import set_trading_state
 from trading.brokers.base import Rejected, Unavailable
 from trading.events import asend_now
 from trading.models import Order, Position
-from trading.oms import OrderRefused
+from trading.orders.manager import OrderRefused
 
 log = logging.getLogger(__name__)
 TICK = Decimal("0.05")
@@ -233,7 +233,7 @@ def _standalone(account: str, positions):
     from risk.models import RiskLimits
     from trading.brokers import build_broker
     from trading.brokers.ratelimit import RateLimiter
-    from trading.oms import OrderManager
+    from trading.orders.manager import OrderManager
 
     ids = set(positions.values_list("instrument__security_id", flat=True))
     ids |= set(positions.values_list("instrument__underlying__security_id", flat=True))

@@ -161,14 +161,14 @@ class ReconciliationBreakAdmin(admin.ModelAdmin):
         return request.user.has_perm("trading.resolve_reconciliation")
 
     def save_model(self, request, obj, form, change):
-        from trading.reconcile import resolve_break
+        from trading.orders.reconcile import resolve_break
 
         if "resolution" in form.changed_data:
             resolve_break(obj, actor=request.user.get_username(), resolution=obj.resolution)
 
     @admin.action(description="Adopt the selected external orders", permissions=["change"])
     def adopt(self, request, queryset):
-        from trading.reconcile import adopt_external_order
+        from trading.orders.reconcile import adopt_external_order
 
         for item in queryset.filter(kind=ReconciliationBreak.Kind.EXTRA_AT_BROKER, resolved_at__isnull=True):
             order = adopt_external_order(item, actor=request.user.get_username())
@@ -176,7 +176,7 @@ class ReconciliationBreakAdmin(admin.ModelAdmin):
 
     @admin.action(description="Mark the selected breaks as fixed", permissions=["change"])
     def mark_resolved(self, request, queryset):
-        from trading.reconcile import resolve_break
+        from trading.orders.reconcile import resolve_break
 
         for item in queryset.filter(resolved_at__isnull=True):
             resolve_break(item, actor=request.user.get_username(), resolution="fixed by a risk manager in the admin")

@@ -17,8 +17,8 @@ from rest_framework.response import Response
 from quanthub.api import ApiView, Pagination, actor, require_perm, run_in_fresh_thread
 from quanthub.clock import IST
 from trading import services
-from trading.exits import ExitRefused, exit_position
 from trading.models import Order, Position, Strategy, Trade
+from trading.orders.exits import ExitRefused, exit_position
 from trading.selectors import overview
 
 # --- summary ---------------------------------------------------------------------------

@@ -181,7 +181,7 @@ def exit_position(request, pk: int):
     in the background, like Kill All."""
     _require(request, "trading.exit_position")
     from risk.killswitch import run_exit_position
-    from trading.exits import ExitRefused, active_engine, commit_exit, refuse_unless_exitable
+    from trading.orders.exits import ExitRefused, active_engine, commit_exit, refuse_unless_exitable
 
     position = get_object_or_404(Position.objects.select_related("instrument"), pk=pk, account=_account())
     actor = f"user:{request.user.get_username()}"

@@ -23,7 +23,7 @@ from risk.services import set_trading_state
 from trading.brokers.paper import PaperBroker
 from trading.brokers.ratelimit import RateLimiter
 from trading.models import Alert, EngineHeartbeat, Order, Position, Strategy
-from trading.oms import OrderManager
+from trading.orders.manager import OrderManager
 
 pytestmark = pytest.mark.django_db
 
@@ -269,7 +269,7 @@ def test_a_flat_position_cannot_be_exited(trader, demo_market):
 
 
 def test_the_engine_sends_the_queued_exit(trader, demo_market):
-    from trading.exits import send_requested_exits
+    from trading.orders.exits import send_requested_exits
 
     [position] = open_positions(1)
     beat()
@@ -321,7 +321,7 @@ def test_it_lists_trades(trader, demo_market):
     beat()
     client = client_for(trader)
     assert client.get(V1 + "trades/").json()["count"] == 0
-    from trading.exits import send_requested_exits
+    from trading.orders.exits import send_requested_exits
 
     client.post(V1 + f"positions/{position.pk}/exit/")
     book = QuoteBook()

@@ -37,13 +37,13 @@ from risk.breakers import trip as trip_breaker
 from risk.context import GateBasis, daily_net_pnl
 from risk.gate import RiskGate, record_refusal
 from risk.models import RiskLimits
-from trading.accounting import mark_to_market
 from trading.brokers.ratelimit import RateLimiter
 from trading.events import asend_now, publish_on_commit
-from trading.exits import send_requested_exits
 from trading.models import EngineHeartbeat, Order, Position, Signal, Strategy
-from trading.oms import OrderManager, OrderRefused
-from trading.reconcile import reconcile
+from trading.orders.accounting import mark_to_market
+from trading.orders.exits import send_requested_exits
+from trading.orders.manager import OrderManager, OrderRefused
+from trading.orders.reconcile import reconcile
 from trading.strategies.base import to_tick
 from trading.strategies.registry import get_strategy_class
 from trading.strategies.vol_oi.strategy import VolOiStrategy

@@ -10,7 +10,7 @@ from marketdata.models import Instrument
 from quanthub.clock import IST, SimulatedClock
 from trading.brokers.paper import PaperBroker
 from trading.brokers.ratelimit import RateLimiter
-from trading.oms import OrderManager
+from trading.orders.manager import OrderManager
 
 T0 = dt.datetime(2026, 11, 24, 10, 0, tzinfo=IST)
 

@@ -59,7 +59,7 @@ def make_oms():
     from quanthub.clock import RealClock
     from trading.brokers.paper import PaperBroker
     from trading.brokers.ratelimit import RateLimiter
-    from trading.oms import OrderManager
+    from trading.orders.manager import OrderManager
 
     option = (
         Instrument.objects.select_related("underlying")
@@ -90,7 +90,7 @@ async def restart_and_check() -> dict:
     from django.db.models import Count, Sum
 
     from trading.models import Fill, Order, PaperOrder, PaperPosition, PaperTrade, Position
-    from trading.reconcile import reconcile
+    from trading.orders.reconcile import reconcile
 
     oms, _ = await sync_to_async(make_oms)()
     await oms.recover()

@@ -20,7 +20,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invar
 from quanthub.clock import IST, SimulatedClock
 from trading.brokers.base import BrokerTrade, Side
 from trading.models import Fill, Order
-from trading.oms import ALLOWED, OrderManager
+from trading.orders.manager import ALLOWED, OrderManager
 
 HARNESS = Path(__file__).with_name("crash_harness.py")
 

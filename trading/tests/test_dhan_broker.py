@@ -176,7 +176,7 @@ async def test_the_oms_resolves_an_unknown_dhan_order_by_lookup_and_never_resend
     from marketdata.book import QuoteBook
     from trading.brokers.ratelimit import RateLimiter
     from trading.models import Order
-    from trading.oms import OrderManager
+    from trading.orders.manager import OrderManager
 
     oms = OrderManager(
         dhan,

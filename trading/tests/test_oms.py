@@ -11,7 +11,7 @@ from risk.models import RiskLimits
 from trading.brokers.base import Throttled, Unknown
 from trading.brokers.ratelimit import RateLimiter
 from trading.models import Fill, Order, PaperOrder, Position, Trade
-from trading.oms import OrderManager, OrderRefused
+from trading.orders.manager import OrderManager, OrderRefused
 from trading.tests.conftest import quote
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -532,7 +532,7 @@ class OrderManager:
         return await _db(self._record_trades)(order_id, trades)
 
     def _record_trades(self, order_id: int, trades) -> list[FillEvent]:
-        from trading.accounting import apply_fill
+        from trading.orders.accounting import apply_fill
 
         known = set(Fill.objects.filter(order_id=order_id).values_list("broker_trade_id", flat=True))
         events = []

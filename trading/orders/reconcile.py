@@ -25,7 +25,7 @@ from risk.models import TradingState
 from risk.services import set_trading_state
 from trading.brokers.base import Broker, BrokerOrder, Unavailable
 from trading.models import Order, Position, ReconciliationBreak
-from trading.oms import FROM_BROKER
+from trading.orders.manager import FROM_BROKER
 
 log = logging.getLogger(__name__)
 K = ReconciliationBreak.Kind

@@ -39,7 +39,7 @@ from django.utils import timezone
 from quanthub.clock import RealClock
 from risk.killswitch import _exit_price, book_from_storage, run_exit_position
 from trading.models import EngineHeartbeat, Order, Position
-from trading.oms import OrderManager
+from trading.orders.manager import OrderManager
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

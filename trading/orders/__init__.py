@@ -1,0 +1,1 @@
+"""The order path: the order manager, fills and accounting, reconciliation and the ways out."""
