@@ -34,6 +34,9 @@ class Quote:
 class QuoteBook:
     def __init__(self) -> None:
         self._quotes: dict[str, Quote] = {}
+        # Security id → tick (rupees, from the instrument master): the width of the
+        # synthetic one-tick book put around an LTP when no depth is known.
+        self.ticks: dict[str, float] = {}
 
     def update_chain(self, snapshot: ChainSnapshot) -> None:
         at = snapshot.exchange_time
@@ -54,11 +57,14 @@ class QuoteBook:
             if good:
                 quotes[sid] = Quote(sid, bid, ask, bq, aq, last, at)
 
-    def update_ltp(self, tick: LtpTick, half_spread: float = 0.05) -> None:
-        """Futures and indices get a synthetic one-tick book around the LTP when no depth is known."""
+    def update_ltp(self, tick: LtpTick, half_spread: float | None = None) -> None:
+        """Futures and indices get a synthetic one-tick book around the LTP when no depth is known
+        (one tick either side, the tick from ``ticks``; a locked book at the LTP when unknown)."""
         existing = self._quotes.get(tick.security_id)
         if existing is not None and existing.bid < existing.ask and existing.at >= tick.exchange_time:
             return
+        if half_spread is None:
+            half_spread = self.ticks.get(tick.security_id, 0.0)
         self._quotes[tick.security_id] = Quote(
             tick.security_id,
             tick.ltp - half_spread,

@@ -54,7 +54,13 @@ SYNTHETIC_MARKET: dict[str, UnderlyingSpec] = {
     "BANKNIFTY": UnderlyingSpec("BANKNIFTY", "25", 30, 100, 600, False, 52000.0),
 }
 INDIA_VIX_SECURITY_ID = "21"
-TICK_PAISE = 5  # ₹0.05, as Dhan writes it (in paise)
+# Tick sizes, in paise as Dhan writes them. Index options trade on ₹0.05; since
+# April 2025 NSE index futures trade on ₹0.10 while the index is between 15,000
+# and 30,000 and on ₹0.20 above 30,000 (the exchange revises the band from the
+# index level, so the master carries each contract's tick as data).
+OPTION_TICK_PAISE = 5
+INDEX_TICK_PAISE = 5
+FUTURE_TICK_BANDS_PAISE = ((15_000.0, 10), (30_000.0, 20))  # (index level from, tick)
 EXPIRY_WEEKDAY = 1  # Tuesday
 
 
@@ -145,6 +151,23 @@ def _expiry_of_month(spec: UnderlyingSpec, day: dt.date, holidays: Iterable[dt.d
     return previous_trading_day(_last_weekday_of_month(day.year, day.month, EXPIRY_WEEKDAY), set(holidays))
 
 
+def future_tick_paise(index_level: float) -> int:
+    """The index future's tick (paise) for an index at ``index_level``."""
+    tick = OPTION_TICK_PAISE
+    for start, paise in FUTURE_TICK_BANDS_PAISE:
+        if index_level >= start:
+            tick = paise
+    return tick
+
+
+def tick_paise(contract: Contract) -> int:
+    if contract.kind == "INDEX":
+        return INDEX_TICK_PAISE
+    if contract.kind == "FUT":
+        return future_tick_paise(SYNTHETIC_MARKET[contract.underlying].reference_spot)
+    return OPTION_TICK_PAISE
+
+
 def _row(contract: Contract, today: dt.date) -> dict[str, str]:
     spec = SYNTHETIC_MARKET[contract.underlying]
     if contract.kind == "INDEX":
@@ -160,7 +183,7 @@ def _row(contract: Contract, today: dt.date) -> dict[str, str]:
             "SEM_EXPIRY_DATE": "",
             "SEM_STRIKE_PRICE": "",
             "SEM_OPTION_TYPE": "",
-            "SEM_TICK_SIZE": f"{TICK_PAISE:.4f}",
+            "SEM_TICK_SIZE": f"{tick_paise(contract):.4f}",
             "SEM_EXPIRY_FLAG": "",
             "SEM_EXCH_INSTRUMENT_TYPE": "INDEX",
             "SEM_SERIES": "X",
@@ -181,7 +204,7 @@ def _row(contract: Contract, today: dt.date) -> dict[str, str]:
         "SEM_EXPIRY_DATE": f"{expiry:%Y-%m-%d} 14:30:00",
         "SEM_STRIKE_PRICE": "-0.01000" if contract.strike is None else f"{contract.strike:.5f}",
         "SEM_OPTION_TYPE": "XX" if contract.kind == "FUT" else contract.kind,
-        "SEM_TICK_SIZE": f"{TICK_PAISE:.4f}",
+        "SEM_TICK_SIZE": f"{tick_paise(contract):.4f}",
         "SEM_EXPIRY_FLAG": "M" if is_monthly or contract.kind == "FUT" else "W",
         "SEM_EXCH_INSTRUMENT_TYPE": "FUTIDX" if contract.kind == "FUT" else "OP",
         "SEM_SERIES": "NA",

@@ -20,6 +20,6 @@ urlpatterns = [
     path("strategies/<int:pk>/toggle/", trading_api.StrategyToggle.as_view(), name="strategy-toggle"),
     path("risk/limits/", risk_api.RiskLimitsView.as_view(), name="risk-limits"),
     path("risk/state/", risk_api.RiskStateView.as_view(), name="risk-state"),
-    path("risk/kill-all/", risk_api.KillAllView.as_view(), name="kill-all"),
+    path("risk/kill-all/", trading_api.KillAllView.as_view(), name="kill-all"),
     path("audit/export/", audit_api.AuditExportView.as_view(), name="audit-export"),
 ]

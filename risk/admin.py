@@ -83,19 +83,21 @@ class TradingStateAdmin(admin.ModelAdmin):
     def kill_all(self, request, queryset):
         from django.contrib import messages
 
-        from risk.killswitch import run_kill_all
+        from quanthub.api import run_in_fresh_thread
+        from trading.management.commands.kill_all import describe
+        from trading.orders.requests import request_kill_all  # the one sender's hand-over, not the order path
 
         if not request.user.has_perm("trading.kill_all"):
             self.message_user(request, "You may not trigger Kill All.", messages.ERROR)
             return
         for state in queryset:
-            summary = run_kill_all(request.user.get_username(), "Kill All from the admin", state.account)
-            level = messages.SUCCESS if summary.flat else messages.ERROR
+            result = run_in_fresh_thread(
+                request_kill_all, f"user:{request.user.get_username()}", "Kill All from the admin", state.account
+            )
             self.message_user(
                 request,
-                f"{state.account}: {summary.legs} legs, {summary.filled} exits filled, "
-                f"{'flat' if summary.flat else 'NOT flat'}; errors: {summary.errors or 'none'}",
-                level,
+                f"{state.account}: {describe(result)}; errors: {'; '.join(result.get('errors', [])) or 'none'}",
+                messages.SUCCESS if result.get("flat") else messages.ERROR,
             )
 
     def has_change_permission(self, request, obj=None):

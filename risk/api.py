@@ -11,7 +11,7 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from quanthub.api import ApiView, HasRole, actor, require_perm, run_in_fresh_thread
+from quanthub.api import ApiView, HasRole, actor, require_perm
 from quanthub.clock import IST
 from risk import services
 from risk.models import BreakerTrip, EventDay, RiskLimits, TradingState
@@ -113,47 +113,3 @@ class RiskStateView(ApiView):
                 "limits_version": RiskLimits.active().version,
             }
         )
-
-
-class KillAllRequest(serializers.Serializer):
-    reason = serializers.CharField(max_length=500, default="Kill All from the API", trim_whitespace=True)
-    timeout_s = serializers.FloatField(min_value=1, max_value=60, default=15.0)
-
-
-class KillAllView(ApiView):
-    permission_classes = [IsAuthenticated, require_perm("trading.kill_all")]
-
-    @extend_schema(
-        summary="Kill All",
-        description="HALT, cancel open orders, exit every position in the priority lane, and when flat "
-        "activate the broker's kill switch (risk.killswitch.run_kill_all). Blocks until flat or "
-        "timeout_s; check `flat` in the summary.",
-        request=KillAllRequest,
-        responses=inline_serializer(
-            "KillAllSummary",
-            {
-                "legs": serializers.IntegerField(),
-                "sent": serializers.IntegerField(),
-                "filled": serializers.IntegerField(),
-                "cancelled": serializers.IntegerField(),
-                "flat": serializers.BooleanField(),
-                "kill_switch": serializers.BooleanField(),
-                "sent_s": serializers.FloatField(allow_null=True),
-                "flat_s": serializers.FloatField(allow_null=True),
-                "errors": serializers.ListField(child=serializers.CharField()),
-            },
-        ),
-    )
-    def post(self, request: Request) -> Response:
-        from risk.killswitch import run_kill_all
-
-        body = KillAllRequest(data=request.data)
-        body.is_valid(raise_exception=True)
-        summary = run_in_fresh_thread(
-            run_kill_all,
-            actor(request),
-            body.validated_data["reason"],
-            settings.QUANTHUB_ACCOUNT,
-            timeout_s=body.validated_data["timeout_s"],
-        )
-        return Response(summary.as_dict())

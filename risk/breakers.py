@@ -5,9 +5,11 @@
   exposure-reducing orders) until VIX has been calm for
   ``vix_normalise_minutes``. ``VixMonitor`` is the pure statistics; ``trip``
   and ``clear`` record it (BreakerTrip, trading state, audit).
-* Daily loss: a net loss of ``daily_loss_cap`` switches to REDUCING, flattens
-  everything (Kill All's flatten, without the broker kill switch) and HALTs
-  until the next session (``enforce_daily_loss``).
+* Daily loss: a net loss of ``daily_loss_cap`` trips the breaker here
+  (REDUCING, audited); the engine then flattens everything with the order
+  path's flatten (``trading.orders.flatten.daily_loss_flatten``, Kill All's
+  flatten without the broker kill switch) and HALTs until the next session.
+  This module holds the rule and the state, never the order path.
 """
 
 from __future__ import annotations
@@ -119,35 +121,6 @@ def next_session_open(now: dt.datetime) -> dt.datetime:
     while day.weekday() >= 5:
         day += dt.timedelta(days=1)
     return dt.datetime.combine(day, SESSION_OPEN, tzinfo=IST)
-
-
-async def enforce_daily_loss(*, broker, oms, net_pnl, cap, now: dt.datetime, account: str = "default"):
-    """Past the cap: REDUCING, flatten everything, then HALTED until the next session."""
-    from asgiref.sync import sync_to_async
-
-    from risk.killswitch import kill_all
-
-    if net_pnl > -cap:
-        return None
-    reason = f"daily net loss ₹{-net_pnl} reached the cap of ₹{cap}"
-    await sync_to_async(trip)("daily_loss", reason, at=now, account=account, details={"net_pnl": str(net_pnl)})
-    summary = await kill_all(
-        broker=broker,
-        oms=oms,
-        actor="breaker:daily_loss",
-        reason=reason,
-        account=account,
-        activate_kill_switch=False,
-        halt_first=False,
-    )
-    await sync_to_async(set_trading_state)(
-        TradingState.State.HALTED,
-        actor="breaker:daily_loss",
-        reason=reason,
-        account=account,
-        halted_until=next_session_open(now),
-    )
-    return summary
 
 
 def now() -> dt.datetime:

@@ -15,6 +15,7 @@ from decimal import Decimal
 
 from marketdata.book import Quote
 from quanthub.clock import IST, SESSION_CLOSE, SESSION_OPEN
+from risk.slippage import check_slippage
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,7 @@ class GateContext:
     vix_breaker: bool = False
     lot_size: int = 1
     freeze_quantity: int = 1
+    tick_size: Decimal = Decimal("0")  # the instrument's, from the master
     quote: Quote | None = None
     orders_last_second: int = 0
 
@@ -76,8 +78,9 @@ Rule = Callable[[object, GateContext, int], RiskDecision | int]
 
 
 def trading_state(intent, ctx: GateContext, lots: int):
-    if ctx.trading_state == "HALTED":
-        return _refuse("trading_state", "trading is HALTED: nothing but cancels")
+    # HALTED refuses new exposure, never a way out: an exit only reduces a position.
+    if ctx.trading_state == "HALTED" and not intent.reduces_exposure:
+        return _refuse("trading_state", "trading is HALTED: only orders that reduce a position")
     if ctx.trading_state == "REDUCING" and not intent.reduces_exposure:
         return _refuse("trading_state", "trading is REDUCING: only exposure-reducing orders")
     return lots
@@ -147,9 +150,7 @@ def margin(intent, ctx: GateContext, lots: int):
 def slippage(intent, ctx: GateContext, lots: int):
     if intent.reduces_exposure:
         return lots
-    from trading.orders.manager import check_slippage
-
-    verdict = check_slippage(intent.side, lots * ctx.lot_size, ctx.quote, ctx.limits)
+    verdict = check_slippage(intent.side, lots * ctx.lot_size, ctx.quote, ctx.limits, tick=ctx.tick_size)
     return lots if verdict.ok else _refuse("slippage", verdict.reason)
 
 

@@ -226,6 +226,7 @@ class GateBasis:
             vix_breaker=self.vix_breaker,
             lot_size=instrument.lot_size,
             freeze_quantity=instrument.freeze_quantity,
+            tick_size=instrument.tick_size,
             quote=quote,
             orders_last_second=orders_last_second,
         )

@@ -68,8 +68,12 @@ def set_trading_state(
     account: str = "default",
     halted_until: dt.datetime | None = None,
     expected: str | None = None,
+    at: dt.datetime | None = None,
 ) -> bool:
     """Move the account to ``new_state``; a conditional update, audited.
+
+    ``at``: the clock of whoever acts (the engine's, for the engine and what it
+    works for); the wall clock for a person in the admin.
 
     With ``expected`` the change only happens from that state (returns False
     otherwise), so two callers racing cannot both act on a stale read.
@@ -91,7 +95,7 @@ def set_trading_state(
             state=new_state,
             actor=actor[:150],
             reason=reason,
-            changed_at=timezone.now(),
+            changed_at=at or timezone.now(),
             halted_until=halted_until,
         )
         audit_append(
@@ -104,6 +108,7 @@ def set_trading_state(
                 "reason": reason,
                 "halted_until": halted_until.isoformat() if halted_until else None,
             },
+            at=at,
         )
         publish_on_commit("trading_state", {"state": new_state}, account=account)
     return True

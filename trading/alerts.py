@@ -16,6 +16,7 @@ sent, failed), ``attempts`` and the last ``error``; secrets never go there.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -39,7 +40,11 @@ _RANK = {Alert.Level.INFO: 0, Alert.Level.WARNING: 1, Alert.Level.CRITICAL: 2}
 SENT, RETRY, FAILED, GONE = "sent", "retry", "failed", "gone"
 
 
-def raise_alert(level: str, source: str, title: str, message: str = "", *, account: str = "default") -> Alert:
+def raise_alert(
+    level: str, source: str, title: str, message: str = "", *, account: str = "default", at: dt.datetime | None = None
+) -> Alert:
+    """Record an alert (and queue it for the sinks after commit). ``at``: the clock of
+    whoever raises it (the engine's for the engine and anything acting for it)."""
     if level not in Alert.Level.values:
         raise ValueError(f"Unknown alert level {level!r}")
     sinks = sinks_for(level)
@@ -50,6 +55,7 @@ def raise_alert(level: str, source: str, title: str, message: str = "", *, accou
         title=title[:200],
         message=message,
         deliveries={name: {"status": "pending", "attempts": 0} for name in sinks},
+        **({"created_at": at} if at is not None else {}),
     )
     log.warning("alert raised", extra={"alert_id": alert.pk, "level": level, "source": source, "title": title})
     publish_on_commit("alert", {"id": alert.pk, "level": level, "title": alert.title}, account=account)

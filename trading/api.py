@@ -18,7 +18,7 @@ from quanthub.api import ApiView, Pagination, actor, require_perm, run_in_fresh_
 from quanthub.clock import IST
 from trading import services
 from trading.models import Order, Position, Strategy, Trade
-from trading.orders.exits import ExitRefused, exit_position
+from trading.orders.requests import ExitRefused, request_exit, request_kill_all
 from trading.selectors import overview
 
 # --- summary ---------------------------------------------------------------------------
@@ -140,61 +140,101 @@ class OrderSerializer(_BookRowSerializer):
         )
 
 
+FLATTEN_LEG = (
+    "FlattenLeg",
+    {
+        "security_id": serializers.CharField(),
+        "symbol": serializers.CharField(),
+        "quantity": serializers.IntegerField(help_text="Net when the flatten began."),
+        "open": serializers.IntegerField(help_text="Net still open at the end."),
+        "sent": serializers.IntegerField(),
+        "filled": serializers.IntegerField(),
+        "rejected": serializers.IntegerField(),
+        "why": serializers.ListField(child=serializers.CharField()),
+    },
+)
+
+
+def flatten_result(name: str):
+    """The schema of ``FlattenResult.as_dict()`` plus who worked the request."""
+    return inline_serializer(
+        name,
+        {
+            "kind": serializers.CharField(),
+            "actor": serializers.CharField(),
+            "reason": serializers.CharField(),
+            "legs": serializers.IntegerField(),
+            "sent": serializers.IntegerField(),
+            "filled": serializers.IntegerField(),
+            "rejected": serializers.IntegerField(),
+            "cancelled": serializers.IntegerField(),
+            "still_open": serializers.ListField(child=serializers.CharField()),
+            "flat": serializers.BooleanField(),
+            "kill_switch": serializers.BooleanField(),
+            "sent_s": serializers.FloatField(allow_null=True),
+            "flat_s": serializers.FloatField(allow_null=True),
+            "elapsed_s": serializers.FloatField(),
+            "errors": serializers.ListField(child=serializers.CharField()),
+            "detail": inline_serializer(*FLATTEN_LEG, many=True),
+            "worked_by": serializers.CharField(help_text="The engine's id, or standalone:<host>-<pid>."),
+            "joined": serializers.BooleanField(help_text="True when a request already running was joined."),
+            "request": serializers.IntegerField(),
+        },
+    )
+
+
 class PositionExit(ApiView):
     permission_classes = [IsAuthenticated, require_perm("trading.exit_position")]
 
     @extend_schema(
-        summary="Exit one position",
-        description="Through the OMS, one order per freeze-quantity slice in the priority lane. When an "
-        "engine trades the account the request commits the orders and the engine sends them within a "
-        "second (202); otherwise the request works the exit itself until flat or 10 s (200, with a "
-        "summary). 409 when the position is flat or an exit is already working. Allowed in any "
-        "trading state: an exit only reduces exposure.",
+        summary="Exit one position (and its signal's hedge)",
+        description="Through the order manager of the one sender for the account: the engine holding the "
+        "account's lock works it when it runs (it takes the request within a second), else this request "
+        "works it itself. One order per freeze-quantity slice in the priority lane, re-priced at the touch "
+        "and re-sent after a reject until flat or 10 s. Returns the result built from the actual order and "
+        "position states (`flat`, `still_open`, each leg's rejects). 409 when the position is flat or an "
+        "exit of it is already being worked. Allowed in any trading state: an exit only reduces exposure.",
         request=None,
-        responses={
-            200: inline_serializer(
-                "PositionExitResult",
-                {
-                    "sent_by": serializers.CharField(),
-                    "orders": OrderSerializer(many=True),
-                    "summary": inline_serializer(
-                        "PositionExitSummary",
-                        {
-                            "position": serializers.IntegerField(),
-                            "instrument": serializers.CharField(),
-                            "sent": serializers.IntegerField(),
-                            "flat": serializers.BooleanField(),
-                            "errors": serializers.ListField(child=serializers.CharField()),
-                        },
-                    ),
-                },
-            ),
-            202: inline_serializer(
-                "PositionExitQueued",
-                {
-                    "sent_by": serializers.CharField(),
-                    "orders": OrderSerializer(many=True),
-                    "summary": serializers.JSONField(allow_null=True, help_text="Always null: the engine sends."),
-                },
-            ),
-            409: OpenApiTypes.OBJECT,
-        },
+        responses={200: flatten_result("PositionExitResult"), 409: OpenApiTypes.OBJECT},
     )
     def post(self, request: Request, pk: int) -> Response:
         get_object_or_404(Position, pk=pk, account=settings.QUANTHUB_ACCOUNT)
         try:
-            # With no engine this request works the exit itself (asyncio.run): off the ASGI request thread.
-            result = exit_position(pk, actor=actor(request), run=run_in_fresh_thread)
+            # Waiting for the result (and perhaps working it, asyncio.run): off the ASGI request thread.
+            result = run_in_fresh_thread(request_exit, pk, actor(request), settings.QUANTHUB_ACCOUNT)
         except ExitRefused as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
-        return Response(
-            {
-                "sent_by": result.sent_by,
-                "orders": OrderSerializer(result.orders, many=True).data,
-                "summary": result.summary,
-            },
-            status=status.HTTP_202_ACCEPTED if result.engine_id else status.HTTP_200_OK,
+        return Response(result)
+
+
+class KillAllRequest(serializers.Serializer):
+    reason = serializers.CharField(max_length=500, default="Kill All from the API", trim_whitespace=True)
+    timeout_s = serializers.FloatField(min_value=1, max_value=60, default=15.0)
+
+
+class KillAllView(ApiView):
+    permission_classes = [IsAuthenticated, require_perm("trading.kill_all")]
+
+    @extend_schema(
+        summary="Kill All",
+        description="HALT, cancel every open order, flatten what the broker reports (retrying rejects, "
+        "throttles and unknown outcomes at the current touch), and when flat activate the broker's kill "
+        "switch. Worked by the engine holding the account's lock, or standalone when none takes it within "
+        "2 s. Blocks until flat or timeout_s; the result says what is still open and why.",
+        request=KillAllRequest,
+        responses=flatten_result("KillAllResult"),
+    )
+    def post(self, request: Request) -> Response:
+        body = KillAllRequest(data=request.data)
+        body.is_valid(raise_exception=True)
+        result = run_in_fresh_thread(
+            request_kill_all,
+            actor(request),
+            body.validated_data["reason"],
+            settings.QUANTHUB_ACCOUNT,
+            deadline_s=body.validated_data["timeout_s"],
         )
+        return Response(result)
 
 
 # --- orders and trades ---------------------------------------------------------------------

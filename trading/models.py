@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.utils import timezone
 
 from marketdata.models import Instrument
 
@@ -131,7 +132,8 @@ class Order(models.Model):
     requote_count = models.PositiveSmallIntegerField(default=0)
     modification_count = models.PositiveSmallIntegerField(default=0)
 
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # The clock of whoever committed it (the engine's: simulated in the demo and replays).
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
     submitting_at = models.DateTimeField(null=True, blank=True)
     open_at = models.DateTimeField(null=True, blank=True)
     partial_at = models.DateTimeField(null=True, blank=True)
@@ -311,7 +313,7 @@ class Alert(models.Model):
     source = models.CharField(max_length=40, help_text="e.g. risk, oms, feed, token, reconciliation")
     title = models.CharField(max_length=200)
     message = models.TextField(blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
     acknowledged_at = models.DateTimeField(null=True, blank=True)
     acknowledged_by = models.CharField(max_length=150, blank=True)
     deliveries = models.JSONField(default=dict, blank=True, help_text="Per sink: delivered, attempts, last error.")
@@ -444,3 +446,57 @@ class PaperPosition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.security_id} {self.net_quantity:+d}"
+
+
+class FlattenRequest(models.Model):
+    """A request to get out (Kill All, or one position's exit), handed to whoever
+    sends for the account: the engine holding the account's lock picks it up within
+    a second; when no engine takes it within two seconds the requester works it
+    itself (``trading.orders.requests``). The requester reads the result here."""
+
+    class Kind(models.TextChoices):
+        KILL_ALL = "KILL_ALL", "Kill All"
+        EXIT = "EXIT", "Exit a position"
+
+    class State(models.TextChoices):
+        PENDING = "PENDING", "Pending"
+        TAKEN = "TAKEN", "Being worked"
+        DONE = "DONE", "Done"
+
+    account = models.CharField(max_length=40, default="default")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    position = models.ForeignKey(
+        Position, on_delete=models.SET_NULL, null=True, blank=True, related_name="flatten_requests"
+    )
+    actor = models.CharField(max_length=150)
+    reason = models.CharField(max_length=500, blank=True)
+    state = models.CharField(max_length=7, choices=State.choices, default=State.PENDING)
+    deadline_s = models.FloatField(default=15.0, help_text="How long the flatten keeps working before it gives up.")
+    taken_by = models.CharField(max_length=100, blank=True, help_text="Engine id, or standalone:<host>-<pid>.")
+    # requested_at is the requester's wall time (the two-second hand-over is measured
+    # on it); taken_at and finished_at come from the clock of whoever worked it.
+    requested_at = models.DateTimeField(db_index=True)
+    taken_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    result = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-requested_at"]
+        indexes = [models.Index(fields=["account", "state"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.account} {self.state}"
+
+
+class OrderRateWindow(models.Model):
+    """The order-rate window of one account, shared by every process that sends for
+    it (the engine, a standalone Kill All): wall-clock send times of the last second
+    and the priority lane's claim (``trading.brokers.ratelimit.DatabaseWindow``)."""
+
+    account = models.CharField(max_length=40, unique=True)
+    sends = models.JSONField(default=list, blank=True)
+    priority_until = models.FloatField(default=0.0, help_text="Normal sends wait while a priority send waits.")
+    touched = models.FloatField(default=0.0)
+
+    def __str__(self) -> str:
+        return f"rate window {self.account}"

@@ -27,6 +27,7 @@ from quanthub.roles import roles_of
 from trading import dashboard
 from trading.events import publish_on_commit, send_now
 from trading.models import Alert, Position, Strategy
+from trading.orders.requests import ExitRefused, refuse_unless_exitable, request_exit, request_kill_all
 from trading.services import save_strategy
 
 log = logging.getLogger(__name__)
@@ -162,11 +163,12 @@ def wait_for_jobs(timeout: float = 30.0) -> None:
 @require_POST
 @role_required
 def kill_all(request):
+    """Hand a Kill All to the account's one sender (the engine, or standalone when none
+    takes it within 2 s), on a background thread; progress and the result come over
+    the websocket."""
     _require(request, "trading.kill_all")
-    from risk.killswitch import run_kill_all
-
     actor = f"user:{request.user.get_username()}"
-    started = _in_background(f"kill_all:{_account()}", run_kill_all, actor, "dashboard Kill All", _account())
+    started = _in_background(f"kill_all:{_account()}", request_kill_all, actor, "dashboard Kill All", _account())
     data = {"stage": "started" if started else "already running", "legs": 0, "sent": 0, "filled": 0, "cancelled": 0}
     log.warning("kill all pressed", extra={"actor": actor, "started": started})
     return HttpResponse(dashboard.render_panel("killall", data, request=request, account=_account()))
@@ -175,25 +177,17 @@ def kill_all(request):
 @require_POST
 @role_required
 def exit_position(request, pk: int):
-    """Exit one position through the OMS. With an engine trading the account the
-    exit is committed for the engine to send, so the strategy holding the position
-    hears its fills (and never sells the units again); with none it is worked here,
-    in the background, like Kill All."""
+    """Exit one position (and its signal's hedge) through the account's one sender: the
+    engine when it runs, so the strategy holding it hears the fills; standalone when no
+    engine takes it within 2 s. Worked in the background; the row says what happened."""
     _require(request, "trading.exit_position")
-    from risk.killswitch import run_exit_position
-    from trading.orders.exits import ExitRefused, active_engine, commit_exit, refuse_unless_exitable
-
     position = get_object_or_404(Position.objects.select_related("instrument"), pk=pk, account=_account())
     actor = f"user:{request.user.get_username()}"
     label = f"{position.instrument.trading_symbol} ({position.net_quantity})"
     try:
-        if active_engine(position.account) is not None:
-            orders = commit_exit(pk, actor=actor)
-            text, css = f"Exit of {label} handed to the engine: {len(orders)} order(s).", "warn"
-        else:
-            refuse_unless_exitable(position)
-            _in_background(f"exit:{pk}", run_exit_position, pk, actor, _account())
-            text, css = f"Exit sent for {label}.", "warn"
+        refuse_unless_exitable(position)
+        _in_background(f"exit:{pk}", request_exit, pk, actor, _account())
+        text, css = f"Exit requested for {label}.", "warn"
     except ExitRefused as exc:
         text, css = f"{position.instrument.trading_symbol}: {exc}.", "muted"
     return HttpResponse(f'<tr id="position-{pk}"><td colspan="15" class="{css}">{escape(text)}</td></tr>')

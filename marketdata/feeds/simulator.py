@@ -31,7 +31,7 @@ from marketdata.feeds.base import CE, PE, ROW_ARRAYS, ChainSnapshot, Feed, FeedI
 from marketdata.scenarios import Event, Scenario
 from quanthub.clock import IST, SESSION_CLOSE, SESSION_OPEN, Clock, SimulatedClock
 
-TICK = 0.05
+TICK = synthetic.OPTION_TICK_PAISE / 100  # the options' tick in this synthetic market
 RATE = 0.065
 TRADING_SECONDS_PER_YEAR = 252 * 6.25 * 3600
 CHAIN_EVERY_S = 3
@@ -39,10 +39,10 @@ IV_MULTIPLIER = {"NIFTY": 1.0, "BANKNIFTY": 1.2}
 JUMPS_PER_DAY = 2.0
 
 
-def _round_tick(values: np.ndarray) -> np.ndarray:
+def _round_tick(values: np.ndarray, tick: float = TICK) -> np.ndarray:
     # The second rounding gives the double nearest to the two-decimal price, so
     # prices survive a round trip through integer paise unchanged.
-    return np.round(np.round(values / TICK) * TICK, 2)
+    return np.round(np.round(values / tick) * tick, 2)
 
 
 def _intraday_shape(minutes_from_open: float) -> float:
@@ -280,7 +280,7 @@ class SimulatorFeed(Feed):
                     "NSE_FNO",
                     f"{spec.symbol}-FUT",
                     "FUT",
-                    float(_round_tick(np.array(fut))),
+                    float(_round_tick(np.array(fut), synthetic.tick_paise(market.future) / 100)),
                     now,
                     now,
                     self._next_seq(),

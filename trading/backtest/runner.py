@@ -36,8 +36,8 @@ from marketdata.book import QuoteBook
 from marketdata.feeds.base import Feed, FeedItem
 from marketdata.models import ChainQuote, ExchangeHoliday
 from quanthub.clock import IST, SESSION_CLOSE, SESSION_OPEN, SimulatedClock
-from trading.brokers.paper import PaperBroker
 from trading.engine.engine import Engine, EngineStats
+from trading.orders.root import build_order_path
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,8 @@ def _build_day(plan: Plan, day: dt.date, index: int, states: dict, order_ids) ->
             feed = _Until(feed, end)
     book = QuoteBook()
     account = account_for(plan.run_id)
-    broker = PaperBroker(account=account, clock=clock, book=book, seed=seed)
+    # A backtest's account is its own: nothing else sends for it, so its window stays in-process.
+    orders = build_order_path(account, clock=clock, book=book, broker_name="paper", seed=seed, shared=False)
     engine = BacktestEngine(
         run_id=plan.run_id,
         strategies=plan.strategies,
@@ -286,11 +287,12 @@ def _build_day(plan: Plan, day: dt.date, index: int, states: dict, order_ids) ->
         order_ids=order_ids,
         day=day,
         feed=feed,
-        broker=broker,
+        broker=orders.broker,
         clock=clock,
         book=book,
         account=account,
         writer=None,
+        orders=orders,
     )
     return engine, source, seed
 

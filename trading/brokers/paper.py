@@ -19,7 +19,7 @@ import itertools
 import random
 import secrets
 from dataclasses import dataclass
-from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from decimal import Decimal
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -28,6 +28,7 @@ from django.db.models import F
 
 from marketdata.book import QuoteBook
 from marketdata.models import Instrument
+from marketdata.ticks import DOWN, UP, is_on_tick, to_tick
 from quanthub.clock import Clock, RealClock
 from quanthub.sql import Prepared
 from trading.brokers.base import (
@@ -45,7 +46,6 @@ from trading.brokers.base import (
 from trading.checkpoints import checkpoint
 from trading.models import PaperAccount, PaperOrder, PaperPosition, PaperTrade
 
-TICK = Decimal("0.05")
 OPEN_STATUSES = (BrokerStatus.PENDING, BrokerStatus.PART_TRADED)
 MARKET_PROTECTION = Decimal("0.03")  # market orders become limits 3 % through the touch
 PRICE_BAND = Decimal("0.40")  # limit prices further than this from the touch are refused
@@ -62,14 +62,7 @@ class _Spec:
     lot_size: int
     freeze_quantity: int
     underlying_security_id: str
-
-
-def _tick_floor(value: Decimal) -> Decimal:
-    return (value / TICK).to_integral_value(ROUND_FLOOR) * TICK
-
-
-def _tick_ceil(value: Decimal) -> Decimal:
-    return (value / TICK).to_integral_value(ROUND_CEILING) * TICK
+    tick_size: Decimal  # from the instrument master, as the exchange checks it
 
 
 class PaperBroker(Broker):
@@ -115,7 +108,7 @@ class PaperBroker(Broker):
         if spec is None:
             row = (
                 Instrument.objects.filter(security_id=security_id, is_active=True)
-                .values_list("kind", "lot_size", "freeze_quantity", "underlying__security_id")
+                .values_list("kind", "lot_size", "freeze_quantity", "underlying__security_id", "tick_size")
                 .first()
             )
             if row is None:
@@ -225,16 +218,16 @@ class PaperBroker(Broker):
         touch = Decimal(str(quote.ask if request.side == Side.BUY else quote.bid))
         if request.order_type == OrderType.MARKET:
             price = (
-                _tick_ceil(touch * (1 + MARKET_PROTECTION))
+                to_tick(touch * (1 + MARKET_PROTECTION), spec.tick_size, UP)
                 if request.side == Side.BUY
-                else max(_tick_floor(touch * (1 - MARKET_PROTECTION)), TICK)
+                else max(to_tick(touch * (1 - MARKET_PROTECTION), spec.tick_size, DOWN), spec.tick_size)
             )
         else:
             if request.price is None or request.price <= 0:
                 raise Rejected("DH-905", "A limit order needs a positive price")
             price = request.price
-            if price % TICK:
-                raise Rejected("DH-905", f"Price {price} is not on the ₹{TICK} tick")
+            if not is_on_tick(price, spec.tick_size):
+                raise Rejected("DH-905", f"Price {price} is not on the ₹{spec.tick_size} tick")
         band = max(touch * PRICE_BAND, MIN_BAND)
         if abs(price - touch) > band:
             raise Rejected("DH-906", f"Price {price} is outside the price band around {touch}")
@@ -383,7 +376,7 @@ class PaperBroker(Broker):
             if order.modifications >= MAX_MODIFICATIONS:
                 raise Rejected("DH-906", f"Order {broker_order_id} reached {MAX_MODIFICATIONS} modifications")
             if price is not None:
-                if price <= 0 or price % TICK:
+                if price <= 0 or not is_on_tick(price, self._spec(order.security_id).tick_size):
                     raise Rejected("DH-905", f"Price {price} is not a positive price on the tick")
                 order.price = price
             if quantity is not None:

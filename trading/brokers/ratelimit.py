@@ -6,6 +6,14 @@ and Dhan's cap; RiskLimits.order_rate_per_s). Exits and Kill All use the
 priority lane: while a priority request waits, no normal request is granted.
 Modifications count against the window too, and each order may be modified
 at most ``max_modifications`` times (RiskLimits; Dhan allows 25).
+
+One account, one window: the engine and a standalone Kill All (another
+process) share it. ``SharedRateLimiter`` orders this process's requests in
+its own lanes and then claims each send in the account's window in the
+database (``DatabaseWindow``, one row per account, taken under its row lock),
+so the sum of every sender of the account never passes the rate. A priority
+request that must wait marks the lane for a moment; normal sends of every
+process hold back while it is marked.
 """
 
 from __future__ import annotations
@@ -14,6 +22,11 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
+
+from asgiref.sync import sync_to_async
+from django.db import IntegrityError, transaction
+
+from trading.models import OrderRateWindow
 
 WINDOW_S = 1.0
 EPSILON_S = 1e-6  # sends exactly one window apart would share a window after float rounding
@@ -118,3 +131,69 @@ class RateLimiter:
             raise ModificationCapExceeded(
                 f"order already modified {modifications_so_far} times (cap {self.max_modifications})"
             )
+
+
+PRIORITY_HOLD_S = 0.05  # how long a waiting priority send holds normal sends back (renewed while it waits)
+
+
+class DatabaseWindow:
+    """The account's sliding window in the database, for every process sending for it.
+
+    ``claim`` is one short transaction: it takes the account's row lock (a write
+    first, so SQLite takes its write lock too), drops sends older than a second and
+    either records this send or says how long to wait. Times are wall-clock
+    seconds (``time.time``): the senders are different processes.
+    """
+
+    def __init__(self, account: str, *, clock: Callable[[], float] = time.time):
+        self.account = account
+        self._clock = clock
+        self._ready = False
+
+    def _row(self) -> None:
+        if self._ready:
+            return
+        try:
+            OrderRateWindow.objects.get_or_create(account=self.account)
+        except IntegrityError:  # another process created it first
+            pass
+        self._ready = True
+
+    def claim(self, rate: int, priority: bool) -> float:
+        """Record one send now and return 0, or return the seconds to wait."""
+        self._row()
+        with transaction.atomic():
+            now = self._clock()
+            OrderRateWindow.objects.filter(account=self.account).update(touched=now)
+            row = OrderRateWindow.objects.select_for_update().get(account=self.account)
+            sends = [t for t in row.sends if t + WINDOW_S >= now]
+            if not priority and row.priority_until > now:
+                wait = row.priority_until - now
+            elif len(sends) < rate:
+                sends.append(now)
+                wait = 0.0
+            else:
+                wait = sends[len(sends) - rate] + WINDOW_S + EPSILON_S - now
+                if priority:
+                    row.priority_until = max(row.priority_until, now + wait + PRIORITY_HOLD_S)
+            row.sends = sends
+            row.save(update_fields=["sends", "priority_until", "touched"])
+        return wait
+
+
+class SharedRateLimiter(RateLimiter):
+    """This process's lanes first, then the account's shared window (``DatabaseWindow``)."""
+
+    def __init__(self, account: str, rate: int | Callable[[], int] = 9, *, window: DatabaseWindow | None = None, **kw):
+        super().__init__(rate, **kw)
+        self.account = account
+        self.window = window or DatabaseWindow(account)
+
+    async def acquire(self, *, priority: bool = False) -> float:
+        granted = await super().acquire(priority=priority)
+        claim = sync_to_async(self.window.claim, thread_sensitive=True)
+        while True:
+            wait = await claim(self.rate, priority)
+            if wait <= 0:
+                return granted
+            await asyncio.sleep(min(wait, 0.25))

@@ -28,23 +28,24 @@ from audit.chain import append as audit_append
 from marketdata.book import QuoteBook
 from marketdata.feeds.base import ChainSnapshot, LtpTick
 from marketdata.models import Instrument
+from marketdata.ticks import price_on_tick
 from marketdata.validation import ChainValidator, FeedHealth
 from quanthub.clock import Clock
 from quanthub.sql import Prepared
-from risk.breakers import VixMonitor, enforce_daily_loss
+from risk.breakers import VixMonitor
 from risk.breakers import clear as clear_breaker
 from risk.breakers import trip as trip_breaker
 from risk.context import GateBasis, daily_net_pnl
 from risk.gate import RiskGate, record_refusal
 from risk.models import RiskLimits
-from trading.brokers.ratelimit import RateLimiter
 from trading.events import asend_now, publish_on_commit
-from trading.models import EngineHeartbeat, Order, Position, Signal, Strategy
+from trading.models import EngineHeartbeat, FlattenRequest, Order, Position, Signal, Strategy
+from trading.orders import flatten
 from trading.orders.accounting import mark_to_market
-from trading.orders.exits import send_requested_exits
-from trading.orders.manager import OrderManager, OrderRefused
 from trading.orders.reconcile import reconcile
-from trading.strategies.base import to_tick
+from trading.orders.requests import take_pending
+from trading.orders.requests import work as work_request
+from trading.orders.root import OrderPath, build_order_path
 from trading.strategies.registry import get_strategy_class
 from trading.strategies.vol_oi.strategy import VolOiStrategy
 
@@ -101,16 +102,18 @@ class Engine:
         writer=None,
         limits=RiskLimits.active,
         reconcile_every_s: float = 30.0,
+        orders: OrderPath | None = None,
     ):
         self.feed, self.broker, self.clock, self.book, self.account = feed, broker, clock, book, account
         self.writer = writer
         limits_now = limits()
         self._limits = limits_now  # refreshed at every snapshot: admin changes reach the limiter too
-        self.limiter = RateLimiter(
-            rate=lambda: self._limits.order_rate_per_s,
-            max_modifications=lambda: self._limits.max_modifications_per_order,
+        # The account's order path from the one composition root; the limits it reads are
+        # the engine's cached copy, refreshed every snapshot (admin changes reach the limiter).
+        self.orders = orders or build_order_path(
+            account, clock=clock, book=book, broker=broker, limits=lambda: self._limits
         )
-        self.oms = OrderManager(broker, self.limiter, account=account, clock=clock, book=book)
+        self.broker, self.limiter, self.oms = self.orders.broker, self.orders.limiter, self.orders.oms
         self.gate = RiskGate()
         self.validator = ChainValidator()
         self.health = FeedHealth(chain_stale_s=limits_now.feed_stale_chain_s, ltp_stale_s=limits_now.feed_stale_ltp_s)
@@ -131,7 +134,10 @@ class Engine:
         self._open_sids: set[str] = set()
         self._funds: dict[str, str] | None = None  # the broker's last funds report, for the risk panel
         self._greeks: dict[str, tuple[float, float, float, float]] = {}
-        self._exits_checked = -1e9  # time.monotonic() of the last look for requested exits
+        self._exits_checked = -1e9  # time.monotonic() of the last look for flatten requests
+        self._requests_query: Prepared | None = None
+        self._flattens: set[asyncio.Task] = set()
+        self._exit_alerts = flatten.Alerts(account, clock, "oms")
         self._mark_needed = True  # mark once at the first second: a restart may find positions open
         self._limits_key: tuple | None = None  # (pk, version, updated_at) of the limits held in _limits
         self._limits_fresh = False  # read at this snapshot: the gate may use them as they are
@@ -170,6 +176,8 @@ class Engine:
         return self.stats
 
     async def shutdown(self) -> None:
+        if self._flattens:  # a flatten in progress finishes (each has its own deadline)
+            await asyncio.gather(*list(self._flattens), return_exceptions=True)
         await self.feed.close()
         if self.writer is not None:
             await _db(self.writer.flush)(close_bars=True)
@@ -189,6 +197,7 @@ class Engine:
     def _load_instruments(self) -> None:
         rows = Instrument.objects.filter(is_active=True).select_related("underlying")
         self.instruments = {i.security_id: i for i in rows}
+        self.book.ticks.update({sid: float(i.tick_size) for sid, i in self.instruments.items()})
         self.underlying_ids = {i.underlying.symbol: i.underlying.security_id for i in rows}
         self.validator.strike_steps = {i.underlying.symbol: float(i.underlying.strike_step) for i in rows}
 
@@ -322,7 +331,7 @@ class Engine:
         # reach the strategies. Looked for once a wall-clock second, not once a simulated one.
         if time.monotonic() - self._exits_checked >= 1.0:
             self._exits_checked = time.monotonic()
-            await send_requested_exits(self.oms, self.book, account=self.account)
+            await self._take_requests()
         self._basis, self._limits_fresh = None, False  # a new batch: the gate reads the database again
         # One trip to the database thread for what every second needs: the live
         # orders and, while nothing is live (most seconds), today's net P&L.
@@ -366,11 +375,8 @@ class Engine:
             await _db(self._persist_states)()
 
     async def _work_exits(self, order_ids: list[int]) -> None:
-        """A resting exit follows the touch. A stop or a take-profit is sent at the mid;
-        if the market moves away it would rest unfilled for the rest of the day. Each
-        second it is re-priced to the bid (sell) or ask (buy) within the modification
-        cap; past the cap it is cancelled and sent again at the touch (a new order with
-        a new budget), and an alert says so."""
+        """A resting exit follows the touch (``flatten.follow_touch``): a stop or a take-profit
+        sent at the mid would otherwise rest unfilled once the market moves away."""
         resting = await _db(
             lambda: list(
                 Order.objects.filter(
@@ -378,48 +384,28 @@ class Engine:
                 ).select_related("instrument", "strategy", "signal")
             )
         )()
-        for order in resting:
-            quote = self.book.get(order.instrument.security_id)
-            touch = (quote.bid if order.side == Order.Side.SELL else quote.ask) if quote is not None else 0
-            if touch <= 0 or order.limit_price is None:
-                continue
-            price = to_tick(touch)
-            away = price < order.limit_price if order.side == Order.Side.SELL else price > order.limit_price
-            if not away:
-                continue
-            try:
-                await self.oms.reprice(order, price)
-            except OrderRefused as exc:
-                await self._resend_exit(order, price, str(exc))
-            except Exception as exc:  # a reject or timeout: the next second tries again
-                log.warning("exit re-price failed", extra={"order": order.client_order_id, "error": repr(exc)})
+        await flatten.follow_touch(self.oms, resting, self._exit_alerts)
 
-    async def _resend_exit(self, order: Order, price, why: str) -> None:
-        from trading.alerts import raise_alert
-
-        cancelled = await self.oms.cancel(order, reason=f"re-sent at the touch: {why}")
-        left = cancelled.quantity - cancelled.filled_quantity
-        if cancelled.state != Order.State.CANCELLED or left <= 0:
+    async def _take_requests(self) -> None:
+        """Kill All and Exit requests from outside (the dashboard, the API, the CLI, the admin)
+        are worked here, on this engine's order path and clock, beside the loop: the feed
+        keeps the book live while they work, and the strategies hear their fills."""
+        if self._requests_query is None:
+            self._requests_query = Prepared(
+                FlattenRequest.objects.filter(account=self.account, state=FlattenRequest.State.PENDING).values_list(
+                    "pk"
+                )[:1]
+            )
+        if not await _db(self._requests_query.exists)():
             return
-        await self.oms.submit(
-            instrument=order.instrument,
-            side=order.side,
-            quantity=left,
-            limit_price=price,
-            purpose=Order.Purpose.EXIT,
-            strategy=order.strategy,
-            signal=order.signal,
-            priority=True,
-            check_slippage_rule=False,
-            reason=order.reason,
-        )
-        await _db(raise_alert)(
-            "WARNING",
-            "oms",
-            f"Exit {order.client_order_id} re-sent at {price}",
-            f"{order.instrument.trading_symbol}: {why}",
-            account=self.account,
-        )
+        for row in await _db(take_pending)(self.account, self.engine_id, self.clock):
+            log.warning("flatten request taken", extra={"request": row.pk, "kind": row.kind, "engine": self.engine_id})
+            self._spawn(work_request(self.orders, row))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._flattens.add(task)
+        task.add_done_callback(self._flattens.discard)
 
     def _mark_positions(self) -> None:
         """Open positions at the mid of the live book, with Greeks from the latest
@@ -438,7 +424,7 @@ class Engine:
             values: dict = {}
             quote = self.book.get(sid)
             if quote is not None and quote.bid > 0 and quote.ask > 0:
-                mark_to_market(p, to_tick((quote.bid + quote.ask) / 2))
+                mark_to_market(p, price_on_tick(p.instrument, (quote.bid + quote.ask) / 2))
                 values.update(last_price=p.last_price, unrealised_pnl=p.unrealised_pnl)
             greeks = (1.0, 0.0, 0.0, 0.0) if p.instrument.kind == "FUT" else self._greeks.get(sid)
             if greeks is not None:
@@ -446,8 +432,8 @@ class Engine:
             level = levels.get(sid)
             if level is not None and p.opened_at is not None:
                 values.update(
-                    stop_price=to_tick(level.stop),
-                    target_price=to_tick(level.target),
+                    stop_price=price_on_tick(p.instrument, level.stop),
+                    target_price=price_on_tick(p.instrument, level.target),
                     ttl_seconds=max(int((level.deadline - p.opened_at).total_seconds()), 0),
                 )
             if values:
@@ -512,14 +498,8 @@ class Engine:
             pnl = await _db(daily_net_pnl)(self.account, now)
         if pnl <= -self._limits.daily_loss_cap:
             self._loss_handled = True
-            await enforce_daily_loss(
-                broker=self.broker,
-                oms=self.oms,
-                net_pnl=pnl,
-                cap=self._limits.daily_loss_cap,
-                now=now,
-                account=self.account,
-            )
+            # Beside the loop, as a Kill All is: the flatten works while the feed keeps the book live.
+            self._spawn(flatten.daily_loss_flatten(self.orders, net_pnl=pnl, cap=self._limits.daily_loss_cap))
 
     async def _on_chain(self, snapshot: ChainSnapshot, now: dt.datetime) -> None:
         report = self.validator.validate(snapshot, now)

@@ -25,17 +25,17 @@ import logging
 import secrets
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 from decimal import Decimal
 
 from asgiref.sync import sync_to_async
 from django.db import transaction
 
 from audit.chain import append as audit_append
-from marketdata.book import Quote
+from marketdata.ticks import price_on_tick
 from quanthub.clock import Clock, RealClock
 from quanthub.sql import Prepared
 from risk.models import RiskLimits
+from risk.slippage import check_slippage
 from trading.brokers.base import (
     AuthExpired,
     Broker,
@@ -53,6 +53,7 @@ from trading.brokers.ratelimit import ModificationCapExceeded, RateLimiter
 from trading.checkpoints import checkpoint
 from trading.events import publish_on_commit
 from trading.models import Fill, Order
+from trading.orders.claims import EXIT_PURPOSES, BrokerNet, claim_exit
 from trading.strategies.base import FillEvent, OrderUpdate
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,6 @@ FROM_BROKER = {
     BrokerStatus.REJECTED: S.REJECTED,
     BrokerStatus.EXPIRED: S.CANCELLED,
 }
-EXIT_PURPOSES = (Order.Purpose.EXIT, Order.Purpose.KILL)
 
 
 class OrderRefused(Exception):
@@ -96,37 +96,6 @@ class OrderRefused(Exception):
 def default_client_order_id() -> str:
     # ≤ 25 characters of [A-Z0-9]: safe as Dhan's correlationId.
     return "QH" + secrets.token_hex(9).upper()
-
-
-@dataclass(frozen=True, slots=True)
-class SlippageCheck:
-    ok: bool
-    reason: str
-    expected_slippage: Decimal
-    spread_pct: Decimal
-
-
-def check_slippage(side: str, quantity: int, quote: Quote | None, limits: RiskLimits) -> SlippageCheck:
-    """Refuse when expected slippage per unit exceeds ``max_slippage_per_leg``
-    or the spread exceeds ``max_spread_pct_of_mid`` % of mid. Pure."""
-    if quote is None or quote.bid <= 0 or quote.ask <= 0 or quote.ask < quote.bid:
-        return SlippageCheck(False, "no usable quote for the slippage check", Decimal("0"), Decimal("0"))
-    mid = Decimal(str(quote.mid))
-    spread = Decimal(str(quote.ask)) - Decimal(str(quote.bid))
-    spread_pct = (spread / mid * 100).quantize(Decimal("0.001"))
-    size = quote.ask_qty if side == Side.BUY else quote.bid_qty
-    # Past the top of book each further top-size slice costs about one more tick.
-    layers = max((quantity - 1) // max(size, 1), 0)
-    expected = (spread / 2 + Decimal("0.05") * layers).quantize(Decimal("0.01"))
-    if spread_pct > limits.max_spread_pct_of_mid:
-        return SlippageCheck(
-            False, f"spread {spread_pct}% of mid exceeds {limits.max_spread_pct_of_mid}%", expected, spread_pct
-        )
-    if expected > limits.max_slippage_per_leg:
-        return SlippageCheck(
-            False, f"expected slippage ₹{expected} exceeds ₹{limits.max_slippage_per_leg} per leg", expected, spread_pct
-        )
-    return SlippageCheck(True, "", expected, spread_pct)
 
 
 def _db(fn):
@@ -191,10 +160,19 @@ class OrderManager:
                 publish_on_commit("order", {"id": order_id, "state": new}, account=self.account)
         return bool(updated)
 
-    def _create(self, **values) -> Order:
+    def _create(self, claim: BrokerNet | None = None, **values) -> Order:
         now = self.clock.now()
         with transaction.atomic():
-            order = Order.objects.create(account=self.account, committed_at=now, **values)
+            if values.get("purpose") in EXIT_PURPOSES and values.get("state", S.NEW) == S.NEW:
+                # One exit per position quantity, whoever sends it (raises ExitClaimed).
+                claim_exit(
+                    account=self.account,
+                    instrument_id=values["instrument"].pk,
+                    side=values["side"],
+                    quantity=values["quantity"],
+                    broker_net=claim,
+                )
+            order = Order.objects.create(account=self.account, committed_at=now, created_at=now, **values)
             audit_append(
                 "order.intent",
                 actor="oms",
@@ -234,8 +212,15 @@ class OrderManager:
         parent: Order | None = None,
         check_slippage_rule: bool = True,
         reason: str = "",
+        claim: BrokerNet | None = None,
     ) -> Order:
+        """Commit and send one order. An exit is claimed first (``trading.orders.claims``):
+        one whose quantity another exit already covers raises ``ExitClaimed``, with
+        nothing committed. ``claim``: judge it against the broker's position report."""
         priority = purpose in EXIT_PURPOSES if priority is None else priority
+        if limit_price is not None:
+            # The boundary: whatever priced it, a price leaves on the instrument's own tick.
+            limit_price = price_on_tick(instrument, limit_price)
         values = {
             "client_order_id": self.id_factory(),
             "strategy": strategy,
@@ -255,7 +240,9 @@ class OrderManager:
         }
         if check_slippage_rule and purpose not in EXIT_PURPOSES and self.book is not None:
             limits = await _db(self.limits)()
-            verdict = check_slippage(side, quantity, self.book.get(instrument.security_id), limits)
+            verdict = check_slippage(
+                side, quantity, self.book.get(instrument.security_id), limits, tick=instrument.tick_size
+            )
             if not verdict.ok:
                 order = await _db(self._create)(
                     state=S.REJECTED,
@@ -269,7 +256,7 @@ class OrderManager:
                 )
                 return order
         checkpoint("oms.before_commit")
-        order = await _db(self._create)(**values)
+        order = await _db(self._create)(claim, **values)
         checkpoint("oms.after_commit")
         return await self.send(order, priority=priority)
 
@@ -388,6 +375,7 @@ class OrderManager:
         return await _db(Order.objects.select_related("instrument", "strategy", "signal").get)(pk=order.pk)
 
     async def requote(self, order: Order, new_price: Decimal) -> Order:
+        new_price = price_on_tick(order.instrument, new_price)
         limits = await _db(self.limits)()
         first = order.first_price or order.limit_price
         if order.requote_count >= limits.max_requotes:
@@ -416,6 +404,7 @@ class OrderManager:
     async def reprice(self, order: Order, new_price: Decimal) -> Order:
         """Move a resting exit toward the touch: only the modification cap applies
         (an exit is never abandoned for chasing too far)."""
+        new_price = price_on_tick(order.instrument, new_price)
         try:
             self.limiter.check_modification(order.modification_count)
         except ModificationCapExceeded as exc:

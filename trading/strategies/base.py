@@ -16,14 +16,20 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, ClassVar
 
+from marketdata import ticks
 from trading.strategies.config import StrategyConfig
 
-TICK = Decimal("0.05")
+PAISA = Decimal("0.01")
 
 
-def to_tick(value: float) -> Decimal:
-    """A float price from analytics onto the exchange's ₹0.05 tick, as Decimal."""
-    return (Decimal(str(value)) / TICK).quantize(Decimal("1")) * TICK
+def to_tick(value: float, tick: Decimal | None = None) -> Decimal:
+    """A float price from analytics as an exact Decimal: on ``tick`` when the strategy
+    knows the instrument's tick, else to the paisa. The order manager puts every
+    price onto the instrument's own tick from the master before it is sent
+    (``marketdata.ticks``), so a strategy needs no tick size of its own."""
+    if tick is not None:
+        return ticks.to_tick(value, tick)
+    return Decimal(str(value)).quantize(PAISA)
 
 
 @dataclass(frozen=True, slots=True)
