@@ -77,10 +77,10 @@ def main() -> None:
         # Three legs just above the freeze quantity: two orders each.
         return (inst.freeze_quantity // inst.lot_size + 1) * inst.lot_size if big else inst.lot_size
 
-    async def open_legs(opener, legs) -> int:
+    async def open_legs(opener, legs, sliced: bool) -> int:
         orders = 0
         for n, inst in enumerate(legs):
-            for part in slices(quantity(inst, n in (0, 9, len(legs) - 1)), inst):
+            for part in slices(quantity(inst, sliced and n in (0, 9, len(legs) - 1)), inst):
                 await opener.oms.submit(
                     instrument=inst,
                     side="BUY",
@@ -106,7 +106,7 @@ def main() -> None:
         path = build_order_path(account, clock=clock, book=book, broker=broker, shared=True)
 
         async def go():
-            await open_legs(opener, legs)
+            await open_legs(opener, legs, sliced=fault_rate > 0)
             return await kill_all(path, actor="benchmark", reason="benchmark", deadline_s=DEADLINE_S)
 
         return asyncio.run(go()), broker

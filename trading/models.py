@@ -132,8 +132,8 @@ class Order(models.Model):
     requote_count = models.PositiveSmallIntegerField(default=0)
     modification_count = models.PositiveSmallIntegerField(default=0)
 
-    # The clock of whoever committed it (the engine's: simulated in the demo and replays).
-    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    # Row meta (wall clock); committed_at and the state stamps below are on the engine's clock.
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     submitting_at = models.DateTimeField(null=True, blank=True)
     open_at = models.DateTimeField(null=True, blank=True)
     partial_at = models.DateTimeField(null=True, blank=True)

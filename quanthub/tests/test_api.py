@@ -41,7 +41,7 @@ def client_for(user=None, *, token: bool = False) -> APIClient:
 
 def store_quotes(instruments, book: QuoteBook, now: dt.datetime) -> None:
     """Quotes in the live book, and stored as the engine would have stored them."""
-    from risk.tests.test_killswitch import _quotes_for
+    from trading.conftest import quotes_for as _quotes_for
 
     _quotes_for(instruments, book, now)
 
@@ -58,7 +58,7 @@ def open_positions(count: int = 1) -> list[Position]:
         .order_by("underlying__symbol", "strike", "kind")[:count]
     )
     store_quotes(instruments, book, now)
-    from risk.tests.test_killswitch import buy_two_lots
+    from trading.conftest import buy_two_lots
 
     async_to_sync(buy_two_lots)(oms, book, instruments)
     return list(Position.objects.exclude(net_quantity=0).select_related("instrument"))

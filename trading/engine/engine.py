@@ -42,6 +42,7 @@ from trading.events import asend_now, publish_on_commit
 from trading.models import EngineHeartbeat, FlattenRequest, Order, Position, Signal, Strategy
 from trading.orders import flatten
 from trading.orders.accounting import mark_to_market
+from trading.orders.claims import ExitClaimed
 from trading.orders.reconcile import reconcile
 from trading.orders.requests import take_pending
 from trading.orders.requests import work as work_request
@@ -615,21 +616,27 @@ class Engine:
                 loaded.row = await _db(Strategy.objects.get)(pk=loaded.row_id)
             for quantity in passed.decision.slices:
                 self.stats.orders += 1
-                await self.oms.submit(
-                    instrument=passed.instrument,
-                    side=intent.side,
-                    quantity=quantity,
-                    limit_price=intent.limit_price,
-                    purpose=intent.purpose,
-                    order_type=Order.Type.LIMIT if intent.limit_price else Order.Type.MARKET,
-                    strategy=loaded.row,
-                    signal=signal,
-                    snapshot_at=snapshot_at,
-                    intent_at=passed.intent_at,
-                    gate_passed_at=passed.gate_passed_at,
-                    check_slippage_rule=False,  # the gate ran the slippage rule
-                    reason=intent.reason,
-                )
+                try:
+                    await self.oms.submit(
+                        instrument=passed.instrument,
+                        side=intent.side,
+                        quantity=quantity,
+                        limit_price=intent.limit_price,
+                        purpose=intent.purpose,
+                        order_type=Order.Type.LIMIT if intent.limit_price else Order.Type.MARKET,
+                        strategy=loaded.row,
+                        signal=signal,
+                        snapshot_at=snapshot_at,
+                        intent_at=passed.intent_at,
+                        gate_passed_at=passed.gate_passed_at,
+                        check_slippage_rule=False,  # the gate ran the slippage rule
+                        reason=intent.reason,
+                    )
+                except ExitClaimed as exc:
+                    # Another exit (a Kill All, a manual Exit) already covers these units:
+                    # never sell them twice. The strategy hears that exit's fills.
+                    log.info("exit already covered", extra={"strategy": loaded.key, "why": str(exc)})
+                    break
 
     def _signal(self, loaded: Loaded, intent) -> Signal:
         signal = Signal.objects.filter(key=intent.signal_key).first()

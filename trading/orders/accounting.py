@@ -11,7 +11,7 @@ import datetime as dt
 import logging
 from decimal import Decimal
 
-from django.db.models import Q, Sum
+from django.db.models import Q
 
 from trading.models import Fill, Order, Position, Trade
 
@@ -86,23 +86,46 @@ def apply_fill(
     return fill, position, trade
 
 
+def round_trip_fills(position: Position) -> list[Fill]:
+    """The fills of the round trip that has just closed ``position``, oldest first.
+
+    Matched by quantity, not by time: walking back from the newest fill (by
+    insertion order), the round trip is the shortest run of fills that nets to
+    zero. Timestamps play no part, so fills stamped by different clocks (or a
+    position opened on a simulated clock) can never leave a trade without its
+    exit fills.
+    """
+    fills = (
+        Fill.objects.filter(order__account=position.account, order__instrument=position.instrument)
+        .filter(Q(order__strategy=position.strategy) if position.strategy_id else Q(order__strategy__isnull=True))
+        .select_related("order")
+        .order_by("-pk")
+    )
+    trip: list[Fill] = []
+    net = 0
+    for fill in fills.iterator(chunk_size=200):
+        net += fill.quantity if fill.order.side == Order.Side.BUY else -fill.quantity
+        trip.append(fill)
+        if net == 0:
+            break
+    trip.reverse()
+    return trip
+
+
 def _close_round_trip(position: Position, order: Order, at: dt.datetime) -> Trade:
-    fills = Fill.objects.filter(
-        order__account=position.account, order__instrument=position.instrument, filled_at__gte=position.opened_at
-    ).filter(Q(order__strategy=position.strategy) if position.strategy_id else Q(order__strategy__isnull=True))
-    buys = fills.filter(order__side=Order.Side.BUY).aggregate(q=Sum("quantity"), c=Sum("charges"))
-    sells = fills.filter(order__side=Order.Side.SELL).aggregate(q=Sum("quantity"), c=Sum("charges"))
-    buy_value = sum((f.quantity * f.price for f in fills.filter(order__side=Order.Side.BUY)), ZERO)
-    sell_value = sum((f.quantity * f.price for f in fills.filter(order__side=Order.Side.SELL)), ZERO)
-    buy_qty, sell_qty = buys["q"] or 0, sells["q"] or 0
-    first = fills.order_by("filled_at", "pk").select_related("order").first()
-    long = first is None or first.order.side == Order.Side.BUY
+    fills = round_trip_fills(position)
+    buys = [f for f in fills if f.order.side == Order.Side.BUY]
+    sells = [f for f in fills if f.order.side == Order.Side.SELL]
+    buy_qty, sell_qty = sum(f.quantity for f in buys), sum(f.quantity for f in sells)
+    buy_value = sum((f.quantity * f.price for f in buys), ZERO)
+    sell_value = sum((f.quantity * f.price for f in sells), ZERO)
+    long = not fills or fills[0].order.side == Order.Side.BUY
     quantity = buy_qty if long else sell_qty
     entry_value, exit_value = (buy_value, sell_value) if long else (sell_value, buy_value)
     gross = (sell_value - buy_value).quantize(CENT)
-    charges = ((buys["c"] or ZERO) + (sells["c"] or ZERO)).quantize(CENT)
-    entry_price = (entry_value / quantity).quantize(Decimal("0.01")) if quantity else ZERO
-    exit_price = (exit_value / quantity).quantize(Decimal("0.01")) if quantity else ZERO
+    charges = sum((f.charges for f in fills), ZERO).quantize(CENT)
+    entry_price = (entry_value / quantity).quantize(CENT) if quantity else ZERO
+    exit_price = (exit_value / quantity).quantize(CENT) if quantity else ZERO
     stop_distance = abs(entry_price - position.stop_price) if position.stop_price else ZERO
     return Trade.objects.create(
         account=position.account,
@@ -113,7 +136,7 @@ def _close_round_trip(position: Position, order: Order, at: dt.datetime) -> Trad
         quantity=quantity,
         entry_price=entry_price,
         exit_price=exit_price,
-        opened_at=position.opened_at,
+        opened_at=fills[0].filled_at if fills else position.opened_at,
         closed_at=at,
         gross_pnl=gross,
         charges=charges,

@@ -444,7 +444,7 @@ async def kill_all(
         if late:
             break
         await broker.on_market_data()
-        await oms.sync()
+        await oms.sync(drain=False)  # the engine's strategies hear the fills at its next second
         await follow_touch(oms, await _db(_working)(set(order_ids)), alerts)
         await report("working")
         await asyncio.sleep(ROUND_S)
@@ -620,7 +620,7 @@ async def exit_position(path, position_id: int, *, actor: str, deadline_s: float
         if result.sent_s is None and order_ids:
             result.sent_s = round(time.monotonic() - began, 4)
         await broker.on_market_data()
-        await oms.sync()
+        await oms.sync(drain=False)  # the engine's strategies hear the fills at its next second
         await follow_touch(oms, await _db(_working)(set(order_ids)), alerts)
         await asyncio.sleep(ROUND_S)
     result.elapsed_s = round(time.monotonic() - began, 4)

@@ -172,7 +172,7 @@ class OrderManager:
                     quantity=values["quantity"],
                     broker_net=claim,
                 )
-            order = Order.objects.create(account=self.account, committed_at=now, created_at=now, **values)
+            order = Order.objects.create(account=self.account, committed_at=now, **values)
             audit_append(
                 "order.intent",
                 actor="oms",
@@ -422,17 +422,20 @@ class OrderManager:
 
     # --- synchronising with the broker --------------------------------------------------
 
-    async def sync(self, live: list[Order] | None = None) -> list[FillEvent | OrderUpdate]:
+    async def sync(self, live: list[Order] | None = None, *, drain: bool = True) -> list[FillEvent | OrderUpdate]:
         """Pull order and trade updates from the broker; apply fills; enforce
         the partial-fill rule; resolve UNKNOWN orders. Returns strategy events.
 
         ``live``: what ``live_orders()`` returned just now, when the caller read
         it together with other things in one trip to the database thread.
+        ``drain=False``: leave the events queued for the engine's own sync (a
+        flatten working on the engine's order path must not swallow the fills
+        the strategies have to hear).
         """
         if live is None:
             live = await _db(self.live_orders)()
         if not live:
-            return self._drain()
+            return self._drain() if drain else list(self._events)
         book = {o.correlation_id: o for o in await self.broker.order_book()}
         trades = defaultdict(list)
         for trade in await self.broker.trade_book():
@@ -471,7 +474,7 @@ class OrderManager:
                     events.append(self._update(fresh, state, fresh.reason))
             elif state in (S.OPEN, S.PARTIAL):
                 events.extend(await self._partial_fill_rule(order, limits, now))
-        return self._drain()
+        return self._drain() if drain else list(self._events)
 
     def live_orders(self) -> list[Order]:
         """Orders the broker may still change: OPEN, PARTIAL, UNKNOWN (sync; call through the database thread)."""

@@ -8,9 +8,9 @@ from django.test import Client
 from django.urls import reverse
 
 from risk.models import TradingState
-from risk.tests.test_killswitch import _open_legs
 from trading import views
-from trading.models import Order, Position
+from trading.conftest import open_legs as _open_legs
+from trading.models import FlattenRequest, Order, Position
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -26,7 +26,7 @@ async def test_kill_all_from_the_dashboard_flattens_the_book_and_halts(oms, book
     response = await sync_to_async(_post)(trader, reverse("trading:kill_all"))
     assert response.status_code == 200
     assert 'id="panel-killall"' in response.content.decode()
-    await sync_to_async(views.wait_for_jobs, thread_sensitive=False)(30)
+    await sync_to_async(views.wait_for_jobs, thread_sensitive=False)(90)
     assert not await Position.objects.exclude(net_quantity=0).aexists()
     assert await Order.objects.filter(purpose=Order.Purpose.KILL, state=Order.State.FILLED).acount() == 4
     assert (await TradingState.objects.aget(account="default")).state == TradingState.State.HALTED
@@ -42,7 +42,7 @@ async def test_a_second_press_while_kill_all_runs_starts_nothing(oms, book, demo
         calls.append(actor)
         release.wait(10)
 
-    monkeypatch.setattr("risk.killswitch.run_kill_all", slow_kill_all)
+    monkeypatch.setattr("trading.views.request_kill_all", slow_kill_all)
     first = await sync_to_async(_post)(trader, reverse("trading:kill_all"))
     second = await sync_to_async(_post)(trader, reverse("trading:kill_all"))
     release.set()
@@ -60,8 +60,8 @@ async def test_a_manual_exit_flattens_one_position_and_leaves_the_others(
     refused = await sync_to_async(_post)(compliance_user, reverse("trading:exit_position", args=[target.pk]))
     assert refused.status_code == 403
     response = await sync_to_async(_post)(trader, reverse("trading:exit_position", args=[target.pk]))
-    assert response.status_code == 200 and "Exit sent" in response.content.decode()
-    await sync_to_async(views.wait_for_jobs, thread_sensitive=False)(30)
+    assert response.status_code == 200 and "Exit requested" in response.content.decode()
+    await sync_to_async(views.wait_for_jobs, thread_sensitive=False)(90)
     assert (await Position.objects.aget(pk=target.pk)).net_quantity == 0
     assert (await Position.objects.aget(pk=other.pk)).net_quantity == other.net_quantity
     exits = [o async for o in Order.objects.filter(purpose=Order.Purpose.EXIT)]
@@ -72,7 +72,11 @@ async def test_a_manual_exit_flattens_one_position_and_leaves_the_others(
     assert "already flat" in again.content.decode()
 
 
-async def test_with_an_engine_running_the_exit_is_handed_to_it(oms, book, demo_market, trader):
+async def test_an_exit_no_engine_takes_within_two_seconds_is_worked_standalone(oms, book, demo_market, trader):
+    """A heartbeat says an engine trades the account, but it never takes the request
+    (stuck): the exit does not wait on it for more than two seconds."""
+    import time
+
     from django.utils import timezone
 
     from trading.models import EngineHeartbeat
@@ -81,13 +85,16 @@ async def test_with_an_engine_running_the_exit_is_handed_to_it(oms, book, demo_m
     position = await Position.objects.exclude(net_quantity=0).afirst()
     now = timezone.now()
     await EngineHeartbeat.objects.acreate(
-        engine_id="engine-1", role=EngineHeartbeat.Role.ACTIVE, started_at=now, beat_at=now
+        engine_id="engine-stuck", role=EngineHeartbeat.Role.ACTIVE, started_at=now, beat_at=now
     )
+    began = time.monotonic()
     response = await sync_to_async(_post)(trader, reverse("trading:exit_position", args=[position.pk]))
-    assert "handed to the engine" in response.content.decode()
-    queued = [o async for o in Order.objects.filter(purpose=Order.Purpose.EXIT)]
-    # Committed for the engine to send (intent before I/O); nothing went to the broker from the web.
-    assert queued and all(o.state == Order.State.NEW for o in queued)
-    assert sum(o.quantity for o in queued) == position.net_quantity
+    assert "Exit requested" in response.content.decode()
     again = await sync_to_async(_post)(trader, reverse("trading:exit_position", args=[position.pk]))
-    assert "already working" in again.content.decode()
+    assert "already being worked" in again.content.decode()
+    await sync_to_async(views.wait_for_jobs, thread_sensitive=False)(90)
+    request = await FlattenRequest.objects.aget(position=position)
+    assert request.state == FlattenRequest.State.DONE and request.taken_by.startswith("standalone:")
+    assert (request.taken_at is not None) and time.monotonic() - began >= 2.0
+    assert request.result["flat"] is True and request.result["filled"] == 1
+    assert (await Position.objects.aget(pk=position.pk)).net_quantity == 0

@@ -7,31 +7,14 @@ from asgiref.sync import sync_to_async
 from django.core.management import CommandError, call_command
 
 from audit.verify import verify
-from marketdata.book import QuoteBook
-from marketdata.demo import ensure_demo_instruments
-from marketdata.feeds.simulator import SimulatorFeed
-from marketdata.storage import SnapshotWriter
-from quanthub.clock import IST, SimulatedClock
-from trading.brokers.paper import PaperBroker
-from trading.engine.engine import Engine
+from trading.conftest import DAY, sim_engine
 from trading.models import Order, Position, Signal, Strategy, Trade
 
 pytestmark = pytest.mark.django_db(transaction=True)
-DAY = dt.date(2026, 11, 23)
 
 
 def _engine(start: dt.time, end: dt.time, clock=None):
-    clock = clock or SimulatedClock(dt.datetime.combine(DAY, start, tzinfo=IST) - dt.timedelta(seconds=1))
-    book = QuoteBook()
-    feed = SimulatorFeed(clock=clock, seed=7, scenario="default", trading_day=DAY, start_time=start, end_time=end)
-    broker = PaperBroker(clock=clock, book=book)
-    return Engine(feed=feed, broker=broker, clock=clock, book=book, writer=SnapshotWriter()), clock
-
-
-@pytest.fixture
-def enabled(db):
-    ensure_demo_instruments(DAY)
-    Strategy.objects.filter(key="vol_oi").update(enabled=True)
+    return sim_engine(start, end, clock)
 
 
 async def test_the_engine_trades_the_simulated_session_end_to_end(enabled):

@@ -7,8 +7,8 @@ import pytest
 
 from trading.brokers.base import BrokerStatus, OrderType, PlaceRequest, Rejected, Side
 from trading.brokers.paper import PaperBroker
+from trading.conftest import quote
 from trading.models import PaperOrder
-from trading.tests.conftest import quote
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

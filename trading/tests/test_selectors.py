@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from risk.tests.test_killswitch import _open_legs
 from trading import selectors
+from trading.conftest import open_legs as _open_legs
 from trading.models import Position, Trade
 from trading.templatetags.qh import rupees
 

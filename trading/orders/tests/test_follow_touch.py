@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import pytest
 
+from trading.conftest import quote
 from trading.engine.engine import Engine
 from trading.models import Alert, Order, Position
-from trading.tests.conftest import quote
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -7,9 +7,9 @@ from asgiref.sync import sync_to_async
 
 from risk.models import TradingState
 from trading.brokers.base import OrderType, PlaceRequest, Side, Unavailable
+from trading.conftest import quote
 from trading.models import Order, ReconciliationBreak
 from trading.orders.reconcile import adopt_external_order, reconcile, resolve_break
-from trading.tests.conftest import quote
 
 pytestmark = pytest.mark.django_db(transaction=True)
 K = ReconciliationBreak.Kind

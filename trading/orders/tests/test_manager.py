@@ -10,9 +10,9 @@ from audit.models import AuditRecord
 from risk.models import RiskLimits
 from trading.brokers.base import Throttled, Unknown
 from trading.brokers.ratelimit import RateLimiter
+from trading.conftest import quote
 from trading.models import Fill, Order, PaperOrder, Position, Trade
 from trading.orders.manager import OrderManager, OrderRefused
-from trading.tests.conftest import quote
 
 pytestmark = pytest.mark.django_db(transaction=True)
 S = Order.State
@@ -132,10 +132,14 @@ async def test_throttling_waits_and_retries_once(paper, book, clock, option):
 
 
 async def test_the_slippage_filter_refuses_wide_spreads_with_the_reason_recorded(oms, book, clock, option):
+    quote(book, clock, option, "99.95", "100.00")
+    held = await submit(oms, option)  # something to exit later
+    assert held.state == S.FILLED
+    clock.advance(1)
     quote(book, clock, option, "99.00", "100.00")  # 1 % spread
     order = await submit(oms, option)
     assert order.state == S.REJECTED and order.reject_code == "SLIPPAGE"
-    assert "spread" in order.reason and await PaperOrder.objects.acount() == 0
+    assert "spread" in order.reason and await PaperOrder.objects.acount() == 1
     exit_order = await submit(
         oms, option, side=Order.Side.SELL, limit_price=Decimal("99.00"), purpose=Order.Purpose.EXIT
     )
