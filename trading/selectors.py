@@ -156,6 +156,7 @@ class PositionRow:
     lots: int
     net_pnl: Decimal
     ttl_left_s: int | None
+    exit_state: str = ""  # "exiting", or "rejected: reason" when its last exit was rejected
 
     def _total(self, greek: str) -> float | None:
         value = getattr(self.position, greek)
@@ -190,8 +191,33 @@ def open_positions(account: str = "default") -> list[PositionRow]:
         ttl = None
         if p.ttl_seconds and p.opened_at:
             ttl = max(int(p.ttl_seconds - (now - p.opened_at).total_seconds()), 0)
-        rows.append(PositionRow(p, abs(p.net_quantity) // max(p.instrument.lot_size, 1), p.net_pnl, ttl))
+        rows.append(
+            PositionRow(p, abs(p.net_quantity) // max(p.instrument.lot_size, 1), p.net_pnl, ttl, _exit_state(p))
+        )
     return rows
+
+
+def _exit_state(p: Position) -> str:
+    """What became of the position's latest exit: working, or rejected and why."""
+    last = (
+        Order.objects.filter(
+            account=p.account,
+            instrument_id=p.instrument_id,
+            purpose__in=[Order.Purpose.EXIT, Order.Purpose.KILL],
+            side=Order.Side.SELL if p.net_quantity > 0 else Order.Side.BUY,
+        )
+        .order_by("-pk")
+        .values_list("state", "reject_code", "reason")
+        .first()
+    )
+    if last is None:
+        return ""
+    state, code, reason = last
+    if state == Order.State.REJECTED:
+        return f"rejected: {code} {reason}".strip()
+    if state in Order.LIVE_STATES:
+        return "exiting"
+    return ""
 
 
 @dataclass

@@ -30,6 +30,7 @@ class ChaosBroker(Broker):
         seed: int = 11,
         faults: tuple[str, ...] = FAULTS,
         clock: Callable[[], float] = time.monotonic,
+        only: set[str] | None = None,
     ):
         self.inner = inner
         self.name = inner.name
@@ -39,11 +40,15 @@ class ChaosBroker(Broker):
         self._clock = clock
         self.calls: list[tuple[float, str]] = []  # (monotonic time, kind) of every order call
         self.injected: dict[str, int] = dict.fromkeys(FAULTS, 0)
+        self.only = only  # security ids whose orders fail (None: all)
+        self._sids: dict[str, str] = {}  # broker order id → security id
 
     def __getattr__(self, name):  # book, clock, account of the wrapped broker
         return getattr(self.inner, name)
 
-    def _fault(self) -> str | None:
+    def _fault(self, security_id: str | None = None) -> str | None:
+        if self.only is not None and security_id not in self.only:
+            return None
         if self._rng.random() >= self.fault_rate:
             return None
         fault = self._rng.choice(self.faults)
@@ -60,9 +65,17 @@ class ChaosBroker(Broker):
             best = max(best, end - start + 1)
         return best
 
+    async def _security_of(self, broker_order_id: str) -> str | None:
+        if self.only is None:
+            return None
+        try:
+            return (await self.inner.get_order(broker_order_id)).security_id
+        except Exception:
+            return None
+
     async def place_order(self, request: PlaceRequest) -> BrokerOrder:
         self.calls.append((self._clock(), "place"))
-        fault = self._fault()
+        fault = self._fault(request.security_id)
         if fault == "stale_price":
             raise Rejected("DH-906", f"Price {request.price} is outside the price band: the market moved")
         if fault == "throttle":
@@ -80,7 +93,7 @@ class ChaosBroker(Broker):
         self, broker_order_id: str, *, price: Decimal | None = None, quantity: int | None = None
     ) -> BrokerOrder:
         self.calls.append((self._clock(), "modify"))
-        fault = self._fault()
+        fault = self._fault(await self._security_of(broker_order_id))
         if fault in ("stale_price", "unknown_lost", "unknown_placed"):
             raise Rejected("DH-906", "Modification refused: the order changed at the exchange")
         if fault == "throttle":
@@ -91,7 +104,7 @@ class ChaosBroker(Broker):
 
     async def cancel_order(self, broker_order_id: str) -> BrokerOrder:
         self.calls.append((self._clock(), "cancel"))
-        if self._fault() is not None:
+        if self._fault(await self._security_of(broker_order_id)) is not None:
             raise Unavailable("HTTP 503 from the broker")
         return await self.inner.cancel_order(broker_order_id)
 

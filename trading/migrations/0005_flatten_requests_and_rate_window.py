@@ -6,47 +6,74 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('trading', '0004_position_average_four_places'),
+        ("trading", "0004_position_average_four_places"),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='OrderRateWindow',
+            name="OrderRateWindow",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('account', models.CharField(max_length=40, unique=True)),
-                ('sends', models.JSONField(blank=True, default=list)),
-                ('priority_until', models.FloatField(default=0.0, help_text='Normal sends wait while a priority send waits.')),
-                ('touched', models.FloatField(default=0.0)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("account", models.CharField(max_length=40, unique=True)),
+                ("sends", models.JSONField(blank=True, default=list)),
+                (
+                    "priority_until",
+                    models.FloatField(default=0.0, help_text="Normal sends wait while a priority send waits."),
+                ),
+                ("touched", models.FloatField(default=0.0)),
             ],
         ),
         migrations.AlterField(
-            model_name='alert',
-            name='created_at',
+            model_name="alert",
+            name="created_at",
             field=models.DateTimeField(db_index=True, default=django.utils.timezone.now),
         ),
         migrations.CreateModel(
-            name='FlattenRequest',
+            name="FlattenRequest",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('account', models.CharField(default='default', max_length=40)),
-                ('kind', models.CharField(choices=[('KILL_ALL', 'Kill All'), ('EXIT', 'Exit a position')], max_length=8)),
-                ('actor', models.CharField(max_length=150)),
-                ('reason', models.CharField(blank=True, max_length=500)),
-                ('state', models.CharField(choices=[('PENDING', 'Pending'), ('TAKEN', 'Being worked'), ('DONE', 'Done')], default='PENDING', max_length=7)),
-                ('deadline_s', models.FloatField(default=15.0, help_text='How long the flatten keeps working before it gives up.')),
-                ('taken_by', models.CharField(blank=True, help_text='Engine id, or standalone:<host>-<pid>.', max_length=100)),
-                ('requested_at', models.DateTimeField(db_index=True)),
-                ('taken_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('result', models.JSONField(blank=True, default=dict)),
-                ('position', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='flatten_requests', to='trading.position')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("account", models.CharField(default="default", max_length=40)),
+                (
+                    "kind",
+                    models.CharField(choices=[("KILL_ALL", "Kill All"), ("EXIT", "Exit a position")], max_length=8),
+                ),
+                ("actor", models.CharField(max_length=150)),
+                ("reason", models.CharField(blank=True, max_length=500)),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[("PENDING", "Pending"), ("TAKEN", "Being worked"), ("DONE", "Done")],
+                        default="PENDING",
+                        max_length=7,
+                    ),
+                ),
+                (
+                    "deadline_s",
+                    models.FloatField(default=15.0, help_text="How long the flatten keeps working before it gives up."),
+                ),
+                (
+                    "taken_by",
+                    models.CharField(blank=True, help_text="Engine id, or standalone:<host>-<pid>.", max_length=100),
+                ),
+                ("requested_at", models.DateTimeField(db_index=True)),
+                ("taken_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                ("result", models.JSONField(blank=True, default=dict)),
+                (
+                    "position",
+                    models.ForeignKey(
+                        blank=True,
+                        null=True,
+                        on_delete=django.db.models.deletion.SET_NULL,
+                        related_name="flatten_requests",
+                        to="trading.position",
+                    ),
+                ),
             ],
             options={
-                'ordering': ['-requested_at'],
-                'indexes': [models.Index(fields=['account', 'state'], name='trading_fla_account_db9902_idx')],
+                "ordering": ["-requested_at"],
+                "indexes": [models.Index(fields=["account", "state"], name="trading_fla_account_db9902_idx")],
             },
         ),
     ]

@@ -89,6 +89,5 @@ def claim_exit(
         reducible = broker_net.quantity - filled_since
     if working + quantity > reducible:
         raise ExitClaimed(
-            f"{quantity} more would exceed the {max(reducible, 0)} units to close "
-            f"({working} already being exited)"
+            f"{quantity} more would exceed the {max(reducible, 0)} units to close ({working} already being exited)"
         )

@@ -83,9 +83,7 @@ def build_order_path(
     rate = lambda: limits().order_rate_per_s  # noqa: E731  (read at each send: an admin change applies at once)
     cap = lambda: limits().max_modifications_per_order  # noqa: E731
     limiter = (
-        SharedRateLimiter(account, rate, max_modifications=cap)
-        if shared
-        else RateLimiter(rate, max_modifications=cap)
+        SharedRateLimiter(account, rate, max_modifications=cap) if shared else RateLimiter(rate, max_modifications=cap)
     )
     oms = OrderManager(broker, limiter, account=account, clock=clock, book=book, limits=limits)
     return OrderPath(account=account, broker=broker, limiter=limiter, oms=oms, clock=clock, book=book)
@@ -173,4 +171,3 @@ def standalone_path(account: str, instruments=None) -> OrderPath:
     for instrument in instruments:
         book.ticks[instrument.security_id] = float(instrument.tick_size)
     return build_order_path(account, clock=account_clock(account), book=book, shared=True)
-
