@@ -134,6 +134,10 @@ class RateLimiter:
 
 
 PRIORITY_HOLD_S = 0.05  # how long a waiting priority send holds normal sends back (renewed while it waits)
+# A claimed send reaches the broker a little later (a database round trip, a busy
+# event loop); counting each claim for this much longer than a second keeps what
+# the broker sees within the rate too.
+GUARD_S = 0.1
 
 
 class DatabaseWindow:
@@ -166,14 +170,15 @@ class DatabaseWindow:
             now = self._clock()
             OrderRateWindow.objects.filter(account=self.account).update(touched=now)
             row = OrderRateWindow.objects.select_for_update().get(account=self.account)
-            sends = [t for t in row.sends if t + WINDOW_S >= now]
+            span = WINDOW_S + GUARD_S
+            sends = [t for t in row.sends if t + span >= now]
             if not priority and row.priority_until > now:
                 wait = row.priority_until - now
             elif len(sends) < rate:
                 sends.append(now)
                 wait = 0.0
             else:
-                wait = sends[len(sends) - rate] + WINDOW_S + EPSILON_S - now
+                wait = sends[len(sends) - rate] + span + EPSILON_S - now
                 if priority:
                     row.priority_until = max(row.priority_until, now + wait + PRIORITY_HOLD_S)
             row.sends = sends
