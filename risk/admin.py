@@ -130,10 +130,29 @@ class EventDayAdmin(admin.ModelAdmin):
 
 @admin.register(BreakerTrip)
 class BreakerTripAdmin(admin.ModelAdmin):
+    """Trips are cleared with the action, which records who and when itself (and an
+    audit record); nobody types a name or a time."""
+
     list_display = ("breaker", "account", "tripped_at", "reason", "cleared_at", "cleared_by")
     list_filter = ("breaker", "account")
-    readonly_fields = ("account", "breaker", "tripped_at", "reason", "details")
+    readonly_fields = ("account", "breaker", "tripped_at", "reason", "details", "cleared_at", "cleared_by")
     date_hierarchy = "tripped_at"
+    actions = ("clear_trips",)
+
+    @admin.action(description="Clear the selected breakers (records you and the time, audited)")
+    def clear_trips(self, request, queryset):
+        from django.contrib import messages
+        from django.utils import timezone
+
+        from risk.breakers import clear
+
+        if not request.user.has_perm("risk.change_breakertrip"):
+            self.message_user(request, "You may not clear breakers.", messages.ERROR)
+            return
+        cleared = 0
+        for account, breaker in set(queryset.filter(cleared_at__isnull=True).values_list("account", "breaker")):
+            cleared += clear(breaker, at=timezone.now(), actor=f"user:{request.user.get_username()}", account=account)
+        self.message_user(request, f"{cleared} breaker trip(s) cleared.", messages.SUCCESS)
 
     def has_add_permission(self, request):
         return False

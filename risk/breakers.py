@@ -25,6 +25,7 @@ from audit.chain import append as audit_append
 from quanthub.clock import IST, SESSION_OPEN
 from risk.models import BreakerTrip, TradingState
 from risk.services import set_trading_state
+from trading.alerts import raise_alert
 
 MIN_SAMPLES = 15  # one-minute changes needed before the distribution means anything
 
@@ -92,7 +93,9 @@ def trip(
             reason=reason,
             account=account,
             expected=TradingState.State.ACTIVE,
+            at=at,
         )
+        raise_alert("CRITICAL", "risk", f"{breaker} breaker tripped", reason, account=account, at=at)
     return item
 
 

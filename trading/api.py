@@ -18,7 +18,7 @@ from quanthub.api import ApiView, Pagination, actor, require_perm, run_in_fresh_
 from quanthub.clock import IST
 from trading import services
 from trading.models import Order, Position, Strategy, Trade
-from trading.orders.requests import ExitRefused, request_exit, request_kill_all
+from trading.orders.requests import ExitRefused, refuse_unless_exitable, request_exit, request_kill_all
 from trading.selectors import overview
 
 # --- summary ---------------------------------------------------------------------------
@@ -141,7 +141,7 @@ class OrderSerializer(_BookRowSerializer):
 
 
 FLATTEN_LEG = (
-    "FlattenLeg",
+    "{}Leg",
     {
         "security_id": serializers.CharField(),
         "symbol": serializers.CharField(),
@@ -175,7 +175,7 @@ def flatten_result(name: str):
             "flat_s": serializers.FloatField(allow_null=True),
             "elapsed_s": serializers.FloatField(),
             "errors": serializers.ListField(child=serializers.CharField()),
-            "detail": inline_serializer(*FLATTEN_LEG, many=True),
+            "detail": inline_serializer(FLATTEN_LEG[0].format(name), FLATTEN_LEG[1], many=True),
             "worked_by": serializers.CharField(help_text="The engine's id, or standalone:<host>-<pid>."),
             "joined": serializers.BooleanField(help_text="True when a request already running was joined."),
             "request": serializers.IntegerField(),
@@ -198,8 +198,9 @@ class PositionExit(ApiView):
         responses={200: flatten_result("PositionExitResult"), 409: OpenApiTypes.OBJECT},
     )
     def post(self, request: Request, pk: int) -> Response:
-        get_object_or_404(Position, pk=pk, account=settings.QUANTHUB_ACCOUNT)
+        position = get_object_or_404(Position, pk=pk, account=settings.QUANTHUB_ACCOUNT)
         try:
+            refuse_unless_exitable(position)
             # Waiting for the result (and perhaps working it, asyncio.run): off the ASGI request thread.
             result = run_in_fresh_thread(request_exit, pk, actor(request), settings.QUANTHUB_ACCOUNT)
         except ExitRefused as exc:

@@ -226,71 +226,31 @@ def test_exiting_an_unknown_position_is_404(trader):
     assert client_for(trader).post(V1 + "positions/999999/exit/").status_code == 404
 
 
-def test_an_exit_with_an_engine_running_is_queued_for_the_engine(trader, demo_market):
+def test_a_second_exit_is_refused_while_one_is_being_worked(trader, demo_market):
+    from trading.orders.requests import submit
+
     [position] = open_positions(1)
-    beat()
-    before = AuditRecord.objects.filter(action="order.intent").count()
+    submit("EXIT", account="default", actor="user:trader1", position_id=position.pk)  # pending for the engine
     response = client_for(trader).post(V1 + f"positions/{position.pk}/exit/")
-    assert response.status_code == 202, response.content
-    body = response.json()
-    assert body["sent_by"].startswith("engine:")
-    [order] = body["orders"]
-    assert (order["side"], order["purpose"], order["state"]) == ("SELL", "EXIT", "NEW")
-    assert order["quantity"] == position.net_quantity
-    assert order["reason"] == "manual exit by user:trader1"
-    assert AuditRecord.objects.filter(action="order.intent").count() == before + 1
-    # The position is untouched until the engine's OMS sends the exit and the broker fills it.
-    assert Position.objects.get(pk=position.pk).net_quantity == position.net_quantity
-
-
-def test_a_second_exit_is_refused_while_one_is_working(trader, demo_market):
-    [position] = open_positions(1)
-    beat()
-    client = client_for(trader)
-    assert client.post(V1 + f"positions/{position.pk}/exit/").status_code == 202
-    response = client.post(V1 + f"positions/{position.pk}/exit/")
     assert response.status_code == 409
-    assert "already working" in response.json()["detail"]
-    assert Order.objects.filter(purpose=Order.Purpose.EXIT).count() == 1
+    assert "already being worked" in response.json()["detail"]
+    assert not Order.objects.filter(purpose=Order.Purpose.EXIT).exists()
 
 
+@pytest.mark.django_db(transaction=True)
 def test_an_exit_is_allowed_while_halted(trader, demo_market):
-    # Exits only reduce exposure: HALTED stops everything else, as for Kill All and the dashboard.
+    # Exits only reduce exposure: HALTED refuses new exposure, never a way out.
     [position] = open_positions(1)
-    beat()
     set_trading_state(TradingState.State.HALTED, actor="risk1", reason="test")
-    assert client_for(trader).post(V1 + f"positions/{position.pk}/exit/").status_code == 202
+    response = client_for(trader).post(V1 + f"positions/{position.pk}/exit/")
+    assert response.status_code == 200 and response.json()["flat"] is True, response.content
+    assert Position.objects.get(pk=position.pk).net_quantity == 0
 
 
 def test_a_flat_position_cannot_be_exited(trader, demo_market):
     [position] = open_positions(1)
     Position.objects.filter(pk=position.pk).update(net_quantity=0)
     assert client_for(trader).post(V1 + f"positions/{position.pk}/exit/").status_code == 409
-
-
-def test_the_engine_sends_the_queued_exit(trader, demo_market):
-    from trading.orders.exits import send_requested_exits
-
-    [position] = open_positions(1)
-    beat()
-    client_for(trader).post(V1 + f"positions/{position.pk}/exit/")
-    book = QuoteBook()
-    clock = RealClock()
-    engine_oms = OrderManager(PaperBroker(clock=clock, book=book), RateLimiter(rate=1000), clock=clock, book=book)
-    # A just-started engine has no quote yet: the exit waits rather than going out blind.
-    assert async_to_sync(send_requested_exits)(engine_oms, book) == []
-    assert Order.objects.get(purpose=Order.Purpose.EXIT).state == Order.State.NEW
-    store_quotes([position.instrument], book, timezone.now().astimezone(IST))
-
-    async def engine_second():
-        sent = await send_requested_exits(engine_oms, book)
-        return sent, await engine_oms.sync()
-
-    sent, events = async_to_sync(engine_second)()
-    assert [o.state for o in sent] == [Order.State.FILLED]
-    assert Position.objects.get(pk=position.pk).net_quantity == 0
-    # The engine's OMS hands the exit's fill to the strategies.
-    assert [(e.purpose, e.side, e.quantity) for e in events] == [("EXIT", "SELL", position.net_quantity)]
 
 
 # --- orders and trades ---------------------------------------------------------------------
@@ -316,22 +276,16 @@ def test_it_refuses_bad_order_filters_naming_the_field(trader, params, field):
     assert field in response.json()
 
 
+@pytest.mark.django_db(transaction=True)
 def test_it_lists_trades(trader, demo_market):
     [position] = open_positions(1)
-    beat()
     client = client_for(trader)
     assert client.get(V1 + "trades/").json()["count"] == 0
-    from trading.orders.exits import send_requested_exits
-
-    client.post(V1 + f"positions/{position.pk}/exit/")
-    book = QuoteBook()
-    store_quotes([position.instrument], book, timezone.now().astimezone(IST))
-    clock = RealClock()
-    oms = OrderManager(PaperBroker(clock=clock, book=book), RateLimiter(rate=1000), clock=clock, book=book)
-    async_to_sync(send_requested_exits)(oms, book)
+    assert client.post(V1 + f"positions/{position.pk}/exit/").json()["flat"] is True
     [trade] = client.get(V1 + "trades/").json()["results"]
     assert trade["instrument"] == position.instrument.trading_symbol and trade["direction"] == "LONG"
     assert Decimal(trade["net_pnl"]) == Decimal(trade["gross_pnl"]) - Decimal(trade["charges"])
+    assert Decimal(trade["exit_price"]) > 0
 
 
 def test_orders_need_a_role(make_user):
@@ -568,11 +522,12 @@ def test_an_exit_with_no_engine_is_sent_through_the_broker_at_once(trader, demo_
     response = client_for(trader, token=True).post(V1 + f"positions/{position.pk}/exit/")
     assert response.status_code == 200, response.content
     body = response.json()
-    assert body["sent_by"] == "api" and body["summary"]["flat"] is True and body["summary"]["errors"] == []
-    assert [(o["purpose"], o["state"]) for o in body["orders"]] == [("EXIT", "FILLED")]
+    assert body["worked_by"].startswith("standalone:") and body["flat"] is True and body["errors"] == []
+    assert (body["sent"], body["filled"], body["rejected"], body["still_open"]) == (1, 1, 0, [])
     assert Position.objects.get(pk=position.pk).net_quantity == 0
     assert not PaperPosition.objects.exclude(net_quantity=0).exists()
-    assert AuditRecord.objects.filter(action="order.filled", subject=f"order:{body['orders'][0]['client_order_id']}")
+    [exit_order] = Order.objects.filter(purpose=Order.Purpose.EXIT)
+    assert AuditRecord.objects.filter(action="order.filled", subject=f"order:{exit_order.client_order_id}").exists()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -95,7 +95,7 @@ def test_lots_are_sized_down_to_what_the_limits_leave():
     assert decision.lots == 4  # 40 % of 10,20,000 = 4,08,000; (4,08,000 - 3,80,000) // 6,503.25 = 4
 
 
-def test_exits_pass_every_rule_but_a_halt():
+def test_exits_pass_every_rule_even_a_halt():
     for overrides in (
         {"trading_state": "REDUCING"},
         {"feed_stale": True},
@@ -106,7 +106,9 @@ def test_exits_pass_every_rule_but_a_halt():
         {"quote": Quote("1", 50.0, 100.0, 65, 65, 75.0, NOW)},
     ):
         assert gate.check(intent(2, reduces=True, side="SELL"), ctx(**overrides)).allowed, overrides
-    assert not gate.check(intent(2, reduces=True, side="SELL"), ctx(trading_state="HALTED")).allowed
+    # HALTED refuses new exposure, never a way out.
+    assert gate.check(intent(2, reduces=True, side="SELL"), ctx(trading_state="HALTED")).allowed
+    assert not gate.check(intent(2), ctx(trading_state="HALTED")).allowed
 
 
 def test_orders_above_the_freeze_quantity_are_sliced_in_whole_lots():
@@ -149,7 +151,7 @@ def test_no_sequence_of_intents_breaks_a_limit(steps):
             limits=limits,
         )
         decision = gate.check(intent(lots, reduces=reduces, side="SELL" if reduces else "BUY"), context)
-        if state == "HALTED":
+        if state == "HALTED" and not reduces:
             assert not decision.allowed
         if state == "REDUCING" and not reduces:
             assert not decision.allowed

@@ -643,7 +643,6 @@ async def daily_loss_flatten(path, *, net_pnl: Decimal, cap: Decimal, deadline_s
     now = clock.now()
     reason = f"daily net loss ₹{-net_pnl} reached the cap of ₹{cap}"
     await _db(trip_breaker)("daily_loss", reason, at=now, account=account, details={"net_pnl": str(net_pnl)})
-    await _db(raise_alert)("CRITICAL", "risk", "Daily loss breaker tripped", reason, account=account, at=now)
     result = await kill_all(
         path,
         actor="breaker:daily_loss",

@@ -43,11 +43,11 @@ def test_rupees_use_indian_grouping(amount, text):
 async def test_the_overview_adds_up_closed_trades_and_open_positions(oms, book, demo_market):
     from asgiref.sync import sync_to_async
 
-    from risk.killswitch import run_exit_position
+    from trading.orders.requests import request_exit
 
     await _open_legs(oms, book, 3)
     first = await Position.objects.exclude(net_quantity=0).order_by("pk").afirst()
-    await sync_to_async(run_exit_position, thread_sensitive=False)(first.pk, "test")
+    await sync_to_async(request_exit, thread_sensitive=False)(first.pk, "test")
     ov = await sync_to_async(selectors.overview)()
     trades = [t async for t in Trade.objects.all()]
     open_rows = [p async for p in Position.objects.exclude(net_quantity=0)]

@@ -105,7 +105,7 @@ async def test_the_daily_loss_flatten_closes_the_hedge_too_and_halts_until_the_n
     assert state.state == TradingState.State.HALTED and state.halted_until == next_session_open(clock.now())
     trip = await BreakerTrip.objects.aget(breaker="daily_loss")
     assert trip.tripped_at == clock.now()  # the engine's clock, not the wall
-    assert await Alert.objects.filter(level="CRITICAL", title="Daily loss breaker tripped").aexists()
+    assert await Alert.objects.filter(level="CRITICAL", title="daily_loss breaker tripped").aexists()
     assert await flatten.daily_loss_flatten(path, net_pnl=Decimal("-100"), cap=Decimal("25000")) is None
 
 
