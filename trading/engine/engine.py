@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from audit.chain import append as audit_append
 from marketdata.book import QuoteBook
-from marketdata.feeds.base import ChainSnapshot, LtpTick
+from marketdata.feeds.base import ChainSnapshot, LtpTick, QuoteSnapshot
 from marketdata.models import Instrument
 from marketdata.validation import ChainValidator, FeedHealth
 from quanthub.clock import Clock
@@ -129,6 +129,7 @@ class Engine:
         self._last_reconcile: dt.datetime | None = None
         self._pushed: dict[str, float] = {}
         self._open_sids: set[str] = set()
+        self._resting_entries: dict[int, Order] = {}  # entries sent and not yet filled: requote candidates
         self._funds: dict[str, str] | None = None  # the broker's last funds report, for the risk panel
         self._greeks: dict[str, tuple[float, float, float, float]] = {}
         self._exits_checked = -1e9  # time.monotonic() of the last look for requested exits
@@ -304,6 +305,78 @@ class Engine:
             return
         if isinstance(item, ChainSnapshot):
             await self._on_chain(item, now)
+        elif isinstance(item, QuoteSnapshot):
+            await self._on_quotes(item, now)
+
+    async def _on_quotes(self, quotes: QuoteSnapshot, now: dt.datetime) -> None:
+        """One-second quotes of the candidate contracts: the book, the strategies'
+        jump window, and the requote of entries still resting."""
+        self.book.update_quotes(quotes)
+        await self.broker.on_market_data()
+        for loaded in self.strategies:
+            intents = self._contained(loaded, loaded.strategy.on_quotes, quotes)
+            if intents:
+                await self._submit_all(loaded, intents, now, quotes.received_at)
+        await self._requote_entries(now)
+
+    async def _requote_entries(self, now: dt.datetime) -> None:
+        """An entry not fully filled follows the touch inside its partial-fill window.
+
+        Up to ``max_requotes`` times, re-priced to the current ask (bid for a
+        sell) but never more than ``max_requote_chase`` from its first price,
+        and only while less than ``partial_fill_wait_ms`` has passed since the
+        acknowledgement; at that moment the order manager's partial-fill rule
+        takes over. Each requote is on the order row (price, count) and in the
+        audit chain.
+        """
+        if not self._resting_entries:
+            return
+        limits = self._limits
+        wait = dt.timedelta(milliseconds=limits.partial_fill_wait_ms)
+        for pk, sent in list(self._resting_entries.items()):
+            order = await _db(Order.objects.select_related("instrument", "strategy", "signal").get)(pk=pk)
+            done = order.state not in (Order.State.OPEN, Order.State.PARTIAL) or order.acked_at is None
+            if done or now - order.acked_at >= wait or order.requote_count >= limits.max_requotes:
+                del self._resting_entries[pk]
+                continue
+            quote = self.book.get(order.instrument.security_id)
+            if quote is None or order.limit_price is None or order.first_price is None:
+                continue
+            buy = order.side == Order.Side.BUY
+            touch = to_tick(quote.ask if buy else quote.bid)
+            cap = order.first_price + limits.max_requote_chase if buy else order.first_price - limits.max_requote_chase
+            price = min(touch, cap) if buy else max(touch, cap)
+            if (price <= order.limit_price) if buy else (price >= order.limit_price):
+                continue  # the touch has not moved away, or the chase budget is spent
+            try:
+                requoted = await self.oms.requote(order, price)
+            except OrderRefused as exc:
+                log.info("requote refused", extra={"order": order.client_order_id, "reason": str(exc)})
+                del self._resting_entries[pk]
+                continue
+            except Exception as exc:  # a reject or timeout: the partial-fill rule still applies at 1 s
+                log.warning("requote failed", extra={"order": order.client_order_id, "error": repr(exc)})
+                continue
+            await _db(self._audit_requote)(requoted, order.limit_price, now)
+
+    def _audit_requote(self, order: Order, old_price, now: dt.datetime) -> None:
+        with transaction.atomic():
+            self._append_requote(order, old_price, now)
+
+    def _append_requote(self, order: Order, old_price, now: dt.datetime) -> None:
+        audit_append(
+            "order.requoted",
+            actor="engine",
+            subject=f"order:{order.client_order_id}",
+            payload={
+                "from": old_price,
+                "to": order.limit_price,
+                "first_price": order.first_price,
+                "requotes": order.requote_count,
+                "filled": order.filled_quantity,
+            },
+            at=now,
+        )
 
     async def _vix(self, tick: LtpTick) -> None:
         verdict = self.vix.observe(tick.exchange_time, tick.ltp)
@@ -635,7 +708,7 @@ class Engine:
                 loaded.row = await _db(Strategy.objects.get)(pk=loaded.row_id)
             for quantity in passed.decision.slices:
                 self.stats.orders += 1
-                await self.oms.submit(
+                order = await self.oms.submit(
                     instrument=passed.instrument,
                     side=intent.side,
                     quantity=quantity,
@@ -650,6 +723,8 @@ class Engine:
                     check_slippage_rule=False,  # the gate ran the slippage rule
                     reason=intent.reason,
                 )
+                if intent.purpose in ("ENTRY", "SCALE") and order.state in (Order.State.OPEN, Order.State.PARTIAL):
+                    self._resting_entries[order.pk] = order
 
     def _signal(self, loaded: Loaded, intent) -> Signal:
         signal = Signal.objects.filter(key=intent.signal_key).first()
