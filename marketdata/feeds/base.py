@@ -139,3 +139,9 @@ class Feed(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027  (optional hook)
         """Release connections; the iterator ends."""
+
+    def previous_session_vix(self) -> list[tuple[dt.datetime, float]]:
+        """India VIX (time, value) of the session before this one, when the feed can
+        produce it and nothing was stored (the simulator); the VIX breaker is seeded
+        from it."""
+        return []

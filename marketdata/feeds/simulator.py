@@ -115,14 +115,20 @@ class _Market:
         self.flows: list[_Flow] = []
         self.pending_bad: list[Event] = []
 
-    def step_spot(self, sigma: float) -> None:
+    def step_spot(self, sigma: float, shape: float = 1.0) -> None:
         dt_years = 1.0 / TRADING_SECONDS_PER_YEAR
         ret = sigma * math.sqrt(dt_years) * self.rng.standard_normal() - 0.5 * sigma * sigma * dt_years
         if self.rng.random() < JUMPS_PER_DAY / 22500.0:
             ret += self.rng.normal(0.0, 0.0025)
         self.spot *= math.exp(ret)
         self.last_return = ret
-        self.realised_var = 0.995 * self.realised_var + 0.005 * ret * ret
+        # Realised volatility (what VIX drifts toward) is deseasonalised (VIX is a 30-day
+        # view: it does not follow the intraday U-shape, so it does not climb at every
+        # open) and winsorised at 4σ of a second's return (a rare index jump is a level
+        # shift; its square dominating the average made VIX climb several points after
+        # every unscripted jump).
+        cap = 16.0 * sigma * sigma * dt_years
+        self.realised_var = 0.995 * self.realised_var + 0.005 * min(ret * ret, cap) / (shape * shape)
 
     @property
     def realised_vol(self) -> float:
@@ -178,6 +184,8 @@ class SimulatorFeed(Feed):
             expiry = min(c.expiry for c in contracts if c.underlying == symbol and c.kind == "CE")
             self.markets[symbol] = _Market(spec, contracts, expiry, np.random.default_rng(stream))
         self.vix = 13.0 + float(self._rng.normal(0, 0.5))
+        for market in self.markets.values():  # realised volatility starts where VIX says it is
+            market.realised_var = (self.vix / 100 * IV_MULTIPLIER[market.symbol] * 0.8) ** 2 / TRADING_SECONDS_PER_YEAR
         self._vix_extra = 0.0
         self._vix_decay_s = 600.0
         self._gap_until: dt.datetime | None = None
@@ -234,6 +242,23 @@ class SimulatorFeed(Feed):
             yield from self._items(now, with_chain=second % CHAIN_EVERY_S == 0)
             yield from self._quotes(now + QUOTE_OFFSET)
 
+    def previous_session_vix(self) -> list[tuple[dt.datetime, float]]:
+        """The calm session before this one (its own seed), India VIX once a second.
+
+        Only what VIX needs is stepped (the indices, for realised volatility), so
+        this costs a fraction of a second."""
+        day = self.trading_day - dt.timedelta(days=1)
+        while day.weekday() >= 5:
+            day -= dt.timedelta(days=1)
+        before = SimulatorFeed(seed=self.seed + 1_000_003, trading_day=day, underlyings=tuple(self.markets))
+        out = []
+        second, end = before.start, before.end
+        while second <= end:
+            before._step(second)
+            out.append((second, round(before.vix + before._vix_extra, 2)))
+            second += dt.timedelta(seconds=1)
+        return out
+
     # --- market dynamics --------------------------------------------------------
 
     def _apply(self, event: Event, now: dt.datetime) -> None:
@@ -254,9 +279,11 @@ class SimulatorFeed(Feed):
         shape = _intraday_shape(max(minutes, 0.0))
         for market in self.markets.values():
             sigma = (self.vix / 100.0) * IV_MULTIPLIER[market.symbol] * shape * 0.8
-            market.step_spot(sigma)
-        realised = np.mean([m.realised_vol for m in self.markets.values()])
-        target = min(max(100 * realised * 1.1, 9.0), 60.0)
+            market.step_spot(sigma, shape)
+        # The index volatility is VIX × the index's multiplier × 0.8: VIX drifts toward
+        # the level that realised volatility implies.
+        implied = np.mean([m.realised_vol / (IV_MULTIPLIER[m.symbol] * 0.8) for m in self.markets.values()])
+        target = min(max(100 * implied, 9.0), 60.0)
         self._vix_extra *= math.exp(-1.0 / self._vix_decay_s)
         self.vix += (target - self.vix) / 900.0 + float(self._rng.normal(0, 0.004))
         self.vix = max(self.vix, 8.0)

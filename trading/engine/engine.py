@@ -31,7 +31,7 @@ from marketdata.models import Instrument
 from marketdata.validation import ChainValidator, FeedHealth
 from quanthub.clock import Clock
 from quanthub.sql import Prepared
-from risk.breakers import VixMonitor, enforce_daily_loss
+from risk.breakers import VixMonitor, enforce_daily_loss, previous_session_vix
 from risk.breakers import clear as clear_breaker
 from risk.breakers import trip as trip_breaker
 from risk.context import GateBasis, daily_net_pnl
@@ -115,7 +115,10 @@ class Engine:
         self.validator = ChainValidator()
         self.health = FeedHealth(chain_stale_s=limits_now.feed_stale_chain_s, ltp_stale_s=limits_now.feed_stale_ltp_s)
         self.vix = VixMonitor(
-            sigma=float(limits_now.vix_breaker_sigma), normalise_minutes=float(limits_now.vix_normalise_minutes)
+            sigma=float(limits_now.vix_breaker_sigma),
+            normalise_minutes=float(limits_now.vix_normalise_minutes),
+            window_s=float(limits_now.vix_change_window_s),
+            min_samples=int(limits_now.vix_min_samples),
         )
         self.strategies: list[Loaded] = []
         self.instruments: dict[str, Instrument] = {}
@@ -153,11 +156,21 @@ class Engine:
     async def start(self) -> None:
         await _db(self._load_instruments)()
         await _db(self._load_strategies)()
+        await self._seed_vix()
         counts = await self.oms.recover()
         result = await reconcile(self.broker, account=self.account)
         log.info("engine started", extra={"engine": self.engine_id, "recovered": counts, "breaks": len(result.breaks)})
         await _db(self._beat)("ACTIVE")
         self.started.set()
+
+    async def _seed_vix(self) -> None:
+        """The VIX breaker's σ from the previous session's stored VIX (or, with nothing
+        stored, the one the feed can produce), so it judges from the first tick."""
+        ticks = await _db(previous_session_vix)(self.clock.now())
+        if not ticks:
+            ticks = await sync_to_async(self.feed.previous_session_vix, thread_sensitive=False)()
+        learnt = self.vix.seed(ticks)
+        log.info("vix breaker seeded", extra={"changes": learnt, "std": round(self.vix.std, 4)})
 
     async def run(self) -> EngineStats:
         await self.start()
@@ -383,7 +396,7 @@ class Engine:
         if verdict == "trip":
             await _db(trip_breaker)(
                 "vix",
-                f"India VIX jumped to {tick.ltp:.2f} (> {self.vix.sigma:g}σ of today's one-minute changes)",
+                f"India VIX jumped to {tick.ltp:.2f} (> {self.vix.sigma:g}σ of {self.vix.window_s:g}-second changes)",
                 at=tick.exchange_time,
                 account=self.account,
             )
