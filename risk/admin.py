@@ -133,8 +133,8 @@ class TradingStateAdmin(admin.ModelAdmin):
 
 @admin.register(EventDay)
 class EventDayAdmin(admin.ModelAdmin):
-    list_display = ("date", "kind", "action", "note")
-    list_filter = ("kind", "action")
+    list_display = ("date", "kind", "action", "provisional", "note", "source")
+    list_filter = ("kind", "action", "provisional")
     date_hierarchy = "date"
 
 

@@ -192,6 +192,7 @@ class EventDay(models.Model):
         BUDGET = "BUDGET", "Union Budget"
         US_CPI = "US_CPI", "US CPI"
         EXCHANGE_HALT = "EXCHANGE_HALT", "Exchange halt"
+        NSE_HOLIDAY = "NSE_HOLIDAY", "NSE trading holiday"
         OTHER = "OTHER", "Other"
 
     class Action(models.TextChoices):
@@ -203,6 +204,12 @@ class EventDay(models.Model):
     kind = models.CharField(max_length=16, choices=Kind.choices)
     action = models.CharField(max_length=16, choices=Action.choices, default=Action.NO_NEW_ENTRIES)
     note = models.CharField(max_length=200, blank=True)
+    source = models.CharField(
+        max_length=200, blank=True, help_text="Where the date comes from (the published schedule)."
+    )
+    provisional = models.BooleanField(
+        default=False, help_text="Not yet in an official schedule: check it when the schedule is published."
+    )
 
     class Meta:
         ordering = ["-date"]
