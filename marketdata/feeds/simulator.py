@@ -251,11 +251,19 @@ class SimulatorFeed(Feed):
         while day.weekday() >= 5:
             day -= dt.timedelta(days=1)
         before = SimulatorFeed(seed=self.seed + 1_000_003, trading_day=day, underlyings=tuple(self.markets))
+        return before.vix_path()
+
+    def vix_path(self) -> list[tuple[dt.datetime, float]]:
+        """India VIX once a second over the session, stepping only what VIX needs (the
+        scenario's VIX spikes included). Consumes the feed: use a fresh one."""
+        events = [e for e in self.scenario.events if e.type == "vix_spike"]
         out = []
-        second, end = before.start, before.end
-        while second <= end:
-            before._step(second)
-            out.append((second, round(before.vix + before._vix_extra, 2)))
+        second = self.start
+        while second <= self.end:
+            while events and dt.datetime.combine(self.trading_day, events[0].at, tzinfo=IST) <= second:
+                self._apply(events.pop(0), second)
+            self._step(second)
+            out.append((second, round(self.vix + self._vix_extra, 2)))
             second += dt.timedelta(seconds=1)
         return out
 
