@@ -116,10 +116,16 @@ def run_session(scenario: Path, seed: int, minutes: int, probe_every_s: int = 0)
                 probe_hits[0] += 1
                 del probes[d.security_id]
         for sid, at in list(probes.items()):
-            if (snapshot.exchange_time - at).total_seconds() > strategy.config.oi_window_s and sid in snapshot.security_id:
+            if (
+                snapshot.exchange_time - at
+            ).total_seconds() > strategy.config.oi_window_s and sid in snapshot.security_id:
                 probe_hits[1] += 1
                 del probes[sid]
-        if probe_every_s and snapshot.exchange_time.second % probe_every_s == 0 and snapshot.exchange_time.minute % 2 == 0:
+        if (
+            probe_every_s
+            and snapshot.exchange_time.second % probe_every_s == 0
+            and snapshot.exchange_time.minute % 2 == 0
+        ):
             from trading.strategies.vol_oi.detector import Pending
 
             near = np.argsort(np.abs(snapshot.strike - snapshot.underlying_ltp))[:14]

@@ -285,10 +285,8 @@ class ChainBaselines:
         elapsed = now - self._last_time[slots]
         consecutive = elapsed <= self.recover_s + 0.5
         scale = np.where(consecutive, np.maximum(elapsed / self.interval_s, 1.0), 1.0)
-        if not np.any(scale > 1.5):
-            scale = np.ones(len(slots))  # the usual case: exact per-interval arithmetic
-        else:
-            scale = np.where(scale > 1.5, scale, 1.0)
+        # Within 1.5 intervals counts as one (the usual case: exact per-interval arithmetic).
+        scale = np.where(scale > 1.5, scale, 1.0)
         root = np.sqrt(scale)
         volume = snapshot.volume.astype(np.float64)
         dv = np.where(consecutive, volume - self._last_volume[slots], np.nan)

@@ -26,6 +26,7 @@ from quanthub.clock import IST, SESSION_OPEN
 from risk.models import BreakerTrip, TradingState
 from risk.services import set_trading_state
 
+
 @dataclass
 class VixMonitor:
     """India VIX's change over the last ``window_s`` seconds against σ of such changes.

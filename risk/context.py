@@ -265,7 +265,9 @@ class GateBasis:
             return
         if intent.purpose == "HEDGE":
             if intent.signal_key:
-                self.hedge_lots_by_signal[intent.signal_key] = self.hedge_lots_by_signal.get(intent.signal_key, 0) + lots
+                self.hedge_lots_by_signal[intent.signal_key] = (
+                    self.hedge_lots_by_signal.get(intent.signal_key, 0) + lots
+                )
         else:
             if intent.signal_key:
                 self.lots_by_signal[intent.signal_key] = self.lots_by_signal.get(intent.signal_key, 0) + lots

@@ -4,25 +4,38 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('risk', '0006_hedge_limits_and_vix_window'),
+        ("risk", "0006_hedge_limits_and_vix_window"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='eventday',
-            name='provisional',
-            field=models.BooleanField(default=False, help_text='Not yet in an official schedule: check it when the schedule is published.'),
+            model_name="eventday",
+            name="provisional",
+            field=models.BooleanField(
+                default=False, help_text="Not yet in an official schedule: check it when the schedule is published."
+            ),
         ),
         migrations.AddField(
-            model_name='eventday',
-            name='source',
-            field=models.CharField(blank=True, help_text='Where the date comes from (the published schedule).', max_length=200),
+            model_name="eventday",
+            name="source",
+            field=models.CharField(
+                blank=True, help_text="Where the date comes from (the published schedule).", max_length=200
+            ),
         ),
         migrations.AlterField(
-            model_name='eventday',
-            name='kind',
-            field=models.CharField(choices=[('RBI_POLICY', 'RBI policy'), ('BUDGET', 'Union Budget'), ('US_CPI', 'US CPI'), ('EXCHANGE_HALT', 'Exchange halt'), ('NSE_HOLIDAY', 'NSE trading holiday'), ('OTHER', 'Other')], max_length=16),
+            model_name="eventday",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("RBI_POLICY", "RBI policy"),
+                    ("BUDGET", "Union Budget"),
+                    ("US_CPI", "US CPI"),
+                    ("EXCHANGE_HALT", "Exchange halt"),
+                    ("NSE_HOLIDAY", "NSE trading holiday"),
+                    ("OTHER", "Other"),
+                ],
+                max_length=16,
+            ),
         ),
     ]

@@ -132,7 +132,7 @@ class Engine:
         self._last_reconcile: dt.datetime | None = None
         self._pushed: dict[str, float] = {}
         self._open_sids: set[str] = set()
-        self._resting_entries: dict[int, Order] = {}  # entries sent and not yet filled: requote candidates
+        self._resting_entries: set[int] = set()  # entries sent and not yet filled: requote candidates
         self._funds: dict[str, str] | None = None  # the broker's last funds report, for the risk panel
         self._greeks: dict[str, tuple[float, float, float, float]] = {}
         self._exits_checked = -1e9  # time.monotonic() of the last look for requested exits
@@ -346,11 +346,11 @@ class Engine:
             return
         limits = self._limits
         wait = dt.timedelta(milliseconds=limits.partial_fill_wait_ms)
-        for pk, sent in list(self._resting_entries.items()):
+        for pk in list(self._resting_entries):
             order = await _db(Order.objects.select_related("instrument", "strategy", "signal").get)(pk=pk)
             done = order.state not in (Order.State.OPEN, Order.State.PARTIAL) or order.acked_at is None
             if done or now - order.acked_at >= wait or order.requote_count >= limits.max_requotes:
-                del self._resting_entries[pk]
+                self._resting_entries.discard(pk)
                 continue
             quote = self.book.get(order.instrument.security_id)
             if quote is None or order.limit_price is None or order.first_price is None:
@@ -365,7 +365,7 @@ class Engine:
                 requoted = await self.oms.requote(order, price)
             except OrderRefused as exc:
                 log.info("requote refused", extra={"order": order.client_order_id, "reason": str(exc)})
-                del self._resting_entries[pk]
+                self._resting_entries.discard(pk)
                 continue
             except Exception as exc:  # a reject or timeout: the partial-fill rule still applies at 1 s
                 log.warning("requote failed", extra={"order": order.client_order_id, "error": repr(exc)})
@@ -737,7 +737,7 @@ class Engine:
                     reason=intent.reason,
                 )
                 if intent.purpose in ("ENTRY", "SCALE") and order.state in (Order.State.OPEN, Order.State.PARTIAL):
-                    self._resting_entries[order.pk] = order
+                    self._resting_entries.add(order.pk)
 
     def _signal(self, loaded: Loaded, intent) -> Signal:
         signal = Signal.objects.filter(key=intent.signal_key).first()

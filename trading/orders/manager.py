@@ -388,9 +388,7 @@ class OrderManager:
                     "cancel refused by broker", extra={"client_order_id": order.client_order_id, "reason": exc.message}
                 )
             await self._sync_one(order.pk)
-            await _db(Order.objects.filter(pk=order.pk, reason=reason).exclude(state=S.CANCELLED).update)(
-                reason=before
-            )
+            await _db(Order.objects.filter(pk=order.pk, reason=reason).exclude(state=S.CANCELLED).update)(reason=before)
         elif order.state == S.NEW:
             await _db(self._transition)(order.pk, {S.NEW}, S.CANCELLED, reason=reason)
         return await _db(Order.objects.select_related("instrument", "strategy", "signal").get)(pk=order.pk)

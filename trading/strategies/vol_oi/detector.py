@@ -27,7 +27,6 @@ from marketdata.baselines import Z_CAP, ChainBaselines
 from marketdata.feeds.base import ChainSnapshot
 from trading.strategies.vol_oi.config import VolOiConfig
 
-
 MIN_HORIZON_SAMPLES = 10  # k-interval changes needed before their own σ is used (else σ₁·√k)
 
 
@@ -90,7 +89,9 @@ class VolOiDetector:
         """One-second candidate quotes: the mids the 2-second jump window is measured on."""
         if quotes.underlying not in self.config.underlyings or len(quotes) == 0:
             return
-        self._baselines(quotes.underlying).update_quotes(quotes.exchange_time, quotes.security_id, quotes.bid, quotes.ask)
+        self._baselines(quotes.underlying).update_quotes(
+            quotes.exchange_time, quotes.security_id, quotes.bid, quotes.ask
+        )
 
     def on_snapshot(self, snapshot: ChainSnapshot) -> list[Detection]:
         if snapshot.underlying not in self.config.underlyings or len(snapshot) == 0:
@@ -145,7 +146,9 @@ class VolOiDetector:
                 mean, std = mean1 * k, std1 * k**0.5
             z = (change - mean) / std if std > 0 else (Z_CAP if change > mean else 0.0)
             if change > 0 and z > self.config.oi_sigma:
-                out.append((i, {"oi_build": change, "oi_horizon_s": elapsed.total_seconds(), "oi_build_z": round(z, 4)}))
+                out.append(
+                    (i, {"oi_build": change, "oi_horizon_s": elapsed.total_seconds(), "oi_build_z": round(z, 4)})
+                )
                 del self.spikes[sid]
         return out
 

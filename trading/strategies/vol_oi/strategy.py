@@ -344,7 +344,9 @@ class VolOiStrategy(Strategy):
     def get_state(self) -> dict[str, Any]:
         return {
             "trades": {
-                k: {**asdict(t), "cost": str(t.cost)} for k, t in self.trades.items() if t.phase not in (CLOSED, REFUSED)
+                k: {**asdict(t), "cost": str(t.cost)}
+                for k, t in self.trades.items()
+                if t.phase not in (CLOSED, REFUSED)
             },
             "cooldown": self.cooldown,
         }
