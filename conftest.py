@@ -69,6 +69,24 @@ def _close_sync_thread_connections():
         executor.submit(connections.close_all).result(timeout=10)
 
 
+@pytest.fixture(autouse=True)
+def _shipped_event_calendar(request):
+    """The event calendar a migration ships (2026–27 RBI, Budget, US CPI, NSE holidays)
+    is real data, and the fixed dates tests trade on can be real event days (24 Nov
+    2026 is an NSE holiday). Tests see it only when marked ``event_calendar``."""
+    uses_db = request.node.get_closest_marker("django_db") is not None or any(
+        name in request.fixturenames for name in ("db", "transactional_db")
+    )
+    if uses_db and request.node.get_closest_marker("event_calendar") is None:
+        request.getfixturevalue("_django_db_helper")
+        from risk.calendars import CALENDAR_2026_2027
+        from risk.models import EventDay
+
+        for source in {row["source"] for row in CALENDAR_2026_2027}:
+            EventDay.objects.filter(source=source).delete()
+    yield
+
+
 def pytest_collection_modifyitems(config, items):
     """Transactional tests flush every table when they end, including the rows
     data migrations created (roles, default limits, charge rates, schedules).

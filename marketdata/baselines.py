@@ -12,12 +12,26 @@ judged against its past, then joins it):
 * volume: per-interval volume (difference of cumulative volume); its mean and
   sample standard deviation over ``volume_window_s`` (1 minute). Spike =
   z > ``volume_sigma`` AND volume > ``volume_multiple`` × the mean.
-* mid price: change since the contract's previous snapshot, counted when that
-  snapshot is at most ``max(jump_window_s, interval_s)`` old (+0.5 s slack).
-  With 3-second chains this is the change from one snapshot to the next, the
-  finest a 3-second feed can measure "within 2 s". Jump = change ≥ ``jump_pct`` %.
+* mid price: the change from the mid as it stood ``jump_window_s`` (2 s)
+  ago to the mid now. Every observation of a contract's mid is kept — chain
+  snapshots and, where the feed gives them, the one-second candidate quotes
+  (``update_quotes``) — and "the mid 2 s ago" is the latest observation at or
+  before now − 2 s. With one-second quotes that is a true 2-second window;
+  with 3-second chains alone it is the previous snapshot, 3 s back, the finest
+  such a feed can measure. Jump = change ≥ ``jump_pct`` %, upward only (an
+  informed buyer lifts the contract's price; a fall is not the signal).
 * OI: per-interval OI change; its mean and sample std over ``oi_window_s``
-  (240 s). Confirmation = z > ``oi_sigma``.
+  (240 s), for the features. The confirmation itself is judged on the OI
+  change since the signal against σ of the contract's OI changes over the
+  same elapsed horizon on the session so far (``oi_horizon_stats``: running
+  sums of the k-interval changes, k = 1 … oi_window_s / interval, per
+  contract, from the session's first snapshot).
+
+Gaps: the first snapshot after a gap (up to ``recover_s``, 60 s) is scored
+against the pre-gap baseline with the interval scaled (mean × r, σ × √r for
+r = elapsed / interval), and joins the baseline as its per-interval
+equivalent, so flow that arrives with the recovering feed is detected. A
+contract unseen for longer starts afresh.
 
 Rows flagged by validation (``snapshot.flags != 0``) are neither learned from
 nor signalled.
@@ -91,6 +105,84 @@ class _Window:
         self.count[slots] = np.minimum(self.count[slots] + 1, self.size)
 
 
+class _LagStats:
+    """Per slot: the last ``lags`` values, and running sum, sum of squares and count of
+    the k-step changes for every k = 1 … lags, over everything pushed so far."""
+
+    def __init__(self, capacity: int, lags: int):
+        self.lags = lags
+        self.ring = np.zeros((capacity, lags))
+        self.pos = np.zeros(capacity, dtype=np.int64)
+        self.seen = np.zeros(capacity, dtype=np.int64)
+        self.sum = np.zeros((capacity, lags))
+        self.sumsq = np.zeros((capacity, lags))
+        self.count = np.zeros((capacity, lags))
+        self._k = np.arange(1, lags + 1)
+
+    def grow(self, capacity: int) -> None:
+        extra = capacity - len(self.pos)
+        for name in ("ring", "sum", "sumsq", "count"):
+            setattr(self, name, np.vstack([getattr(self, name), np.zeros((extra, self.lags))]))
+        self.pos = np.concatenate([self.pos, np.zeros(extra, dtype=np.int64)])
+        self.seen = np.concatenate([self.seen, np.zeros(extra, dtype=np.int64)])
+
+    def push(self, slots: np.ndarray, values: np.ndarray) -> None:
+        if len(slots) == 0:
+            return
+        pos = self.pos[slots]
+        back = (pos[:, None] - self._k[None, :]) % self.lags
+        previous = self.ring[slots[:, None], back]
+        valid = self.seen[slots][:, None] >= self._k[None, :]
+        change = np.where(valid, values[:, None] - previous, 0.0)
+        self.sum[slots] += change
+        self.sumsq[slots] += change * change
+        self.count[slots] += valid
+        self.ring[slots, pos] = values
+        self.pos[slots] = (pos + 1) % self.lags
+        self.seen[slots] += 1
+
+    def stats(self, slots: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Mean, sample std and count of the k-step changes (k per slot, 1 … lags)."""
+        k = np.clip(k, 1, self.lags) - 1
+        n, s, ss = self.count[slots, k], self.sum[slots, k], self.sumsq[slots, k]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(n > 0, s / n, 0.0)
+            var = np.where(n > 1, (ss - s * s / n) / (n - 1), 0.0)
+        return mean, np.sqrt(np.maximum(var, 0.0)), n
+
+
+class _MidHistory:
+    """The last few (time, mid) observations per slot, from chains and quotes."""
+
+    def __init__(self, capacity: int, depth: int = 8):
+        self.depth = depth
+        self.t = np.full((capacity, depth), -np.inf)
+        self.mid = np.full((capacity, depth), np.nan)
+        self.pos = np.zeros(capacity, dtype=np.int64)
+
+    def grow(self, capacity: int) -> None:
+        extra = capacity - len(self.pos)
+        self.t = np.vstack([self.t, np.full((extra, self.depth), -np.inf)])
+        self.mid = np.vstack([self.mid, np.full((extra, self.depth), np.nan)])
+        self.pos = np.concatenate([self.pos, np.zeros(extra, dtype=np.int64)])
+
+    def push(self, slots: np.ndarray, t: float, mids: np.ndarray) -> None:
+        if len(slots) == 0:
+            return
+        pos = self.pos[slots]
+        self.t[slots, pos] = t
+        self.mid[slots, pos] = mids
+        self.pos[slots] = (pos + 1) % self.depth
+
+    def as_of(self, slots: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """The latest mid observed at or before ``t`` per slot, and when (-inf: none kept)."""
+        times = self.t[slots]
+        eligible = np.where(times <= t, times, -np.inf)
+        best = np.argmax(eligible, axis=1)
+        rows = np.arange(len(slots))
+        return self.mid[slots][rows, best], eligible[rows, best]
+
+
 class ChainBaselines:
     def __init__(
         self,
@@ -103,10 +195,12 @@ class ChainBaselines:
         volume_multiple: float = 5.0,
         jump_pct: float = 0.15,
         oi_sigma: float = 1.5,
+        recover_s: float = 60.0,
         capacity: int = 1024,
     ):
         self.interval_s = interval_s
         self.jump_window_s = jump_window_s
+        self.recover_s = recover_s
         self.volume_n = max(int(round(volume_window_s / interval_s)), 2)
         self.oi_n = max(int(round(oi_window_s / interval_s)), 2)
         self.oi_min = min(self.volume_n, self.oi_n)
@@ -118,12 +212,13 @@ class ChainBaselines:
         self._capacity = capacity
         self._volume = _Window(capacity, self.volume_n)
         self._oi = _Window(capacity, self.oi_n)
+        self._oi_lags = _LagStats(capacity, self.oi_n)
+        self._mids = _MidHistory(capacity)
         self._last_volume = np.full(capacity, np.nan)
         self._last_oi = np.full(capacity, np.nan)
         self._last_mid = np.full(capacity, np.nan)
         self._last_time = np.full(capacity, -np.inf)
-        self._cached_ids: np.ndarray | None = None
-        self._cached_slots: np.ndarray | None = None
+        self._cached: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     def set_thresholds(self, *, volume_sigma=None, volume_multiple=None, jump_pct=None, oi_sigma=None) -> None:
         if volume_sigma is not None:
@@ -135,10 +230,10 @@ class ChainBaselines:
         if oi_sigma is not None:
             self.oi_sigma = oi_sigma
 
-    def _slots_for(self, ids: np.ndarray) -> np.ndarray:
-        cached = self._cached_ids
-        if cached is not None and len(cached) == len(ids) and np.array_equal(cached, ids):
-            return self._cached_slots
+    def _slots_for(self, ids: np.ndarray, cache: str = "chain") -> np.ndarray:
+        cached = self._cached.get(cache)
+        if cached is not None and len(cached[0]) == len(ids) and np.array_equal(cached[0], ids):
+            return cached[1]
         slots = np.empty(len(ids), dtype=np.int64)
         table = self._slots
         for i, sid in enumerate(ids.tolist()):
@@ -149,13 +244,30 @@ class ChainBaselines:
             slots[i] = slot
         if len(table) > self._capacity:
             self._grow(max(len(table), 2 * self._capacity))
-        self._cached_ids, self._cached_slots = ids.copy(), slots
+        self._cached[cache] = (ids.copy(), slots)
         return slots
+
+    def slots(self, ids: np.ndarray) -> np.ndarray:
+        """Slots of known contracts (-1 for one never seen)."""
+        return np.array([self._slots.get(sid, -1) for sid in ids.tolist()], dtype=np.int64)
+
+    def oi_horizon_stats(self, slots: np.ndarray, intervals: np.ndarray):
+        """Mean, sample std and count of each contract's OI change over ``intervals``
+        snapshots, on the session so far."""
+        return self._oi_lags.stats(slots, intervals)
+
+    def update_quotes(self, at, security_id: np.ndarray, bid: np.ndarray, ask: np.ndarray) -> None:
+        """One-second quotes of some contracts: their mids join the jump window's history."""
+        good = (bid > 0) & (ask >= bid) & np.isfinite(bid) & np.isfinite(ask)
+        slots = self._slots_for(security_id, cache="quotes")
+        self._mids.push(slots[good], at.timestamp(), ((bid + ask) / 2.0)[good])
 
     def _grow(self, capacity: int) -> None:
         extra = capacity - self._capacity
         self._volume.grow(capacity)
         self._oi.grow(capacity)
+        self._oi_lags.grow(capacity)
+        self._mids.grow(capacity)
         for name in ("_last_volume", "_last_oi", "_last_mid"):
             setattr(self, name, np.concatenate([getattr(self, name), np.full(extra, np.nan)]))
         self._last_time = np.concatenate([self._last_time, np.full(extra, -np.inf)])
@@ -166,44 +278,57 @@ class ChainBaselines:
         good = snapshot.flags == 0
         now = snapshot.exchange_time.timestamp()
 
-        # Differences only against the contract's previous snapshot: a contract
-        # that left the ±N window and came back starts afresh, rather than
+        # Differences only against the contract's previous snapshot. A snapshot after
+        # a gap (or a contract back in the ±N window) up to recover_s later is scored
+        # with its interval scaled; one unseen for longer starts afresh rather than
         # reporting its whole absence as one interval.
-        consecutive = (now - self._last_time[slots]) <= 1.5 * self.interval_s + 0.5
+        elapsed = now - self._last_time[slots]
+        consecutive = elapsed <= self.recover_s + 0.5
+        scale = np.where(consecutive, np.maximum(elapsed / self.interval_s, 1.0), 1.0)
+        # Within 1.5 intervals counts as one (the usual case: exact per-interval arithmetic).
+        scale = np.where(scale > 1.5, scale, 1.0)
+        root = np.sqrt(scale)
         volume = snapshot.volume.astype(np.float64)
         dv = np.where(consecutive, volume - self._last_volume[slots], np.nan)
         v_mean, v_std, v_n = self._volume.stats(slots)
         ready = good & (v_n >= self.volume_n) & np.isfinite(dv)
+        g_mean, g_std = v_mean * scale, v_std * root
         with np.errstate(invalid="ignore", divide="ignore"):
             # Against a window with no variance any rise is "infinitely" unusual;
             # cap it so features stay finite (JSON, the database).
-            v_z = np.where(v_std > 0, (dv - v_mean) / v_std, np.where(dv > v_mean, Z_CAP, 0.0))
+            v_z = np.where(g_std > 0, (dv - g_mean) / g_std, np.where(dv > g_mean, Z_CAP, 0.0))
         v_z = np.clip(v_z, -Z_CAP, Z_CAP)
-        spike = ready & (v_z > self.volume_sigma) & (dv > self.volume_multiple * v_mean)
+        spike = ready & (v_z > self.volume_sigma) & (dv > self.volume_multiple * g_mean)
 
         mid = (snapshot.bid + snapshot.ask) / 2.0
-        last_mid = self._last_mid[slots]
-        recent = (now - self._last_time[slots]) <= max(self.jump_window_s, self.interval_s) + 0.5
+        then_mid, then_t = self._mids.as_of(slots, now - self.jump_window_s)
+        recent = (now - then_t) <= self.recover_s + self.jump_window_s + 0.5
         with np.errstate(invalid="ignore", divide="ignore"):
-            change = np.where(recent & (last_mid > 0), (mid / last_mid - 1.0) * 100.0, 0.0)
+            change = np.where(recent & (then_mid > 0), (mid / then_mid - 1.0) * 100.0, 0.0)
         change = np.where(np.isfinite(change), change, 0.0)
-        jump = good & recent & (np.abs(change) >= self.jump_pct)
+        jump = good & recent & (change >= self.jump_pct)
 
         oi = snapshot.oi.astype(np.float64)
         doi = np.where(consecutive, oi - self._last_oi[slots], np.nan)
         o_mean, o_std, o_n = self._oi.stats(slots)
+        og_mean, og_std = o_mean * scale, o_std * root
         with np.errstate(invalid="ignore", divide="ignore"):
-            o_z = np.where(o_std > 0, (doi - o_mean) / o_std, np.where(doi > o_mean, Z_CAP, 0.0))
+            o_z = np.where(og_std > 0, (doi - og_mean) / og_std, np.where(doi > og_mean, Z_CAP, 0.0))
         o_z = np.clip(o_z, -Z_CAP, Z_CAP)
         oi_ready = good & (o_n >= self.oi_min) & np.isfinite(doi)
         confirm = oi_ready & (o_z > self.oi_sigma)
 
-        # Learn from good rows only.
+        # Learn from good rows only; a gap's change joins as its per-interval equivalent.
         learn = good & np.isfinite(dv)
-        self._volume.push(slots[learn], dv[learn])
+        self._volume.push(slots[learn], (dv / scale)[learn])
         learn_oi = good & np.isfinite(doi)
-        self._oi.push(slots[learn_oi], doi[learn_oi])
+        self._oi.push(slots[learn_oi], (doi / scale)[learn_oi])
+        # The horizon statistics count snapshots; a contract that was away starts its lags afresh.
+        fresh = good & ~consecutive
+        self._oi_lags.seen[slots[fresh]] = 0
+        self._oi_lags.push(slots[good], oi[good])
         g = slots[good]
+        self._mids.push(g, now, mid[good])
         self._last_volume[g] = volume[good]
         self._last_oi[g] = oi[good]
         self._last_mid[g] = mid[good]

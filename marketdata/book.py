@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from marketdata.feeds.base import ChainSnapshot, LtpTick
+from marketdata.feeds.base import ChainSnapshot, LtpTick, QuoteSnapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +56,22 @@ class QuoteBook:
         for good, sid, bid, ask, bq, aq, last in columns:
             if good:
                 quotes[sid] = Quote(sid, bid, ask, bq, aq, last, at)
+
+    def update_quotes(self, quotes: QuoteSnapshot) -> None:
+        """One-second top of book of the candidate contracts (fresher than the last chain)."""
+        at = quotes.exchange_time
+        book = self._quotes
+        for sid, bid, ask, bq, aq in zip(
+            quotes.security_id.tolist(),
+            quotes.bid.tolist(),
+            quotes.ask.tolist(),
+            quotes.bid_qty.tolist(),
+            quotes.ask_qty.tolist(),
+            strict=True,
+        ):
+            if bid > 0 and ask >= bid:
+                existing = book.get(sid)
+                book[sid] = Quote(sid, bid, ask, bq, aq, existing.last if existing else (bid + ask) / 2, at)
 
     def update_ltp(self, tick: LtpTick, half_spread: float | None = None) -> None:
         """Futures and indices get a synthetic one-tick book around the LTP when no depth is known

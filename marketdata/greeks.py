@@ -48,21 +48,37 @@ def price(s, k, t, r, sigma, is_call) -> np.ndarray:
     return np.where((t > 0) & (sigma > 0), out, intrinsic)
 
 
+def _expired(t, sigma) -> np.ndarray:
+    return ~((np.asarray(t) > 0) & (np.asarray(sigma) > 0))
+
+
+def _expiry_delta(s, k, t, r, is_call) -> np.ndarray:
+    """Delta at expiry (or zero vol): 1/−1 in the money, 0 out of it; at the money
+    (on the forward) ½/−½, the average of the two one-sided limits."""
+    forward_k = np.asarray(k, dtype=np.float64) * np.exp(-np.asarray(r) * np.maximum(np.asarray(t), 0.0))
+    s = np.asarray(s, dtype=np.float64)
+    call = np.where(s > forward_k, 1.0, np.where(s < forward_k, 0.0, 0.5))
+    return np.where(is_call, call, call - 1.0)
+
+
 def delta(s, k, t, r, sigma, is_call) -> np.ndarray:
     d1, *_ = _d1_d2(s, k, t, r, sigma)
-    return np.where(is_call, ndtr(d1), ndtr(d1) - 1.0)
+    live = np.where(is_call, ndtr(d1), ndtr(d1) - 1.0)
+    return np.where(_expired(t, sigma), _expiry_delta(s, k, t, r, is_call), live)
 
 
 def gamma(s, k, t, r, sigma) -> np.ndarray:
     d1, _, s, _, t, _, sigma = _d1_d2(s, k, t, r, sigma)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return _pdf(d1) / (s * sigma * np.sqrt(t))
+        live = _pdf(d1) / (s * sigma * np.sqrt(t))
+    return np.where(_expired(t, sigma), 0.0, live)
 
 
 def vega(s, k, t, r, sigma) -> np.ndarray:
     """Change in price for a one-point (0.01) change in volatility."""
-    d1, _, s, _, t, _, _ = _d1_d2(s, k, t, r, sigma)
-    return s * _pdf(d1) * np.sqrt(t) / 100.0
+    d1, _, s, _, t, _, sigma = _d1_d2(s, k, t, r, sigma)
+    live = s * _pdf(d1) * np.sqrt(np.maximum(t, 0.0)) / 100.0
+    return np.where(_expired(t, sigma), 0.0, live)
 
 
 def theta(s, k, t, r, sigma, is_call) -> np.ndarray:
@@ -73,7 +89,7 @@ def theta(s, k, t, r, sigma, is_call) -> np.ndarray:
         decay = -s * _pdf(d1) * sigma / (2.0 * np.sqrt(t))
     call = decay - r * k * disc * ndtr(d2)
     put = decay + r * k * disc * ndtr(-d2)
-    return np.where(is_call, call, put) / DAYS_PER_YEAR
+    return np.where(_expired(t, sigma), 0.0, np.where(is_call, call, put) / DAYS_PER_YEAR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +114,15 @@ def all_greeks(s, k, t, r, sigma, is_call) -> Greeks:
         decay = -s * pdf1 * sigma / (2.0 * sqrt_t)
     th_call = decay - r * k * disc * nd2
     th_put = decay + r * k * disc * (1.0 - nd2)
+    # At T = 0 (expiry-day close) or zero vol: the expiry limits, never NaN.
+    expired = _expired(t, sigma)
+    intrinsic = np.where(is_call, np.maximum(s - k * disc, 0.0), np.maximum(k * disc - s, 0.0))
     return Greeks(
-        price=np.where(is_call, call, put),
-        delta=np.where(is_call, nd1, nd1 - 1.0),
-        gamma=gam,
-        theta=np.where(is_call, th_call, th_put) / DAYS_PER_YEAR,
-        vega=s * pdf1 * sqrt_t / 100.0,
+        price=np.where(expired, intrinsic, np.where(is_call, call, put)),
+        delta=np.where(expired, _expiry_delta(s, k, t, r, is_call), np.where(is_call, nd1, nd1 - 1.0)),
+        gamma=np.where(expired, 0.0, gam),
+        theta=np.where(expired, 0.0, np.where(is_call, th_call, th_put) / DAYS_PER_YEAR),
+        vega=np.where(expired, 0.0, s * pdf1 * np.sqrt(np.maximum(t, 0.0)) / 100.0),
     )
 
 

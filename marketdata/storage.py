@@ -204,8 +204,10 @@ class SnapshotWriter:
     def add(self, item: ChainSnapshot | LtpTick) -> None:
         if isinstance(item, ChainSnapshot):
             self.add_chain(item)
-        else:
+        elif isinstance(item, LtpTick):
             self.add_tick(item)
+        # One-second candidate quotes (QuoteSnapshot) are not stored: they drive live
+        # decisions only, and a replay measures the jump between stored chains.
 
     @property
     def pending(self) -> int:

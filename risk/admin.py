@@ -25,7 +25,17 @@ class RiskLimitsAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": ("name", "is_active", "version", "updated_by", "updated_at")}),
         ("Loss and margin", {"fields": ("daily_loss_cap", "margin_utilisation_cap_pct")}),
-        ("Position size", {"fields": ("max_lots_per_signal", "max_lots_per_strategy")}),
+        (
+            "Position size",
+            {
+                "fields": (
+                    "max_lots_per_signal",
+                    "max_lots_per_strategy",
+                    "max_hedge_lots_per_signal",
+                    "hedge_margin_cap_pct",
+                )
+            },
+        ),
         (
             "Execution quality",
             {
@@ -48,6 +58,8 @@ class RiskLimitsAdmin(admin.ModelAdmin):
                     "entry_cutoff",
                     "vix_breaker_sigma",
                     "vix_normalise_minutes",
+                    "vix_change_window_s",
+                    "vix_min_samples",
                     "feed_stale_chain_s",
                     "feed_stale_ltp_s",
                     "kill_all_target_s",
@@ -123,8 +135,8 @@ class TradingStateAdmin(admin.ModelAdmin):
 
 @admin.register(EventDay)
 class EventDayAdmin(admin.ModelAdmin):
-    list_display = ("date", "kind", "action", "note")
-    list_filter = ("kind", "action")
+    list_display = ("date", "kind", "action", "provisional", "note", "source")
+    list_filter = ("kind", "action", "provisional")
     date_hierarchy = "date"
 
 

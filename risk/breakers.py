@@ -1,8 +1,9 @@
 """Circuit breakers.
 
-* India VIX: a one-minute VIX change above ``vix_breaker_sigma`` σ of the
-  day's distribution of one-minute changes trips the breaker: REDUCING (only
-  exposure-reducing orders) until VIX has been calm for
+* India VIX: on every tick, VIX's change over the last
+  ``vix_change_window_s`` (60 s) above ``vix_breaker_sigma`` σ of such changes
+  (seeded from the previous session's stored VIX) trips the breaker: REDUCING
+  (only exposure-reducing orders) until VIX has been calm for
   ``vix_normalise_minutes``. ``VixMonitor`` is the pure statistics; ``trip``
   and ``clear`` record it (BreakerTrip, trading state, audit).
 * Daily loss: a net loss of ``daily_loss_cap`` trips the breaker here
@@ -16,7 +17,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
 from django.db import transaction
 from django.utils import timezone
@@ -27,38 +29,75 @@ from risk.models import BreakerTrip, TradingState
 from risk.services import set_trading_state
 from trading.alerts import raise_alert
 
-MIN_SAMPLES = 15  # one-minute changes needed before the distribution means anything
-
 
 @dataclass
 class VixMonitor:
+    """India VIX's change over the last ``window_s`` seconds against σ of such changes.
+
+    Judged on every tick: the change from VIX as it stood ``window_s`` ago (the
+    latest tick at or before then; before a full window has passed today, the
+    session's first tick) to now. The distribution of ``window_s`` changes is
+    seeded from the previous session's stored VIX (``seed``), so the breaker
+    works from 09:15, and goes on learning from today's ticks once a full
+    window exists. Trip: change > mean + ``sigma`` σ, with at least
+    ``min_samples`` changes behind σ. Clear: ``normalise_minutes`` without an
+    unusual change.
+    """
+
     sigma: float = 3.0
     normalise_minutes: float = 15.0
+    window_s: float = 60.0
+    min_samples: int = 300
     n: int = 0
     mean: float = 0.0
     m2: float = 0.0
-    last_minute: dt.datetime | None = None
-    last_value: float | None = None
     tripped_at: dt.datetime | None = None
     calm_since: dt.datetime | None = None
+    recent: deque = field(default_factory=deque)  # (time, vix) of the last window_s and one before
 
-    def observe(self, at: dt.datetime, vix: float) -> str | None:
-        """Feed one VIX tick; returns "trip", "clear" or None."""
-        minute = at.replace(second=0, microsecond=0)
-        if self.last_minute is None:
-            self.last_minute, self.last_value = minute, vix
-            return None
-        if minute <= self.last_minute:
-            return None
-        change = vix - self.last_value
-        std = math.sqrt(self.m2 / (self.n - 1)) if self.n > 1 else 0.0
-        unusual = self.n >= MIN_SAMPLES and std > 0 and change > self.mean + self.sigma * std
-        # Welford: the day's distribution of one-minute changes, excluding the new one until judged.
+    @property
+    def std(self) -> float:
+        return math.sqrt(self.m2 / (self.n - 1)) if self.n > 1 else 0.0
+
+    def _learn(self, change: float) -> None:
         self.n += 1
         delta = change - self.mean
         self.mean += delta / self.n
         self.m2 += delta * (change - self.mean)
-        self.last_minute, self.last_value = minute, vix
+
+    def _change(self, at: dt.datetime, vix: float) -> tuple[float | None, bool]:
+        """(change over the window, whether a full window lies behind it)."""
+        recent = self.recent
+        recent.append((at, vix))
+        cutoff = at - dt.timedelta(seconds=self.window_s)
+        # Keep exactly one tick at or before the cutoff: VIX as it stood window_s ago.
+        while len(recent) >= 2 and recent[1][0] <= cutoff:
+            recent.popleft()
+        if len(recent) < 2:
+            return None, False
+        then_at, then = recent[0]
+        return vix - then, then_at <= cutoff
+
+    def seed(self, ticks) -> int:
+        """Learn the distribution from (time, vix) pairs of an earlier session; returns changes learnt."""
+        learnt = 0
+        for at, vix in ticks:
+            change, full = self._change(at, float(vix))
+            if change is not None and full:
+                self._learn(change)
+                learnt += 1
+        self.recent.clear()  # the overnight move is not a window_s change
+        return learnt
+
+    def observe(self, at: dt.datetime, vix: float) -> str | None:
+        """Feed one VIX tick; returns "trip", "clear" or None."""
+        change, full = self._change(at, vix)
+        if change is None:
+            return None
+        std = self.std
+        unusual = self.n >= self.min_samples and std > 0 and change > self.mean + self.sigma * std
+        if full:  # judged first, then it joins the distribution
+            self._learn(change)
         if unusual:
             self.calm_since = None
             if self.tripped_at is None:
@@ -124,6 +163,21 @@ def next_session_open(now: dt.datetime) -> dt.datetime:
     while day.weekday() >= 5:
         day += dt.timedelta(days=1)
     return dt.datetime.combine(day, SESSION_OPEN, tzinfo=IST)
+
+
+def previous_session_vix(before: dt.datetime) -> list[tuple[dt.datetime, float]]:
+    """The stored India VIX ticks of the latest session before ``before`` (oldest first)."""
+    from marketdata.models import LtpQuote
+
+    day_start = dt.datetime.combine(before.astimezone(IST).date(), dt.time(0), tzinfo=IST)
+    last = LtpQuote.objects.filter(kind="VIX", received_at__lt=day_start).order_by("-received_at").first()
+    if last is None:
+        return []
+    start = dt.datetime.combine(last.received_at.astimezone(IST).date(), dt.time(0), tzinfo=IST)
+    rows = LtpQuote.objects.filter(kind="VIX", received_at__gte=start, received_at__lt=day_start).order_by(
+        "received_at"
+    )
+    return [(ts.astimezone(IST), paise / 100.0) for ts, paise in rows.values_list("ts", "ltp_paise") if paise > 0]
 
 
 def now() -> dt.datetime:

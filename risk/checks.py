@@ -26,6 +26,8 @@ class Limits:
     margin_utilisation_cap_pct: Decimal = Decimal("40")
     max_lots_per_signal: int = 10
     max_lots_per_strategy: int = 50
+    max_hedge_lots_per_signal: int = 10
+    hedge_margin_cap_pct: Decimal = Decimal("90")
     max_slippage_per_leg: Decimal = Decimal("0.30")
     max_spread_pct_of_mid: Decimal = Decimal("0.300")
     order_rate_per_s: int = 9
@@ -43,8 +45,9 @@ class GateContext:
     limits: Limits = field(default_factory=Limits)
     event_action: str | None = None  # NO_NEW_ENTRIES | REDUCE_ONLY | HALT
     feed_stale: bool = False
-    lots_for_signal: int = 0  # open and pending, this intent's signal
-    lots_for_strategy: int = 0
+    lots_for_signal: int = 0  # option lots open and pending, this intent's signal
+    lots_for_strategy: int = 0  # option lots open and pending, this intent's strategy
+    hedge_lots_for_signal: int = 0  # futures lots open and pending that hedge this intent's signal
     margin_available: Decimal = Decimal("0")
     margin_utilised: Decimal = Decimal("0")
     margin_per_lot: Decimal = Decimal("0")
@@ -123,27 +126,42 @@ def vix_breaker(intent, ctx: GateContext, lots: int):
     return lots
 
 
+def is_hedge(intent) -> bool:
+    return intent.purpose == "HEDGE"
+
+
 def position_limits(intent, ctx: GateContext, lots: int):
+    """Option lots count against lots per signal and per strategy; a hedge's futures
+    lots count against their own per-signal limit only."""
     if intent.reduces_exposure:
         return lots
+    if is_hedge(intent):
+        room = ctx.limits.max_hedge_lots_per_signal - ctx.hedge_lots_for_signal
+        if room <= 0:
+            return _refuse("position_limits", f"{ctx.limits.max_hedge_lots_per_signal} hedge lots per signal reached")
+        return min(lots, room)
     room = min(
         ctx.limits.max_lots_per_signal - ctx.lots_for_signal, ctx.limits.max_lots_per_strategy - ctx.lots_for_strategy
     )
     if room <= 0:
         which = "signal" if ctx.limits.max_lots_per_signal - ctx.lots_for_signal <= 0 else "strategy"
         limit = ctx.limits.max_lots_per_signal if which == "signal" else ctx.limits.max_lots_per_strategy
-        return _refuse("position_limits", f"{limit} lots per {which} reached")
+        return _refuse("position_limits", f"{limit} option lots per {which} reached")
     return min(lots, room)
 
 
 def margin(intent, ctx: GateContext, lots: int):
+    """Options may use margin up to the utilisation cap; a hedge, which lowers the
+    signal's risk, has its own (higher) cap of the same total margin."""
     if intent.reduces_exposure or ctx.margin_per_lot <= 0:
         return lots
+    cap_pct = ctx.limits.hedge_margin_cap_pct if is_hedge(intent) else ctx.limits.margin_utilisation_cap_pct
     base = ctx.margin_available + ctx.margin_utilised
-    allowed = base * ctx.limits.margin_utilisation_cap_pct / 100 - ctx.margin_utilised
+    allowed = base * cap_pct / 100 - ctx.margin_utilised
     affordable = int(allowed // ctx.margin_per_lot) if allowed > 0 else 0
     if affordable <= 0:
-        return _refuse("margin", f"margin use would pass {ctx.limits.margin_utilisation_cap_pct}% of available margin")
+        what = "hedge margin" if is_hedge(intent) else "margin use"
+        return _refuse("margin", f"{what} would pass {cap_pct}% of available margin")
     return min(lots, affordable)
 
 

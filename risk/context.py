@@ -40,11 +40,19 @@ def _lots(quantity: int | None, lot_size: int) -> int:
 
 
 def open_lots(*, account: str, lot_size_of, strategy_key: str | None = None, signal_key: str | None = None) -> int:
-    """Lots held plus lots in live entry orders, for a signal or a strategy."""
-    positions = Position.objects.filter(account=account).exclude(net_quantity=0).select_related("instrument")
-    orders = Order.objects.filter(
-        account=account, state__in=LIVE, purpose__in=[Order.Purpose.ENTRY, Order.Purpose.SCALE]
-    ).select_related("instrument")
+    """Option lots held plus option lots in live entry orders, for a signal or a
+    strategy (hedges, in futures, have their own limit)."""
+    positions = (
+        Position.objects.filter(account=account)
+        .exclude(net_quantity=0)
+        .exclude(instrument__kind="FUT")
+        .select_related("instrument")
+    )
+    orders = (
+        Order.objects.filter(account=account, state__in=LIVE, purpose__in=[Order.Purpose.ENTRY, Order.Purpose.SCALE])
+        .exclude(instrument__kind="FUT")
+        .select_related("instrument")
+    )
     if signal_key:
         positions, orders = positions.filter(signal__key=signal_key), orders.filter(signal__key=signal_key)
     elif strategy_key:
@@ -116,32 +124,45 @@ def _prepared(key: tuple, build) -> Prepared:
     return prepared
 
 
-def _lots_by_key(account: str) -> tuple[dict[str, int], dict[str, int]]:
-    """``open_lots`` for every signal and strategy at once: two queries."""
+def _lots_by_key(account: str) -> tuple[dict[str, int], dict[str, int], dict[str, int]]:
+    """``open_lots`` for every signal and strategy at once: two queries.
+
+    Returns option lots by signal, option lots by strategy and hedge (futures)
+    lots by signal: a hedge has its own limit and never uses up option room.
+    """
     by_signal: dict[str, int] = defaultdict(int)
     by_strategy: dict[str, int] = defaultdict(int)
+    hedges: dict[str, int] = defaultdict(int)
     positions = _prepared(
         ("positions", account),
         lambda: (
             Position.objects.filter(account=account)
             .exclude(net_quantity=0)
-            .values_list("net_quantity", "instrument__lot_size", "signal__key", "strategy__key")
+            .values_list("net_quantity", "instrument__lot_size", "instrument__kind", "signal__key", "strategy__key")
         ),
     )
     orders = _prepared(
         ("orders", account),
         lambda: Order.objects.filter(
-            account=account, state__in=LIVE, purpose__in=[Order.Purpose.ENTRY, Order.Purpose.SCALE]
-        ).values_list("quantity", "filled_quantity", "instrument__lot_size", "signal__key", "strategy__key"),
+            account=account,
+            state__in=LIVE,
+            purpose__in=[Order.Purpose.ENTRY, Order.Purpose.SCALE, Order.Purpose.HEDGE],
+        ).values_list(
+            "quantity", "filled_quantity", "instrument__lot_size", "instrument__kind", "signal__key", "strategy__key"
+        ),
     )
-    rows = [(_lots(q, lot), sig, strat) for q, lot, sig, strat in positions.rows()]
-    rows += [(_lots(q - f, lot), sig, strat) for q, f, lot, sig, strat in orders.rows()]
-    for lots, signal_key, strategy_key in rows:
+    rows = [(_lots(q, lot), kind, sig, strat) for q, lot, kind, sig, strat in positions.rows()]
+    rows += [(_lots(q - f, lot), kind, sig, strat) for q, f, lot, kind, sig, strat in orders.rows()]
+    for lots, kind, signal_key, strategy_key in rows:
+        if kind == "FUT":
+            if signal_key:
+                hedges[signal_key] += lots
+            continue
         if signal_key:
             by_signal[signal_key] += lots
         if strategy_key:
             by_strategy[strategy_key] += lots
-    return dict(by_signal), dict(by_strategy)
+    return dict(by_signal), dict(by_strategy), dict(hedges)
 
 
 @dataclass
@@ -165,6 +186,7 @@ class GateBasis:
     vix_breaker: bool = False
     lots_by_signal: dict[str, int] = field(default_factory=dict)
     lots_by_strategy: dict[str, int] = field(default_factory=dict)
+    hedge_lots_by_signal: dict[str, int] = field(default_factory=dict)
     funds: Funds | None = None
 
     @classmethod
@@ -186,7 +208,7 @@ class GateBasis:
                 "pk"
             )[:1],
         )
-        by_signal, by_strategy = _lots_by_key(account)
+        by_signal, by_strategy, hedges = _lots_by_key(account)
         return cls(
             now=now,
             limits=Limits.from_model(limits if limits is not None else RiskLimits.active()),
@@ -196,6 +218,7 @@ class GateBasis:
             vix_breaker=vix.exists(),
             lots_by_signal=by_signal,
             lots_by_strategy=by_strategy,
+            hedge_lots_by_signal=hedges,
             funds=funds,
         )
 
@@ -219,6 +242,7 @@ class GateBasis:
             feed_stale=feed_stale,
             lots_for_signal=self.lots_by_signal.get(intent.signal_key, 0) if intent.signal_key else 0,
             lots_for_strategy=self.lots_by_strategy.get(intent.strategy_key, 0) if intent.strategy_key else 0,
+            hedge_lots_for_signal=self.hedge_lots_by_signal.get(intent.signal_key, 0) if intent.signal_key else 0,
             margin_available=funds.available if funds else Decimal("0"),
             margin_utilised=funds.utilised if funds else Decimal("0"),
             margin_per_lot=margin_per_lot(instrument, intent.side, quote, underlying_price) if funds else Decimal("0"),
@@ -235,14 +259,21 @@ class GateBasis:
         """A passed intent is on its way: count its lots and margin for the rest of the snapshot.
 
         Exits are not subtracted (an exit that does not fill must not free
-        room); everything that adds exposure is added, hedges included.
+        room); everything that adds exposure is added: options to the option
+        lots, hedges to the signal's hedge lots, both to the margin used.
         """
         if intent.reduces_exposure or lots <= 0:
             return
-        if intent.signal_key:
-            self.lots_by_signal[intent.signal_key] = self.lots_by_signal.get(intent.signal_key, 0) + lots
-        if intent.strategy_key:
-            self.lots_by_strategy[intent.strategy_key] = self.lots_by_strategy.get(intent.strategy_key, 0) + lots
+        if intent.purpose == "HEDGE":
+            if intent.signal_key:
+                self.hedge_lots_by_signal[intent.signal_key] = (
+                    self.hedge_lots_by_signal.get(intent.signal_key, 0) + lots
+                )
+        else:
+            if intent.signal_key:
+                self.lots_by_signal[intent.signal_key] = self.lots_by_signal.get(intent.signal_key, 0) + lots
+            if intent.strategy_key:
+                self.lots_by_strategy[intent.strategy_key] = self.lots_by_strategy.get(intent.strategy_key, 0) + lots
         if self.funds is not None and ctx.margin_per_lot > 0:
             margin = ctx.margin_per_lot * lots
             self.funds = replace(

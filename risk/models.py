@@ -34,6 +34,20 @@ class RiskLimits(models.Model):
     )
     max_lots_per_signal = models.PositiveIntegerField(default=10)
     max_lots_per_strategy = models.PositiveIntegerField(default=50)
+    # Hedges are futures, sized by the options' delta: they have their own limit and
+    # margin check, so a hedge never uses up the option lots a signal is entitled to.
+    max_hedge_lots_per_signal = models.PositiveIntegerField(
+        "max hedge futures lots per signal",
+        default=10,
+        help_text="Futures lots a signal may hold to hedge its options (10 hedges 10 option lots at delta 1).",
+    )
+    hedge_margin_cap_pct = models.DecimalField(
+        "hedge margin cap (%)",
+        max_digits=5,
+        decimal_places=2,
+        default=Decimal("90"),
+        help_text="A hedge may use margin up to this share of the account's total margin.",
+    )
     max_slippage_per_leg = models.DecimalField(
         "max expected slippage per leg (₹)", max_digits=8, decimal_places=2, default=Decimal("0.30")
     )
@@ -63,6 +77,14 @@ class RiskLimits(models.Model):
     entry_cutoff = models.TimeField("no new entries after (IST)", default=dt.time(15, 0))
     vix_breaker_sigma = models.DecimalField(max_digits=5, decimal_places=2, default=Decimal("3"))
     vix_normalise_minutes = models.PositiveIntegerField(default=15)
+    vix_change_window_s = models.PositiveIntegerField(
+        "VIX change window (s)", default=60, help_text="The breaker judges VIX's change over this many seconds."
+    )
+    vix_min_samples = models.PositiveIntegerField(
+        "VIX minimum samples",
+        default=300,
+        help_text="Changes needed (seeded from the previous session) before the breaker can trip.",
+    )
     feed_stale_chain_s = models.PositiveIntegerField(default=6)
     feed_stale_ltp_s = models.PositiveIntegerField(default=3)
 
@@ -88,6 +110,8 @@ class RiskLimits(models.Model):
             "margin_utilisation_cap_pct",
             "max_lots_per_signal",
             "max_lots_per_strategy",
+            "max_hedge_lots_per_signal",
+            "hedge_margin_cap_pct",
             "max_slippage_per_leg",
             "max_spread_pct_of_mid",
             "partial_fill_min_pct",
@@ -96,6 +120,7 @@ class RiskLimits(models.Model):
             "order_rate_per_s",
             "max_modifications_per_order",
             "vix_breaker_sigma",
+            "vix_change_window_s",
             "feed_stale_chain_s",
             "feed_stale_ltp_s",
         )
@@ -103,7 +128,7 @@ class RiskLimits(models.Model):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 errors[name] = "Must be greater than zero."
-        for name in ("margin_utilisation_cap_pct", "partial_fill_min_pct"):
+        for name in ("margin_utilisation_cap_pct", "partial_fill_min_pct", "hedge_margin_cap_pct"):
             value = getattr(self, name)
             if value is not None and value > 100:
                 errors[name] = "A percentage cannot exceed 100."
@@ -167,6 +192,7 @@ class EventDay(models.Model):
         BUDGET = "BUDGET", "Union Budget"
         US_CPI = "US_CPI", "US CPI"
         EXCHANGE_HALT = "EXCHANGE_HALT", "Exchange halt"
+        NSE_HOLIDAY = "NSE_HOLIDAY", "NSE trading holiday"
         OTHER = "OTHER", "Other"
 
     class Action(models.TextChoices):
@@ -178,6 +204,12 @@ class EventDay(models.Model):
     kind = models.CharField(max_length=16, choices=Kind.choices)
     action = models.CharField(max_length=16, choices=Action.choices, default=Action.NO_NEW_ENTRIES)
     note = models.CharField(max_length=200, blank=True)
+    source = models.CharField(
+        max_length=200, blank=True, help_text="Where the date comes from (the published schedule)."
+    )
+    provisional = models.BooleanField(
+        default=False, help_text="Not yet in an official schedule: check it when the schedule is published."
+    )
 
     class Meta:
         ordering = ["-date"]

@@ -289,10 +289,12 @@ class RiskPanel:
     margin_pct: float | None
     daily_net_pnl: Decimal
     loss_used_pct: float
-    lots: list[tuple[str, int, int]]
+    lots: list[tuple[str, int, int]]  # per strategy: option lots held, the per-strategy cap
+    hedge_lots: list[tuple[str, int]]  # per strategy: futures lots held as hedges
     breakers: list[BreakerTrip]
     event_day: EventDay | None
     trading_state: object
+    event_days: list[EventDay] = field(default_factory=list)  # today's and tomorrow's, most severe first
 
 
 def risk_panel(account: str = "default") -> RiskPanel:
@@ -307,20 +309,27 @@ def risk_panel(account: str = "default") -> RiskPanel:
     cap_pct = Decimal(limits.margin_utilisation_cap_pct)
     daily = daily_net_pnl(account, now)
     loss_pct = float(max(-daily, ZERO) / limits.daily_loss_cap * 100) if limits.daily_loss_cap else 0.0
+    # Option lots count against the per-strategy cap; hedges (futures) are shown apart.
     held: dict[int, int] = {}
+    hedged: dict[int, int] = {}
     for p in (
         Position.objects.filter(account=account, strategy__isnull=False)
         .exclude(net_quantity=0)
-        .exclude(instrument__kind="FUT")
-        .values("strategy_id", "net_quantity", "instrument__lot_size")
+        .values("strategy_id", "net_quantity", "instrument__lot_size", "instrument__kind")
     ):
-        held[p["strategy_id"]] = held.get(p["strategy_id"], 0) + abs(p["net_quantity"]) // max(
+        into = hedged if p["instrument__kind"] == "FUT" else held
+        into[p["strategy_id"]] = into.get(p["strategy_id"], 0) + abs(p["net_quantity"]) // max(
             p["instrument__lot_size"], 1
         )
-    lots = [
-        (s.name or s.key, held.get(s.pk, 0), limits.max_lots_per_strategy) for s in Strategy.objects.order_by("key")
-    ]
+    strategies = list(Strategy.objects.order_by("key"))
+    lots = [(s.name or s.key, held.get(s.pk, 0), limits.max_lots_per_strategy) for s in strategies]
+    hedge_lots = [(s.name or s.key, hedged.get(s.pk, 0)) for s in strategies]
     today = now.astimezone(IST).date()
+    severity = {"HALT": 0, "REDUCE_ONLY": 1, "NO_NEW_ENTRIES": 2}
+    event_days = sorted(
+        EventDay.objects.filter(date__in=[today, today + dt.timedelta(days=1)]),
+        key=lambda e: (e.date, severity.get(e.action, 3)),
+    )
     return RiskPanel(
         limits=limits,
         capital=capital,
@@ -330,11 +339,13 @@ def risk_panel(account: str = "default") -> RiskPanel:
         daily_net_pnl=daily,
         loss_used_pct=loss_pct,
         lots=lots,
+        hedge_lots=hedge_lots,
         breakers=list(
             BreakerTrip.objects.filter(account=account, cleared_at__isnull=True).order_by("-tripped_at")[:10]
         ),
-        event_day=EventDay.objects.filter(date=today).first(),
+        event_day=next((e for e in event_days if e.date == today), None),
         trading_state=get_trading_state(account),
+        event_days=event_days,
     )
 
 

@@ -5,7 +5,12 @@ Simulator, replay and the Dhan live feed all yield the same two types:
 * ``ChainSnapshot`` — one option chain (an underlying and an expiry), shaped
   like Dhan's option-chain v2 response: one row per contract (strike × CE/PE)
   held in numpy arrays, plus the underlying's last price;
-* ``LtpTick`` — the last traded price of an index, a future or India VIX.
+* ``LtpTick`` — the last traded price of an index, a future or India VIX;
+* ``QuoteSnapshot`` — top of book, once a second, of one underlying's
+  candidate contracts (ATM ± 3 strikes, CE and PE): what the strategy's
+  2-second mid-jump window is measured on. The simulator and replay produce
+  it; the Dhan feed does not yet (its market-feed subscription is separate
+  work), so on live data the jump is measured between chain snapshots.
 
 Arrays are float64 (int64 for quantities, OI and volume). ``flags`` is filled
 by ``marketdata.validation``: 0 means the row is good; bad rows are masked,
@@ -99,7 +104,25 @@ class LtpTick:
     seq: int = 0
 
 
-FeedItem = ChainSnapshot | LtpTick
+@dataclass(slots=True)
+class QuoteSnapshot:
+    """Top of book of a few contracts of one underlying at one moment."""
+
+    underlying: str
+    exchange_time: dt.datetime
+    received_at: dt.datetime
+    security_id: np.ndarray  # str
+    bid: np.ndarray  # float64
+    ask: np.ndarray
+    bid_qty: np.ndarray  # int64
+    ask_qty: np.ndarray
+    seq: int = 0
+
+    def __len__(self) -> int:
+        return len(self.security_id)
+
+
+FeedItem = ChainSnapshot | LtpTick | QuoteSnapshot
 
 
 class Feed(abc.ABC):
@@ -116,3 +139,9 @@ class Feed(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027  (optional hook)
         """Release connections; the iterator ends."""
+
+    def previous_session_vix(self) -> list[tuple[dt.datetime, float]]:
+        """India VIX (time, value) of the session before this one, when the feed can
+        produce it and nothing was stored (the simulator); the VIX breaker is seeded
+        from it."""
+        return []

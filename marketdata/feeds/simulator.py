@@ -11,8 +11,11 @@ events (``marketdata.scenarios``) inject informed flow, VIX spikes, feed
 gaps and bad ticks.
 
 It emits an option-chain snapshot every 3 s per underlying and LTP ticks
-(index, future, India VIX) every second of the engine's clock, as fast as the
-consumer takes them (``speed="max"``) or at N× real time.
+(index, future, India VIX) every second of the engine's clock, and, half a
+second after each second's ticks, a ``QuoteSnapshot`` of each underlying's
+candidate contracts (ATM ± 3 strikes, CE and PE; the same prices the chain
+would show at that moment), as fast as the consumer takes them
+(``speed="max"``) or at N× real time.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from marketdata import greeks, synthetic
-from marketdata.feeds.base import CE, PE, ROW_ARRAYS, ChainSnapshot, Feed, FeedItem, LtpTick
+from marketdata.feeds.base import CE, PE, ROW_ARRAYS, ChainSnapshot, Feed, FeedItem, LtpTick, QuoteSnapshot
 from marketdata.scenarios import Event, Scenario
 from quanthub.clock import IST, SESSION_CLOSE, SESSION_OPEN, Clock, SimulatedClock
 
@@ -35,6 +38,8 @@ TICK = synthetic.OPTION_TICK_PAISE / 100  # the options' tick in this synthetic 
 RATE = 0.065
 TRADING_SECONDS_PER_YEAR = 252 * 6.25 * 3600
 CHAIN_EVERY_S = 3
+QUOTE_STRIKES_EACH_SIDE = 3  # candidate contracts quoted every second: ATM ± 3 strikes, CE and PE
+QUOTE_OFFSET = dt.timedelta(milliseconds=500)  # quotes land between the whole-second ticks
 IV_MULTIPLIER = {"NIFTY": 1.0, "BANKNIFTY": 1.2}
 JUMPS_PER_DAY = 2.0
 
@@ -110,14 +115,20 @@ class _Market:
         self.flows: list[_Flow] = []
         self.pending_bad: list[Event] = []
 
-    def step_spot(self, sigma: float) -> None:
+    def step_spot(self, sigma: float, shape: float = 1.0) -> None:
         dt_years = 1.0 / TRADING_SECONDS_PER_YEAR
         ret = sigma * math.sqrt(dt_years) * self.rng.standard_normal() - 0.5 * sigma * sigma * dt_years
         if self.rng.random() < JUMPS_PER_DAY / 22500.0:
             ret += self.rng.normal(0.0, 0.0025)
         self.spot *= math.exp(ret)
         self.last_return = ret
-        self.realised_var = 0.995 * self.realised_var + 0.005 * ret * ret
+        # Realised volatility (what VIX drifts toward) is deseasonalised (VIX is a 30-day
+        # view: it does not follow the intraday U-shape, so it does not climb at every
+        # open) and winsorised at 4σ of a second's return (a rare index jump is a level
+        # shift; its square dominating the average made VIX climb several points after
+        # every unscripted jump).
+        cap = 16.0 * sigma * sigma * dt_years
+        self.realised_var = 0.995 * self.realised_var + 0.005 * min(ret * ret, cap) / (shape * shape)
 
     @property
     def realised_vol(self) -> float:
@@ -163,14 +174,18 @@ class SimulatorFeed(Feed):
         self._closed = False
         contracts = synthetic.build_master(self.trading_day, holidays)
         root = np.random.SeedSequence(seed)
-        streams = root.spawn(len(underlyings) + 1)
-        self._rng = np.random.default_rng(streams[-1])
+        # Children are keyed by index: adding the quotes' stream left the others as they were.
+        streams = root.spawn(len(underlyings) + 2)
+        self._rng = np.random.default_rng(streams[len(underlyings)])
+        self._quote_rng = np.random.default_rng(streams[len(underlyings) + 1])
         self.markets: dict[str, _Market] = {}
         for symbol, stream in zip(underlyings, streams, strict=False):
             spec = synthetic.SYNTHETIC_MARKET[symbol]
             expiry = min(c.expiry for c in contracts if c.underlying == symbol and c.kind == "CE")
             self.markets[symbol] = _Market(spec, contracts, expiry, np.random.default_rng(stream))
         self.vix = 13.0 + float(self._rng.normal(0, 0.5))
+        for market in self.markets.values():  # realised volatility starts where VIX says it is
+            market.realised_var = (self.vix / 100 * IV_MULTIPLIER[market.symbol] * 0.8) ** 2 / TRADING_SECONDS_PER_YEAR
         self._vix_extra = 0.0
         self._vix_decay_s = 600.0
         self._gap_until: dt.datetime | None = None
@@ -208,7 +223,7 @@ class SimulatorFeed(Feed):
                 delay = wall_start + second / float(self.speed) - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            for item in self._items(now, with_chain=second % CHAIN_EVERY_S == 0):
+            for item in self._items(now, with_chain=second % CHAIN_EVERY_S == 0) + self._quotes(now + QUOTE_OFFSET):
                 if isinstance(self.clock, SimulatedClock) and item.received_at > self.clock.now():
                     self.clock.set(item.received_at)
                 yield item
@@ -225,6 +240,32 @@ class SimulatorFeed(Feed):
             if self._gap_until is not None and now < self._gap_until:
                 continue
             yield from self._items(now, with_chain=second % CHAIN_EVERY_S == 0)
+            yield from self._quotes(now + QUOTE_OFFSET)
+
+    def previous_session_vix(self) -> list[tuple[dt.datetime, float]]:
+        """The calm session before this one (its own seed), India VIX once a second.
+
+        Only what VIX needs is stepped (the indices, for realised volatility), so
+        this costs a fraction of a second."""
+        day = self.trading_day - dt.timedelta(days=1)
+        while day.weekday() >= 5:
+            day -= dt.timedelta(days=1)
+        before = SimulatorFeed(seed=self.seed + 1_000_003, trading_day=day, underlyings=tuple(self.markets))
+        return before.vix_path()
+
+    def vix_path(self) -> list[tuple[dt.datetime, float]]:
+        """India VIX once a second over the session, stepping only what VIX needs (the
+        scenario's VIX spikes included). Consumes the feed: use a fresh one."""
+        events = [e for e in self.scenario.events if e.type == "vix_spike"]
+        out = []
+        second = self.start
+        while second <= self.end:
+            while events and dt.datetime.combine(self.trading_day, events[0].at, tzinfo=IST) <= second:
+                self._apply(events.pop(0), second)
+            self._step(second)
+            out.append((second, round(self.vix + self._vix_extra, 2)))
+            second += dt.timedelta(seconds=1)
+        return out
 
     # --- market dynamics --------------------------------------------------------
 
@@ -246,9 +287,11 @@ class SimulatorFeed(Feed):
         shape = _intraday_shape(max(minutes, 0.0))
         for market in self.markets.values():
             sigma = (self.vix / 100.0) * IV_MULTIPLIER[market.symbol] * shape * 0.8
-            market.step_spot(sigma)
-        realised = np.mean([m.realised_vol for m in self.markets.values()])
-        target = min(max(100 * realised * 1.1, 9.0), 60.0)
+            market.step_spot(sigma, shape)
+        # The index volatility is VIX × the index's multiplier × 0.8: VIX drifts toward
+        # the level that realised volatility implies.
+        implied = np.mean([m.realised_vol / (IV_MULTIPLIER[m.symbol] * 0.8) for m in self.markets.values()])
+        target = min(max(100 * implied, 9.0), 60.0)
         self._vix_extra *= math.exp(-1.0 / self._vix_decay_s)
         self.vix += (target - self.vix) / 900.0 + float(self._rng.normal(0, 0.004))
         self.vix = max(self.vix, 8.0)
@@ -328,30 +371,7 @@ class SimulatorFeed(Feed):
             if seconds >= flow.oi_start_s and seconds < flow.oi_end_s:
                 market.oi[flow.row] += int(flow.oi_per_interval)
 
-        years = max((market.expiry_close - now).total_seconds(), 600.0) / (365 * 86400)
-        forward = market.spot * math.exp(RATE * years)
-        atm_iv = (self.vix + self._vix_extra) / 100.0 * IV_MULTIPLIER[market.symbol]
-        k = market.strike[rows]
-        is_call = market.option_type[rows] == CE
-        m = np.clip(np.log(k / forward) / (atm_iv * math.sqrt(years)), -4.0, 4.0)
-        iv = atm_iv * (1.0 + 0.05 * m * m - 0.06 * m)
-        g = greeks.all_greeks(market.spot, k, years, RATE, iv, is_call)
-        theo = np.maximum(g.price, TICK)
-
-        multiplier = np.ones(len(rows))
-        for flow in market.flows:
-            position = flow.row - 2 * lo
-            if 0 <= position < len(rows) and seconds >= flow.start_s:
-                progress = min((seconds - flow.start_s) / flow.follow_s, 1.0)
-                multiplier[position] *= 1.0 + flow.jump + flow.follow * progress
-
-        mid = np.maximum(_round_tick(theo * multiplier), TICK)
-        fast = 1.0 + min(abs(market.last_return) / 0.0002, 3.0)
-        # Near the money NIFTY and BANKNIFTY options trade one or two ticks wide;
-        # spreads widen with moneyness, premium and a fast market.
-        spread_ticks = np.maximum(np.rint((1.0 + 0.25 * np.abs(m) + mid * 0.0004) * fast), 1).astype(np.int64)
-        bid = np.maximum(_round_tick(mid - spread_ticks * TICK / 2.0), TICK)
-        ask = _round_tick(bid + spread_ticks * TICK)
+        k, iv, g, bid, ask = self._prices(market, now, rows)
         side = rng.random(len(rows))
         last = np.where(side < 0.5, bid, ask)
         bid_qty = spec.lot_size * rng.integers(4, 60, len(rows))
@@ -384,6 +404,63 @@ class SimulatorFeed(Feed):
         for event in bad_events:
             snapshot = self._corrupt(snapshot, event, now)
         return snapshot
+
+    def _prices(self, market: _Market, now: dt.datetime, rows: np.ndarray):
+        """Strikes, smile IV, Greeks, bid and ask of some of the market's contracts at ``now``."""
+        seconds = (now - self.start).total_seconds()
+        years = max((market.expiry_close - now).total_seconds(), 600.0) / (365 * 86400)
+        forward = market.spot * math.exp(RATE * years)
+        atm_iv = (self.vix + self._vix_extra) / 100.0 * IV_MULTIPLIER[market.symbol]
+        k = market.strike[rows]
+        is_call = market.option_type[rows] == CE
+        m = np.clip(np.log(k / forward) / (atm_iv * math.sqrt(years)), -4.0, 4.0)
+        iv = atm_iv * (1.0 + 0.05 * m * m - 0.06 * m)
+        g = greeks.all_greeks(market.spot, k, years, RATE, iv, is_call)
+        theo = np.maximum(g.price, TICK)
+
+        multiplier = np.ones(len(rows))
+        position_of = {int(r): i for i, r in enumerate(rows.tolist())}
+        for flow in market.flows:
+            position = position_of.get(flow.row)
+            if position is not None and seconds >= flow.start_s:
+                progress = min((seconds - flow.start_s) / flow.follow_s, 1.0)
+                multiplier[position] *= 1.0 + flow.jump + flow.follow * progress
+
+        mid = np.maximum(_round_tick(theo * multiplier), TICK)
+        fast = 1.0 + min(abs(market.last_return) / 0.0002, 3.0)
+        # Near the money NIFTY and BANKNIFTY options trade one or two ticks wide;
+        # spreads widen with moneyness, premium and a fast market.
+        spread_ticks = np.maximum(np.rint((1.0 + 0.25 * np.abs(m) + mid * 0.0004) * fast), 1).astype(np.int64)
+        bid = np.maximum(_round_tick(mid - spread_ticks * TICK / 2.0), TICK)
+        ask = _round_tick(bid + spread_ticks * TICK)
+        return k, iv, g, bid, ask
+
+    def _quotes(self, at: dt.datetime) -> list[QuoteSnapshot]:
+        """Each underlying's candidate contracts (ATM ± 3 strikes, CE and PE) at ``at``."""
+        out: list[QuoteSnapshot] = []
+        if at > self.end:
+            return out
+        for market in self.markets.values():
+            atm = int(np.argmin(np.abs(market.strikes - market.spot)))
+            lo = max(atm - QUOTE_STRIKES_EACH_SIDE, 0)
+            hi = min(atm + QUOTE_STRIKES_EACH_SIDE + 1, len(market.strikes))
+            rows = np.arange(2 * lo, 2 * hi)
+            _, _, _, bid, ask = self._prices(market, at, rows)
+            lot = market.spec.lot_size
+            out.append(
+                QuoteSnapshot(
+                    underlying=market.symbol,
+                    exchange_time=at,
+                    received_at=at,
+                    security_id=market.security_id[rows].copy(),
+                    bid=bid,
+                    ask=ask,
+                    bid_qty=(lot * self._quote_rng.integers(4, 60, len(rows))).astype(np.int64),
+                    ask_qty=(lot * self._quote_rng.integers(4, 60, len(rows))).astype(np.int64),
+                    seq=self._next_seq(),
+                )
+            )
+        return out
 
     def _start_flow(self, market: _Market, event: Event, atm: int, now: dt.datetime, seconds: float) -> None:
         offset = int(event.get("strike_offset", 0))

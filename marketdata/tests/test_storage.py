@@ -27,7 +27,8 @@ def _record(minutes=2, scenario="default", day=DAY):
         trading_day=day,
         end_time=(dt.datetime(2026, 1, 1, 9, 15) + dt.timedelta(minutes=minutes)).time(),
     )
-    items = list(feed.run_sync())
+    # The one-second candidate quotes are not stored (the writer skips them).
+    items = [item for item in feed.run_sync() if isinstance(item, ChainSnapshot | LtpTick)]
     writer = SnapshotWriter()
     for item in items:
         writer.add(item)

@@ -104,7 +104,9 @@ def test_the_basis_counts_lots_per_signal_and_strategy_like_open_lots(demo_marke
         expected = open_lots(account="default", lot_size_of=lambda i: i.lot_size, signal_key=key)
         assert basis.lots_by_signal.get(key, 0) == expected
     expected = open_lots(account="default", lot_size_of=lambda i: i.lot_size, strategy_key="vol_oi")
-    assert basis.lots_by_strategy["vol_oi"] == expected == 2 + 1 + 2
+    # Option lots only: the future hedging sig-a counts against its own hedge limit.
+    assert basis.lots_by_strategy["vol_oi"] == expected == 2 + 2
+    assert basis.lots_by_signal["sig-a"] == 2 and basis.hedge_lots_by_signal == {"sig-a": 1}
 
 
 def _intent(security_id, lots, *, signal="sig-1", purpose="ENTRY", reduces=False):

@@ -142,8 +142,10 @@ class BacktestEngine(Engine):
         states: dict[str, dict],
         order_ids: Callable[[], str],
         day: dt.date,
+        params: dict[str, dict] | None = None,
         **kwargs,
     ):
+        self.frozen_params = params or {}  # read before the first day: the same on every day
         super().__init__(**kwargs)
         self.run_id = run_id
         self.chosen = set(strategies)
@@ -158,6 +160,9 @@ class BacktestEngine(Engine):
         for loaded in self.strategies:
             if loaded.key not in self.chosen:
                 continue
+            if loaded.key in self.frozen_params:
+                cls = type(loaded.strategy)
+                loaded.strategy.configure(cls.config_class.from_params(self.frozen_params[loaded.key]))
             loaded.strategy.set_state(self.states.get(loaded.key, {}))
             loaded.strategy.entries_enabled = True
             loaded.enabled = True
@@ -165,8 +170,17 @@ class BacktestEngine(Engine):
             kept.append(loaded)
         self.strategies = kept
 
-    def _refresh_strategies(self) -> None:
-        """Parameters are frozen for the run."""
+    def _refresh_config(self) -> None:
+        """Strategy parameters and switches are frozen for the run: the admin's edits
+        during a backtest never reach it. The active risk limits are followed as a
+        live engine follows them."""
+        from risk.models import RiskLimits
+
+        key = RiskLimits.objects.filter(is_active=True).values_list("pk", "version", "updated_at").first()
+        if key is None or key != self._limits_key:
+            self._limits = RiskLimits.active()
+            self._limits_key = key
+        self._limits_fresh = True
 
     def _persist_states(self) -> None:
         for loaded in self.strategies:
@@ -242,7 +256,9 @@ def _source_for(day: dt.date, wanted: str) -> str:
     return wanted
 
 
-def _build_day(plan: Plan, day: dt.date, index: int, states: dict, order_ids) -> tuple[BacktestEngine, str, int]:
+def _build_day(
+    plan: Plan, day: dt.date, index: int, states: dict, order_ids, params: dict | None = None
+) -> tuple[BacktestEngine, str, int]:
     from marketdata.demo import ensure_demo_instruments
     from marketdata.feeds.replay import ReplayFeed
     from marketdata.feeds.simulator import SimulatorFeed
@@ -286,6 +302,7 @@ def _build_day(plan: Plan, day: dt.date, index: int, states: dict, order_ids) ->
         states=states,
         order_ids=order_ids,
         day=day,
+        params=params,
         feed=feed,
         broker=orders.broker,
         clock=clock,
@@ -295,6 +312,13 @@ def _build_day(plan: Plan, day: dt.date, index: int, states: dict, order_ids) ->
         orders=orders,
     )
     return engine, source, seed
+
+
+def _frozen_params(keys) -> dict[str, dict]:
+    """Each chosen strategy's parameters as they stand when the run starts."""
+    from trading.models import Strategy
+
+    return {row.key: dict(row.params or {}) for row in Strategy.objects.filter(key__in=list(keys))}
 
 
 def _closing_state(account: str) -> tuple[int, str]:
@@ -318,8 +342,9 @@ async def run(plan: Plan) -> RunResult:
     def order_ids() -> str:
         return f"{prefix}{next(counter)}"
 
+    params = await sync_to_async(_frozen_params)(plan.strategies)
     for index, day in enumerate(plan.days):
-        engine, source, seed = await sync_to_async(_build_day)(plan, day, index, states, order_ids)
+        engine, source, seed = await sync_to_async(_build_day)(plan, day, index, states, order_ids, params)
         log.info("backtest day", extra={"run": plan.run_id, "day": day.isoformat(), "source": source})
         stats = await engine.run()
         open_positions, state = await sync_to_async(_closing_state)(result.account)

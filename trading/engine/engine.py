@@ -26,13 +26,13 @@ from django.utils import timezone
 
 from audit.chain import append as audit_append
 from marketdata.book import QuoteBook
-from marketdata.feeds.base import ChainSnapshot, LtpTick
+from marketdata.feeds.base import ChainSnapshot, LtpTick, QuoteSnapshot
 from marketdata.models import Instrument
 from marketdata.ticks import price_on_tick
 from marketdata.validation import ChainValidator, FeedHealth
 from quanthub.clock import Clock
 from quanthub.sql import Prepared
-from risk.breakers import VixMonitor
+from risk.breakers import VixMonitor, previous_session_vix
 from risk.breakers import clear as clear_breaker
 from risk.breakers import trip as trip_breaker
 from risk.context import GateBasis, daily_net_pnl
@@ -43,6 +43,7 @@ from trading.models import EngineHeartbeat, FlattenRequest, Order, Position, Sig
 from trading.orders import flatten
 from trading.orders.accounting import mark_to_market
 from trading.orders.claims import ExitClaimed
+from trading.orders.manager import OrderRefused
 from trading.orders.reconcile import reconcile
 from trading.orders.requests import take_pending
 from trading.orders.requests import work as work_request
@@ -119,7 +120,10 @@ class Engine:
         self.validator = ChainValidator()
         self.health = FeedHealth(chain_stale_s=limits_now.feed_stale_chain_s, ltp_stale_s=limits_now.feed_stale_ltp_s)
         self.vix = VixMonitor(
-            sigma=float(limits_now.vix_breaker_sigma), normalise_minutes=float(limits_now.vix_normalise_minutes)
+            sigma=float(limits_now.vix_breaker_sigma),
+            normalise_minutes=float(limits_now.vix_normalise_minutes),
+            window_s=float(limits_now.vix_change_window_s),
+            min_samples=int(limits_now.vix_min_samples),
         )
         self.strategies: list[Loaded] = []
         self.instruments: dict[str, Instrument] = {}
@@ -133,6 +137,7 @@ class Engine:
         self._last_reconcile: dt.datetime | None = None
         self._pushed: dict[str, float] = {}
         self._open_sids: set[str] = set()
+        self._resting_entries: set[int] = set()  # entries sent and not yet filled: requote candidates
         self._funds: dict[str, str] | None = None  # the broker's last funds report, for the risk panel
         self._greeks: dict[str, tuple[float, float, float, float]] = {}
         self._exits_checked = -1e9  # time.monotonic() of the last look for flatten requests
@@ -159,11 +164,21 @@ class Engine:
     async def start(self) -> None:
         await _db(self._load_instruments)()
         await _db(self._load_strategies)()
+        await self._seed_vix()
         counts = await self.oms.recover()
         result = await reconcile(self.broker, account=self.account)
         log.info("engine started", extra={"engine": self.engine_id, "recovered": counts, "breaks": len(result.breaks)})
         await _db(self._beat)("ACTIVE")
         self.started.set()
+
+    async def _seed_vix(self) -> None:
+        """The VIX breaker's σ from the previous session's stored VIX (or, with nothing
+        stored, the one the feed can produce), so it judges from the first tick."""
+        ticks = await _db(previous_session_vix)(self.clock.now())
+        if not ticks:
+            ticks = await sync_to_async(self.feed.previous_session_vix, thread_sensitive=False)()
+        learnt = self.vix.seed(ticks)
+        log.info("vix breaker seeded", extra={"changes": learnt, "std": round(self.vix.std, 4)})
 
     async def run(self) -> EngineStats:
         await self.start()
@@ -314,13 +329,85 @@ class Engine:
             return
         if isinstance(item, ChainSnapshot):
             await self._on_chain(item, now)
+        elif isinstance(item, QuoteSnapshot):
+            await self._on_quotes(item, now)
+
+    async def _on_quotes(self, quotes: QuoteSnapshot, now: dt.datetime) -> None:
+        """One-second quotes of the candidate contracts: the book, the strategies'
+        jump window, and the requote of entries still resting."""
+        self.book.update_quotes(quotes)
+        await self.broker.on_market_data()
+        for loaded in self.strategies:
+            intents = self._contained(loaded, loaded.strategy.on_quotes, quotes)
+            if intents:
+                await self._submit_all(loaded, intents, now, quotes.received_at)
+        await self._requote_entries(now)
+
+    async def _requote_entries(self, now: dt.datetime) -> None:
+        """An entry not fully filled follows the touch inside its partial-fill window.
+
+        Up to ``max_requotes`` times, re-priced to the current ask (bid for a
+        sell) but never more than ``max_requote_chase`` from its first price,
+        and only while less than ``partial_fill_wait_ms`` has passed since the
+        acknowledgement; at that moment the order manager's partial-fill rule
+        takes over. Each requote is on the order row (price, count) and in the
+        audit chain.
+        """
+        if not self._resting_entries:
+            return
+        limits = self._limits
+        wait = dt.timedelta(milliseconds=limits.partial_fill_wait_ms)
+        for pk in list(self._resting_entries):
+            order = await _db(Order.objects.select_related("instrument", "strategy", "signal").get)(pk=pk)
+            done = order.state not in (Order.State.OPEN, Order.State.PARTIAL) or order.acked_at is None
+            if done or now - order.acked_at >= wait or order.requote_count >= limits.max_requotes:
+                self._resting_entries.discard(pk)
+                continue
+            quote = self.book.get(order.instrument.security_id)
+            if quote is None or order.limit_price is None or order.first_price is None:
+                continue
+            buy = order.side == Order.Side.BUY
+            touch = price_on_tick(order.instrument, quote.ask if buy else quote.bid)
+            cap = order.first_price + limits.max_requote_chase if buy else order.first_price - limits.max_requote_chase
+            price = min(touch, cap) if buy else max(touch, cap)
+            if (price <= order.limit_price) if buy else (price >= order.limit_price):
+                continue  # the touch has not moved away, or the chase budget is spent
+            try:
+                requoted = await self.oms.requote(order, price)
+            except OrderRefused as exc:
+                log.info("requote refused", extra={"order": order.client_order_id, "reason": str(exc)})
+                self._resting_entries.discard(pk)
+                continue
+            except Exception as exc:  # a reject or timeout: the partial-fill rule still applies at 1 s
+                log.warning("requote failed", extra={"order": order.client_order_id, "error": repr(exc)})
+                continue
+            await _db(self._audit_requote)(requoted, order.limit_price, now)
+
+    def _audit_requote(self, order: Order, old_price, now: dt.datetime) -> None:
+        with transaction.atomic():
+            self._append_requote(order, old_price, now)
+
+    def _append_requote(self, order: Order, old_price, now: dt.datetime) -> None:
+        audit_append(
+            "order.requoted",
+            actor="engine",
+            subject=f"order:{order.client_order_id}",
+            payload={
+                "from": old_price,
+                "to": order.limit_price,
+                "first_price": order.first_price,
+                "requotes": order.requote_count,
+                "filled": order.filled_quantity,
+            },
+            at=now,
+        )
 
     async def _vix(self, tick: LtpTick) -> None:
         verdict = self.vix.observe(tick.exchange_time, tick.ltp)
         if verdict == "trip":
             await _db(trip_breaker)(
                 "vix",
-                f"India VIX jumped to {tick.ltp:.2f} (> {self.vix.sigma:g}σ of today's one-minute changes)",
+                f"India VIX jumped to {tick.ltp:.2f} (> {self.vix.sigma:g}σ of {self.vix.window_s:g}-second changes)",
                 at=tick.exchange_time,
                 account=self.account,
             )
@@ -617,7 +704,7 @@ class Engine:
             for quantity in passed.decision.slices:
                 self.stats.orders += 1
                 try:
-                    await self.oms.submit(
+                    order = await self.oms.submit(
                         instrument=passed.instrument,
                         side=intent.side,
                         quantity=quantity,
@@ -637,6 +724,8 @@ class Engine:
                     # never sell them twice. The strategy hears that exit's fills.
                     log.info("exit already covered", extra={"strategy": loaded.key, "why": str(exc)})
                     break
+                if intent.purpose in ("ENTRY", "SCALE") and order.state in (Order.State.OPEN, Order.State.PARTIAL):
+                    self._resting_entries.add(order.pk)
 
     def _signal(self, loaded: Loaded, intent) -> Signal:
         signal = Signal.objects.filter(key=intent.signal_key).first()

@@ -362,6 +362,10 @@ class OrderManager:
     async def cancel(self, order: Order, *, reason: str = "cancelled") -> Order:
         if order.broker_order_id and order.state in (S.OPEN, S.PARTIAL):
             await self.limiter.acquire(priority=order.purpose in EXIT_PURPOSES)
+            # The reason says why it was cancelled (not why it was sent): written before the
+            # cancel so the CANCELLED transition's audit record carries it too.
+            before = order.reason
+            await _db(Order.objects.filter(pk=order.pk, state__in=[S.OPEN, S.PARTIAL]).update)(reason=reason)
             try:
                 await asyncio.wait_for(self.broker.cancel_order(order.broker_order_id), timeout=self.call_timeout_s)
             except Rejected as exc:
@@ -369,7 +373,7 @@ class OrderManager:
                     "cancel refused by broker", extra={"client_order_id": order.client_order_id, "reason": exc.message}
                 )
             await self._sync_one(order.pk)
-            await _db(Order.objects.filter(pk=order.pk, state=S.CANCELLED, reason="").update)(reason=reason)
+            await _db(Order.objects.filter(pk=order.pk, reason=reason).exclude(state=S.CANCELLED).update)(reason=before)
         elif order.state == S.NEW:
             await _db(self._transition)(order.pk, {S.NEW}, S.CANCELLED, reason=reason)
         return await _db(Order.objects.select_related("instrument", "strategy", "signal").get)(pk=order.pk)
@@ -472,7 +476,9 @@ class OrderManager:
                 if state in (S.CANCELLED, S.REJECTED):
                     fresh = await _db(Order.objects.get)(pk=order.pk)
                     events.append(self._update(fresh, state, fresh.reason))
-            elif state in (S.OPEN, S.PARTIAL):
+            if state in (S.OPEN, S.PARTIAL):
+                # Also when this sync brought the fill that moved it to PARTIAL: the rule
+                # applies at 1 s after the acknowledgement, whichever sync the fill came in.
                 events.extend(await self._partial_fill_rule(order, limits, now))
         return self._drain() if drain else list(self._events)
 

@@ -86,8 +86,8 @@ class OrderUpdate:
 class ExitLevels:
     """Where a held trade will exit by its own rules, for the positions grid."""
 
-    stop: float
-    target: float
+    stop: Decimal | float
+    target: Decimal | float
     deadline: dt.datetime
 
 
@@ -109,6 +109,10 @@ class Strategy(abc.ABC):
     @abc.abstractmethod
     def on_snapshot(self, snapshot: Any) -> Sequence[OrderIntent]:
         """React to an option-chain snapshot; return intents (possibly none)."""
+
+    def on_quotes(self, quotes: Any) -> Sequence[OrderIntent]:
+        """React to the one-second quotes of the candidate contracts (optional)."""
+        return ()
 
     def on_fill(self, fill: FillEvent) -> Sequence[OrderIntent]:
         return ()

@@ -78,10 +78,9 @@ def test_the_detector_never_fires_in_calm_or_noise_only_stretches():
         assert entries == []
 
 
-def test_an_entry_probes_two_lots_at_the_ask_with_a_delta_hedge():
+def test_an_entry_probes_two_lots_at_the_ask_and_each_fill_is_delta_hedged():
     strategy = _strategy()
-    intents = strategy._enter(_detection(delta=0.5))
-    probe, hedge = intents
+    [probe] = strategy._enter(_detection(delta=0.5))
     assert (probe.side, probe.lots, probe.lot_size, probe.purpose, probe.limit_price) == (
         "BUY",
         2,
@@ -89,9 +88,12 @@ def test_an_entry_probes_two_lots_at_the_ask_with_a_delta_hedge():
         "ENTRY",
         Decimal("100.00"),
     )
-    # 0.5 delta × 130 option units / 65 per future lot = 1 lot, sold against long calls.
-    assert (hedge.security_id, hedge.side, hedge.lots, hedge.purpose) == (FUTURE, "SELL", 1, "HEDGE")
     assert [(t.old, t.new) for t in strategy.transitions] == [("DETECTED", "PROBE")]
+    trade = strategy.active()[0]
+    # 0.5 delta × 130 option units / 65 per future lot = 1 lot, sold against long calls.
+    [hedge] = strategy.on_fill(_fill(trade, "BUY", 130, "100.00", T0))
+    assert (hedge.security_id, hedge.side, hedge.lots, hedge.purpose) == (FUTURE, "SELL", 1, "HEDGE")
+    assert trade.hedge_pending == -65
 
 
 def test_oi_confirmation_scales_by_eight_lots_and_a_refused_scale_leaves_the_probe():
@@ -99,7 +101,7 @@ def test_oi_confirmation_scales_by_eight_lots_and_a_refused_scale_leaves_the_pro
     strategy._enter(_detection())
     trade = strategy.active()[0]
     strategy.on_fill(_fill(trade, "BUY", 130, "100.00", T0))
-    [scale, _hedge] = strategy._scale(_detection("confirm", at=T0 + dt.timedelta(seconds=60)))
+    [scale] = strategy._scale(_detection("confirm", at=T0 + dt.timedelta(seconds=60)))
     assert (scale.lots, scale.purpose, trade.phase) == (8, "SCALE", "SCALED")
     strategy.on_refused(scale, "8 lots would pass 10 lots per signal", T0 + dt.timedelta(seconds=60))
     assert trade.phase == "PROBE" and trade.held == 130
@@ -126,7 +128,7 @@ def test_a_partial_fill_carries_on_with_what_filled_and_an_empty_probe_closes():
 
 def test_a_refused_probe_ends_the_signal():
     strategy = _strategy()
-    [probe, _] = strategy._enter(_detection())
+    [probe] = strategy._enter(_detection())
     strategy.on_refused(probe, "market data is stale", T0)
     assert strategy.trades[probe.signal_key].phase == "REFUSED" and strategy.active() == []
 
@@ -141,9 +143,10 @@ def test_exits_at_target_stop_or_time_whichever_first(mid, minutes, reason):
     trade = strategy.active()[0]
     strategy.on_fill(_fill(trade, "BUY", 130, "100.00", T0))
     strategy.on_fill(_fill(trade, "SELL", 65, "24500", T0, security_id=FUTURE, purpose="HEDGE"))
-    strategy.last_mid[OPTION] = 120.0
+    assert trade.hedge_held == -65 and trade.hedge_pending == 0
+    strategy.last_mid[OPTION] = Decimal("120")
     assert strategy.on_timer(T0 + dt.timedelta(seconds=30)) == []
-    strategy.last_mid[OPTION] = mid
+    strategy.last_mid[OPTION] = Decimal(str(mid))
     exit_option, unwind = strategy.on_timer(T0 + dt.timedelta(minutes=minutes))
     assert (exit_option.side, exit_option.lots, exit_option.reduces_exposure, exit_option.reason) == (
         "SELL",
@@ -175,7 +178,7 @@ def test_disabled_means_no_new_entries_but_open_trades_still_exit():
         )
         == []
     )
-    strategy.last_mid[OPTION] = 150.0
+    strategy.last_mid[OPTION] = Decimal("150")
     assert strategy.on_timer(T0 + dt.timedelta(minutes=2))[0].purpose == "EXIT"
 
 
@@ -188,7 +191,7 @@ def test_state_survives_a_restart_and_the_exit_rules_still_apply():
     restarted.set_state(strategy.get_state())
     assert [t.key for t in restarted.active()] == [trade.key]
     assert restarted._enter(_detection(at=T0 + dt.timedelta(seconds=30))) == []  # no duplicate entry
-    restarted.last_mid[OPTION] = 70.0
+    restarted.last_mid[OPTION] = Decimal("70")
     assert restarted.on_timer(T0 + dt.timedelta(minutes=1))[0].reason == "stop -25%"
 
 

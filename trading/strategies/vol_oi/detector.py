@@ -3,8 +3,17 @@
 Entry: on one option, a volume spike (above ``volume_spike_sigma`` σ AND above
 ``volume_spike_multiple`` × the 1-minute average) together with a mid-price
 jump up of at least ``jump_pct`` %, on a strike within ``max_strike_offset``
-steps of ATM and priced at least ``min_premium``. Confirmation: an OI change
-above ``oi_sigma`` σ on that option within ``oi_window_s`` after the spike.
+steps of ATM and priced at least ``min_premium``. The jump is the mid's rise
+over the last ``jump_window_s`` seconds (see ``marketdata.baselines``: a true
+2-second window on the one-second candidate quotes, the previous snapshot on a
+chain-only feed).
+
+Confirmation: at any snapshot within ``oi_window_s`` of the signal, the
+option's OI change since the signal (a build-up: OI up) exceeds ``oi_sigma`` σ
+of that option's OI changes over the same elapsed horizon on the session so
+far. Scoring the cumulative build against its own horizon's spread is what
+makes it mean something: each 3-second change scored alone would cross 1.5σ
+by chance within 80 tries for almost every signal.
 """
 
 from __future__ import annotations
@@ -14,9 +23,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from marketdata.baselines import ChainBaselines
+from marketdata.baselines import Z_CAP, ChainBaselines
 from marketdata.feeds.base import ChainSnapshot
 from trading.strategies.vol_oi.config import VolOiConfig
+
+MIN_HORIZON_SAMPLES = 10  # k-interval changes needed before their own σ is used (else σ₁·√k)
+
+
+@dataclass(slots=True)
+class Pending:
+    """A signal awaiting OI confirmation."""
+
+    at: dt.datetime
+    oi: float  # the option's OI at the signal
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +57,7 @@ class VolOiDetector:
     def __init__(self, config: VolOiConfig):
         self.config = config
         self.baselines: dict[str, ChainBaselines] = {}
-        self.spikes: dict[str, dt.datetime] = {}  # security id -> when it spiked, awaiting OI
+        self.spikes: dict[str, Pending] = {}  # security id -> the signal awaiting OI confirmation
 
     def configure(self, config: VolOiConfig) -> None:
         self.config = config
@@ -66,10 +85,20 @@ class VolOiDetector:
             self.baselines[underlying] = baselines
         return baselines
 
+    def on_quotes(self, quotes) -> None:
+        """One-second candidate quotes: the mids the 2-second jump window is measured on."""
+        if quotes.underlying not in self.config.underlyings or len(quotes) == 0:
+            return
+        self._baselines(quotes.underlying).update_quotes(
+            quotes.exchange_time, quotes.security_id, quotes.bid, quotes.ask
+        )
+
     def on_snapshot(self, snapshot: ChainSnapshot) -> list[Detection]:
         if snapshot.underlying not in self.config.underlyings or len(snapshot) == 0:
             return []
-        s = self._baselines(snapshot.underlying).update(snapshot)
+        baselines = self._baselines(snapshot.underlying)
+        confirmations = self._confirmations(snapshot, baselines)
+        s = baselines.update(snapshot)
         strikes = np.unique(snapshot.strike)
         step = float(np.min(np.diff(strikes))) if len(strikes) > 1 else 0.0
         near = np.abs(snapshot.strike - snapshot.underlying_ltp) <= (self.config.max_strike_offset + 0.5) * step
@@ -77,22 +106,54 @@ class VolOiDetector:
         entries = s.volume_spike & s.jump & (s.mid_change_pct > 0) & near & (s.mid >= self.config.min_premium)
         for i in np.flatnonzero(entries).tolist():
             sid = str(snapshot.security_id[i])
-            self.spikes[sid] = snapshot.exchange_time
+            self.spikes[sid] = Pending(snapshot.exchange_time, float(snapshot.oi[i]))
             found.append(self._detection("entry", snapshot, s, i))
+        for i, features in confirmations:
+            found.append(self._detection("confirm", snapshot, s, i, features))
         horizon = dt.timedelta(seconds=self.config.oi_window_s)
-        for i in np.flatnonzero(s.oi_confirm).tolist():
-            sid = str(snapshot.security_id[i])
-            spiked = self.spikes.get(sid)
-            if spiked is not None and dt.timedelta(0) < snapshot.exchange_time - spiked <= horizon:
-                found.append(self._detection("confirm", snapshot, s, i))
-                del self.spikes[sid]
-        for sid, spiked in list(self.spikes.items()):
-            if snapshot.exchange_time - spiked > horizon:
+        for sid, pending in list(self.spikes.items()):
+            if snapshot.exchange_time - pending.at > horizon:
                 del self.spikes[sid]
         return found
 
+    def _confirmations(self, snapshot: ChainSnapshot, baselines: ChainBaselines) -> list[tuple[int, dict]]:
+        """Pending signals in this chain whose OI built up past ``oi_sigma`` σ of their horizon.
+
+        Judged before the snapshot joins the statistics: the build is scored
+        against the session as it stood."""
+        if not self.spikes:
+            return []
+        horizon = dt.timedelta(seconds=self.config.oi_window_s)
+        rows = [
+            (i, sid)
+            for i, sid in enumerate(snapshot.security_id.tolist())
+            if sid in self.spikes and snapshot.flags[i] == 0
+        ]
+        out = []
+        for i, sid in rows:
+            pending = self.spikes[sid]
+            elapsed = snapshot.exchange_time - pending.at
+            if not dt.timedelta(0) < elapsed <= horizon:
+                continue
+            change = float(snapshot.oi[i]) - pending.oi
+            k = max(int(round(elapsed.total_seconds() / baselines.interval_s)), 1)
+            slot = baselines.slots(np.array([sid]))
+            mean, std, n = (float(v[0]) for v in baselines.oi_horizon_stats(slot, np.array([k])))
+            if n < MIN_HORIZON_SAMPLES:  # early in the session: a random walk's √k scaling of σ₁
+                mean1, std1, n1 = (float(v[0]) for v in baselines.oi_horizon_stats(slot, np.array([1])))
+                if n1 < MIN_HORIZON_SAMPLES:
+                    continue
+                mean, std = mean1 * k, std1 * k**0.5
+            z = (change - mean) / std if std > 0 else (Z_CAP if change > mean else 0.0)
+            if change > 0 and z > self.config.oi_sigma:
+                out.append(
+                    (i, {"oi_build": change, "oi_horizon_s": elapsed.total_seconds(), "oi_build_z": round(z, 4)})
+                )
+                del self.spikes[sid]
+        return out
+
     @staticmethod
-    def _detection(kind: str, snapshot: ChainSnapshot, s, i: int) -> Detection:
+    def _detection(kind: str, snapshot: ChainSnapshot, s, i: int, extra: dict | None = None) -> Detection:
         features = {
             "volume_delta": float(s.volume_delta[i]),
             "volume_mean": round(float(s.volume_mean[i]), 4),
@@ -101,6 +162,7 @@ class VolOiDetector:
             "oi_change": float(s.oi_change[i]),
             "oi_z": round(float(s.oi_z[i]), 4),
             "underlying_ltp": snapshot.underlying_ltp,
+            **(extra or {}),
         }
         return Detection(
             kind,

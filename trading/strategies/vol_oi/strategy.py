@@ -5,9 +5,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import asdict
+from decimal import Decimal
 from typing import Any
 
-from marketdata.feeds.base import ChainSnapshot
+import numpy as np
+
+from marketdata.feeds.base import ChainSnapshot, QuoteSnapshot
 from trading.strategies.base import ExitLevels, FillEvent, OrderIntent, OrderUpdate, Strategy, to_tick
 from trading.strategies.vol_oi.config import VolOiConfig
 from trading.strategies.vol_oi.detector import VolOiDetector
@@ -19,8 +22,14 @@ from trading.strategies.vol_oi.trader import (
     SCALED,
     SignalTrade,
     Transition,
+    as_decimal,
     exit_reason,
 )
+
+
+def _mid(bid: float, ask: float) -> Decimal:
+    """The exact mid of two tick prices (floats from the feed, written as they were quoted)."""
+    return (Decimal(str(bid)) + Decimal(str(ask))) / 2
 
 
 class VolOiStrategy(Strategy):
@@ -35,7 +44,8 @@ class VolOiStrategy(Strategy):
         self.futures: dict[str, tuple[str, int]] = {}  # underlying -> (future security id, lot size)
         self.cooldown: dict[str, str] = {}  # security id -> ISO time it may trade again
         self.transitions: list[Transition] = []
-        self.last_mid: dict[str, float] = {}
+        self.last_mid: dict[str, Decimal] = {}  # traded contracts only: exact mids for the exit rules
+        self.last_delta: dict[str, float] = {}  # traded contracts only: for the hedge
 
     # --- set-up -----------------------------------------------------------------------
 
@@ -94,12 +104,7 @@ class VolOiStrategy(Strategy):
     def on_snapshot(self, snapshot: ChainSnapshot) -> Sequence[OrderIntent]:
         intents: list[OrderIntent] = []
         now = snapshot.exchange_time
-        good = snapshot.flags == 0
-        for sid, mid, flag in zip(
-            snapshot.security_id.tolist(), ((snapshot.bid + snapshot.ask) / 2).tolist(), good.tolist(), strict=True
-        ):
-            if flag:
-                self.last_mid[sid] = mid
+        self._track(snapshot.security_id, snapshot.bid, snapshot.ask, snapshot.flags == 0, snapshot.delta)
         for detection in self.detector.on_snapshot(snapshot):
             if detection.kind == "entry":
                 intents.extend(self._enter(detection))
@@ -107,6 +112,25 @@ class VolOiStrategy(Strategy):
                 intents.extend(self._scale(detection))
         intents.extend(self._exits(now))
         return intents
+
+    def on_quotes(self, quotes: QuoteSnapshot) -> Sequence[OrderIntent]:
+        """One-second quotes of the candidate contracts: the jump window's history, and
+        fresher mids for the exit rules (evaluated each second by ``on_timer``)."""
+        self.detector.on_quotes(quotes)
+        good = (quotes.bid > 0) & (quotes.ask >= quotes.bid)
+        self._track(quotes.security_id, quotes.bid, quotes.ask, good, None)
+        return ()
+
+    def _track(self, ids: np.ndarray, bid: np.ndarray, ask: np.ndarray, good: np.ndarray, delta) -> None:
+        """Exact mids (and the delta) of the contracts this strategy trades."""
+        traded = {t.security_id for t in self.active()}
+        if not traded:
+            return
+        for i in np.flatnonzero(np.isin(ids, list(traded)) & good).tolist():
+            sid = str(ids[i])
+            self.last_mid[sid] = _mid(float(bid[i]), float(ask[i]))
+            if delta is not None and np.isfinite(delta[i]):
+                self.last_delta[sid] = float(delta[i])
 
     def _enter(self, d) -> list[OrderIntent]:
         lot = self.lot_sizes.get(d.security_id)
@@ -128,26 +152,49 @@ class VolOiStrategy(Strategy):
             features={**d.features, "strike": d.strike, "delta": d.delta},
         )
         self.trades[key] = trade
+        self.last_delta[d.security_id] = d.delta
         self.transitions.append(Transition(key, "DETECTED", PROBE, "volume spike + mid jump", d.at))
         trade.pending_entry = self.config.probe_lots * lot
-        intents = [
+        return [
             self._intent(trade, "BUY", self.config.probe_lots, lot, "ENTRY", to_tick(d.ask), reason="probe", at=d.at)
         ]
-        hedge = self._hedge(trade, d.delta, self.config.probe_lots * lot, d.at)
-        return intents + ([hedge] if hedge else [])
 
-    def _hedge(self, trade: SignalTrade, delta: float, option_units: int, at) -> OrderIntent | None:
+    def hedge_target(self, trade: SignalTrade) -> int:
+        """Signed future units that make the signal delta-neutral to the nearest lot."""
         if not self.config.hedge_with_future or trade.underlying not in self.futures:
+            return 0
+        _, future_lot = self.futures[trade.underlying]
+        delta = self.last_delta.get(trade.security_id, float(trade.features.get("delta", 0.0)))
+        # Long calls are long delta: sell the future; long puts: buy it. Rounding to the
+        # nearest lot leaves at most half a futures lot of delta unhedged.
+        return -round(delta * trade.held / future_lot) * future_lot
+
+    def _hedge(self, trade: SignalTrade, at) -> OrderIntent | None:
+        """After each option fill: order the difference between the hedge the signal
+        holds (and has ordered) and the one its options now need."""
+        if trade.phase in (EXITING, CLOSED, REFUSED) or trade.underlying not in self.futures:
             return None
         future_id, future_lot = self.futures[trade.underlying]
-        lots = round(abs(delta) * option_units / future_lot)
+        have = trade.hedge_held + trade.hedge_pending
+        want = self.hedge_target(trade)
+        lots = abs(want - have) // future_lot
         if lots < 1:
             return None
         trade.hedge_security_id = future_id
-        # Long calls are long delta: sell the future; long puts: buy it.
-        side = "SELL" if delta > 0 else "BUY"
+        side = "BUY" if want > have else "SELL"
+        trade.hedge_pending += lots * future_lot if side == "BUY" else -lots * future_lot
+        shrinks = abs(want) < abs(have)  # a smaller hedge reduces the futures exposure
         return self._intent(
-            trade, side, lots, future_lot, "HEDGE", None, security_id=future_id, reason="delta hedge", at=at
+            trade,
+            side,
+            lots,
+            future_lot,
+            "HEDGE",
+            None,
+            security_id=future_id,
+            reduces=shrinks,
+            reason="delta hedge",
+            at=at,
         )
 
     def _scale(self, d) -> list[OrderIntent]:
@@ -159,11 +206,10 @@ class VolOiStrategy(Strategy):
         lot = self.lot_sizes[trade.security_id]
         self._move(trade, SCALED, "OI confirmation", d.at)
         trade.pending_entry += self.config.scale_lots * lot
-        intents = [
+        self.last_delta[trade.security_id] = d.delta
+        return [
             self._intent(trade, "BUY", self.config.scale_lots, lot, "SCALE", to_tick(d.ask), reason="scale", at=d.at)
         ]
-        hedge = self._hedge(trade, d.delta, self.config.scale_lots * lot, d.at)
-        return intents + ([hedge] if hedge else [])
 
     def _exits(self, now: dt.datetime) -> list[OrderIntent]:
         intents = []
@@ -177,15 +223,15 @@ class VolOiStrategy(Strategy):
                 trade,
                 mid,
                 now,
-                take_profit_pct=self.config.take_profit_pct,
-                stop_loss_pct=self.config.stop_loss_pct,
+                take_profit_pct=as_decimal(self.config.take_profit_pct),
+                stop_loss_pct=as_decimal(self.config.stop_loss_pct),
                 time_stop_s=self.config.time_stop_s,
             )
             if reason:
                 intents.extend(self._exit(trade, reason, now, mid))
         return intents
 
-    def _exit(self, trade: SignalTrade, reason: str, now: dt.datetime, mid: float) -> list[OrderIntent]:
+    def _exit(self, trade: SignalTrade, reason: str, now: dt.datetime, mid: Decimal) -> list[OrderIntent]:
         lot = self.lot_sizes[trade.security_id]
         self._move(trade, EXITING, reason, now)
         trade.exit_reason = reason
@@ -218,28 +264,43 @@ class VolOiStrategy(Strategy):
         if trade is None:
             return ()
         signed = fill.quantity if fill.side == "BUY" else -fill.quantity
+        intents: list[OrderIntent] = []
         if fill.security_id == trade.hedge_security_id and fill.security_id != trade.security_id:
             trade.hedge_held += signed
+            if fill.purpose == "HEDGE":
+                trade.hedge_pending -= signed
         elif fill.side == "BUY":
             trade.held += fill.quantity
-            trade.cost += float(fill.price) * fill.quantity
+            trade.cost += as_decimal(fill.price) * fill.quantity
             trade.pending_entry = max(trade.pending_entry - fill.quantity, 0)
+            hedge = self._hedge(trade, fill.filled_at)
+            if hedge is not None:
+                intents.append(hedge)
         else:
-            ratio = fill.quantity / trade.held if trade.held else 1.0
-            trade.cost -= trade.cost * ratio
+            # Selling part of the position takes out its share of the cost, exactly.
+            trade.cost = trade.cost * (trade.held - fill.quantity) / trade.held if trade.held else Decimal("0")
             trade.held -= fill.quantity
         if trade.phase == EXITING and trade.held <= 0 and trade.hedge_held == 0:
             self._move(trade, CLOSED, f"exited: {trade.exit_reason}", fill.filled_at)
             self.cooldown[trade.security_id] = (
                 fill.filled_at + dt.timedelta(seconds=self.config.cooldown_s)
             ).isoformat()
-        return ()
+        return intents
 
     def on_order_update(self, update: OrderUpdate) -> Sequence[OrderIntent]:
         trade = self.trades.get(update.signal_key or "")
-        if trade is None or update.purpose not in ("ENTRY", "SCALE"):
+        if trade is None:
             return ()
-        trade.pending_entry = max(trade.pending_entry - (update.quantity - update.filled_quantity), 0)
+        unfilled = update.quantity - update.filled_quantity
+        if update.purpose == "HEDGE":
+            # Pending hedges all point the way the options' delta grew (an update does not
+            # carry the side): what never filled is no longer coming.
+            left = max(abs(trade.hedge_pending) - unfilled, 0)
+            trade.hedge_pending = left if trade.hedge_pending > 0 else -left
+            return ()
+        if update.purpose not in ("ENTRY", "SCALE"):
+            return ()
+        trade.pending_entry = max(trade.pending_entry - unfilled, 0)
         if update.purpose == "ENTRY" and trade.held == 0 and trade.pending_entry == 0:
             self._move(
                 trade,
@@ -262,6 +323,8 @@ class VolOiStrategy(Strategy):
         elif intent.purpose == "SCALE":
             trade.pending_entry = max(trade.pending_entry - intent.quantity, 0)
             self._move(trade, PROBE, f"scale-up refused: {reason}", at)
+        elif intent.purpose == "HEDGE":
+            trade.hedge_pending -= intent.quantity if intent.side == "BUY" else -intent.quantity
 
     def on_timer(self, now: dt.datetime) -> Sequence[OrderIntent]:
         return self._exits(now)
@@ -270,16 +333,21 @@ class VolOiStrategy(Strategy):
         levels = {}
         for trade in self.active():
             if trade.held and trade.average:
+                sl, tp = as_decimal(self.config.stop_loss_pct), as_decimal(self.config.take_profit_pct)
                 levels[trade.security_id] = ExitLevels(
-                    stop=trade.average * (1 - self.config.stop_loss_pct / 100),
-                    target=trade.average * (1 + self.config.take_profit_pct / 100),
+                    stop=trade.average * (100 - sl) / 100,
+                    target=trade.average * (100 + tp) / 100,
                     deadline=trade.opened + dt.timedelta(seconds=self.config.time_stop_s),
                 )
         return levels
 
     def get_state(self) -> dict[str, Any]:
         return {
-            "trades": {k: asdict(t) for k, t in self.trades.items() if t.phase not in (CLOSED, REFUSED)},
+            "trades": {
+                k: {**asdict(t), "cost": str(t.cost)}
+                for k, t in self.trades.items()
+                if t.phase not in (CLOSED, REFUSED)
+            },
             "cooldown": self.cooldown,
         }
 
