@@ -8,6 +8,7 @@ the paper broker. Production sets ``DATABASE_URL``, ``REDIS_URL``,
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -166,6 +167,15 @@ AUDIT_HMAC_KEY = env_secret("AUDIT_HMAC_KEY")
 AUDIT_HMAC_KEY_IS_LOCAL = not AUDIT_HMAC_KEY
 if not AUDIT_HMAC_KEY and DEBUG:
     AUDIT_HMAC_KEY = _local_secret("audit_hmac_key")
+# Signed checkpoints of the chain, outside the database (audit.checkpoints): a
+# directory the database's superuser cannot write, every N records and at the close.
+AUDIT_CHECKPOINT_DIR = Path(env_str("AUDIT_CHECKPOINT_DIR", str(VAR_DIR / "audit")))
+AUDIT_CHECKPOINT_EVERY = env_int("AUDIT_CHECKPOINT_EVERY", 1000, minimum=1)
+AUDIT_CHECKPOINT_TO_SINKS = env_bool("AUDIT_CHECKPOINT_TO_SINKS", True)
+# Processes verify_audit splits the chain across (default: every core).
+AUDIT_VERIFY_WORKERS = env_int("AUDIT_VERIFY_WORKERS", os.cpu_count() or 1, minimum=1, maximum=64)
+# Below this many records one process verifies (a pool costs more than it saves).
+AUDIT_VERIFY_PARALLEL_MIN = env_int("AUDIT_VERIFY_PARALLEL_MIN", 20_000, minimum=2)
 
 # Strategy registry: key -> dotted path of the Strategy class, imported lazily.
 QUANTHUB_STRATEGIES = {
