@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
+from django.db import DatabaseError
 
 from audit.models import AuditChainHead
 from trading.sinks import AlertMessage, configured_sinks, get_sink
@@ -110,7 +111,11 @@ def _send(checkpoint: Checkpoint) -> None:
 
 def write_head(*, reason: str = "close") -> Checkpoint | None:
     """A checkpoint of the chain as it stands (the close of the day, a stop)."""
-    head = AuditChainHead.objects.filter(id=1).values_list("seq", "hash").first()
+    try:
+        head = AuditChainHead.objects.filter(id=1).values_list("seq", "hash").first()
+    except DatabaseError as exc:  # a stop with the database down still stops
+        log.error("audit checkpoint not written: the chain head is unreadable", extra={"error": type(exc).__name__})
+        return None
     if head is None or head[0] == 0:
         return None
     return write(head[0], head[1], reason=reason)

@@ -69,6 +69,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "quanthub.metrics.middleware",
     "django.middleware.security.SecurityMiddleware",
     "quanthub.security.SecurityHeadersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -184,6 +185,9 @@ QUANTHUB_STRATEGIES = {
 
 # Bearer token a Prometheus scraper sends to /health/metrics; unset: no metrics endpoint.
 METRICS_TOKEN = env_secret("METRICS_TOKEN")
+# The engine's own metrics endpoint (run_engine --metrics-port); unset: not served.
+ENGINE_METRICS_PORT = env_int("ENGINE_METRICS_PORT", 0, minimum=0, maximum=65535) or None
+ENGINE_METRICS_HOST = env_str("ENGINE_METRICS_HOST", "127.0.0.1")
 
 # --- Alerts -----------------------------------------------------------------------
 SLACK_WEBHOOK_URL = env_secret("SLACK_WEBHOOK_URL")

@@ -20,6 +20,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.chain import append as audit_append
+from quanthub import metrics
 from quanthub.clock import IST, SESSION_OPEN
 from risk.models import BreakerTrip, TradingState
 from risk.services import set_trading_state
@@ -91,6 +92,7 @@ def trip(
             account=account,
             expected=TradingState.State.ACTIVE,
         )
+    metrics.breaker_tripped(breaker)
     return item
 
 

@@ -21,6 +21,7 @@ from decimal import Decimal
 from asgiref.sync import sync_to_async
 
 from audit.chain import append as audit_append
+from quanthub import metrics
 from risk.models import TradingState
 from risk.services import set_trading_state
 from trading.brokers.base import Rejected, Unavailable
@@ -193,6 +194,7 @@ async def kill_all(
     await _db(audit_append)("kill_all.finished", actor=actor, subject=f"account:{account}", payload=summary.as_dict())
     await report("done")
     log.warning("kill all finished", extra={"summary": summary.as_dict()})
+    metrics.kill_all_finished(time.monotonic() - began, summary.flat)
     return summary
 
 

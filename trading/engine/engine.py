@@ -29,6 +29,7 @@ from marketdata.book import QuoteBook
 from marketdata.feeds.base import ChainSnapshot, LtpTick
 from marketdata.models import Instrument
 from marketdata.validation import ChainValidator, FeedHealth
+from quanthub import metrics
 from quanthub.clock import Clock
 from quanthub.sql import Prepared
 from risk.breakers import VixMonitor, enforce_daily_loss
@@ -258,7 +259,7 @@ class Engine:
             "role": role,
             "beat_at": wall,
             "market_time": market,
-            "feed_health": self.health.as_dict(market),
+            "feed_health": metrics.engine_beat_health(self.health.as_dict(market)),
             "stats": {
                 **{k: v for k, v in vars(self.stats).items() if k != "tick_to_intent_ms"},
                 "funds": self._funds,
@@ -476,6 +477,7 @@ class Engine:
             try:
                 funds = await self.broker.funds()
                 self._funds = {k: str(getattr(funds, k)) for k in ("available", "utilised", "total")}
+                metrics.funds(self._funds, self._limits.margin_utilisation_cap_pct)
             except Exception as exc:  # the risk panel shows the last known figures
                 log.warning("funds unavailable", extra={"error": repr(exc)})
         await asend_now("heartbeat", {"engine": self.engine_id, "at": now.isoformat()}, account=self.account)
@@ -510,6 +512,7 @@ class Engine:
             return
         if pnl is None:
             pnl = await _db(daily_net_pnl)(self.account, now)
+        metrics.daily_pnl(pnl, self._limits.daily_loss_cap)
         if pnl <= -self._limits.daily_loss_cap:
             self._loss_handled = True
             await enforce_daily_loss(
@@ -546,6 +549,7 @@ class Engine:
         except Exception:
             loaded.failures += 1
             self.stats.strategy_errors += 1
+            metrics.strategy_error(loaded.key)
             log.exception("strategy failed", extra={"strategy": loaded.key})
             return []
 
@@ -625,6 +629,7 @@ class Engine:
         self._basis.record(intent, decision.lots, ctx)
         gate_passed_at = self.clock.now()
         self.stats.tick_to_intent_ms.append((time.perf_counter() - started) * 1000)
+        metrics.observe_tick_to_intent(time.perf_counter() - started)
         return Passed(intent, instrument, decision, intent_at, gate_passed_at)
 
     async def _send(self, loaded: Loaded, queue: list[Passed], snapshot_at: dt.datetime) -> None:
