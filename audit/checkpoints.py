@@ -94,7 +94,7 @@ def write(seq: int, record_hash: str, *, reason: str, at: dt.datetime | None = N
 
 def _send(checkpoint: Checkpoint) -> None:
     try:
-        names = configured_sinks()
+        names = [name for name in configured_sinks() if get_sink(name).accepts("INFO")]  # evidence, not a page
     except Exception:
         log.exception("alert sinks could not be loaded for an audit checkpoint")
         return

@@ -193,10 +193,13 @@ ENGINE_METRICS_HOST = env_str("ENGINE_METRICS_HOST", "127.0.0.1")
 SLACK_WEBHOOK_URL = env_secret("SLACK_WEBHOOK_URL")
 TELEGRAM_BOT_TOKEN = env_secret("TELEGRAM_BOT_TOKEN")
 TELEGRAM_CHAT_ID = env_str("TELEGRAM_CHAT_ID")
+# PagerDuty Events API v2 integration key: CRITICAL alerts page on-call.
+PAGERDUTY_ROUTING_KEY = env_secret("PAGERDUTY_ROUTING_KEY")
+PAGERDUTY_EVENTS_URL = env_str("PAGERDUTY_EVENTS_URL", "https://events.pagerduty.com/v2/enqueue")
 if TESTING:
     # Tests never reach the network: a developer's exported webhook or bot token
     # must not turn a test's alert into a real message (tests set their own).
-    SLACK_WEBHOOK_URL = TELEGRAM_BOT_TOKEN = ""
+    SLACK_WEBHOOK_URL = TELEGRAM_BOT_TOKEN = PAGERDUTY_ROUTING_KEY = ""
 # Only for tests and for a self-hosted Bot API server; the token is appended to it.
 TELEGRAM_API_BASE = env_str("TELEGRAM_API_BASE", "https://api.telegram.org")
 # Alerts below this level stay in the app; at or above it they also go to the sinks.
@@ -208,6 +211,7 @@ ALERT_SINK_RETRY_DELAYS = (0.5, 2.0, 5.0)
 ALERT_SINKS = {
     "slack": "trading.sinks.slack.SlackSink",
     "telegram": "trading.sinks.telegram.TelegramSink",
+    "pagerduty": "trading.sinks.pagerduty.PagerDutySink",
 }
 
 # --- Auth, sessions, security --------------------------------------------------------
