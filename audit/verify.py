@@ -27,6 +27,7 @@ import json
 import multiprocessing
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from json.encoder import encode_basestring  # what json.dumps(str, ensure_ascii=False) calls
 
 from django.conf import settings
 from django.db import connection, connections
@@ -34,7 +35,7 @@ from django.db.models import TextField
 from django.db.models.functions import Cast
 
 from audit import checkpoints
-from audit.chain import GENESIS, compute_hash, compute_head_mac, record_body, record_body_text
+from audit.chain import GENESIS, compute_hash, compute_head_mac, record_body
 from audit.models import AuditChainHead, AuditRecord
 
 FIELDS = ("seq", "created_at", "actor", "action", "subject", "payload", "prev_hash", "hash", "mac")
@@ -55,22 +56,15 @@ class VerifyResult:
         return self.broken_seq is None
 
 
-def _stamp_from_text(text: str) -> str:
-    """Django's SQLite text for a UTC datetime ("YYYY-MM-DD HH:MM:SS[.ffffff]") as
-    the record body's stamp, without building a datetime."""
-    if len(text) == 19:
-        text += ".000000"
-    return f"{text[:10]}T{text[11:]}+00:00"
-
-
 def verify_rows(rows: Iterable[tuple], *, key: str, prev_hash: str = GENESIS, prev_seq: int = 0) -> VerifyResult:
     """Rows as ``FIELDS``. ``created_at`` is a datetime or SQLite's UTC text and
-    ``payload`` a dict or its stored JSON text; text takes a fast path that hashes
+    ``payload`` a dict or its stored JSON text (Django's SQLite text for a UTC
+    datetime is "YYYY-MM-DD HH:MM:SS[.ffffff]"); text takes a fast path that hashes
     the stored canonical text as it is, and falls back to parsing when that does
     not match (text stored in another but equal form), so both agree on what is
     intact."""
     key_bytes = key.encode("utf-8")
-    sha256, digest, compare = hashlib.sha256, hmac.digest, hmac.compare_digest
+    sha256, digest, compare, quote = hashlib.sha256, hmac.digest, hmac.compare_digest, encode_basestring
     count = 0
     first = None
     for seq, created_at, actor, action, subject, payload, row_prev, row_hash, mac in rows:
@@ -85,7 +79,12 @@ def verify_rows(rows: Iterable[tuple], *, key: str, prev_hash: str = GENESIS, pr
             )
         expected = None
         if type(created_at) is str and type(payload) is str:
-            body = record_body_text(seq, _stamp_from_text(created_at), actor, action, subject, payload)
+            # record_body_text, inlined: this line runs for every record.
+            stamp = f"{created_at[:10]}T{created_at[11:]}{'.000000' if len(created_at) == 19 else ''}+00:00"
+            body = (
+                f'{{"action":{quote(action)},"actor":{quote(actor)},"created_at":"{stamp}",'
+                f'"payload":{payload},"seq":{seq},"subject":{quote(subject)}}}'
+            )
             expected = sha256((prev_hash + body).encode("utf-8")).hexdigest()
         if expected != row_hash:
             when = dt.datetime.fromisoformat(created_at) if type(created_at) is str else created_at

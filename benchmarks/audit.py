@@ -153,6 +153,8 @@ def main() -> None:
                 postgres_verify_records_per_s=result["verify_per_s"],
                 postgres_truncation_detected=result["truncation_detected"],
             )
+    # Wall-clock figures on a shared machine: say how busy it was.
+    metrics.update(cores=os.cpu_count() or 1, load_avg_1m=os.getloadavg()[0])
     report("audit", metrics, args.json)
 
 
