@@ -41,11 +41,16 @@ def chain(db, settings, django_capture_on_commit_callbacks):
 
 
 def _superuser(statements: list[tuple[str, list]]) -> None:
-    if connection.vendor != "sqlite":
-        pytest.skip("raw tampering needs SQLite; PostgreSQL's trigger refuses it without DISABLE TRIGGER")
+    """What a database superuser can do: on PostgreSQL, switch the append-only
+    trigger off first (the test database's owner is a superuser)."""
+    postgres = connection.vendor == "postgresql"
     with connection.cursor() as cursor:
+        if postgres:
+            cursor.execute("ALTER TABLE audit_auditrecord DISABLE TRIGGER audit_append_only")
         for sql, params in statements:
             cursor.execute(sql, params)
+        if postgres:
+            cursor.execute("ALTER TABLE audit_auditrecord ENABLE TRIGGER audit_append_only")
 
 
 def test_checkpoints_are_signed_lines_outside_the_database(chain, settings):
