@@ -56,6 +56,15 @@ def demo_market(db):
 
 
 @pytest.fixture(autouse=True)
+def _audit_checkpoint_dir(tmp_path_factory, settings):
+    """Each test's audit checkpoints in a directory of its own: a checkpoint of
+    another test's chain would not match this test's records."""
+    folder = tmp_path_factory.mktemp("audit-checkpoints")
+    settings.AUDIT_CHECKPOINT_DIR = folder
+    return folder
+
+
+@pytest.fixture(autouse=True)
 def _close_sync_thread_connections():
     """Async tests reach the database through asgiref's single sync thread; close
     that thread's connection after each test so PostgreSQL test databases can be

@@ -1,7 +1,8 @@
 """Appending to and hashing the audit chain.
 
 Each record's hash is ``sha256(prev_hash ‖ canonical_json(record))`` and its
-MAC is ``HMAC-SHA256(AUDIT_HMAC_KEY, hash)``. Canonical JSON: sorted keys, no
+MAC is ``HMAC-SHA256(AUDIT_HMAC_KEY, hash)``; the chain head's MAC is
+``HMAC-SHA256(AUDIT_HMAC_KEY, "head|seq|hash")``. Canonical JSON: sorted keys, no
 whitespace, UTF-8, Decimals and datetimes as strings. The key is read from
 settings (the environment), never stored in the database.
 """
@@ -13,12 +14,14 @@ import hashlib
 import hmac
 import json
 from decimal import Decimal
+from functools import partial
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from audit import checkpoints
 from audit.models import AuditChainHead, AuditRecord
 
 GENESIS = "0" * 64
@@ -50,12 +53,21 @@ def record_body(seq: int, created_at: dt.datetime, actor: str, action: str, subj
     """Canonical JSON of a record: the same text as ``canonical_json`` of the dict
     {action, actor, created_at, payload, seq, subject}, assembled in key order by
     hand because verification runs it for every record."""
+    return record_body_text(seq, utc_stamp(created_at), actor, action, subject, canonical_json(payload))
+
+
+def utc_stamp(created_at: dt.datetime) -> str:
     if created_at.utcoffset() != dt.timedelta(0):
         created_at = created_at.astimezone(dt.UTC)
-    stamp = created_at.replace(tzinfo=dt.UTC).isoformat(timespec="microseconds")
+    return created_at.replace(tzinfo=dt.UTC).isoformat(timespec="microseconds")
+
+
+def record_body_text(seq: int, stamp: str, actor: str, action: str, subject: str, payload_json: str) -> str:
+    """``record_body`` from parts already in canonical form (the UTC stamp and the
+    payload's canonical JSON), for the append and the verifier's fast path."""
     return (
         f'{{"action":{_dumps(action)},"actor":{_dumps(actor)},"created_at":"{stamp}",'
-        f'"payload":{canonical_json(payload)},"seq":{int(seq)},"subject":{_dumps(subject)}}}'
+        f'"payload":{payload_json},"seq":{int(seq)},"subject":{_dumps(subject)}}}'
     )
 
 
@@ -66,6 +78,13 @@ def compute_hash(prev_hash: str, body: str) -> str:
 def compute_mac(record_hash: str, key: str | None = None) -> str:
     key = settings.AUDIT_HMAC_KEY if key is None else key
     return hmac.digest(key.encode("utf-8"), record_hash.encode("ascii"), "sha256").hex()
+
+
+def compute_head_mac(seq: int, record_hash: str, key: str | None = None) -> str:
+    """The chain head's MAC binds the position to the hash. A record's own MAC
+    covers its hash alone, so it cannot be copied onto a head moved back to it."""
+    key = settings.AUDIT_HMAC_KEY if key is None else key
+    return hmac.digest(key.encode("utf-8"), f"head|{int(seq)}|{record_hash}".encode("ascii"), "sha256").hex()
 
 
 def append(
@@ -79,58 +98,57 @@ def append(
     """Append one record. Call it inside the transaction of what it records,
     so the decision and its audit record commit together or not at all.
 
-    Three plain statements (lock the chain head, insert, move the head): this
-    runs inside every decision's transaction, so it stays off the ORM's
-    per-object machinery. Without an enclosing transaction it opens its own.
+    Three plain statements (lock the chain head, insert, move the head and its
+    MAC) on the driver's own cursor: this runs inside every decision's
+    transaction, so it stays off the ORM's per-object machinery and Django's
+    cursor wrappers (query logging under DEBUG alone cost more than the rest).
+    Database errors still surface as Django's. Without an enclosing
+    transaction it opens its own. Every ``AUDIT_CHECKPOINT_EVERY`` records a
+    signed checkpoint is written outside the database once this commits.
     """
     if not connection.in_atomic_block:
         with transaction.atomic():
             return append(action, actor=actor, subject=subject, payload=payload, at=at)
-    payload = normalise_payload(payload or {})
+    payload_json = canonical_json(payload or {})
     created_at = (at or timezone.now()).astimezone(dt.UTC)
+    stamp = created_at.isoformat(timespec="microseconds")
     actor, action, subject = actor[:150], action[:60], subject[:200]
+    key = settings.AUDIT_HMAC_KEY.encode("utf-8")
     postgres = connection.vendor == "postgresql"
-    with connection.cursor() as cursor:
-        cursor.execute(_SELECT_HEAD + (" FOR UPDATE" if postgres else ""))
-        row = cursor.fetchone()
-        if row is None:
-            cursor.execute(_CREATE_HEAD, [GENESIS])
-            row = (0, GENESIS)
-        seq, prev_hash = row[0] + 1, row[1]
-        record_hash = compute_hash(prev_hash, record_body(seq, created_at, actor, action, subject, payload))
-        mac = compute_mac(record_hash)
-        cursor.execute(
-            _INSERT
-            + (
-                "(%s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s) RETURNING id"
-                if postgres
-                else "(%s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            ),
-            [
-                seq,
-                connection.ops.adapt_datetimefield_value(created_at),
-                actor,
-                action,
-                subject,
-                canonical_json(payload),
-                prev_hash,
-                record_hash,
-                mac,
-            ],
-        )
-        record_id = cursor.fetchone()[0] if postgres else cursor.lastrowid
-        cursor.execute(_MOVE_HEAD, [seq, record_hash])
+    with connection.wrap_database_errors:
+        cursor = connection.connection.cursor()
+        try:
+            cursor.execute(_SELECT_HEAD_PG if postgres else _SELECT_HEAD)
+            row = cursor.fetchone()
+            if row is None:
+                cursor.execute(_CREATE_HEAD_PG if postgres else _CREATE_HEAD, [GENESIS])
+                row = (0, GENESIS)
+            seq, prev_hash = row[0] + 1, row[1]
+            record_hash = hashlib.sha256(
+                (prev_hash + record_body_text(seq, stamp, actor, action, subject, payload_json)).encode("utf-8")
+            ).hexdigest()
+            mac = hmac.digest(key, record_hash.encode("ascii"), "sha256").hex()
+            head_mac = hmac.digest(key, f"head|{seq}|{record_hash}".encode("ascii"), "sha256").hex()
+            if postgres:
+                cursor.execute(
+                    _INSERT_PG,
+                    [seq, created_at, actor, action, subject, payload_json, prev_hash, record_hash, mac],
+                )
+                record_id = cursor.fetchone()[0]
+            else:
+                # Django keeps SQLite datetimes as naive UTC text, str(datetime) style:
+                # the stamp's date and time, microseconds only when there are any.
+                naive = f"{stamp[:10]} {stamp[11:26] if created_at.microsecond else stamp[11:19]}"
+                cursor.execute(_INSERT, [seq, naive, actor, action, subject, payload_json, prev_hash, record_hash, mac])
+                record_id = cursor.lastrowid
+            cursor.execute(_MOVE_HEAD_PG if postgres else _MOVE_HEAD, [seq, record_hash, head_mac])
+        finally:
+            cursor.close()
+    if seq % settings.AUDIT_CHECKPOINT_EVERY == 0:
+        transaction.on_commit(partial(checkpoints.write, seq, record_hash, reason="every"), robust=True)
+    # Positional arguments in field order: the model's fast construction path.
     record = AuditRecord(
-        id=record_id,
-        seq=seq,
-        created_at=created_at,
-        actor=actor,
-        action=action,
-        subject=subject,
-        payload=payload,
-        prev_hash=prev_hash,
-        hash=record_hash,
-        mac=mac,
+        record_id, seq, created_at, actor, action, subject, json.loads(payload_json), prev_hash, record_hash, mac
     )
     record._state.adding = False
     return record
@@ -139,7 +157,12 @@ def append(
 # Table names come from the models' metadata, never from input.
 _TABLE = AuditRecord._meta.db_table
 _HEAD = AuditChainHead._meta.db_table
+_COLUMNS = "(seq, created_at, actor, action, subject, payload, prev_hash, hash, mac)"
 _SELECT_HEAD = f"SELECT seq, hash FROM {_HEAD} WHERE id = 1"  # noqa: S608
-_CREATE_HEAD = f"INSERT INTO {_HEAD} (id, seq, hash) VALUES (1, 0, %s)"  # noqa: S608
-_INSERT = f"INSERT INTO {_TABLE} (seq, created_at, actor, action, subject, payload, prev_hash, hash, mac) VALUES "  # noqa: S608
-_MOVE_HEAD = f"UPDATE {_HEAD} SET seq = %s, hash = %s WHERE id = 1"  # noqa: S608
+_SELECT_HEAD_PG = _SELECT_HEAD + " FOR UPDATE"
+_CREATE_HEAD = f"INSERT INTO {_HEAD} (id, seq, hash, mac) VALUES (1, 0, ?, '')"  # noqa: S608
+_CREATE_HEAD_PG = _CREATE_HEAD.replace("?", "%s")
+_INSERT = f"INSERT INTO {_TABLE} {_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+_INSERT_PG = f"INSERT INTO {_TABLE} {_COLUMNS} VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s) RETURNING id"  # noqa: S608
+_MOVE_HEAD = f"UPDATE {_HEAD} SET seq = ?, hash = ?, mac = ? WHERE id = 1"  # noqa: S608
+_MOVE_HEAD_PG = _MOVE_HEAD.replace("?", "%s")

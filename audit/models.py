@@ -74,6 +74,7 @@ class AuditChainHead(models.Model):
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     seq = models.PositiveBigIntegerField(default=0)
     hash = models.CharField(max_length=64, default="0" * 64)
+    mac = models.CharField("HMAC", max_length=64, default="", help_text="HMAC of head|seq|hash with the audit key.")
 
     class Meta:
         verbose_name = "audit chain head"

@@ -24,6 +24,10 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from quanthub import metrics as qmetrics
 
 log = logging.getLogger(__name__)
 CHANNEL_TIMEOUT_S = 2.0
@@ -107,57 +111,89 @@ def ready(request: HttpRequest) -> JsonResponse:
     )
 
 
-def _metric_lines(account: str) -> list[str]:
-    from trading import events, selectors
-    from trading.models import Order
+class StateCollector:
+    """Gauges read from the database at each scrape of the web endpoint: the
+    engine's heartbeat and feed health as it last wrote them (so a dead engine
+    still shows up), today's orders, the caps, open reconciliation breaks, the
+    latest Kill All and the broker token's expiry. prometheus_client escapes the
+    label values."""
 
-    ov = selectors.overview(account)
-    start = selectors._today_start(selectors.market_now(account))
-    label = f'account="{account}"'
-    lines = [
-        "# HELP quanthub_engine_up 1 while the account's engine beats ACTIVE within the stale limit.",
-        "# TYPE quanthub_engine_up gauge",
-        f"quanthub_engine_up{{{label}}} {1 if ov.engine_alive else 0}",
-        "# HELP quanthub_engine_heartbeat_age_seconds Seconds since the engine's last heartbeat.",
-        "# TYPE quanthub_engine_heartbeat_age_seconds gauge",
-        f"quanthub_engine_heartbeat_age_seconds{{{label}}} {ov.heartbeat_age_s if ov.heartbeat_age_s is not None else 'NaN'}",
-        "# HELP quanthub_feed_stale 1 when the engine reports stale market data.",
-        "# TYPE quanthub_feed_stale gauge",
-        f"quanthub_feed_stale{{{label}}} {1 if ov.feed_health.get('stale') else 0}",
-        "# HELP quanthub_trading_state The account's trading state (1 for the current one).",
-        "# TYPE quanthub_trading_state gauge",
-    ]
-    lines += [
-        f'quanthub_trading_state{{{label},state="{state}"}} {1 if ov.trading_state.state == state else 0}'
-        for state in ("ACTIVE", "REDUCING", "HALTED")
-    ]
-    lines += [
-        "# HELP quanthub_net_pnl_rupees Today's net P&L (closed trades and open positions, after charges).",
-        "# TYPE quanthub_net_pnl_rupees gauge",
-        f"quanthub_net_pnl_rupees{{{label}}} {ov.net_pnl}",
-        "# HELP quanthub_open_positions Open positions.",
-        "# TYPE quanthub_open_positions gauge",
-        f"quanthub_open_positions{{{label}}} {ov.open_positions}",
-        "# HELP quanthub_open_alerts Alerts not yet acknowledged.",
-        "# TYPE quanthub_open_alerts gauge",
-        f"quanthub_open_alerts{{{label}}} {ov.open_alerts}",
-        "# HELP quanthub_orders_today Orders created today, by state.",
-        "# TYPE quanthub_orders_today gauge",
-    ]
-    counts = dict(
-        Order.objects.filter(account=account, created_at__gte=start)
-        .values_list("state")
-        .annotate(n=models.Count("id"))
-        .values_list("state", "n")
-    )
-    lines += [f'quanthub_orders_today{{{label},state="{s}"}} {counts.get(s, 0)}' for s in Order.State.values]
-    lines += [
-        "# HELP quanthub_dashboard_events_total Dashboard events this process published or failed to.",
-        "# TYPE quanthub_dashboard_events_total counter",
-        f'quanthub_dashboard_events_total{{result="published"}} {events.stats["published"]}',
-        f'quanthub_dashboard_events_total{{result="failed"}} {events.stats["failed"]}',
-    ]
-    return lines
+    def __init__(self, account: str):
+        self.account = account
+
+    def describe(self):
+        return []
+
+    def _gauge(self, name: str, value, **labels: str) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(name, qmetrics.STATE_METRICS[name], labels=["account", *labels])
+        family.add_metric([self.account, *labels.values()], value)
+        return family
+
+    def collect(self):
+        # The apps' modules load after quanthub's (health is imported by the URLconf).
+        from audit.models import AuditRecord
+        from risk.models import RiskLimits
+        from trading import events, selectors
+        from trading.brokers.tokens import current_token
+        from trading.models import Order
+        from trading.orders.reconcile import open_breaks
+
+        account = self.account
+        ov = selectors.overview(account)
+        yield self._gauge("quanthub_engine_up", 1 if ov.engine_alive else 0)
+        age = ov.heartbeat_age_s
+        yield self._gauge("quanthub_engine_heartbeat_age_seconds", float("nan") if age is None else age)
+        yield self._gauge("quanthub_feed_stale", 1 if ov.feed_health.get("stale") else 0)
+        state = GaugeMetricFamily(
+            "quanthub_trading_state", qmetrics.STATE_METRICS["quanthub_trading_state"], labels=["account", "state"]
+        )
+        for name in ("ACTIVE", "REDUCING", "HALTED"):
+            state.add_metric([account, name], 1 if ov.trading_state.state == name else 0)
+        yield state
+        yield self._gauge("quanthub_net_pnl_rupees", float(ov.net_pnl))
+        yield self._gauge("quanthub_loss_cap_rupees", float(RiskLimits.active().daily_loss_cap))
+        yield self._gauge("quanthub_open_positions", ov.open_positions)
+        yield self._gauge("quanthub_open_alerts", ov.open_alerts)
+        start = selectors._today_start(selectors.market_now(account))
+        counts = dict(
+            Order.objects.filter(account=account, created_at__gte=start)
+            .values_list("state")
+            .annotate(n=models.Count("id"))
+            .values_list("state", "n")
+        )
+        orders = GaugeMetricFamily(
+            "quanthub_orders_today", qmetrics.STATE_METRICS["quanthub_orders_today"], labels=["account", "state"]
+        )
+        for name in Order.State.values:
+            orders.add_metric([account, name], counts.get(name, 0))
+        yield orders
+        yield self._gauge("quanthub_reconciliation_breaks_open", open_breaks(account))
+        last = (
+            AuditRecord.objects.filter(action="kill_all.finished", subject=f"account:{account}")
+            .order_by("-seq")
+            .values_list("payload", flat=True)
+            .first()
+        )
+        if last is not None:
+            yield self._gauge("quanthub_kill_all_last_flat", 1 if last.get("flat") else 0)
+        expiry = qmetrics.token_expiry(current_token()) if settings.QUANTHUB_BROKER == "dhan" else None
+        if expiry is not None:
+            yield self._gauge("quanthub_broker_token_expiry_timestamp_seconds", expiry)
+        published = CounterMetricFamily(
+            "quanthub_dashboard_events", qmetrics.STATE_METRICS["quanthub_dashboard_events_total"], labels=["result"]
+        )
+        published.add_metric(["published"], events.stats["published"])
+        published.add_metric(["failed"], events.stats["failed"])
+        yield published
+
+
+def exposition(account: str) -> bytes:
+    """This process's metrics (request latency, websockets, push lag, host CPU),
+    then the database's state."""
+    qmetrics.sample_host_cpu()
+    state = CollectorRegistry(auto_describe=False)
+    state.register(StateCollector(account))
+    return generate_latest(REGISTRY) + generate_latest(state)
 
 
 @never_cache
@@ -168,8 +204,6 @@ def metrics(request: HttpRequest) -> HttpResponse:
     token = settings.METRICS_TOKEN
     if not token:
         raise Http404("Metrics are off: set METRICS_TOKEN.")
-    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-    if not secrets.compare_digest(given.encode(), token.encode()):
+    if not qmetrics.authorised(request.headers.get("Authorization", ""), token):
         return HttpResponse("A bearer token is required.\n", status=401, content_type="text/plain")
-    body = "\n".join(_metric_lines(settings.QUANTHUB_ACCOUNT)) + "\n"
-    return HttpResponse(body, content_type="text/plain; version=0.0.4; charset=utf-8")
+    return HttpResponse(exposition(settings.QUANTHUB_ACCOUNT), content_type=CONTENT_TYPE_PLAIN_0_0_4)

@@ -8,6 +8,7 @@ the paper broker. Production sets ``DATABASE_URL``, ``REDIS_URL``,
 
 from __future__ import annotations
 
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -68,6 +69,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "quanthub.metrics.middleware",
     "django.middleware.security.SecurityMiddleware",
     "quanthub.security.SecurityHeadersMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -166,6 +168,15 @@ AUDIT_HMAC_KEY = env_secret("AUDIT_HMAC_KEY")
 AUDIT_HMAC_KEY_IS_LOCAL = not AUDIT_HMAC_KEY
 if not AUDIT_HMAC_KEY and DEBUG:
     AUDIT_HMAC_KEY = _local_secret("audit_hmac_key")
+# Signed checkpoints of the chain, outside the database (audit.checkpoints): a
+# directory the database's superuser cannot write, every N records and at the close.
+AUDIT_CHECKPOINT_DIR = Path(env_str("AUDIT_CHECKPOINT_DIR", str(VAR_DIR / "audit")))
+AUDIT_CHECKPOINT_EVERY = env_int("AUDIT_CHECKPOINT_EVERY", 1000, minimum=1)
+AUDIT_CHECKPOINT_TO_SINKS = env_bool("AUDIT_CHECKPOINT_TO_SINKS", True)
+# Processes verify_audit splits the chain across (default: every core).
+AUDIT_VERIFY_WORKERS = env_int("AUDIT_VERIFY_WORKERS", os.cpu_count() or 1, minimum=1, maximum=64)
+# Below this many records one process verifies (a pool costs more than it saves).
+AUDIT_VERIFY_PARALLEL_MIN = env_int("AUDIT_VERIFY_PARALLEL_MIN", 20_000, minimum=2)
 
 # Strategy registry: key -> dotted path of the Strategy class, imported lazily.
 QUANTHUB_STRATEGIES = {
@@ -174,15 +185,21 @@ QUANTHUB_STRATEGIES = {
 
 # Bearer token a Prometheus scraper sends to /health/metrics; unset: no metrics endpoint.
 METRICS_TOKEN = env_secret("METRICS_TOKEN")
+# The engine's own metrics endpoint (run_engine --metrics-port); unset: not served.
+ENGINE_METRICS_PORT = env_int("ENGINE_METRICS_PORT", 0, minimum=0, maximum=65535) or None
+ENGINE_METRICS_HOST = env_str("ENGINE_METRICS_HOST", "127.0.0.1")
 
 # --- Alerts -----------------------------------------------------------------------
 SLACK_WEBHOOK_URL = env_secret("SLACK_WEBHOOK_URL")
 TELEGRAM_BOT_TOKEN = env_secret("TELEGRAM_BOT_TOKEN")
 TELEGRAM_CHAT_ID = env_str("TELEGRAM_CHAT_ID")
+# PagerDuty Events API v2 integration key: CRITICAL alerts page on-call.
+PAGERDUTY_ROUTING_KEY = env_secret("PAGERDUTY_ROUTING_KEY")
+PAGERDUTY_EVENTS_URL = env_str("PAGERDUTY_EVENTS_URL", "https://events.pagerduty.com/v2/enqueue")
 if TESTING:
     # Tests never reach the network: a developer's exported webhook or bot token
     # must not turn a test's alert into a real message (tests set their own).
-    SLACK_WEBHOOK_URL = TELEGRAM_BOT_TOKEN = ""
+    SLACK_WEBHOOK_URL = TELEGRAM_BOT_TOKEN = PAGERDUTY_ROUTING_KEY = ""
 # Only for tests and for a self-hosted Bot API server; the token is appended to it.
 TELEGRAM_API_BASE = env_str("TELEGRAM_API_BASE", "https://api.telegram.org")
 # Alerts below this level stay in the app; at or above it they also go to the sinks.
@@ -194,6 +211,7 @@ ALERT_SINK_RETRY_DELAYS = (0.5, 2.0, 5.0)
 ALERT_SINKS = {
     "slack": "trading.sinks.slack.SlackSink",
     "telegram": "trading.sinks.telegram.TelegramSink",
+    "pagerduty": "trading.sinks.pagerduty.PagerDutySink",
 }
 
 # --- Auth, sessions, security --------------------------------------------------------

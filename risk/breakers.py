@@ -24,6 +24,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.chain import append as audit_append
+from quanthub import metrics
 from quanthub.clock import IST, SESSION_OPEN
 from risk.models import BreakerTrip, TradingState
 from risk.services import set_trading_state
@@ -135,6 +136,7 @@ def trip(
             at=at,
         )
         raise_alert("CRITICAL", "risk", f"{breaker} breaker tripped", reason, account=account, at=at)
+    metrics.breaker_tripped(breaker)
     return item
 
 

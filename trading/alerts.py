@@ -69,7 +69,7 @@ def sinks_for(level: str) -> list[str]:
     if _RANK[level] < _RANK[settings.ALERT_SINK_MIN_LEVEL]:
         return []
     try:
-        return configured_sinks()
+        return [name for name in configured_sinks() if get_sink(name).accepts(level)]
     except Exception:  # a broken sink module must not stop the caller
         log.exception("alert sinks could not be loaded")
         return []

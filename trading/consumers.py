@@ -14,6 +14,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from quanthub import metrics
 from quanthub.roles import roles_of
 from trading.events import group_name
 
@@ -35,6 +36,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self.group = group_name(self.account)
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
+        metrics.WS_CONNECTIONS.inc()
         await self.send(text_data=await database_sync_to_async(self._current)(self._wanted()))
 
     def _wanted(self) -> list[str]:
@@ -59,6 +61,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code):
         group = getattr(self, "group", None)
         if group is not None:
+            metrics.WS_CONNECTIONS.dec()
             await self.channel_layer.group_discard(group, self.channel_name)
 
     async def receive(self, text_data=None, bytes_data=None):
@@ -70,3 +73,4 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         html = event.get("html")
         if html:
             await self.send(text_data=html)
+            metrics.pushed(event)

@@ -8,12 +8,15 @@ down) is logged and counted, never raised into the trading loop.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django.db import transaction
+
+from quanthub import metrics
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +37,7 @@ def _message(kind: str, data: dict[str, Any], account: str = "default") -> dict[
     """The group message; ``html`` holds the re-rendered panels (rendered once here,
     not once per connected page). Renderers read the database: call from sync code."""
     message: dict[str, Any] = {"type": "dashboard.event", "kind": kind, "data": data}
+    message["published_at"] = time.time()  # wall clock across processes: the consumers' push lag
     renderer = RENDERERS.get(kind)
     if renderer is not None:
         try:
@@ -63,7 +67,9 @@ def send_now(kind: str, data: dict[str, Any] | None = None, *, account: str = "d
     if layer is None or not _has_listeners(layer, group_name(account), kind):
         return False
     try:
-        async_to_sync(layer.group_send)(group_name(account), _message(kind, data or {}, account))
+        message = _message(kind, data or {}, account)
+        async_to_sync(layer.group_send)(group_name(account), message)
+        metrics.push_sent(time.time() - message["published_at"])
     except Exception as exc:  # Redis down degrades the dashboards, never trading
         stats["failed"] += 1
         log.warning("dashboard publish failed", extra={"kind": kind, "error": repr(exc)})
@@ -79,6 +85,7 @@ async def asend_now(kind: str, data: dict[str, Any] | None = None, *, account: s
     try:
         message = await sync_to_async(_message, thread_sensitive=True)(kind, data or {}, account)
         await layer.group_send(group_name(account), message)
+        metrics.push_sent(time.time() - message["published_at"])
     except Exception as exc:
         stats["failed"] += 1
         log.warning("dashboard publish failed", extra={"kind": kind, "error": repr(exc)})

@@ -30,6 +30,7 @@ from marketdata.feeds.base import ChainSnapshot, LtpTick, QuoteSnapshot
 from marketdata.models import Instrument
 from marketdata.ticks import price_on_tick
 from marketdata.validation import ChainValidator, FeedHealth
+from quanthub import metrics
 from quanthub.clock import Clock
 from quanthub.sql import Prepared
 from risk.breakers import VixMonitor, previous_session_vix
@@ -283,7 +284,7 @@ class Engine:
             "role": role,
             "beat_at": wall,
             "market_time": market,
-            "feed_health": self.health.as_dict(market),
+            "feed_health": metrics.engine_beat_health(self.health.as_dict(market)),
             "stats": {
                 **{k: v for k, v in vars(self.stats).items() if k != "tick_to_intent_ms"},
                 "funds": self._funds,
@@ -550,6 +551,7 @@ class Engine:
             try:
                 funds = await self.broker.funds()
                 self._funds = {k: str(getattr(funds, k)) for k in ("available", "utilised", "total")}
+                metrics.funds(self._funds, self._limits.margin_utilisation_cap_pct)
             except Exception as exc:  # the risk panel shows the last known figures
                 log.warning("funds unavailable", extra={"error": repr(exc)})
         await asend_now("heartbeat", {"engine": self.engine_id, "at": now.isoformat()}, account=self.account)
@@ -584,6 +586,7 @@ class Engine:
             return
         if pnl is None:
             pnl = await _db(daily_net_pnl)(self.account, now)
+        metrics.daily_pnl(pnl, self._limits.daily_loss_cap)
         if pnl <= -self._limits.daily_loss_cap:
             self._loss_handled = True
             # Beside the loop, as a Kill All is: the flatten works while the feed keeps the book live.
@@ -614,6 +617,7 @@ class Engine:
         except Exception:
             loaded.failures += 1
             self.stats.strategy_errors += 1
+            metrics.strategy_error(loaded.key)
             log.exception("strategy failed", extra={"strategy": loaded.key})
             return []
 
@@ -693,6 +697,7 @@ class Engine:
         self._basis.record(intent, decision.lots, ctx)
         gate_passed_at = self.clock.now()
         self.stats.tick_to_intent_ms.append((time.perf_counter() - started) * 1000)
+        metrics.observe_tick_to_intent(time.perf_counter() - started)
         return Passed(intent, instrument, decision, intent_at, gate_passed_at)
 
     async def _send(self, loaded: Loaded, queue: list[Passed], snapshot_at: dt.datetime) -> None:

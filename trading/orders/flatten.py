@@ -39,6 +39,7 @@ from django.utils import timezone
 from audit.chain import append as audit_append
 from marketdata.models import Instrument
 from marketdata.ticks import marketable
+from quanthub import metrics
 from risk.breakers import next_session_open
 from risk.breakers import trip as trip_breaker
 from risk.checks import freeze_slices
@@ -467,6 +468,7 @@ async def kill_all(
     await _db(_tally)(result, legs, order_ids, positions)
     await _finish(result, account, clock, alerts, subject=f"account:{account}")
     await report("done")
+    metrics.kill_all_finished(result.elapsed_s, result.flat)
     return result
 
 

@@ -32,6 +32,7 @@ from django.db import transaction
 
 from audit.chain import append as audit_append
 from marketdata.ticks import price_on_tick
+from quanthub import metrics
 from quanthub.clock import Clock, RealClock
 from quanthub.sql import Prepared
 from risk.models import RiskLimits
@@ -158,6 +159,7 @@ class OrderManager:
                 )
             if updated:
                 publish_on_commit("order", {"id": order_id, "state": new}, account=self.account)
+                metrics.order_state(new, fields.get("reject_code"))
         return bool(updated)
 
     def _create(self, claim: BrokerNet | None = None, **values) -> Order:
@@ -320,6 +322,7 @@ class OrderManager:
         state = FROM_BROKER[ack.status]
         now = self.clock.now()
         fields = {"broker_order_id": ack.broker_order_id, "acked_at": now}
+        metrics.observe_ack(order.snapshot_at, now)
         if state == S.REJECTED:
             fields.update(reject_code=ack.reject_code[:40], reason=ack.reason)
         await _db(self._transition)(order.pk, {S.SUBMITTING, S.UNKNOWN}, state, **fields)

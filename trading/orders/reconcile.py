@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from audit.chain import append as audit_append
 from marketdata.models import Instrument
+from quanthub import metrics
 from risk.models import TradingState
 from risk.services import set_trading_state
 from trading.brokers.base import Broker, BrokerOrder, Unavailable
@@ -161,6 +162,7 @@ def _record(found, account: str) -> ReconcileResult:
                 )
                 or True
             )
+    metrics.reconciled(len(breaks))
     return ReconcileResult(breaks, halted)
 
 

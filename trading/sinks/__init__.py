@@ -78,6 +78,10 @@ class Sink:
         """Strings that must never appear in an error, a log line or the database."""
         raise NotImplementedError
 
+    def accepts(self, level: str) -> bool:
+        """Whether alerts of this level go here (an on-call pager takes CRITICAL only)."""
+        return True
+
     def send(self, message: AlertMessage) -> None:
         raise NotImplementedError
 

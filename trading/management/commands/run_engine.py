@@ -1,5 +1,6 @@
 """manage.py run_engine [--broker paper|dhan] [--feed sim|replay|dhan] [--speed N|max] [--serve]
 [--seed N] [--port N] [--host H] [--date YYYY-MM-DD] [--scenario FILE|default|none] [--no-standby]
+[--metrics-port N] [--metrics-host H]
 
 Every flag is checked before anything starts. With --serve the web app is
 served from the same process and event loop (daphne), on the in-memory
@@ -10,6 +11,12 @@ another engine holds the account's lock this one waits as a standby: it beats
 STANDBY every second, tries the lock twice a second and, once it has it, starts
 like any engine (OMS recovery and reconciliation first). ``--no-standby``
 refuses to wait.
+
+With ``--metrics-port`` (or ``ENGINE_METRICS_PORT``) the engine serves its own
+Prometheus metrics on that port, behind ``METRICS_TOKEN`` (quanthub.metrics);
+off when neither is set. A port already taken (a standby on the same host) is
+logged and the engine trades on without it. At the end of the run a signed
+audit checkpoint records the chain's close.
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
+from audit import checkpoints as audit_checkpoints
 from marketdata.management.commands._feedargs import parse_date, parse_speed
+from quanthub import metrics
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +105,13 @@ class Command(BaseCommand):
         parser.add_argument("--date", help="Trading day for the simulator or the replay (YYYY-MM-DD).")
         parser.add_argument("--scenario", default="default", help="Simulator scenario: a JSON file, default or none.")
         parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=settings.ENGINE_METRICS_PORT,
+            help="Serve the engine's Prometheus metrics on this port (default ENGINE_METRICS_PORT; off when unset).",
+        )
+        parser.add_argument("--metrics-host", default=settings.ENGINE_METRICS_HOST)
+        parser.add_argument(
             "--no-standby",
             action="store_true",
             help="Exit with an error instead of waiting as a standby when another engine holds the account.",
@@ -122,6 +138,11 @@ class Command(BaseCommand):
             raise CommandError("--date is for the simulator and replays, not the live feed")
         if not 0 < options["port"] < 65536:
             raise CommandError(f"--port must be between 1 and 65535, got {options['port']}")
+        metrics_port = options["metrics_port"]
+        if metrics_port is not None and not 0 < metrics_port < 65536:
+            raise CommandError(f"--metrics-port must be between 1 and 65535, got {metrics_port}")
+        if metrics_port is not None and not settings.METRICS_TOKEN:
+            raise CommandError("--metrics-port needs METRICS_TOKEN: the engine's metrics are not for anonymous eyes")
         day = parse_date(options["date"]) if options["date"] else None
         scenario = None if options["scenario"] == "none" else options["scenario"]
         if scenario not in (None, "default"):
@@ -147,6 +168,7 @@ class Command(BaseCommand):
             raise CommandError(
                 f"another engine holds account {account} ({lock.describe()}); not waiting as a standby (--no-standby)"
             )
+        server = self._metrics_server(metrics_port, options["metrics_host"])
         try:
             if options["serve"]:
                 self._serve(plan, lock, options["host"], options["port"])
@@ -161,6 +183,22 @@ class Command(BaseCommand):
                     )
         finally:
             lock.release()
+            if server is not None:
+                server.shutdown()
+            audit_checkpoints.write_head(reason="close")
+
+    def _metrics_server(self, port: int | None, host: str):
+        if port is None:
+            return None
+        try:
+            server = metrics.serve(port, host, settings.METRICS_TOKEN)
+        except OSError as exc:
+            # Metrics are for watching; a port clash must not stop trading.
+            log.error("engine metrics not served", extra={"port": port, "error": repr(exc)})
+            return None
+        self.stdout.write(f"Engine metrics on http://{host}:{server.server_address[1]}/metrics")
+        self.stdout.flush()
+        return server
 
     def _prepare(self, plan) -> None:
         """The simulator's instruments, and the engine's imports (seconds of a cold start)."""
