@@ -269,7 +269,12 @@ def _record_trades(order_id: int, trades, *, account: str) -> list[FillEvent]:
                 "order.fill",
                 actor="oms",
                 subject=f"order:{order.client_order_id}",
-                payload={"trade_id": trade.trade_id, "quantity": trade.quantity, "price": trade.price, "filled": filled},
+                payload={
+                    "trade_id": trade.trade_id,
+                    "quantity": trade.quantity,
+                    "price": trade.price,
+                    "filled": filled,
+                },
                 at=trade.traded_at,
             )
             publish_on_commit(
