@@ -158,6 +158,9 @@ QUANTHUB_NOT_FOUND_GRACE_S = env_int("QUANTHUB_NOT_FOUND_GRACE_S", 60, minimum=1
 # With every reconciliation break cleared, return a reconciliation halt to ACTIVE
 # without waiting for a risk manager (off: the risk panel's Resume does it).
 QUANTHUB_RECONCILE_AUTO_RESUME = env_bool("QUANTHUB_RECONCILE_AUTO_RESUME", False)
+# Failures injected around the paper broker (fault benchmark, storm tests): see trading/brokers/faults.py.
+QUANTHUB_BROKER_FAULTS = env_str("QUANTHUB_BROKER_FAULTS", "")
+QUANTHUB_BROKER_FAULTS_LOG = env_str("QUANTHUB_BROKER_FAULTS_LOG", "")
 DHAN_CLIENT_ID = env_secret("DHAN_CLIENT_ID")
 DHAN_ACCESS_TOKEN = env_secret("DHAN_ACCESS_TOKEN")
 DHAN_TOTP_SECRET = env_secret("DHAN_TOTP_SECRET")

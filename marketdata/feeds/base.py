@@ -116,3 +116,8 @@ class Feed(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027  (optional hook)
         """Release connections; the iterator ends."""
+
+    def get_state(self) -> dict | None:
+        """What a restarted feed needs to carry on where this one is (JSON-able), or
+        None for a feed that has nothing to carry (a live or recorded one)."""
+        return None

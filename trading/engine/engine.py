@@ -434,6 +434,7 @@ class Engine:
             "role": role,
             "beat_at": wall,
             "market_time": market,
+            "feed_state": (self.feed.get_state() if self.feed is not None else None) or {},
             "feed_health": self.health.as_dict(market),
             "stats": {
                 **{k: v for k, v in vars(self.stats).items() if k != "tick_to_intent_ms"},
