@@ -176,6 +176,7 @@ def settle(
     """
     with transaction.atomic():
         events = _record_trades(order_id, trades, account=account)
+        checkpoint("oms.settle_between_fills_and_state")  # a crash here rolls both back
         order = Order.objects.select_for_update(of=("self",)).get(pk=order_id)
         target = FROM_BROKER[remote.status]
         if target in Order.TERMINAL_STATES and order.filled_quantity < remote.filled_quantity:
@@ -606,6 +607,7 @@ class OrderManager:
         trades = []
         if ack.filled_quantity:
             trades = await self._trades_of(order.client_order_id)
+        checkpoint("oms.before_settle")
         if ack.status == BrokerStatus.REJECTED and not ack.reason:
             # Dhan's 200 reply to a refused order can carry the status only: its code
             # and message are in the order book.
