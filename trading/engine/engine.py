@@ -506,6 +506,7 @@ class Engine:
         # orders and, while nothing is live (most seconds), today's net P&L.
         live, pnl = await _db(self._second_reads)(now)
         orders_before = self.stats.orders
+        await self.outages.settle()
         if self._resync_needed and self.outages.due(BROKER):
             await self._resync("retry after a broker failure")
         events = await self._outside(lambda: self.oms.sync(live=live), where="sync", default=[])

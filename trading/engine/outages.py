@@ -79,6 +79,8 @@ class Outages:
         *,
         min_delay_s: float = 0.5,
         max_delay_s: float = 10.0,
+        quiet_s: float = 60.0,
+        settle_s: float = 5.0,
         monotonic: Callable[[], float] = time.monotonic,
     ):
         self.account = account
@@ -86,6 +88,13 @@ class Outages:
         self.max_delay_s = max_delay_s
         self.monotonic = monotonic
         self.open: dict[str, Outage] = {}
+        # A flapping cause is one outage: alerts at most once per quiet_s for each
+        # (cause, kind), and ACTIVE again only after settle_s without a failure.
+        self.quiet_s = quiet_s
+        self.settle_s = settle_s
+        self._alerted: dict[tuple[str, str], float] = {}
+        self._back_alerted: dict[str, float] = {}
+        self._resume_at: float | None = None
         self.reduced = False  # the account's trading state was set REDUCING by us
         self.alerts_raised = 0
         self._deferred: list[tuple[str, str, str]] = []  # alerts not written yet (database down)
@@ -117,22 +126,25 @@ class Outages:
         if outage is None:
             outage = Outage(cause, now, describe(exc), self.min_delay_s, now + self.min_delay_s)
             self.open[cause] = outage
-            log.error(
-                "outside world failing: entries stopped, retrying with back-off",
-                extra={"cause": cause, "error": describe(exc), "account": self.account},
-            )
         else:
             outage.failures += 1
             outage.delay = min(outage.delay * 2, self.max_delay_s)
             outage.next_try = now + outage.delay
-        if kind not in outage.kinds:
-            outage.kinds.add(kind)
+        self._resume_at = None
+        last = self._alerted.get((cause, kind))
+        if kind not in outage.kinds and (last is None or now - last >= self.quiet_s):
+            self._alerted[(cause, kind)] = now
+            log.error(
+                "outside world failing: entries stopped, retrying with back-off",
+                extra={"cause": cause, "error": describe(exc), "account": self.account},
+            )
             level = "CRITICAL" if cause == DATABASE or kind == "AuthExpired" else "WARNING"
             title = {
                 DATABASE: "Database unreachable: engine REDUCING",
                 BROKER: f"Broker failing ({kind}): engine REDUCING",
             }.get(cause, f"{cause} failing: engine REDUCING")
             self._deferred.append((level, title, f"{describe(exc)}. Entries stop; exits go on; retrying."))
+        outage.kinds.add(kind)
         if cause != DATABASE:
             await self._write(reducing=True)
 
@@ -142,15 +154,27 @@ class Outages:
             if self._deferred and DATABASE not in self.open:
                 await self._write()
             return
-        lasted = self.monotonic() - outage.since
-        log.warning(
-            "outside world back",
-            extra={"cause": cause, "lasted_s": round(lasted, 1), "failures": outage.failures, "account": self.account},
-        )
-        self._deferred.append(
-            ("INFO", f"{cause.capitalize()} back after {lasted:.0f} s", f"First error: {outage.first_error}.")
-        )
-        await self._write(resume=not self.open)
+        now = self.monotonic()
+        lasted = now - outage.since
+        last = self._back_alerted.get(cause)
+        if last is None or now - last >= self.quiet_s:
+            self._back_alerted[cause] = now
+            log.warning(
+                "outside world back",
+                extra={"cause": cause, "lasted_s": round(lasted, 1), "failures": outage.failures},
+            )
+            self._deferred.append(
+                ("INFO", f"{cause.capitalize()} back after {lasted:.0f} s", f"First error: {outage.first_error}.")
+            )
+        if not self.open:
+            self._resume_at = now + self.settle_s
+        await self._write()
+
+    async def settle(self) -> None:
+        """Called every second: ACTIVE again once nothing has failed for ``settle_s``."""
+        if self._resume_at is not None and not self.open and self.monotonic() >= self._resume_at:
+            self._resume_at = None
+            await self._write(resume=True)
 
     async def _write(self, *, reducing: bool = False, resume: bool = False) -> None:
         """Alerts and the trading state, when the database can take them."""
