@@ -333,6 +333,8 @@ def main() -> None:
         for i in range(args.kills):
             takeover = i % 2 == 1
             if takeover:
+                # The active engine holds the lock first; the standby then waits behind it.
+                wait_for(lambda pid=active.pid: role_of(url, pid) == "ACTIVE", 60)
                 standby = engines.spawn()
                 wait_for(lambda pid=standby.pid: role_of(url, pid) == "STANDBY", 60)
             # Half the kills come while the engine trades, half at any moment (start-up, recovery).
