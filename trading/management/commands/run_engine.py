@@ -77,13 +77,13 @@ def _write_standby_beat(engine_id: str, plan, role: str) -> None:
         EngineHeartbeat.objects.filter(pk=row.pk).update(role=role, beat_at=now)
 
 
-def _claim(account: str, engine_id: str) -> tuple[dt.datetime | None, dict | None]:
+def _claim(account: str, engine_id: str) -> tuple[list[dt.datetime], dict | None]:
     """With the lock held no other engine trades the account: mark any row still
-    saying ACTIVE (a killed engine's) STOPPED. Returns the latest engine-clock time
+    saying ACTIVE (a killed engine's) STOPPED. Returns the latest engine-clock times
     the account reached — its engines' market time, and its orders and fills (a
     killed engine may have traded past its last heartbeat) — and the simulated
     market's state at the latest heartbeat: where a restart on the simulator
-    carries on."""
+    carries on (``_build`` keeps the times of the day it trades)."""
     from django.db.models import Max
 
     from trading.models import EngineHeartbeat, Fill, Order
@@ -100,8 +100,7 @@ def _claim(account: str, engine_id: str) -> tuple[dt.datetime | None, dict | Non
     times += Order.objects.filter(account=account).aggregate(a=Max("intent_at"), b=Max("committed_at")).values()
     times.append(Fill.objects.filter(order__account=account).aggregate(a=Max("filled_at"))["a"])
     others.filter(role=Role.ACTIVE).update(role=Role.STOPPED)
-    times = [t for t in times if t is not None]
-    return (max(times) if times else None), (row[1] or None if row else None)
+    return [t for t in times if t is not None], (row[1] or None if row else None)
 
 
 async def _until_database(fn, stopping: asyncio.Event, what: str):
@@ -236,7 +235,7 @@ class Command(BaseCommand):
 
             ensure_demo_instruments(plan["day"] or last_weekday(dt.date.today()))  # noqa: DTZ011
 
-    def _build(self, plan, resume_at: dt.datetime | None = None, feed_state: dict | None = None):
+    def _build(self, plan, reached: list[dt.datetime] | None = None, feed_state: dict | None = None):
         from marketdata.book import QuoteBook
         from marketdata.feeds import build_feed
         from marketdata.storage import SnapshotWriter
@@ -254,14 +253,19 @@ class Command(BaseCommand):
             clock = SimulatedClock(start - dt.timedelta(seconds=1))
         book = QuoteBook()
         feed = build_feed(plan["feed"], clock=clock, seed=plan["seed"], speed=plan["speed"], **feed_options)
-        if plan["feed"] == "sim" and resume_at is not None and not plan.get("from_open"):
-            resume_at = resume_at.astimezone(IST)
-            if resume_at.date() == day and resume_at >= start:
-                # A restart carries on with the session where the last engine left
-                # it (the market as it stood), rather than trading its first minutes
-                # a second time or sending the clock back behind its own orders.
-                start = feed.resume(resume_at.replace(microsecond=0) + dt.timedelta(seconds=1), feed_state)
-                clock.set(start - dt.timedelta(seconds=1))
+        # Orders placed from the web tier carry wall-clock times: only this day's count.
+        today = (
+            [t.astimezone(IST) for t in reached or () if t.astimezone(IST).date() == day]
+            if plan["feed"] == "sim"
+            else []
+        )
+        resume_at = max(today, default=None)
+        if resume_at is not None and not plan.get("from_open") and resume_at >= start:
+            # A restart carries on with the session where the last engine left
+            # it (the market as it stood), rather than trading its first minutes
+            # a second time or sending the clock back behind its own orders.
+            start = feed.resume(resume_at.replace(microsecond=0) + dt.timedelta(seconds=1), feed_state)
+            clock.set(start - dt.timedelta(seconds=1))
         broker = build_broker(
             plan["broker"], account=settings.QUANTHUB_ACCOUNT, clock=clock, book=book, seed=plan["seed"]
         )
@@ -299,8 +303,8 @@ class Command(BaseCommand):
                 await sync_to_async(_standby_beat)(engine_id, plan, "STOPPED")
                 return None
         try:
-            resume_at, feed_state = await _until_database(lambda: _claim(account, engine_id), stopping, "claim")
-            engine = await _until_database(lambda: self._build(plan, resume_at, feed_state), stopping, "build")
+            reached, feed_state = await _until_database(lambda: _claim(account, engine_id), stopping, "claim")
+            engine = await _until_database(lambda: self._build(plan, reached, feed_state), stopping, "build")
             engine.engine_id = engine_id  # a standby's row turns ACTIVE
             if stopping.is_set():
                 engine.stop()
