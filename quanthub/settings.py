@@ -153,6 +153,16 @@ QUANTHUB_FEED = env_choice("QUANTHUB_FEED", ("sim", "replay", "dhan"), "sim")
 QUANTHUB_SEED = env_int("QUANTHUB_SEED", 7)
 QUANTHUB_ACCOUNT = env_str("QUANTHUB_ACCOUNT", "default")
 QUANTHUB_PAPER_CAPITAL = env_str("QUANTHUB_PAPER_CAPITAL", "2500000")
+# An order the broker does not list (yet) by its correlation id stays pending this
+# long (engine-clock seconds) before it is called NOT_AT_BROKER; reconciliation
+# still adopts it, with its fills, if it shows up later. Dhan lists within seconds.
+QUANTHUB_NOT_FOUND_GRACE_S = env_int("QUANTHUB_NOT_FOUND_GRACE_S", 60, minimum=1, maximum=3600)
+# With every reconciliation break cleared, return a reconciliation halt to ACTIVE
+# without waiting for a risk manager (off: the risk panel's Resume does it).
+QUANTHUB_RECONCILE_AUTO_RESUME = env_bool("QUANTHUB_RECONCILE_AUTO_RESUME", False)
+# Failures injected around the paper broker (fault benchmark, storm tests): see trading/brokers/faults.py.
+QUANTHUB_BROKER_FAULTS = env_str("QUANTHUB_BROKER_FAULTS", "")
+QUANTHUB_BROKER_FAULTS_LOG = env_str("QUANTHUB_BROKER_FAULTS_LOG", "")
 DHAN_CLIENT_ID = env_secret("DHAN_CLIENT_ID")
 DHAN_ACCESS_TOKEN = env_secret("DHAN_ACCESS_TOKEN")
 DHAN_TOTP_SECRET = env_secret("DHAN_TOTP_SECRET")

@@ -14,7 +14,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
-from django.db import transaction
+from django.db import DatabaseError, transaction
 
 from quanthub import metrics
 
@@ -42,6 +42,8 @@ def _message(kind: str, data: dict[str, Any], account: str = "default") -> dict[
     if renderer is not None:
         try:
             message["html"] = "".join(html for _, html in renderer({**data, "account": account}))
+        except DatabaseError as exc:  # the database is away: the engine reports that outage itself
+            log.warning("event not rendered: database error", extra={"kind": kind, "error": type(exc).__name__})
         except Exception:  # a broken partial must not stop trading
             log.exception("event renderer failed", extra={"kind": kind})
     return message

@@ -294,6 +294,9 @@ class EngineHeartbeat(models.Model):
     market_time = models.DateTimeField(null=True, blank=True, help_text="The engine clock (simulated in replay).")
     feed_health = models.JSONField(default=dict, blank=True)
     stats = models.JSONField(default=dict, blank=True)
+    feed_state = models.JSONField(
+        default=dict, blank=True, help_text="Where a simulated market stood at market_time, for a restart to resume."
+    )
 
     class Meta:
         ordering = ["-beat_at"]

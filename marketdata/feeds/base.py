@@ -145,3 +145,7 @@ class Feed(abc.ABC):
         produce it and nothing was stored (the simulator); the VIX breaker is seeded
         from it."""
         return []
+    def get_state(self) -> dict | None:
+        """What a restarted feed needs to carry on where this one is (JSON-able), or
+        None for a feed that has nothing to carry (a live or recorded one)."""
+        return None

@@ -21,6 +21,7 @@ would show at that moment), as fast as the consumer takes them
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import math
 import time
@@ -190,6 +191,8 @@ class SimulatorFeed(Feed):
         self._vix_decay_s = 600.0
         self._gap_until: dt.datetime | None = None
         self._seq = 0
+        self._at: dt.datetime | None = None  # the last second fully generated
+        self._applied_until: dt.datetime | None = None  # scenario events up to here are in the state
 
     @classmethod
     def from_options(cls, *, clock=None, seed=7, speed="max", scenario=None, **options) -> SimulatorFeed:
@@ -204,7 +207,7 @@ class SimulatorFeed(Feed):
     # --- the stream -------------------------------------------------------------
 
     async def stream(self) -> AsyncIterator[FeedItem]:
-        events = list(self.scenario.events)
+        events = self._events_from(self.start)
         wall_start = time.monotonic()
         total = int((self.end - self.start).total_seconds())
         for second in range(total + 1):
@@ -214,6 +217,7 @@ class SimulatorFeed(Feed):
             while events and dt.datetime.combine(self.trading_day, events[0].at, tzinfo=IST) <= now:
                 self._apply(events.pop(0), now)
             self._step(now)
+            self._at = now
             if self._gap_until is not None and now < self._gap_until:
                 continue
             if self.speed == "max":
@@ -223,24 +227,134 @@ class SimulatorFeed(Feed):
                 delay = wall_start + second / float(self.speed) - time.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            for item in self._items(now, with_chain=second % CHAIN_EVERY_S == 0) + self._quotes(now + QUOTE_OFFSET):
+            for item in self._items(now, with_chain=self._chain_due(now)) + self._quotes(now + QUOTE_OFFSET):
                 if isinstance(self.clock, SimulatedClock) and item.received_at > self.clock.now():
                     self.clock.set(item.received_at)
                 yield item
 
     def run_sync(self):
         """The same items without an event loop (for recording and benchmarks)."""
-        total = int((self.end - self.start).total_seconds())
-        events = list(self.scenario.events)
+        yield from self._generate(self.start, self.end)
+
+    def _generate(self, start: dt.datetime, end: dt.datetime):
+        total = int((end - start).total_seconds())
+        events = self._events_from(start)
         for second in range(total + 1):
-            now = self.start + dt.timedelta(seconds=second)
+            now = start + dt.timedelta(seconds=second)
             while events and dt.datetime.combine(self.trading_day, events[0].at, tzinfo=IST) <= now:
                 self._apply(events.pop(0), now)
             self._step(now)
+            self._at = now
             if self._gap_until is not None and now < self._gap_until:
                 continue
-            yield from self._items(now, with_chain=second % CHAIN_EVERY_S == 0)
+            yield from self._items(now, with_chain=self._chain_due(now))
             yield from self._quotes(now + QUOTE_OFFSET)
+
+    # --- resuming a session -------------------------------------------------------
+
+    def _chain_due(self, now: dt.datetime) -> bool:
+        # On the session's own 3-second grid, wherever a (resumed) stream starts.
+        return int((now - self.session_open).total_seconds()) % CHAIN_EVERY_S == 0
+
+    def _events_from(self, start: dt.datetime) -> list[Event]:
+        """Scenario events still to come: one at or before the state's last second
+        already acted (its effect is in the market state); one before a resumed
+        start is not replayed."""
+        done = self._applied_until or (start - dt.timedelta(seconds=1))
+        return [e for e in self.scenario.events if dt.datetime.combine(self.trading_day, e.at, tzinfo=IST) > done]
+
+    def get_state(self) -> dict | None:
+        """The market as of the last second generated: spot, VIX, volume, OI, the
+        informed flows under way, the random streams. JSON-able."""
+        if self._at is None:
+            return None
+
+        def rng(g: np.random.Generator) -> dict:
+            state = g.bit_generator.state
+            inner = state["state"]
+            return {**state, "state": {"state": str(inner["state"]), "inc": str(inner["inc"])}}
+
+        return {
+            "at": self._at.isoformat(),
+            "seed": self.seed,
+            "day": self.trading_day.isoformat(),
+            "vix": self.vix,
+            "vix_extra": self._vix_extra,
+            "vix_decay_s": self._vix_decay_s,
+            "gap_until": self._gap_until.isoformat() if self._gap_until else None,
+            "seq": self._seq,
+            "rng": rng(self._rng),
+            "markets": {
+                m.symbol: {
+                    "spot": m.spot,
+                    "prev_close_spot": m.prev_close_spot,
+                    "last_return": m.last_return,
+                    "realised_var": m.realised_var,
+                    "oi": m.oi.tolist(),
+                    "prev_oi": m.prev_oi.tolist(),
+                    "volume": m.volume.tolist(),
+                    "flows": [dataclasses.asdict(f) for f in m.flows],
+                    "pending": [{"at": e.at.isoformat(), "type": e.type, "params": e.params} for e in m.pending_bad],
+                    "rng": rng(m.rng),
+                }
+                for m in self.markets.values()
+            },
+        }
+
+    def resume(self, at: dt.datetime, state: dict | None = None) -> dt.datetime:
+        """Carry the session on from ``at`` (a restart on the same day) instead of
+        the open: with the stored ``state`` the market is exactly where it was,
+        brought forward silently to ``at`` if the state is older; without one,
+        the session so far is generated silently (same seed, same market). Either
+        way no scenario event before ``at`` fires again. Returns the first second
+        the stream yields (never before the state's own time)."""
+        at = max(at.astimezone(IST).replace(microsecond=0), self.session_open)
+        usable = (
+            state is not None
+            and state.get("seed") == self.seed
+            and state.get("day") == self.trading_day.isoformat()
+            and set(state.get("markets", {})) == set(self.markets)
+        )
+        if usable:
+            self._restore(state)
+            at = max(at, self._at + dt.timedelta(seconds=1))
+            start = self._at + dt.timedelta(seconds=1)
+        else:
+            start = self.session_open
+        if start < at:
+            for _ in self._generate(start, at - dt.timedelta(seconds=1)):
+                pass
+        self._applied_until = at - dt.timedelta(seconds=1)
+        self.start = at
+        return at
+
+    def _restore(self, state: dict) -> None:
+        def rng(g: np.random.Generator, saved: dict) -> None:
+            inner = saved["state"]
+            g.bit_generator.state = {**saved, "state": {"state": int(inner["state"]), "inc": int(inner["inc"])}}
+
+        self._at = dt.datetime.fromisoformat(state["at"])
+        self.vix = float(state["vix"])
+        self._vix_extra = float(state["vix_extra"])
+        self._vix_decay_s = float(state["vix_decay_s"])
+        self._gap_until = dt.datetime.fromisoformat(state["gap_until"]) if state["gap_until"] else None
+        self._seq = int(state["seq"])
+        rng(self._rng, state["rng"])
+        for symbol, saved in state["markets"].items():
+            m = self.markets[symbol]
+            m.spot = float(saved["spot"])
+            m.prev_close_spot = float(saved["prev_close_spot"])
+            m.last_return = float(saved["last_return"])
+            m.realised_var = float(saved["realised_var"])
+            m.oi = np.array(saved["oi"], dtype=np.int64)
+            m.prev_oi = np.array(saved["prev_oi"], dtype=np.int64)
+            m.volume = np.array(saved["volume"], dtype=np.int64)
+            m.flows = [_Flow(**f) for f in saved["flows"]]
+            m.pending_bad = [
+                Event(dt.time.fromisoformat(e["at"]), e["type"], dict(e["params"])) for e in saved["pending"]
+            ]
+            rng(m.rng, saved["rng"])
+        self._applied_until = self._at
 
     def previous_session_vix(self) -> list[tuple[dt.datetime, float]]:
         """The calm session before this one (its own seed), India VIX once a second.

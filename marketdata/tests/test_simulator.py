@@ -162,3 +162,52 @@ def test_a_bad_speed_or_underlying_is_refused():
         SimulatorFeed(speed=0, trading_day=DAY)
     with pytest.raises(ValueError, match="no underlying FINNIFTY"):
         SimulatorFeed(underlyings=("FINNIFTY",), trading_day=DAY)
+
+
+# --- resuming a session after a restart -------------------------------------------------
+
+
+def _resume_items(items):
+    return [
+        (
+            type(i).__name__,
+            i.security_id if hasattr(i, "security_id") and isinstance(i.security_id, str) else "",
+            i.received_at,
+            getattr(i, "ltp", None) or getattr(i, "underlying_ltp", None),
+        )
+        for i in items
+    ]
+
+
+def test_a_restart_resumes_the_market_where_it_stood_and_replays_no_earlier_event():
+    import datetime as _dt
+
+    from marketdata.feeds.simulator import SimulatorFeed
+    from quanthub.clock import IST
+
+    day = _dt.date(2026, 11, 23)
+    scenario = {
+        "events": [
+            {"time": "09:16:30", "type": "vix_spike", "points": 5},
+            {"time": "09:17:00", "type": "informed_flow", "underlying": "NIFTY", "follow_through_pct": 40},
+        ]
+    }
+    first = SimulatorFeed(seed=3, trading_day=day, scenario=scenario, end_time=_dt.time(9, 20))
+    cut = _dt.datetime.combine(day, _dt.time(9, 18), tzinfo=IST)
+    before, after, state = [], [], None
+    for item in first.run_sync():
+        (before if item.received_at <= cut else after).append(item)
+        if item.received_at <= cut:
+            state = first.get_state()
+    # A plain restart with the stored state, and one without any: both carry on with the same market.
+    for saved in (state, None):
+        resumed = SimulatorFeed(seed=3, trading_day=day, scenario=scenario, end_time=_dt.time(9, 20))
+        start = resumed.resume(cut + _dt.timedelta(seconds=1), saved)
+        assert start == cut + _dt.timedelta(seconds=1)
+        items = list(resumed.run_sync())
+        assert _resume_items(items) == _resume_items(after)
+        assert not [e for e in resumed.injected if e.at > cut]  # the 09:16:30 spike does not fire again
+    # A state older than the resume time is brought forward silently, never replayed.
+    older = SimulatorFeed(seed=3, trading_day=day, scenario=scenario, end_time=_dt.time(9, 20))
+    older.resume(cut + _dt.timedelta(seconds=61), state)
+    assert next(iter(older.run_sync())).received_at == cut + _dt.timedelta(seconds=61)

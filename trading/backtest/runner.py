@@ -125,6 +125,14 @@ class NamespacedStrategy:
             self._inner.on_order_update(dataclasses.replace(update, signal_key=self._in(update.signal_key)))
         )
 
+    def rebuild_from_book(self, orders) -> list:
+        mine = [
+            dataclasses.replace(o, signal_key=self._in(o.signal_key))
+            for o in orders
+            if o.signal_key and o.signal_key.startswith(self._prefix)
+        ]
+        return self._intents(self._inner.rebuild_from_book(mine))
+
     def on_refused(self, intent, reason: str, now: dt.datetime) -> None:
         handler = getattr(self._inner, "on_refused", None)
         if handler is not None:

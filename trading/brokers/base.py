@@ -180,6 +180,11 @@ class Broker(abc.ABC):
     async def kill_switch(self, activate: bool = True) -> bool:
         """Dhan's account kill switch; accepted only with no positions and no pending orders."""
 
+    async def renew_session(self) -> bool:
+        """After ``AuthExpired``: get a fresh token and use it from the next call on,
+        without a restart. True when renewed; the default has nothing to renew."""
+        return False
+
     async def on_market_data(self) -> None:  # noqa: B027  (optional hook)
         """Called after each book update; a simulated exchange matches resting orders here."""
 

@@ -286,6 +286,7 @@ class PaperBroker(Broker):
         if quantity <= 0:
             return
         self._consumed[key] = self._consumed.get(key, 0) + quantity
+        checkpoint("broker.before_fill")
         self._fill(order, quantity, touch)
 
     def _fill(self, order: PaperOrder, quantity: int, price: Decimal) -> None:

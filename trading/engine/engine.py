@@ -10,6 +10,7 @@ recovers the OMS and reconciles with the broker (HALTED on any break).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -39,6 +40,16 @@ from risk.breakers import trip as trip_breaker
 from risk.context import GateBasis, daily_net_pnl
 from risk.gate import RiskGate, record_refusal
 from risk.models import RiskLimits
+from trading.brokers.base import AuthExpired
+from trading.engine.outages import (
+    BROKER,
+    DATABASE,
+    Outages,
+    close_connections,
+    describe,
+    is_database_error,
+    is_outside_error,
+)
 from trading.events import asend_now, publish_on_commit
 from trading.models import EngineHeartbeat, FlattenRequest, Order, Position, Signal, Strategy
 from trading.orders import flatten
@@ -49,6 +60,7 @@ from trading.orders.reconcile import reconcile
 from trading.orders.requests import take_pending
 from trading.orders.requests import work as work_request
 from trading.orders.root import OrderPath, build_order_path
+from trading.strategies.base import BookOrder
 from trading.strategies.registry import get_strategy_class
 from trading.strategies.vol_oi.strategy import VolOiStrategy
 
@@ -153,6 +165,8 @@ class Engine:
         self._config_queries: tuple[Prepared, Prepared] | None = None
         self._last_beat_wall: float | None = None
         self.started = asyncio.Event()
+        self.outages = Outages(account)
+        self._resync_needed = True  # recovery and reconciliation have not succeeded yet
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -163,19 +177,158 @@ class Engine:
             loaded.strategy.entries_enabled = False
 
     async def start(self) -> None:
-        await _db(self._load_instruments)()
-        await _db(self._load_strategies)()
+        """Load, recover, reconcile, rebuild the strategies from the book. A database
+        that is not there yet is waited for; a broker that fails leaves the engine
+        REDUCING, retrying recovery with back-off from the loop."""
+        await self._until_database(self._load)
         await self._seed_vix()
-        counts = await self.oms.recover()
-        result = await reconcile(self.broker, account=self.account)
-        log.info("engine started", extra={"engine": self.engine_id, "recovered": counts, "breaks": len(result.breaks)})
-        await _db(self._beat)("ACTIVE")
+        await self._resync("start")
+        try:
+            await _db(self._beat)("ACTIVE")
+        except Exception as exc:
+            if not is_database_error(exc):
+                raise
+            await self._database_lost(exc)
         self.started.set()
+
+    def _load(self) -> None:
+        self.strategies = []
+        self._load_instruments()
+        self._load_strategies()
+
+    async def _until_database(self, fn) -> None:
+        while True:
+            try:
+                await _db(fn)()
+            except Exception as exc:
+                if not is_database_error(exc):
+                    raise
+                await self._database_lost(exc)
+                if self._stopping:
+                    raise
+                await asyncio.sleep(max(self.outages.delay(DATABASE), 0.1))
+                continue
+            await self.outages.succeeded(DATABASE)
+            return
+
+    async def _resync(self, why: str) -> bool:
+        """Recovery, reconciliation, and each strategy's state rebuilt from the book
+        (on start, after a takeover, after an outage). False (and REDUCING) when the
+        broker fails; the loop tries again after the back-off."""
+        try:
+            counts = await self.oms.recover()
+            result = await reconcile(self.broker, account=self.account, clock=self.clock)
+        except Exception as exc:
+            if is_database_error(exc) or not is_outside_error(exc):
+                raise
+            self._resync_needed = True
+            await self._broker_failed(exc, where=f"recovery ({why})")
+            return False
+        self._resync_needed = False
+        await self.outages.succeeded(BROKER)
+        await self._rebuild_strategies(why)
+        log.info(
+            "engine synchronised with the broker",
+            extra={"engine": self.engine_id, "why": why, "recovered": counts, "breaks": len(result.breaks)},
+        )
+        return True
+
+    async def _broker_failed(self, exc: BaseException, *, where: str) -> None:
+        if isinstance(exc, AuthExpired):
+            await self.oms.on_auth_expired(exc, where=where)
+        await self.outages.failed(BROKER, exc)
+
+    async def _outside(self, make, *, where: str, default=None):
+        """One broker call of the loop: skipped during its back-off; a failure opens
+        (or extends) the broker outage instead of ending the engine."""
+        if not self.outages.due(BROKER):
+            return default
+        try:
+            value = await make()
+        except Exception as exc:
+            if is_database_error(exc) or not is_outside_error(exc):
+                raise
+            await self._broker_failed(exc, where=where)
+            return default
+        if BROKER in self.outages.open and not self._resync_needed:
+            await self.outages.succeeded(BROKER)
+        return value
+
+    async def _database_lost(self, exc: BaseException) -> None:
+        await self.outages.failed(DATABASE, exc)
+        try:
+            await _db(close_connections)()
+        except Exception:  # noqa: S110  (dropping a dead connection can only fail harmlessly)
+            pass
+
+    async def _database_back(self) -> bool:
+        try:
+            await _db(self._ping)()
+        except Exception as exc:
+            if not is_database_error(exc):
+                raise
+            await self._database_lost(exc)
+            return False
+        await self.outages.succeeded(DATABASE)
+        # Whatever was in flight when it went is looked up; state is read again.
+        self._beat_created = False
+        self._config_queries = None
+        self.oms._any_live = None
+        await self._resync("database back")
+        return True
+
+    @staticmethod
+    def _ping() -> None:
+        close_connections()
+        Strategy.objects.exists()
+
+    async def _rebuild_strategies(self, why: str) -> None:
+        """Each strategy's per-signal state from its order and fill rows (the truth)."""
+        books = await _db(self._book_orders)()
+        now = self.clock.now()
+        for loaded in self.strategies:
+            intents = self._contained(loaded, loaded.strategy.rebuild_from_book, books.get(loaded.key, []))
+            await self._submit_all(loaded, intents, now, now)
+        await _db(self._persist_states)()
+        log.info("strategy state rebuilt from the book", extra={"why": why, "engine": self.engine_id})
+
+    def _book_orders(self) -> dict[str, list[BookOrder]]:
+        since = timezone.now() - dt.timedelta(days=1)
+        rows = (
+            Order.objects.filter(account=self.account, created_at__gte=since, strategy__isnull=False)
+            .select_related("strategy", "signal", "instrument__underlying")
+            .order_by("created_at", "pk")
+        )
+        books: dict[str, list[BookOrder]] = {}
+        for o in rows:
+            books.setdefault(o.strategy.key, []).append(
+                BookOrder(
+                    signal_key=o.signal.key if o.signal_id else None,
+                    security_id=o.instrument.security_id,
+                    underlying=o.instrument.underlying.symbol,
+                    kind=o.instrument.kind,
+                    side=o.side,
+                    purpose=o.purpose,
+                    state=o.state,
+                    quantity=o.quantity,
+                    filled_quantity=o.filled_quantity,
+                    average_price=o.average_price,
+                    created_at=o.intent_at or o.created_at,
+                    first_fill_at=o.first_fill_at,
+                    reason=o.reason,
+                )
+            )
+        return books
 
     async def _seed_vix(self) -> None:
         """The VIX breaker's σ from the previous session's stored VIX (or, with nothing
         stored, the one the feed can produce), so it judges from the first tick."""
-        ticks = await _db(previous_session_vix)(self.clock.now())
+        try:
+            ticks = await _db(previous_session_vix)(self.clock.now())
+        except Exception as exc:
+            if not is_database_error(exc):
+                raise
+            ticks = []  # the database comes back later; the feed's own history still seeds it
         if not ticks:
             ticks = await sync_to_async(self.feed.previous_session_vix, thread_sensitive=False)()
         learnt = self.vix.seed(ticks)
@@ -185,22 +338,51 @@ class Engine:
         await self.start()
         try:
             async for item in self.feed:
-                await self.tick(item)
+                await self.step(item)
                 if self._stopping:
                     break
         finally:
             await self.shutdown()
         return self.stats
 
+    async def step(self, item) -> None:
+        """One feed item, never ended by the outside world: while the database is
+        gone only the book moves (retrying after the back-off); a broker or
+        database failure opens an outage instead of raising."""
+        if DATABASE in self.outages.open and (not self.outages.due(DATABASE) or not await self._database_back()):
+            self._book_only(item)
+            return
+        try:
+            await self.tick(item)
+        except Exception as exc:
+            if is_database_error(exc):
+                await self._database_lost(exc)
+            elif is_outside_error(exc):
+                await self._broker_failed(exc, where="the engine loop")
+            else:
+                raise
+
+    def _book_only(self, item) -> None:
+        if isinstance(item, LtpTick):
+            self.book.update_ltp(item)
+        elif isinstance(item, ChainSnapshot):
+            self.book.update_chain(item)
+
     async def shutdown(self) -> None:
         if self._flattens:  # a flatten in progress finishes (each has its own deadline)
             await asyncio.gather(*list(self._flattens), return_exceptions=True)
         await self.feed.close()
+        await self.oms.wait_for_retries()
+        steps = [self._mark_positions, self._persist_states, lambda: self._beat("STOPPED")]
         if self.writer is not None:
-            await _db(self.writer.flush)(close_bars=True)
-        await _db(self._mark_positions)()
-        await _db(self._persist_states)()
-        await _db(self._beat)("STOPPED")
+            steps.insert(0, lambda: self.writer.flush(close_bars=True))
+        for fn in steps:
+            try:
+                await _db(fn)()
+            except Exception as exc:
+                if not is_database_error(exc):
+                    raise
+                log.warning("shutdown step skipped: database error", extra={"error": describe(exc)})
         log.info(
             "engine stopped",
             extra={
@@ -284,10 +466,12 @@ class Engine:
             "role": role,
             "beat_at": wall,
             "market_time": market,
+            "feed_state": (self.feed.get_state() if self.feed is not None else None) or {},
             "feed_health": metrics.engine_beat_health(self.health.as_dict(market)),
             "stats": {
                 **{k: v for k, v in vars(self.stats).items() if k != "tick_to_intent_ms"},
                 "funds": self._funds,
+                "outages": self.outages.summary(),
                 # Wall-clock snapshot → intent of the latest intents, for the latency panel.
                 "tick_to_intent_recent_ms": [round(v, 3) for v in self.stats.tick_to_intent_ms[-200:]],
             },
@@ -426,7 +610,10 @@ class Engine:
         # orders and, while nothing is live (most seconds), today's net P&L.
         live, pnl = await _db(self._second_reads)(now)
         orders_before = self.stats.orders
-        events = await self.oms.sync(live=live)
+        await self.outages.settle()
+        if self._resync_needed and self.outages.due(BROKER):
+            await self._resync("retry after a broker failure")
+        events = await self._outside(lambda: self.oms.sync(live=live), where="sync", default=[])
         touched = False
         for event in events:
             for loaded in self.strategies:
@@ -458,7 +645,11 @@ class Engine:
             await self._push(now)
         if self._last_reconcile is None or (now - self._last_reconcile).total_seconds() >= self.reconcile_every_s:
             self._last_reconcile = now
-            await reconcile(self.broker, account=self.account)
+            result = await self._outside(
+                lambda: reconcile(self.broker, account=self.account, clock=self.clock), where="reconciliation"
+            )
+            if result is not None and result.repaired:
+                await self._rebuild_strategies("repair")
             if self.writer is not None and self.writer.pending:
                 await _db(self.writer.flush)()
             await _db(self._persist_states)()
@@ -548,12 +739,11 @@ class Engine:
         wall = time.monotonic()
         if wall - self._pushed.get("funds", -1e9) >= 5.0:
             self._pushed["funds"] = wall
-            try:
-                funds = await self.broker.funds()
+            # Failing, the risk panel shows the last known figures.
+            funds = await self._outside(self.broker.funds, where="funds")
+            if funds is not None:
                 self._funds = {k: str(getattr(funds, k)) for k in ("available", "utilised", "total")}
                 metrics.funds(self._funds, self._limits.margin_utilisation_cap_pct)
-            except Exception as exc:  # the risk panel shows the last known figures
-                log.warning("funds unavailable", extra={"error": repr(exc)})
         await asend_now("heartbeat", {"engine": self.engine_id, "at": now.isoformat()}, account=self.account)
         if wall - self._pushed.get("analytics", -1e9) >= 10.0:
             self._pushed["analytics"] = wall
@@ -675,7 +865,7 @@ class Engine:
             return None
         now = self.clock.now()
         if self._basis is None:
-            funds = await self.broker.funds()
+            funds = await self._outside(self.broker.funds, where="funds")
             limits = self._limits if self._limits_fresh else None
             self._basis = await _db(GateBasis.load)(account=self.account, now=now, funds=funds, limits=limits)
         underlying_quote = self.book.get(self.underlying_ids.get(instrument.underlying.symbol, ""))
@@ -687,6 +877,9 @@ class Engine:
             underlying_price=underlying_quote.last if underlying_quote else None,
             feed_stale=self.health.is_stale(now),
         )
+        if self.outages.active and not intent.reduces_exposure and ctx.trading_state == "ACTIVE":
+            # The outside world is failing: no new exposure, whatever the stored state says.
+            ctx = dataclasses.replace(ctx, trading_state="REDUCING")
         decision = self.gate.check(intent, ctx)
         if not decision.allowed:
             self.stats.refused += 1

@@ -96,14 +96,37 @@ class EngineLock:
         return self._held and self._check()
 
     async def watch(self, interval: float = 1.0) -> None:
-        """Return as soon as the held lock is lost; meant to run beside the engine as a task."""
-        alive = await asyncio.to_thread(self.is_alive)
-        while alive:
-            await asyncio.sleep(interval)
+        """Return as soon as the held lock is lost; meant to run beside the engine as a task.
+
+        A lock whose session ended while nobody else took it (a database restart,
+        a network blip) is taken again, for as long as the database stays away;
+        it is lost only when another engine holds it."""
+        while True:
             alive = await asyncio.to_thread(self.is_alive)
+            while alive:
+                await asyncio.sleep(interval)
+                alive = await asyncio.to_thread(self.is_alive)
+            if not self._held:
+                return
+            if not self.retakeable:
+                break
+            log.warning("engine lock: its session ended; taking it again", extra={"account": self.account})
+            status = "unreachable"
+            while self._held and status == "unreachable":
+                await asyncio.sleep(interval)
+                status = await asyncio.to_thread(self._retake)
+            if status != "ours":
+                break
+            log.warning("engine lock taken again", extra={"account": self.account, "lock": self.describe()})
         if self._held:
             log.critical("engine lock lost", extra={"account": self.account, "lock": self.describe()})
             self._held = False
+
+    retakeable = False  # whether a lock whose session ended can be taken again (see watch)
+
+    def _retake(self) -> str:
+        """"ours", "taken" (another engine holds it) or "unreachable"."""
+        return "ours" if self._try() else "taken"
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -132,6 +155,7 @@ class EngineLock:
 
 class PostgresEngineLock(EngineLock):
     kind = "postgres"
+    retakeable = True
 
     def __init__(self, account: str, database: dict | None = None):
         super().__init__(account)
@@ -180,6 +204,18 @@ class PostgresEngineLock(EngineLock):
             log.warning("engine lock: database unreachable", extra={"account": self.account, "error": str(exc)})
             self._close()
             return False
+
+    def _retake(self) -> str:
+        import psycopg
+
+        self._close()
+        try:
+            self._conn = self._connect()
+            got = bool(self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self.key,)).fetchone()[0])
+        except psycopg.Error:
+            self._close()
+            return "unreachable"
+        return "ours" if got else "taken"
 
     def _check(self) -> bool:
         import psycopg

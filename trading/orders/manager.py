@@ -23,12 +23,15 @@ import asyncio
 import datetime as dt
 import logging
 import secrets
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from decimal import Decimal
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 
 from audit.chain import append as audit_append
 from marketdata.ticks import price_on_tick
@@ -40,6 +43,7 @@ from risk.slippage import check_slippage
 from trading.brokers.base import (
     AuthExpired,
     Broker,
+    BrokerError,
     BrokerOrder,
     BrokerStatus,
     OrderType,
@@ -103,6 +107,167 @@ def _db(fn):
     return sync_to_async(fn, thread_sensitive=True)
 
 
+LOOKUP_FAILED = object()  # the broker could not be asked; not the same as "it has no such order"
+NOT_AT_BROKER = "NOT_AT_BROKER"
+PENDING_REASON = "not listed at the broker yet: looked up by correlation id until it shows or the grace window ends"
+
+
+def _order_fields(order: Order, remote: BrokerOrder, target: str, now: dt.datetime) -> dict:
+    fields: dict = {}
+    if remote.broker_order_id and order.broker_order_id != remote.broker_order_id:
+        fields["broker_order_id"] = remote.broker_order_id
+    if order.acked_at is None:
+        fields["acked_at"] = now
+    if target == S.REJECTED:
+        fields.update(reject_code=(remote.reject_code or "REJECTED")[:40], reason=remote.reason or order.reason)
+    return fields
+
+
+def settle(
+    order_id: int,
+    remote: BrokerOrder,
+    trades,
+    *,
+    now: dt.datetime,
+    account: str,
+    repair: bool = False,
+    actor: str = "oms",
+) -> tuple[list[FillEvent], bool]:
+    """Bring one order to the broker's truth in ONE transaction: every trade of it
+    the broker lists that we have not stored (a broker trade is stored once: its
+    id is unique), then its state. Sync; call through the database thread.
+
+    A terminal broker status whose trades are not all listed yet leaves the order
+    PARTIAL, so it stays live and the next sync records the rest; FILLED therefore
+    always means every fill is on the books. ``repair``: reconciliation may also
+    move a terminal row the broker contradicts (a rejected or unknown order that
+    turned up at the broker after all), with an audit record naming both sides.
+    Returns the fills recorded and whether anything changed.
+    """
+    with transaction.atomic():
+        events = _record_trades(order_id, trades, account=account)
+        checkpoint("oms.settle_between_fills_and_state")  # a crash here rolls both back
+        order = Order.objects.select_for_update(of=("self",)).get(pk=order_id)
+        target = FROM_BROKER[remote.status]
+        if target in Order.TERMINAL_STATES and order.filled_quantity < remote.filled_quantity:
+            target = S.PARTIAL  # the broker's trade book lags its order book: keep looking
+        fields = _order_fields(order, remote, target, now)
+        changed = bool(events)
+        if target != order.state:
+            if target in ALLOWED[order.state]:
+                changed |= _transition_row(order, target, now, account, actor=actor, **fields)
+            elif repair and order.state in Order.TERMINAL_STATES:
+                stamp = STAMP.get(target)
+                if stamp:
+                    fields.setdefault(stamp, now)
+                if Order.objects.filter(pk=order_id, state=order.state).update(state=target, **fields):
+                    changed = True
+                    audit_append(
+                        "order.repaired",
+                        actor=actor,
+                        subject=f"order:{order.client_order_id}",
+                        payload={
+                            "ours": {"state": order.state, "filled": order.filled_quantity, "code": order.reject_code},
+                            "broker": {
+                                "status": str(remote.status),
+                                "filled": remote.filled_quantity,
+                                "broker_order_id": remote.broker_order_id,
+                            },
+                        },
+                        at=now,
+                    )
+                    publish_on_commit("order", {"id": order_id, "state": target}, account=account)
+        elif fields:
+            Order.objects.filter(pk=order_id).update(**fields)
+    return events, changed
+
+
+def _transition_row(order: Order, new: str, now: dt.datetime, account: str, *, actor: str = "oms", **fields) -> bool:
+    """A conditional state change inside the caller's transaction, audited."""
+    if new in STAMP:
+        fields.setdefault(STAMP[new], now)
+    updated = Order.objects.filter(pk=order.pk, state=order.state).update(state=new, **fields)
+    if updated and new not in (S.SUBMITTING, S.OPEN, S.PARTIAL):
+        fresh = Order.objects.get(pk=order.pk)
+        audit_append(
+            f"order.{new.lower()}",
+            actor=actor,
+            subject=f"order:{fresh.client_order_id}",
+            payload={
+                "state": new,
+                "filled": fresh.filled_quantity,
+                "reason": fresh.reason,
+                "code": fresh.reject_code,
+                "broker_order_id": fresh.broker_order_id,
+            },
+            at=now,
+        )
+    if updated:
+        publish_on_commit("order", {"id": order.pk, "state": new}, account=account)
+    return bool(updated)
+
+
+def _record_trades(order_id: int, trades, *, account: str) -> list[FillEvent]:
+    """Store the broker trades of one order that are not stored yet (sync, atomic)."""
+    from trading.orders.accounting import apply_fill
+
+    known = set(Fill.objects.filter(order_id=order_id).values_list("broker_trade_id", flat=True))
+    events = []
+    for trade in sorted(trades, key=lambda t: (t.traded_at, t.trade_id)):
+        if trade.trade_id in known:
+            continue
+        with transaction.atomic():
+            order = (
+                Order.objects.select_for_update(of=("self",))
+                .select_related("instrument", "strategy", "signal")
+                .get(pk=order_id)
+            )
+            fill, position, closed = apply_fill(
+                order, trade_id=trade.trade_id, quantity=trade.quantity, price=trade.price, at=trade.traded_at
+            )
+            if fill is None:
+                continue
+            filled = order.filled_quantity + trade.quantity
+            average = (
+                (order.average_price or Decimal("0")) * order.filled_quantity + trade.price * trade.quantity
+            ) / filled
+            Order.objects.filter(pk=order_id, filled_quantity=order.filled_quantity).update(
+                filled_quantity=filled,
+                average_price=average.quantize(Decimal("0.01")),
+                first_fill_at=order.first_fill_at or trade.traded_at,
+            )
+            audit_append(
+                "order.fill",
+                actor="oms",
+                subject=f"order:{order.client_order_id}",
+                payload={
+                    "trade_id": trade.trade_id,
+                    "quantity": trade.quantity,
+                    "price": trade.price,
+                    "filled": filled,
+                },
+                at=trade.traded_at,
+            )
+            publish_on_commit(
+                "fill", {"order": order_id, "quantity": trade.quantity, "price": str(trade.price)}, account=account
+            )
+            publish_on_commit("position", {"instrument": order.instrument.security_id}, account=account)
+        events.append(
+            FillEvent(
+                strategy_key=order.strategy.key if order.strategy_id else "",
+                signal_key=order.signal.key if order.signal_id else None,
+                security_id=order.instrument.security_id,
+                side=order.side,
+                quantity=trade.quantity,
+                price=trade.price,
+                filled_at=trade.traded_at,
+                purpose=order.purpose,
+                order_complete=filled >= order.quantity,
+            )
+        )
+    return events
+
+
 class OrderManager:
     def __init__(
         self,
@@ -115,6 +280,9 @@ class OrderManager:
         id_factory: Callable[[], str] = default_client_order_id,
         call_timeout_s: float = 3.0,
         unknown_resolve_s: float = 3.0,
+        not_found_grace_s: float | None = None,
+        max_place_attempts: int = 3,
+        max_retry_after_s: float = 30.0,
         limits: Callable[[], RiskLimits] = RiskLimits.active,
     ):
         self.broker = broker
@@ -125,11 +293,20 @@ class OrderManager:
         self.id_factory = id_factory
         self.call_timeout_s = call_timeout_s
         self.unknown_resolve_s = unknown_resolve_s
+        self.not_found_grace_s = (
+            float(settings.QUANTHUB_NOT_FOUND_GRACE_S) if not_found_grace_s is None else not_found_grace_s
+        )
+        self.max_place_attempts = max_place_attempts
+        self.max_retry_after_s = max_retry_after_s
         self.limits = limits
         # Fill and order events for the strategies, whichever call recorded them
         # (a fill can arrive with the acknowledgement); sync() hands them over.
         self._events: list[FillEvent | OrderUpdate] = []
         self._any_live: Prepared | None = None
+        # Sends waiting out a throttle's Retry-After: tasks, so the engine loop goes on.
+        self._retries: set[asyncio.Task] = set()
+        self._auth_alerted = -1e9  # time.monotonic() of the last expired-token alert
+        self.auth_alerts = 0
 
     # --- state changes (sync; called through _db) ----------------------------------
 
@@ -263,7 +440,14 @@ class OrderManager:
         return await self.send(order, priority=priority)
 
     async def send(self, order: Order, *, priority: bool = False) -> Order:
-        """Send a committed NEW order (used by submit, and for slices)."""
+        """Send a committed NEW order (used by submit, and for slices).
+
+        A throttled send is looked up by correlation id first (the broker may have
+        taken it before it throttled the reply) and only then tried again, after
+        the broker's Retry-After, from a task of its own: the caller (the engine
+        loop) does not wait. Until then the order stays SUBMITTING; a restart in
+        between finds it in flight and looks it up, it never resends it.
+        """
         if not await _db(self._transition)(order.pk, {S.NEW}, S.SUBMITTING):
             return await _db(Order.objects.get)(pk=order.pk)
         request = PlaceRequest(
@@ -276,87 +460,181 @@ class OrderManager:
             price=order.limit_price,
             priority=priority,
         )
-        for attempt in range(3):
-            await self.limiter.acquire(priority=priority)
-            sent_at = self.clock.now()
-            await _db(Order.objects.filter(pk=order.pk).update)(sent_at=sent_at)
-            checkpoint("oms.before_broker_call")
-            try:
-                ack = await asyncio.wait_for(self.broker.place_order(request), timeout=self.call_timeout_s)
-            except Throttled as exc:
-                if attempt < 2 and exc.retry_after <= 1.0:
-                    await asyncio.sleep(exc.retry_after)
-                    continue
-                await _db(self._transition)(
-                    order.pk, {S.SUBMITTING}, S.REJECTED, reject_code="THROTTLED", reason=str(exc)
-                )
-                break
-            except Rejected as exc:
-                await _db(self._transition)(
-                    order.pk, {S.SUBMITTING}, S.REJECTED, reject_code=exc.code[:40], reason=exc.message
-                )
-                log.warning(
-                    "order rejected",
-                    extra={"client_order_id": order.client_order_id, "code": exc.code, "reason": exc.message},
-                )
-                break
-            except (AuthExpired, Unavailable) as exc:
-                # Refused before the broker took it: nothing exists to look up.
-                await _db(self._transition)(
-                    order.pk, {S.SUBMITTING}, S.REJECTED, reject_code=type(exc).__name__.upper()[:40], reason=str(exc)
-                )
-                break
-            except (Unknown, TimeoutError, ConnectionError) as exc:
-                await _db(self._transition)(
-                    order.pk, {S.SUBMITTING}, S.UNKNOWN, reason=f"outcome unknown: {exc!r}"[:500]
-                )
-                log.warning("order outcome unknown", extra={"client_order_id": order.client_order_id})
-                await self.resolve_unknown(order)
-                break
-            checkpoint("oms.after_ack")
-            await self._apply_ack(order, ack)
-            break
+        await self._attempt(order, request, priority, 1)
         return await _db(Order.objects.select_related("instrument", "strategy", "signal").get)(pk=order.pk)
 
+    async def _attempt(self, order: Order, request: PlaceRequest, priority: bool, attempt: int) -> None:
+        await self.limiter.acquire(priority=priority)
+        await _db(Order.objects.filter(pk=order.pk).update)(sent_at=self.clock.now())
+        checkpoint("oms.before_broker_call")
+        try:
+            ack = await asyncio.wait_for(self.broker.place_order(request), timeout=self.call_timeout_s)
+        except Throttled as exc:
+            await self._after_refusal(order, request, priority, attempt, exc, delay=exc.retry_after)
+            return
+        except AuthExpired as exc:
+            await self.on_auth_expired(exc, where=f"placing {order.client_order_id}")
+            await self._after_refusal(order, request, priority, attempt, exc, delay=0.0)
+            return
+        except Rejected as exc:
+            await _db(self._transition)(
+                order.pk, {S.SUBMITTING}, S.REJECTED, reject_code=exc.code[:40], reason=exc.message
+            )
+            log.warning(
+                "order rejected",
+                extra={"client_order_id": order.client_order_id, "code": exc.code, "reason": exc.message},
+            )
+            return
+        except Unavailable as exc:
+            # Refused before the broker took it: nothing exists to look up.
+            await _db(self._transition)(
+                order.pk, {S.SUBMITTING}, S.REJECTED, reject_code="UNAVAILABLE", reason=str(exc)[:500]
+            )
+            return
+        except (Unknown, TimeoutError, ConnectionError, BrokerError) as exc:
+            await _db(self._transition)(order.pk, {S.SUBMITTING}, S.UNKNOWN, reason=f"outcome unknown: {exc!r}"[:500])
+            log.warning("order outcome unknown", extra={"client_order_id": order.client_order_id})
+            await self.resolve_unknown(order)
+            return
+        checkpoint("oms.after_ack")
+        await self._apply_ack(order, ack)
+
+    async def _after_refusal(self, order, request, priority: bool, attempt: int, exc: Exception, *, delay: float):
+        """Throttled or token expired on a send: look it up, then (maybe) try again later."""
+        found = await self._lookup(order.client_order_id)
+        if found is LOOKUP_FAILED:
+            # Cannot tell whether the broker has it: never resend blind. Pending,
+            # looked up by correlation id at every sync and reconciliation.
+            await _db(self._transition)(
+                order.pk, {S.SUBMITTING}, S.UNKNOWN, reason=f"{type(exc).__name__} and the lookup failed"[:500]
+            )
+            return
+        if found is not None:
+            await self._apply_ack(order, found)
+            return
+        if attempt >= self.max_place_attempts or delay > self.max_retry_after_s:
+            code = "THROTTLED" if isinstance(exc, Throttled) else "AUTH_EXPIRED"
+            await _db(self._transition)(order.pk, {S.SUBMITTING}, S.REJECTED, reject_code=code, reason=str(exc)[:500])
+            return
+        log.info(
+            "send retried after the broker's pause",
+            extra={"client_order_id": order.client_order_id, "retry_after": delay, "attempt": attempt},
+        )
+        task = asyncio.create_task(self._retry(order, request, priority, attempt + 1, delay))
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    async def _retry(self, order, request, priority: bool, attempt: int, delay: float) -> None:
+        try:
+            await asyncio.sleep(max(delay, 0.0))
+            # Looked up once more right before the resend: nothing is ever sent twice.
+            found = await self._lookup(order.client_order_id)
+            if found is LOOKUP_FAILED:
+                await _db(self._transition)(
+                    order.pk, {S.SUBMITTING}, S.UNKNOWN, reason="retry after a throttle: the lookup failed"
+                )
+                return
+            if found is not None:
+                await self._apply_ack(order, found)
+                return
+            fresh = await _db(Order.objects.get)(pk=order.pk)
+            if fresh.state != S.SUBMITTING:
+                return
+            await self._attempt(order, request, priority, attempt)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the order stays SUBMITTING/UNKNOWN; recovery and reconciliation look it up
+            log.warning("send retry failed", extra={"client_order_id": order.client_order_id}, exc_info=True)
+
+    async def wait_for_retries(self) -> None:
+        """Wait for sends pausing on a throttle (tests, and a clean shutdown)."""
+        while self._retries:
+            await asyncio.gather(*list(self._retries), return_exceptions=True)
+
+    async def _lookup(self, correlation_id: str):
+        """The broker's order for this correlation id, None if it has none, or LOOKUP_FAILED."""
+        try:
+            return await asyncio.wait_for(
+                self.broker.get_order_by_correlation(correlation_id), timeout=self.call_timeout_s
+            )
+        except AuthExpired as exc:
+            await self.on_auth_expired(exc, where=f"looking up {correlation_id}")
+            return LOOKUP_FAILED
+        except (BrokerError, TimeoutError, ConnectionError, ValueError, KeyError, TypeError) as exc:
+            log.info("order lookup failed", extra={"correlation_id": correlation_id, "error": repr(exc)})
+            return LOOKUP_FAILED
+
+    async def on_auth_expired(self, exc: Exception, *, where: str) -> None:
+        """The broker's token expired somewhere in the order path: a CRITICAL alert
+        (once a minute, not once a call) and a renewal the running broker uses at once."""
+        from trading.alerts import raise_alert
+
+        wall = time.monotonic()
+        if wall - self._auth_alerted >= 60.0:
+            self._auth_alerted = wall
+            self.auth_alerts += 1
+            try:
+                await _db(raise_alert)(
+                    "CRITICAL",
+                    "token",
+                    "Broker token expired",
+                    f"While {where}: {exc}. Renewing the session; orders are looked up before any resend.",
+                    account=self.account,
+                )
+            except Exception:  # the database may be the next thing down; the log still says it
+                log.critical("broker token expired", extra={"where": where})
+        try:
+            renewed = await asyncio.wait_for(self.broker.renew_session(), timeout=max(self.call_timeout_s, 10.0))
+        except Exception as renew_exc:
+            log.error("token renewal failed", extra={"error": repr(renew_exc)})
+            return
+        if renewed:
+            log.warning("broker session renewed after an expired token", extra={"where": where})
+
     async def _apply_ack(self, order: Order, ack: BrokerOrder) -> None:
-        state = FROM_BROKER[ack.status]
-        now = self.clock.now()
-        fields = {"broker_order_id": ack.broker_order_id, "acked_at": now}
-        metrics.observe_ack(order.snapshot_at, now)
-        if state == S.REJECTED:
-            fields.update(reject_code=ack.reject_code[:40], reason=ack.reason)
-        await _db(self._transition)(order.pk, {S.SUBMITTING, S.UNKNOWN}, state, **fields)
+        """The acknowledgement's state and the fills it carries, in one transaction."""
+        metrics.observe_ack(order.snapshot_at, self.clock.now())
+        trades = []
         if ack.filled_quantity:
-            await self._apply_trades(order.pk)
+            trades = await self._trades_of(order.client_order_id)
+        checkpoint("oms.before_settle")
+        if ack.status == BrokerStatus.REJECTED and not ack.reason:
+            # Dhan's 200 reply to a refused order can carry the status only: its code
+            # and message are in the order book.
+            found = await self._lookup(order.client_order_id)
+            if found not in (None, LOOKUP_FAILED) and (found.reason or found.reject_code):
+                ack = found
+        events, _ = await _db(settle)(order.pk, ack, trades, now=self.clock.now(), account=self.account)
+        self._events.extend(events)
+
+    async def _trades_of(self, correlation_id: str) -> list:
+        try:
+            return [t for t in await self.broker.trade_book() if t.correlation_id == correlation_id]
+        except AuthExpired as exc:
+            await self.on_auth_expired(exc, where="reading the trade book")
+            return []
+        except (BrokerError, TimeoutError, ConnectionError) as exc:
+            # The state waits for the trades (PARTIAL until they are listed): the next sync finds them.
+            log.info("trade book unavailable", extra={"error": repr(exc)})
+            return []
 
     async def resolve_unknown(self, order: Order) -> bool:
-        """Look the order up by correlation id for up to ``unknown_resolve_s``."""
+        """Look the order up by correlation id for up to ``unknown_resolve_s``.
+
+        Not found by then is not final: the order stays UNKNOWN (pending) and
+        every sync and reconciliation looks for it again, for the grace window.
+        """
         deadline = asyncio.get_running_loop().time() + self.unknown_resolve_s
         delay = 0.05
         while True:
-            try:
-                found = await asyncio.wait_for(
-                    self.broker.get_order_by_correlation(order.client_order_id), timeout=self.call_timeout_s
-                )
-            except (Unknown, Unavailable, TimeoutError, ConnectionError, Throttled):
-                found = None
-                looked = False
-            else:
-                looked = True
-            if found is not None:
+            found = await self._lookup(order.client_order_id)
+            if found is not LOOKUP_FAILED and found is not None:
                 await self._apply_ack(order, found)
                 return True
             if asyncio.get_running_loop().time() >= deadline:
-                if looked:
-                    await _db(self._transition)(
-                        order.pk,
-                        {S.UNKNOWN},
-                        S.REJECTED,
-                        reject_code="NOT_AT_BROKER",
-                        reason="the broker has no order with this correlation id",
-                    )
-                    return True
-                return False  # stays UNKNOWN; reconciliation keeps looking
+                if found is None:
+                    await _db(Order.objects.filter(pk=order.pk, state=S.UNKNOWN).update)(reason=PENDING_REASON)
+                return False
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
@@ -394,18 +672,13 @@ class OrderManager:
         except ModificationCapExceeded as exc:
             raise OrderRefused(str(exc)) from None
         await self.limiter.acquire(priority=order.purpose in EXIT_PURPOSES)
-        ack = await asyncio.wait_for(
-            self.broker.modify_order(order.broker_order_id, price=new_price), timeout=self.call_timeout_s
-        )
-        from django.db.models import F
-
+        ack = await self._modify(order, new_price)
         await _db(Order.objects.filter(pk=order.pk, requote_count=order.requote_count).update)(
             limit_price=new_price,
             requote_count=F("requote_count") + 1,
             modification_count=F("modification_count") + 1,
         )
-        if ack.filled_quantity:
-            await self._sync_one(order.pk)
+        await self._after_modify(order, ack)
         return await _db(Order.objects.select_related("instrument", "strategy", "signal").get)(pk=order.pk)
 
     async def reprice(self, order: Order, new_price: Decimal) -> Order:
@@ -417,73 +690,96 @@ class OrderManager:
         except ModificationCapExceeded as exc:
             raise OrderRefused(str(exc)) from None
         await self.limiter.acquire(priority=True)
-        await asyncio.wait_for(
-            self.broker.modify_order(order.broker_order_id, price=new_price), timeout=self.call_timeout_s
-        )
-        from django.db.models import F
-
+        ack = await self._modify(order, new_price)
         await _db(Order.objects.filter(pk=order.pk).update)(
             limit_price=new_price, modification_count=F("modification_count") + 1
         )
+        await self._after_modify(order, ack)
         return await _db(Order.objects.select_related("instrument", "strategy", "signal").get)(pk=order.pk)
+
+    async def _modify(self, order: Order, new_price: Decimal) -> BrokerOrder:
+        try:
+            return await asyncio.wait_for(
+                self.broker.modify_order(order.broker_order_id, price=new_price), timeout=self.call_timeout_s
+            )
+        except Rejected:
+            # Most often the order filled (or was cancelled) before the change reached
+            # it: take the broker's truth, fills included, then report the refusal.
+            await self._sync_one(order.pk)
+            raise
+        except AuthExpired as exc:
+            await self.on_auth_expired(exc, where=f"modifying {order.client_order_id}")
+            raise
+
+    async def _after_modify(self, order: Order, ack: BrokerOrder) -> None:
+        """A modification that filled in the same reply records that fill now, with its state."""
+        if ack.filled_quantity or ack.status != BrokerStatus.PENDING:
+            trades = await self._trades_of(order.client_order_id) if ack.filled_quantity else []
+            events, _ = await _db(settle)(order.pk, ack, trades, now=self.clock.now(), account=self.account)
+            self._events.extend(events)
 
     # --- synchronising with the broker --------------------------------------------------
 
     async def sync(self, live: list[Order] | None = None, *, drain: bool = True) -> list[FillEvent | OrderUpdate]:
         """Pull order and trade updates from the broker; apply fills; enforce
-        the partial-fill rule; resolve UNKNOWN orders. Returns strategy events.
+        the partial-fill rule; look for pending (UNKNOWN) orders. Returns strategy events.
 
         ``live``: what ``live_orders()`` returned just now, when the caller read
         it together with other things in one trip to the database thread.
         ``drain=False``: leave the events queued for the engine's own sync (a
         flatten working on the engine's order path must not swallow the fills
         the strategies have to hear).
+        Broker errors propagate (typed): the engine degrades and tries again.
         """
         if live is None:
             live = await _db(self.live_orders)()
         if not live:
             return self._drain() if drain else list(self._events)
-        book = {o.correlation_id: o for o in await self.broker.order_book()}
-        trades = defaultdict(list)
-        for trade in await self.broker.trade_book():
-            trades[trade.correlation_id].append(trade)
+        try:
+            book = {o.correlation_id: o for o in await self.broker.order_book()}
+            trades = defaultdict(list)
+            for trade in await self.broker.trade_book():
+                trades[trade.correlation_id].append(trade)
+        except AuthExpired as exc:
+            await self.on_auth_expired(exc, where="reading the order book")
+            raise
         events = self._events  # fills recorded here land in the same queue
         limits = await _db(self.limits)()
         now = self.clock.now()
         for order in live:
             remote = book.get(order.client_order_id)
             if remote is None:
-                if (
-                    order.state == S.UNKNOWN
-                    and order.unknown_at
-                    and (now - order.unknown_at).total_seconds() >= self.unknown_resolve_s
-                ):
-                    await _db(self._transition)(
-                        order.pk,
-                        {S.UNKNOWN},
-                        S.REJECTED,
-                        reject_code="NOT_AT_BROKER",
-                        reason="the broker has no order with this correlation id",
-                    )
+                if order.state == S.UNKNOWN and await _db(self._expire_pending)(order, now):
                     events.append(self._update(order, S.REJECTED, "not at broker"))
                 continue
-            await _db(self._record_trades)(order.pk, trades.get(order.client_order_id, []))
+            fills, _ = await _db(settle)(
+                order.pk, remote, trades.get(order.client_order_id, []), now=now, account=self.account
+            )
+            events.extend(fills)
             state = FROM_BROKER[remote.status]
-            fields = {"broker_order_id": remote.broker_order_id}
-            if order.acked_at is None:
-                fields["acked_at"] = now
-            if state == S.REJECTED:
-                fields.update(reject_code=remote.reject_code[:40], reason=remote.reason)
-            if state != order.state or order.state == S.UNKNOWN:
-                await _db(self._transition)(order.pk, {order.state}, state, **fields)
-                if state in (S.CANCELLED, S.REJECTED):
-                    fresh = await _db(Order.objects.get)(pk=order.pk)
+            if state != order.state and state in (S.CANCELLED, S.REJECTED):
+                fresh = await _db(Order.objects.select_related("instrument", "strategy", "signal").get)(pk=order.pk)
+                if fresh.state == state:
                     events.append(self._update(fresh, state, fresh.reason))
             if state in (S.OPEN, S.PARTIAL):
                 # Also when this sync brought the fill that moved it to PARTIAL: the rule
                 # applies at 1 s after the acknowledgement, whichever sync the fill came in.
                 events.extend(await self._partial_fill_rule(order, limits, now))
         return self._drain() if drain else list(self._events)
+
+    def _expire_pending(self, order: Order, now: dt.datetime) -> bool:
+        """A pending order past its grace window becomes NOT_AT_BROKER (never resent;
+        reconciliation still adopts it if it shows up). Sync."""
+        since = order.unknown_at or order.sent_at or order.created_at
+        if since is None or (now - since).total_seconds() < self.not_found_grace_s:
+            return False
+        return self._transition(
+            order.pk,
+            {S.UNKNOWN},
+            S.REJECTED,
+            reject_code=NOT_AT_BROKER,
+            reason=f"the broker has no order with this correlation id after {self.not_found_grace_s:g} s",
+        )
 
     def live_orders(self) -> list[Order]:
         """Orders the broker may still change: OPEN, PARTIAL, UNKNOWN (sync; call through the database thread)."""
@@ -518,79 +814,19 @@ class OrderManager:
         return []
 
     async def _sync_one(self, order_id: int) -> None:
-        order = await _db(Order.objects.select_related("instrument", "strategy", "signal").get)(pk=order_id)
-        remote = await self.broker.get_order_by_correlation(order.client_order_id)
-        if remote is None:
-            return
-        await self._apply_trades(order_id)
-        state = FROM_BROKER[remote.status]
-        if state != order.state:
-            await _db(self._transition)(order_id, {order.state}, state, broker_order_id=remote.broker_order_id)
-
-    async def _apply_trades(self, order_id: int) -> list:
+        """One order to the broker's truth (after a cancel, a re-price or a modify)."""
         order = await _db(Order.objects.get)(pk=order_id)
-        trades = [t for t in await self.broker.trade_book() if t.correlation_id == order.client_order_id]
-        return await _db(self._record_trades)(order_id, trades)
+        remote = await self._lookup(order.client_order_id)
+        if remote is None or remote is LOOKUP_FAILED:
+            return
+        trades = await self._trades_of(order.client_order_id)
+        events, _ = await _db(settle)(order_id, remote, trades, now=self.clock.now(), account=self.account)
+        self._events.extend(events)
 
     def _record_trades(self, order_id: int, trades) -> list[FillEvent]:
-        from trading.orders.accounting import apply_fill
-
-        known = set(Fill.objects.filter(order_id=order_id).values_list("broker_trade_id", flat=True))
-        events = []
-        for trade in sorted(trades, key=lambda t: (t.traded_at, t.trade_id)):
-            if trade.trade_id in known:
-                continue
-            with transaction.atomic():
-                order = (
-                    Order.objects.select_for_update(of=("self",))
-                    .select_related("instrument", "strategy", "signal")
-                    .get(pk=order_id)
-                )
-                fill, position, closed = apply_fill(
-                    order, trade_id=trade.trade_id, quantity=trade.quantity, price=trade.price, at=trade.traded_at
-                )
-                if fill is None:
-                    continue
-                filled = order.filled_quantity + trade.quantity
-                average = (
-                    (order.average_price or Decimal("0")) * order.filled_quantity + trade.price * trade.quantity
-                ) / filled
-                Order.objects.filter(pk=order_id, filled_quantity=order.filled_quantity).update(
-                    filled_quantity=filled,
-                    average_price=average.quantize(Decimal("0.01")),
-                    first_fill_at=order.first_fill_at or trade.traded_at,
-                )
-                audit_append(
-                    "order.fill",
-                    actor="oms",
-                    subject=f"order:{order.client_order_id}",
-                    payload={
-                        "trade_id": trade.trade_id,
-                        "quantity": trade.quantity,
-                        "price": trade.price,
-                        "filled": filled,
-                    },
-                    at=trade.traded_at,
-                )
-                publish_on_commit(
-                    "fill",
-                    {"order": order_id, "quantity": trade.quantity, "price": str(trade.price)},
-                    account=self.account,
-                )
-                publish_on_commit("position", {"instrument": order.instrument.security_id}, account=self.account)
-            event = FillEvent(
-                strategy_key=order.strategy.key if order.strategy_id else "",
-                signal_key=order.signal.key if order.signal_id else None,
-                security_id=order.instrument.security_id,
-                side=order.side,
-                quantity=trade.quantity,
-                price=trade.price,
-                filled_at=trade.traded_at,
-                purpose=order.purpose,
-                order_complete=filled >= order.quantity,
-            )
-            events.append(event)
-            self._events.append(event)
+        """Store the trades of one order not stored yet; the events reach the strategies at the next sync."""
+        events = _record_trades(order_id, trades, account=self.account)
+        self._events.extend(events)
         return events
 
     @staticmethod
@@ -614,7 +850,9 @@ class OrderManager:
         NEW rows were never sent (SUBMITTING comes first), so they are cancelled
         as stale intents; strategies re-issue what they still want. SUBMITTING
         and UNKNOWN rows are looked up by correlation id and take the broker's
-        state, or are rejected when the broker has no such order.
+        state with their fills; one the broker does not list (yet) stays pending
+        (UNKNOWN) for the grace window. Reconciliation, right after, repairs
+        every other row the broker's books contradict.
         """
         counts = {"cancelled_new": 0, "resolved": 0, "not_at_broker": 0, "unresolved": 0}
         stale = await _db(lambda: list(Order.objects.filter(account=self.account, state=S.NEW)))()
@@ -630,27 +868,22 @@ class OrderManager:
                 )
             )
         )()
+        now = self.clock.now()
         for order in pending:
             if order.state == S.SUBMITTING:
                 await _db(self._transition)(
                     order.pk, {S.SUBMITTING}, S.UNKNOWN, reason="in flight when the engine stopped"
                 )
-            try:
-                found = await asyncio.wait_for(
-                    self.broker.get_order_by_correlation(order.client_order_id), timeout=self.call_timeout_s
-                )
-            except (Unknown, Unavailable, TimeoutError, ConnectionError, Throttled):
+            found = await self._lookup(order.client_order_id)
+            if found is LOOKUP_FAILED:
                 counts["unresolved"] += 1
-                continue
-            if found is None:
-                await _db(self._transition)(
-                    order.pk,
-                    {S.UNKNOWN},
-                    S.REJECTED,
-                    reject_code="NOT_AT_BROKER",
-                    reason="not at the broker after restart",
-                )
-                counts["not_at_broker"] += 1
+            elif found is None:
+                fresh = await _db(Order.objects.get)(pk=order.pk)
+                if await _db(self._expire_pending)(fresh, now):
+                    counts["not_at_broker"] += 1
+                else:
+                    await _db(Order.objects.filter(pk=order.pk, state=S.UNKNOWN).update)(reason=PENDING_REASON)
+                    counts["unresolved"] += 1
             else:
                 await self._apply_ack(order, found)
                 counts["resolved"] += 1

@@ -1,11 +1,18 @@
-"""Reconciliation: the broker's orders and positions against ours.
+"""Reconciliation: the broker's orders, trades and positions against ours.
 
-Run when the engine starts (it stays HALTED until everything agrees) and
-every few seconds while it runs. A missing, extra or different item becomes
-a ``ReconciliationBreak`` holding both sides; while any break is open the
-account is HALTED. A risk manager resolves a break in the admin: adopt an
-external order (audited), or mark it fixed with a reason. A missing
-position report is never read as "flat".
+Run when the engine starts and every few seconds while it runs. First broker
+truth repairs what it explains, idempotently and with an audit record: an
+order of ours whose fills, filled quantity or state differ from the broker's
+order and trade books is brought to them (its missing fills recorded, each
+broker trade once), and an order of ours that turned up late (an UNKNOWN, or
+one called not-at-broker) is adopted with its fills. What is left — an order
+or position we never sent, a quantity no fill accounts for, an order of ours
+the broker does not have — becomes a ``ReconciliationBreak`` holding both
+sides, and the account is HALTED for new exposure while any is open. When
+every break has cleared the trading state says so; a risk manager resumes
+(the admin's trading-state action), or ``QUANTHUB_RECONCILE_AUTO_RESUME``
+lets reconciliation resume by itself. A missing position report is never
+read as "flat".
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
@@ -24,19 +32,23 @@ from marketdata.models import Instrument
 from quanthub import metrics
 from risk.models import TradingState
 from risk.services import set_trading_state
-from trading.brokers.base import Broker, BrokerOrder, Unavailable
-from trading.models import Order, Position, ReconciliationBreak
-from trading.orders.manager import FROM_BROKER
+from trading.brokers.base import Broker, BrokerOrder, BrokerTrade, Unavailable
+from trading.models import Fill, Order, Position, ReconciliationBreak
+from trading.orders.manager import FROM_BROKER, settle
 
 log = logging.getLogger(__name__)
 K = ReconciliationBreak.Kind
 RECONCILE_ACTOR = "reconciliation"
 
 
+CLEARED_REASON = "reconciliation: every break has cleared; a risk manager may resume trading"
+
+
 @dataclass(frozen=True, slots=True)
 class ReconcileResult:
     breaks: list[ReconciliationBreak]
     halted: bool
+    repaired: int = 0  # orders brought to the broker's truth in this run
 
     @property
     def clean(self) -> bool:
@@ -55,24 +67,94 @@ def _order_side(o: BrokerOrder) -> dict:
     }
 
 
-async def reconcile(broker: Broker, *, account: str = "default") -> ReconcileResult:
+async def reconcile(broker: Broker, *, account: str = "default", clock=None) -> ReconcileResult:
+    """Broker errors on the order and trade books propagate (typed): the caller
+    degrades and tries again. A missing position report is a break, never flat."""
     broker_orders = await broker.order_book()
+    broker_trades = await broker.trade_book()
     try:
         broker_positions = await broker.positions()
         position_report = True
     except Unavailable as exc:
         broker_positions, position_report = [], False
         log.warning("no position report from the broker", extra={"error": str(exc)})
-    return await sync_to_async(_compare, thread_sensitive=True)(
+    now = clock.now() if clock is not None else timezone.now()
+    repaired = await sync_to_async(repair, thread_sensitive=True)(broker_orders, broker_trades, account, now)
+    result = await sync_to_async(_compare, thread_sensitive=True)(
         broker_orders, broker_positions, position_report, account
     )
+    return ReconcileResult(result.breaks, result.halted, repaired)
+
+
+def _today(account: str):
+    since = timezone.now() - timezone.timedelta(days=1)
+    return Order.objects.filter(account=account, created_at__gte=since)
+
+
+def _today_fills(account: str):
+    since = timezone.now() - timezone.timedelta(days=1)
+    return Fill.objects.filter(order__account=account, order__created_at__gte=since)
+
+
+def repair(broker_orders: list[BrokerOrder], broker_trades: list[BrokerTrade], account: str, now) -> int:
+    """Bring each of our orders to the broker's order and trade books where they
+    explain the difference (sync). Returns how many orders changed.
+
+    Never backwards: a row of ours that is further along than the broker's
+    report (more filled, or done while the broker says it rests) is left for
+    ``_compare`` to report, because broker truth does not explain it.
+    """
+    theirs = {o.correlation_id: o for o in broker_orders if o.correlation_id}
+    trades: dict[str, list[BrokerTrade]] = defaultdict(list)
+    for trade in broker_trades:
+        trades[trade.correlation_id].append(trade)
+    ours = {o.client_order_id: o for o in _today(account).filter(client_order_id__in=list(theirs))}
+    stored = set(Fill.objects.filter(order__in=[o.pk for o in ours.values()]).values_list("broker_trade_id", flat=True))
+    changed = 0
+    for cid, order in ours.items():
+        remote = theirs[cid]
+        if order.state in (Order.State.NEW, Order.State.SUBMITTING):
+            continue  # in flight: the order manager resolves it by lookup
+        missing = [t for t in trades.get(cid, []) if t.trade_id not in stored]
+        expected = FROM_BROKER[remote.status]
+        if not missing and order.state == expected and order.filled_quantity == remote.filled_quantity:
+            continue
+        if order.filled_quantity > remote.filled_quantity:
+            continue  # ours is ahead of the broker's report: not explained
+        if order.state in (Order.State.FILLED, Order.State.CANCELLED) and remote.is_open:
+            continue  # done here, resting there: not explained
+        before = {"state": order.state, "filled": order.filled_quantity, "code": order.reject_code}
+        _, moved = settle(order.pk, remote, missing, now=now, account=account, repair=True, actor=RECONCILE_ACTOR)
+        if not moved:
+            continue
+        changed += 1
+        after = Order.objects.get(pk=order.pk)
+        audit_append(
+            "reconciliation.repaired",
+            actor=RECONCILE_ACTOR,
+            subject=f"order:{cid}",
+            payload={
+                "ours_before": before,
+                "ours_after": {"state": after.state, "filled": after.filled_quantity},
+                "broker": _order_side(remote),
+                "fills_recorded": [t.trade_id for t in missing],
+            },
+            at=now,
+        )
+        log.warning(
+            "reconciliation repaired an order from broker truth",
+            extra={"client_order_id": cid, "before": before, "after": after.state, "fills": len(missing)},
+        )
+    return changed
 
 
 def _compare(broker_orders, broker_positions, position_report: bool, account: str) -> ReconcileResult:
     found: list[tuple[str, str, dict, dict]] = []
-    today = timezone.now() - timezone.timedelta(days=1)
-    ours = {o.client_order_id: o for o in Order.objects.filter(account=account, created_at__gte=today)}
+    ours = {o.client_order_id: o for o in _today(account)}
     theirs = {o.correlation_id: o for o in broker_orders if o.correlation_id}
+    fills_by_order = dict(
+        _today_fills(account).values("order_id").annotate(q=Sum("quantity")).values_list("order_id", "q")
+    )
     for cid, remote in theirs.items():
         order = ours.get(cid)
         if order is None:
@@ -81,14 +163,22 @@ def _compare(broker_orders, broker_positions, position_report: bool, account: st
         expected = FROM_BROKER[remote.status]
         if order.state in (Order.State.NEW, Order.State.SUBMITTING, Order.State.UNKNOWN):
             continue  # in flight: the OMS resolves it by lookup
-        if order.filled_quantity != remote.filled_quantity or (
-            order.state != expected and not (order.state == Order.State.CANCELLED and expected == Order.State.CANCELLED)
+        recorded = fills_by_order.get(order.pk, 0)
+        if (
+            order.filled_quantity != remote.filled_quantity
+            or recorded != order.filled_quantity
+            or order.state != expected
         ):
             found.append(
                 (
                     K.ORDER_MISMATCH,
                     cid,
-                    {"state": order.state, "filled": order.filled_quantity, "quantity": order.quantity},
+                    {
+                        "state": order.state,
+                        "filled": order.filled_quantity,
+                        "fills_recorded": recorded,
+                        "quantity": order.quantity,
+                    },
                     _order_side(remote),
                 )
             )
@@ -130,11 +220,18 @@ def _record(found, account: str) -> ReconcileResult:
             (b.kind, b.key): b
             for b in ReconciliationBreak.objects.select_for_update().filter(account=account, resolved_at__isnull=True)
         }
-        # Breaks that no longer show were cleared by the broker catching up.
+        # Breaks that no longer show were cleared by the broker catching up, or by a repair.
+        cleared = 0
         for (kind, key), item in open_breaks.items():
             if (kind, key) not in keys and kind != K.EXTRA_AT_BROKER:
-                ReconciliationBreak.objects.filter(pk=item.pk, resolved_at__isnull=True).update(
+                cleared += ReconciliationBreak.objects.filter(pk=item.pk, resolved_at__isnull=True).update(
                     resolved_at=timezone.now(), resolved_by=RECONCILE_ACTOR, resolution="agrees again"
+                )
+                audit_append(
+                    "reconciliation.cleared",
+                    actor=RECONCILE_ACTOR,
+                    subject=f"{kind}:{key}",
+                    payload={"ours": item.ours, "broker": item.broker},
                 )
         breaks = []
         for kind, key, ours, broker_side in found:
@@ -162,8 +259,39 @@ def _record(found, account: str) -> ReconcileResult:
                 )
                 or True
             )
+        elif cleared and not ReconciliationBreak.objects.filter(account=account, resolved_at__isnull=True).exists():
+            _all_clear(account)
     metrics.reconciled(len(breaks))
     return ReconcileResult(breaks, halted)
+
+
+def _all_clear(account: str) -> None:
+    """Every break cleared: say so where the gate's state is shown, and resume when allowed."""
+    from trading.alerts import raise_alert
+
+    state = TradingState.objects.filter(account=account).first()
+    if state is None or state.state != TradingState.State.HALTED or state.actor != RECONCILE_ACTOR:
+        return  # halted by someone else (Kill All, the loss cap, a risk manager): theirs to lift
+    if settings.QUANTHUB_RECONCILE_AUTO_RESUME:
+        set_trading_state(
+            TradingState.State.ACTIVE,
+            actor=RECONCILE_ACTOR,
+            reason="reconciliation: every break has cleared (automatic resume allowed)",
+            account=account,
+            expected=TradingState.State.HALTED,
+        )
+        raise_alert("INFO", "reconciliation", "Reconciliation clean: trading resumed", account=account)
+        return
+    TradingState.objects.filter(pk=state.pk, state=TradingState.State.HALTED, actor=RECONCILE_ACTOR).update(
+        reason=CLEARED_REASON
+    )
+    raise_alert(
+        "WARNING",
+        "reconciliation",
+        "Reconciliation clean: a risk manager may resume trading",
+        "Every break has cleared; the account stays HALTED until a risk manager resumes it.",
+        account=account,
+    )
 
 
 def adopt_external_order(item: ReconciliationBreak, *, actor: str) -> Order:

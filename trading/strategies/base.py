@@ -3,7 +3,10 @@
 Lifecycle: ``configure(config)`` → ``warm_up(history)`` → ``on_snapshot(snapshot)``
 returning intents → ``on_fill`` / ``on_timer`` → ``on_stop``. Strategies are
 pure: no ORM, no broker, no clock of their own (times come in with the data).
-Their state is a JSON-able dict so a restarted engine resumes open trades.
+Their per-signal trading state (what is held, hedged, pending, the phase) is
+rebuilt from the order book by ``rebuild_from_book`` on start, on takeover and
+after every repair, because orders and fills are the truth; the saved state
+(``get_state``) carries only what orders cannot (timers, baselines, features).
 The engine calls them through a wrapper that contains their exceptions.
 """
 
@@ -83,6 +86,34 @@ class OrderUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class BookOrder:
+    """One of the strategy's orders today as the books hold it (after repairs)."""
+
+    signal_key: str | None
+    security_id: str
+    underlying: str
+    kind: str  # CE | PE | FUT
+    side: str
+    purpose: str  # ENTRY | SCALE | HEDGE | EXIT | KILL
+    state: str  # NEW … UNKNOWN (trading.models.Order.State)
+    quantity: int
+    filled_quantity: int
+    average_price: Decimal | None
+    created_at: dt.datetime | None
+    first_fill_at: dt.datetime | None
+    reason: str = ""
+
+    @property
+    def live(self) -> bool:
+        """The broker may still fill (part of) it."""
+        return self.state in ("NEW", "SUBMITTING", "OPEN", "PARTIAL", "UNKNOWN")
+
+    @property
+    def signed_fill(self) -> int:
+        return self.filled_quantity if self.side == "BUY" else -self.filled_quantity
+
+
+@dataclass(frozen=True, slots=True)
 class ExitLevels:
     """Where a held trade will exit by its own rules, for the positions grid."""
 
@@ -129,6 +160,12 @@ class Strategy(abc.ABC):
     def exit_levels(self) -> dict[str, ExitLevels]:
         """Security id → the stop, target and time-out of each trade held (optional)."""
         return {}
+
+    def rebuild_from_book(self, orders: Sequence[BookOrder]) -> Sequence[OrderIntent]:
+        """Rebuild per-signal state from today's orders and fills (the truth), in
+        creation order; return intents to put right what the book shows (e.g. a
+        hedge left over from a flat signal). Default: the strategy keeps no such state."""
+        return ()
 
     def get_state(self) -> dict[str, Any]:
         return {}

@@ -186,14 +186,35 @@ def test_no_standby_refuses_to_wait_for_a_held_account(locks):
 def test_a_lost_lock_is_noticed(locks):
     lock = locks("acct-lost")
     assert lock.acquire() and lock.is_alive()
+    other = locks("acct-lost")
     if settings.IS_POSTGRES:
         with connection.cursor() as cursor:  # an administrator (or a failover) ends the session
             cursor.execute("SELECT pg_terminate_backend(%s)", [lock._conn.info.backend_pid])
+        assert other.acquire()  # and another engine takes the lock before this one can again
     else:
         lock.path.unlink()  # a new engine would lock a new file
     asyncio.run(asyncio.wait_for(lock.watch(interval=0.05), 5))
     assert not lock.held and not lock.is_alive()
-    assert locks("acct-lost").acquire()
+    assert other.held or other.acquire()
+
+
+def test_a_lock_whose_session_ended_with_nobody_else_waiting_is_taken_again(locks):
+    lock = locks("acct-retake")
+    if not settings.IS_POSTGRES:
+        pytest.skip("a file lock has no session to lose")
+    assert lock.acquire()
+    with connection.cursor() as cursor:  # a database restart ends every session
+        cursor.execute("SELECT pg_terminate_backend(%s)", [lock._conn.info.backend_pid])
+
+    async def watch_a_while():
+        task = asyncio.create_task(lock.watch(interval=0.05))
+        await asyncio.sleep(1.0)
+        assert not task.done()
+        task.cancel()
+
+    asyncio.run(watch_a_while())
+    assert lock.held and lock.is_alive()
+    assert not locks("acct-retake").acquire()
 
 
 # --- engines in their own processes -------------------------------------------------------
@@ -380,13 +401,22 @@ def test_an_engine_that_loses_its_lock_stops_trading_and_exits_with_an_error(eng
     db = engine_db
     engine = db.engine("engine")
     _wait_for(lambda: db.role(engine.pid) == "ACTIVE", 40, what="the engine to beat ACTIVE")
-    if db.name:  # the lock's session ends (a database restart, a failover, an administrator)
+    holder = None
+    if db.name:  # the lock's session ends (a failover, an administrator) and another engine takes it
+        import psycopg
+
+        holder = psycopg.connect(db.url, autocommit=True)
         _pg_admin(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND application_name = %s",
             (db.name, "quanthub-engine-lock:default"),
         )
+        holder.execute("SELECT pg_advisory_lock(%s)", (lock_key("default"),))
     else:
         (db.tmp_path / "locks" / "engine-default.lock").unlink()
-    assert engine.wait(15) == 1, db.output(engine)
+    try:
+        assert engine.wait(15) == 1, db.output(engine)
+    finally:
+        if holder is not None:
+            holder.close()
     assert "lost the engine lock for account default" in db.output(engine)
     assert db.role(engine.pid) == "STOPPED"

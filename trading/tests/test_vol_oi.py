@@ -10,7 +10,7 @@ from marketdata.feeds.base import ChainSnapshot
 from marketdata.feeds.simulator import SimulatorFeed
 from marketdata.validation import ChainValidator
 from quanthub.clock import IST
-from trading.strategies.base import FillEvent, OrderUpdate
+from trading.strategies.base import BookOrder, FillEvent, OrderUpdate
 from trading.strategies.vol_oi.config import VolOiConfig
 from trading.strategies.vol_oi.detector import Detection
 from trading.strategies.vol_oi.strategy import VolOiStrategy
@@ -39,6 +39,10 @@ def _detection(kind="entry", at=T0, ask=100.0, delta=0.5):
 
 def _fill(trade, side, quantity, price, at, security_id=OPTION, purpose="ENTRY"):
     return FillEvent("vol_oi", trade.key, security_id, side, quantity, Decimal(str(price)), at, purpose, True)
+
+
+def _book(key, purpose, side, quantity, filled, price, state="FILLED", security_id=OPTION, kind="CE"):
+    return BookOrder(key, security_id, "NIFTY", kind, side, purpose, state, quantity, filled, Decimal(price), T0, T0)
 
 
 def _run_session(scenario, minutes=75, seed=7):
@@ -189,6 +193,7 @@ def test_state_survives_a_restart_and_the_exit_rules_still_apply():
     strategy.on_fill(_fill(trade, "BUY", 130, "100.00", T0))
     restarted = _strategy()
     restarted.set_state(strategy.get_state())
+    restarted.rebuild_from_book([_book(trade.key, "ENTRY", "BUY", 130, 130, "100.00")])  # what the engine does
     assert [t.key for t in restarted.active()] == [trade.key]
     assert restarted._enter(_detection(at=T0 + dt.timedelta(seconds=30))) == []  # no duplicate entry
     restarted.last_mid[OPTION] = Decimal("70")

@@ -1,6 +1,6 @@
 """manage.py run_engine [--broker paper|dhan] [--feed sim|replay|dhan] [--speed N|max] [--serve]
 [--seed N] [--port N] [--host H] [--date YYYY-MM-DD] [--scenario FILE|default|none] [--no-standby]
-[--metrics-port N] [--metrics-host H]
+[--metrics-port N] [--metrics-host H] [--from-open]
 
 Every flag is checked before anything starts. With --serve the web app is
 served from the same process and event loop (daphne), on the in-memory
@@ -17,6 +17,16 @@ Prometheus metrics on that port, behind ``METRICS_TOKEN`` (quanthub.metrics);
 off when neither is set. A port already taken (a standby on the same host) is
 logged and the engine trades on without it. At the end of the run a signed
 audit checkpoint records the chain's close.
+
+On the simulator, a restart on the same day (plain or a takeover) resumes the
+session at the last stored market time with the market as it stood (spot,
+VIX, chain, the scenario's events under way), never before the latest order
+or fill (the engine's clock never runs backwards), and no scenario event
+before that time fires again; ``--from-open`` starts the day over instead.
+
+Nothing outside ends the command: a database that is not there yet is waited
+for (one log line, back-off), a broker failing leaves the engine REDUCING.
+Only an operator's stop or a lock another engine took ends it.
 """
 
 from __future__ import annotations
@@ -46,6 +56,15 @@ STANDBY_POLL_S = 0.5  # a standby tries the lock this often: a takeover well wit
 
 
 def _standby_beat(engine_id: str, plan, role: str) -> None:
+    from django.db import Error as DatabaseError
+
+    try:
+        _write_standby_beat(engine_id, plan, role)
+    except DatabaseError as exc:  # the database is away; the standby keeps trying the lock
+        log.warning("standby heartbeat not written", extra={"error": type(exc).__name__})
+
+
+def _write_standby_beat(engine_id: str, plan, role: str) -> None:
     from trading.models import EngineHeartbeat
 
     now = timezone.now()
@@ -66,22 +85,53 @@ def _standby_beat(engine_id: str, plan, role: str) -> None:
         EngineHeartbeat.objects.filter(pk=row.pk).update(role=role, beat_at=now)
 
 
-def _claim(account: str, engine_id: str) -> dt.datetime | None:
+def _claim(account: str, engine_id: str) -> tuple[list[dt.datetime], dict | None]:
     """With the lock held no other engine trades the account: mark any row still
-    saying ACTIVE (a killed engine's) STOPPED. Returns the latest market time an
-    engine of the account reached (where a takeover on the simulator carries on)."""
-    from trading.models import EngineHeartbeat
+    saying ACTIVE (a killed engine's) STOPPED. Returns the latest engine-clock times
+    the account reached — its engines' market time, and its orders and fills (a
+    killed engine may have traded past its last heartbeat) — and the simulated
+    market's state at the latest heartbeat: where a restart on the simulator
+    carries on (``_build`` keeps the times of the day it trades)."""
+    from django.db.models import Max
+
+    from trading.models import EngineHeartbeat, Fill, Order
 
     Role = EngineHeartbeat.Role
     others = EngineHeartbeat.objects.filter(account=account).exclude(engine_id=engine_id)
-    last = (
+    row = (
         others.filter(role__in=[Role.ACTIVE, Role.STOPPED], market_time__isnull=False)
         .order_by("-market_time")
-        .values_list("market_time", flat=True)
+        .values_list("market_time", "feed_state")
         .first()
     )
+    times = [row[0]] if row else []
+    times += Order.objects.filter(account=account).aggregate(a=Max("intent_at"), b=Max("committed_at")).values()
+    times.append(Fill.objects.filter(order__account=account).aggregate(a=Max("filled_at"))["a"])
     others.filter(role=Role.ACTIVE).update(role=Role.STOPPED)
-    return last
+    return [t for t in times if t is not None], (row[1] or None if row else None)
+
+
+async def _until_database(fn, stopping: asyncio.Event, what: str):
+    """Run ``fn`` in the database thread until the database answers (bounded back-off)."""
+    from asgiref.sync import sync_to_async
+    from django.db import Error as DatabaseError
+
+    from trading.engine.outages import close_connections
+
+    delay, told = 0.5, False
+    while True:
+        try:
+            return await sync_to_async(fn)()
+        except DatabaseError as exc:
+            if not told:
+                log.error("database unreachable: waiting for it", extra={"step": what, "error": type(exc).__name__})
+                told = True
+            await sync_to_async(close_connections)()
+            if stopping.is_set():
+                raise
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), delay)
+            delay = min(delay * 2, 10.0)
 
 
 def last_weekday(day: dt.date) -> dt.date:
@@ -111,6 +161,11 @@ class Command(BaseCommand):
             help="Serve the engine's Prometheus metrics on this port (default ENGINE_METRICS_PORT; off when unset).",
         )
         parser.add_argument("--metrics-host", default=settings.ENGINE_METRICS_HOST)
+        parser.add_argument(
+            "--from-open",
+            action="store_true",
+            help="On the simulator, start the day at the open even if it ran today already.",
+        )
         parser.add_argument(
             "--no-standby",
             action="store_true",
@@ -159,6 +214,7 @@ class Command(BaseCommand):
             "day": day,
             "scenario": scenario,
             "seed": options["seed"] if options["seed"] is not None else settings.QUANTHUB_SEED,
+            "from_open": options["from_open"],
         }
         from trading.engine.lock import engine_lock
 
@@ -216,7 +272,7 @@ class Command(BaseCommand):
 
             ensure_demo_instruments(plan["day"] or last_weekday(dt.date.today()))  # noqa: DTZ011
 
-    def _build(self, plan, resume_at: dt.datetime | None = None):
+    def _build(self, plan, reached: list[dt.datetime] | None = None, feed_state: dict | None = None):
         from marketdata.book import QuoteBook
         from marketdata.feeds import build_feed
         from marketdata.storage import SnapshotWriter
@@ -231,16 +287,22 @@ class Command(BaseCommand):
             day = plan["day"] or last_weekday(RealClock().today())
             start = dt.datetime.combine(day, SESSION_OPEN, tzinfo=IST)
             feed_options = {"trading_day": day, "date": day, "scenario": plan["scenario"]}
-            if plan["feed"] == "sim" and resume_at is not None:
-                resume_at = resume_at.astimezone(IST)
-                if resume_at.date() == day and resume_at >= start:
-                    # A takeover carries on with the session where the dead engine
-                    # left it, rather than trading its first minutes a second time.
-                    start = resume_at.replace(microsecond=0) + dt.timedelta(seconds=1)
-                    feed_options["start_time"] = start.time()
             clock = SimulatedClock(start - dt.timedelta(seconds=1))
         book = QuoteBook()
         feed = build_feed(plan["feed"], clock=clock, seed=plan["seed"], speed=plan["speed"], **feed_options)
+        # Orders placed from the web tier carry wall-clock times: only this day's count.
+        today = (
+            [t.astimezone(IST) for t in reached or () if t.astimezone(IST).date() == day]
+            if plan["feed"] == "sim"
+            else []
+        )
+        resume_at = max(today, default=None)
+        if resume_at is not None and not plan.get("from_open") and resume_at >= start:
+            # A restart carries on with the session where the last engine left
+            # it (the market as it stood), rather than trading its first minutes
+            # a second time or sending the clock back behind its own orders.
+            start = feed.resume(resume_at.replace(microsecond=0) + dt.timedelta(seconds=1), feed_state)
+            clock.set(start - dt.timedelta(seconds=1))
         broker = build_broker(
             plan["broker"], account=settings.QUANTHUB_ACCOUNT, clock=clock, book=book, seed=plan["seed"]
         )
@@ -270,7 +332,7 @@ class Command(BaseCommand):
         engine_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         # Everything that does not depend on the takeover moment happens first,
         # so a standby that gets the lock only has to build and start.
-        await sync_to_async(self._prepare)(plan)
+        await _until_database(lambda: self._prepare(plan), stopping, "prepare")
         took_over = False
         if not lock.held:
             took_over = await self._standby(plan, lock, engine_id, stopping)
@@ -278,8 +340,8 @@ class Command(BaseCommand):
                 await sync_to_async(_standby_beat)(engine_id, plan, "STOPPED")
                 return None
         try:
-            resume_at = await sync_to_async(_claim)(account, engine_id)
-            engine = await sync_to_async(self._build)(plan, resume_at if took_over else None)
+            reached, feed_state = await _until_database(lambda: _claim(account, engine_id), stopping, "claim")
+            engine = await _until_database(lambda: self._build(plan, reached, feed_state), stopping, "build")
             engine.engine_id = engine_id  # a standby's row turns ACTIVE
             if stopping.is_set():
                 engine.stop()

@@ -99,14 +99,23 @@ async def test_a_lost_ack_is_resolved_by_lookup_not_by_resending(paper, book, cl
     assert await PaperOrder.objects.acount() == 1
 
 
-async def test_an_order_that_never_arrived_is_rejected_after_lookup(paper, book, clock, option):
+async def test_an_order_that_never_arrived_stays_pending_then_is_not_at_broker_after_the_grace_window(
+    paper, book, clock, option
+):
     quote(book, clock, option, "99.95", "100.00")
+    broker = Flaky(paper, "never_arrived")
     oms = OrderManager(
-        Flaky(paper, "never_arrived"), RateLimiter(rate=1000), clock=clock, book=book, unknown_resolve_s=0.3
+        broker, RateLimiter(rate=1000), clock=clock, book=book, unknown_resolve_s=0.3, not_found_grace_s=30
     )
     order = await submit(oms, option)
+    assert order.state == S.UNKNOWN and "not listed at the broker yet" in order.reason
+    await oms.sync()
+    assert (await Order.objects.aget(pk=order.pk)).state == S.UNKNOWN  # inside the grace window
+    clock.advance(31)
+    await oms.sync()
+    order = await Order.objects.aget(pk=order.pk)
     assert order.state == S.REJECTED and order.reject_code == "NOT_AT_BROKER"
-    assert await PaperOrder.objects.acount() == 0
+    assert broker.calls == 1 and await PaperOrder.objects.acount() == 0
 
 
 async def test_a_timeout_is_unknown_then_resolved(paper, book, clock, option):
@@ -128,6 +137,9 @@ async def test_throttling_waits_and_retries_once(paper, book, clock, option):
     broker = Flaky(paper, "throttled")
     oms = OrderManager(broker, RateLimiter(rate=1000), clock=clock, book=book)
     order = await submit(oms, option)
+    assert order.state == S.SUBMITTING  # the caller does not wait out the pause
+    await oms.wait_for_retries()
+    order = await Order.objects.aget(pk=order.pk)
     assert order.state == S.FILLED and broker.calls == 2
 
 
@@ -205,8 +217,9 @@ async def test_recover_leaves_nothing_new_or_submitting_and_resends_nothing(oms,
     )
     counts = await oms.recover()
     states = dict(await sync_to_async(list)(Order.objects.values_list("client_order_id", "state")))
-    assert states == {"QHNEW": S.CANCELLED, "QHSENT": S.FILLED, "QHLOST": S.REJECTED}
-    assert counts == {"cancelled_new": 1, "resolved": 1, "not_at_broker": 1, "unresolved": 0}
+    # Not listed yet is not final: the lost one stays pending for the grace window.
+    assert states == {"QHNEW": S.CANCELLED, "QHSENT": S.FILLED, "QHLOST": S.UNKNOWN}
+    assert counts == {"cancelled_new": 1, "resolved": 1, "not_at_broker": 0, "unresolved": 1}
     assert await PaperOrder.objects.acount() == 1
     assert await Fill.objects.acount() == 1
     del new, sent, lost

@@ -69,6 +69,9 @@ async def test_a_missing_position_report_is_not_flat(paper):
         async def order_book(self):
             return []
 
+        async def trade_book(self):
+            return []
+
         async def positions(self):
             raise Unavailable("positions endpoint timed out")
 
@@ -80,6 +83,9 @@ async def test_a_missing_position_report_is_not_flat(paper):
 async def test_repeated_runs_do_not_duplicate_breaks(paper):
     class NoReport:
         async def order_book(self):
+            return []
+
+        async def trade_book(self):
             return []
 
         async def positions(self):

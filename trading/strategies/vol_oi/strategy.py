@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import asdict
 from decimal import Decimal
 from typing import Any
 
 import numpy as np
 
 from marketdata.feeds.base import ChainSnapshot, QuoteSnapshot
-from trading.strategies.base import ExitLevels, FillEvent, OrderIntent, OrderUpdate, Strategy, to_tick
+from trading.strategies.base import BookOrder, ExitLevels, FillEvent, OrderIntent, OrderUpdate, Strategy, to_tick
+from trading.strategies.vol_oi.book import rebuild
 from trading.strategies.vol_oi.config import VolOiConfig
 from trading.strategies.vol_oi.detector import VolOiDetector
 from trading.strategies.vol_oi.trader import (
@@ -219,14 +219,17 @@ class VolOiStrategy(Strategy):
             mid = self.last_mid.get(trade.security_id)
             if mid is None:
                 continue
-            reason = exit_reason(
-                trade,
-                mid,
-                now,
-                take_profit_pct=as_decimal(self.config.take_profit_pct),
-                stop_loss_pct=as_decimal(self.config.stop_loss_pct),
-                time_stop_s=self.config.time_stop_s,
-            )
+            reason = (
+                exit_reason(
+                    trade,
+                    mid,
+                    now,
+                    take_profit_pct=as_decimal(self.config.take_profit_pct),
+                    stop_loss_pct=as_decimal(self.config.stop_loss_pct),
+                    time_stop_s=self.config.time_stop_s,
+                )
+                or trade.exit_reason
+            )  # an exit that ended unfilled is sent again
             if reason:
                 intents.extend(self._exit(trade, reason, now, mid))
         return intents
@@ -341,10 +344,39 @@ class VolOiStrategy(Strategy):
                 )
         return levels
 
+    def rebuild_from_book(self, orders: Sequence[BookOrder]) -> Sequence[OrderIntent]:
+        """Held, hedge held, pending and phase of every signal from its orders and
+        fills; an orphaned hedge (option legs flat) is unwound."""
+        # A saved trade without a single order was detected and never sent: it goes.
+        self.trades, unwinds = rebuild(self.trades, orders)
+        trades = self.trades
+        intents = []
+        for unwind in unwinds:
+            trade = trades[unwind.signal_key]
+            future_id, future_lot = self.futures.get(trade.underlying, ("", 0))
+            lot = future_lot if unwind.security_id == future_id and future_lot else abs(unwind.held)
+            intents.append(
+                self._intent(
+                    trade,
+                    "BUY" if unwind.held < 0 else "SELL",
+                    abs(unwind.held) // lot,
+                    lot,
+                    "EXIT",
+                    None,
+                    security_id=unwind.security_id,
+                    reduces=True,
+                    reason="unwind hedge: option legs flat",
+                )
+            )
+        return intents
+
+    # What orders cannot say; held, hedge held, pending and phase come from the book.
+    SAVED = ("key", "underlying", "security_id", "option_type", "opened_at", "hedge_security_id", "exit_reason")
+
     def get_state(self) -> dict[str, Any]:
         return {
             "trades": {
-                k: {**asdict(t), "cost": str(t.cost)}
+                k: {**{f: getattr(t, f) for f in self.SAVED}, "features": t.features}
                 for k, t in self.trades.items()
                 if t.phase not in (CLOSED, REFUSED)
             },
@@ -352,5 +384,9 @@ class VolOiStrategy(Strategy):
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self.trades = {k: SignalTrade(**v) for k, v in state.get("trades", {}).items()}
+        """What ``get_state`` saved; the engine then rebuilds the rest from the book."""
+        fields = set(SignalTrade.__dataclass_fields__)
+        self.trades = {
+            k: SignalTrade(**{f: v for f, v in t.items() if f in fields}) for k, t in state.get("trades", {}).items()
+        }
         self.cooldown = dict(state.get("cooldown", {}))
