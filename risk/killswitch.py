@@ -24,6 +24,7 @@ from audit.chain import append as audit_append
 from risk.models import TradingState
 from risk.services import set_trading_state
 from trading.brokers.base import Rejected, Unavailable
+from trading.brokers.safety import kill_switch_check
 from trading.events import asend_now
 from trading.models import Order, Position
 from trading.orders.manager import OrderRefused
@@ -115,6 +116,8 @@ async def kill_all(
             TradingState.State.HALTED, actor=actor, reason=f"Kill All: {reason}", account=account
         )
     await _db(audit_append)("kill_all.started", actor=actor, subject=f"account:{account}", payload={"reason": reason})
+    # The broker's kill switch before: already on, it would refuse the exits (an alert says so).
+    switch_before = await kill_switch_check(broker, expect=False, stage="before Kill All", account=account)
 
     # 1. Cancel everything that is not already a Kill All exit.
     live = await _db(
@@ -190,6 +193,11 @@ async def kill_all(
             summary.kill_switch = await broker.kill_switch(True)
         except Rejected as exc:
             summary.errors.append(f"kill switch: {exc.message}")
+    switch_after = await kill_switch_check(
+        broker, expect=True if summary.kill_switch else None, stage="after Kill All", account=account
+    )
+    if switch_before is not None or switch_after is not None:
+        summary.errors.extend([] if switch_after is not None else ["kill switch: status unknown after Kill All"])
     await _db(audit_append)("kill_all.finished", actor=actor, subject=f"account:{account}", payload=summary.as_dict())
     await report("done")
     log.warning("kill all finished", extra={"summary": summary.as_dict()})

@@ -267,6 +267,7 @@ class RiskPanel:
     breakers: list[BreakerTrip]
     event_day: EventDay | None
     trading_state: object
+    pnl_exit: dict | None = None  # the broker-side P&L exit as the engine last read it back
 
 
 def risk_panel(account: str = "default") -> RiskPanel:
@@ -276,6 +277,7 @@ def risk_panel(account: str = "default") -> RiskPanel:
     # The broker's own figures, as the engine last read them (every 5 s); none without an engine.
     beat = latest_heartbeat(account)
     funds = (beat.stats or {}).get("funds") if beat else None
+    pnl_exit = (beat.stats or {}).get("pnl_exit") if beat else None
     capital = Decimal(funds["total"]) if funds else None
     margin = Decimal(funds["utilised"]) if funds else None
     cap_pct = Decimal(limits.margin_utilisation_cap_pct)
@@ -309,6 +311,7 @@ def risk_panel(account: str = "default") -> RiskPanel:
         ),
         event_day=EventDay.objects.filter(date=today).first(),
         trading_state=get_trading_state(account),
+        pnl_exit=pnl_exit,
     )
 
 
