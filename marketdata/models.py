@@ -64,7 +64,16 @@ class Instrument(models.Model):
         indexes = [models.Index(fields=["underlying", "kind", "expiry", "strike"])]
 
     def __str__(self) -> str:
-        return self.trading_symbol
+        return self.display
+
+    @property
+    def display(self) -> str:
+        """The name a trader sees: unique per contract, expiry date included
+        (Dhan's trading symbol is the same for the weekly and the monthly)."""
+        from marketdata.master import display_name
+
+        symbol = self.underlying.symbol if self.underlying_id else self.trading_symbol.split("-")[0]
+        return display_name(symbol, self.kind, self.expiry, self.strike)
 
     @property
     def is_option(self) -> bool:

@@ -306,7 +306,7 @@ async def exit_position(
         summary.flat = True
         summary.errors.append("no open position")
         return summary
-    summary.instrument = position.instrument.trading_symbol
+    summary.instrument = position.instrument.display
     await _db(audit_append)(
         "position.exit_requested",
         actor=actor,

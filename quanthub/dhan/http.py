@@ -80,7 +80,11 @@ class ContainedHTTP(DhanHTTP):
                 error = DhanTransport("", f"HTTP {status_code}: not JSON", http_status=status_code)
         else:
             error = envelope_error(body, status_code)
-        reply = {"http_status": status_code, "retry_after": retry_after}
+        reply = {
+            "http_status": status_code,
+            "retry_after": retry_after,
+            "headers": {"Date": response.headers.get("Date", "")},
+        }
         if error is None:
             return {"status": "success", "remarks": "", "data": body, **reply}
         remarks = {

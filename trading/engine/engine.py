@@ -441,7 +441,7 @@ class Engine:
             "WARNING",
             "oms",
             f"Exit {order.client_order_id} re-sent at {price}",
-            f"{order.instrument.trading_symbol}: {why}",
+            f"{order.instrument.display}: {why}",
             account=self.account,
         )
 
