@@ -21,7 +21,9 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         lines = gather()
         if options["json"]:
-            self.stdout.write(json.dumps({"ok": all(line.ok for line in lines), "lines": [l.as_dict() for l in lines]}))
+            self.stdout.write(
+                json.dumps({"ok": all(line.ok for line in lines), "lines": [line.as_dict() for line in lines]})
+            )
         else:
             width = max(len(line.name) for line in lines)
             for line in lines:
