@@ -36,6 +36,7 @@ from quanthub.clock import Clock, RealClock
 from quanthub.dhan import packets
 from quanthub.dhan.errors import DhanAuthError, DhanDataPlan, DhanError, DhanThrottled, DhanTransport
 from quanthub.dhan.http import error_of
+from quanthub.dhan.session import contain_client
 
 log = logging.getLogger(__name__)
 INDIA_VIX_SECURITY_ID = "21"
@@ -201,7 +202,9 @@ class DhanFeed(Feed):
         alert: Callable[[str, str, str], None] | None = None,
         token_provider: Callable[[], str] | None = None,
     ):
-        self.client = client
+        # dhanhq's own HTTP layer reads an 805/806/807 envelope as {"error_code": None}: ours types it.
+        self.client = contain_client(client)
+        self.client.dhan_http.timeout = timeout_s
         self.underlyings = underlyings
         self.clock = clock or RealClock()
         self.timeout_s = timeout_s

@@ -419,13 +419,13 @@ class DhanBroker(Broker):
         if not isinstance(data, dict):
             return PnlExit(active=False)
         status = str(data.get("pnlExitStatus") or data.get("status") or "").upper()
-        loss = _decimal(data.get("lossValue"))
+        loss = _decimal(data.get("lossValue", data.get("loss")))
         active = status in ("ACTIVE", "ENABLED", "TRUE") or (not status and loss is not None)
         products = data.get("productType") or []
         return PnlExit(
             active=active,
             loss=loss,
-            profit=_decimal(data.get("profitValue")),
+            profit=_decimal(data.get("profitValue", data.get("profit"))),
             kill_switch=bool(data.get("enableKillSwitch")),
             products=tuple(products if isinstance(products, list) else [products]),
         )
