@@ -22,6 +22,7 @@ import datetime as dt
 import email.utils
 import itertools
 import json
+import logging
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -90,8 +91,10 @@ class LocalDhan:
         self._http = ThreadingHTTPServer((host, http_port), handler)
         self._http.daemon_threads = True
         threading.Thread(target=self._http.serve_forever, name="local-dhan-http", daemon=True).start()
-        orders = await serve(self._order_socket, host, order_port, compression=None, ping_interval=None)
-        feed = await serve(self._feed_socket, host, feed_port, compression=None, ping_interval=None)
+        quiet = logging.getLogger("quanthub.dhan.local")  # its request lines carry the token: never at DEBUG
+        quiet.setLevel(logging.WARNING)
+        orders = await serve(self._order_socket, host, order_port, compression=None, ping_interval=None, logger=quiet)
+        feed = await serve(self._feed_socket, host, feed_port, compression=None, ping_interval=None, logger=quiet)
         self._ws_servers = [orders, feed]
         self.api_url = f"http://{host}:{self._http.server_address[1]}/v2"
         self.auth_url = f"http://{host}:{self._http.server_address[1]}"

@@ -43,6 +43,9 @@ from quanthub.dhan import packets
 from quanthub.dhan.errors import DATA_CODE_MEANING, DhanError, DhanThrottled, classify
 
 log = logging.getLogger(__name__)
+# websockets logs the request line — the market feed's carries the token — at DEBUG: ours never goes below INFO.
+_ws_log = logging.getLogger("quanthub.dhan.ws")
+_ws_log.setLevel(logging.INFO)
 BACKOFF = (0.2, 0.4, 0.8, 1.6, 3.2, 5.0)
 
 
@@ -164,6 +167,7 @@ class Stream:
                 proxy=None,
                 max_size=None,
                 compression=None,
+                logger=_ws_log,
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
