@@ -317,6 +317,9 @@ class DhanFeed(Feed):
                 self._queue.put_nowait(tick)
 
     def _stream_state(self, state: str, detail: str) -> None:
+        if state == "connected" and self.market_feed is not None and self.market_feed.token:
+            with contextlib.suppress(AttributeError):  # the chain calls take a renewed token too
+                self.client.dhan_http.set_token(self.market_feed.token)
         if state == "refused":
             error = self.market_feed.last_error if self.market_feed is not None else None
             if isinstance(error, DhanError):

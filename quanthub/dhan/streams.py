@@ -102,6 +102,11 @@ class Stream:
         self._renewed.set()
 
     @property
+    def token(self) -> str:
+        """The token the current (or last) connection authenticated with."""
+        return self._token
+
+    @property
     def healthy(self) -> bool:
         return self.connected.is_set() and time.monotonic() - self.last_frame_at < self.silence_s
 

@@ -142,6 +142,9 @@ class OrderStreamBridge:
             self._alerted.add(detail)
             asyncio.get_running_loop().create_task(self._alert(detail))
         elif state == "connected":
+            # A renewal written by another process (Celery beat) reaches the REST calls here too.
+            if self.stream.token:
+                self.broker.client.dhan_http.set_token(self.stream.token)
             log.info("dhan order updates connected", extra={"connects": self.stream.connects})
 
     async def _alert(self, detail: str) -> None:
