@@ -129,6 +129,7 @@ class Stream:
         attempt = 0
         while not self._stopping:
             delivered = False
+            opened = time.monotonic()
             try:
                 delivered = await self._session()
             except asyncio.CancelledError:
@@ -151,7 +152,10 @@ class Stream:
                 self._ws = None
             if self._stopping:
                 break
-            attempt = 0 if delivered else attempt + 1
+            # A connection that delivered, or stayed up a while, was a success: the next is tried at once.
+            # One refused or dropped at once (a bad token, a server turning us away) backs off.
+            healthy = delivered or (self.connects and time.monotonic() - opened >= 1.0)
+            attempt = 0 if healthy else attempt + 1
             delay = BACKOFF[min(attempt, len(BACKOFF) - 1)] if attempt else BACKOFF[0] / 4
             if isinstance(self.last_error, DhanThrottled):
                 delay = max(delay, 5.0)  # Dhan: too many connections; pressing on may block the user
