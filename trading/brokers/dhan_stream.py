@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -168,6 +169,8 @@ class OrderStreamBridge:
         self._seen.add(key)
         self._first_seen.setdefault(remote.broker_order_id, time.monotonic())
         trades = await self._trades(remote)
+        if remote.status == BrokerStatus.REJECTED and remote.reject_code == "REJECTED":
+            remote = await self._with_reject_code(remote)
         if not await self.oms.apply_broker_update(remote, trades):
             self.foreign += 1  # an order placed elsewhere (the web, the app): reconciliation sees it
             return
@@ -178,7 +181,20 @@ class OrderStreamBridge:
         else:
             self._filled[remote.broker_order_id] = max(self._filled.get(remote.broker_order_id, 0), recorded)
         if remote.status in TERMINAL:
-            await _db(self._audit_latency)(remote)
+            # Off the fill's path: the position is committed already.
+            task = asyncio.get_running_loop().create_task(_db(self._audit_latency)(remote))
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+
+    async def _with_reject_code(self, remote: BrokerOrder) -> BrokerOrder:
+        """The update names the reason but not Dhan's code: the order itself has both."""
+        try:
+            order = await self.broker.get_order(remote.broker_order_id)
+        except BrokerError:
+            return remote
+        if not order.reject_code:
+            return remote
+        return dataclasses.replace(remote, reject_code=order.reject_code, reason=order.reason or remote.reason)
 
     async def _trades(self, remote: BrokerOrder) -> list:
         if remote.filled_quantity <= 0:

@@ -666,16 +666,21 @@ class OrderManager:
         records the same ids, so a fill counts once whichever path sees it
         first); then the state follows the broker's with the same conditional
         update. A TRADED update whose fills are not all in yet moves the order
-        to PARTIAL, so it stays live and the next sync records the rest.
-        Events for the strategies land in the queue ``sync`` hands over.
-        Returns False for an order that is not ours.
+        to PARTIAL, so it stays live and the next sync records the rest. An
+        older update arriving late (OPEN after PARTIAL) is refused by the state
+        machine. Events for the strategies land in the queue ``sync`` hands
+        over. One trip to the database thread. Returns False for an order that
+        is not ours.
         """
-        order = await _db(self._find_pushed)(remote)
+        return await _db(self._apply_pushed)(remote, list(trades or ()))
+
+    def _apply_pushed(self, remote: BrokerOrder, trades: list) -> bool:
+        order = self._find_pushed(remote)
         if order is None:
             return False
         if trades:
-            await _db(self._record_trades)(order.pk, trades)
-        fresh = await _db(Order.objects.select_related("instrument", "strategy", "signal").get)(pk=order.pk)
+            self._record_trades(order.pk, trades)
+        fresh = Order.objects.select_related("instrument", "strategy", "signal").get(pk=order.pk)
         state = FROM_BROKER[remote.status]
         if state == S.FILLED and fresh.filled_quantity < fresh.quantity:
             state = S.PARTIAL
@@ -684,12 +689,11 @@ class OrderManager:
             fields["acked_at"] = self.clock.now()
         if state == S.REJECTED:
             fields.update(reject_code=remote.reject_code[:40], reason=remote.reason)
-        # An older update arriving late (OPEN after PARTIAL) is refused by the state machine.
-        moved = (state != fresh.state or fresh.state == S.UNKNOWN) and await _db(self._transition)(
+        moved = (state != fresh.state or fresh.state == S.UNKNOWN) and self._transition(
             order.pk, {fresh.state}, state, **fields
         )
         if moved and state in (S.CANCELLED, S.REJECTED):
-            done = await _db(Order.objects.select_related("instrument", "strategy", "signal").get)(pk=order.pk)
+            done = Order.objects.select_related("instrument", "strategy", "signal").get(pk=order.pk)
             self._events.append(self._update(done, state, done.reason))
         return True
 

@@ -26,7 +26,7 @@ from trading.models import Order, Position
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-async def until(condition, within: float = 8.0) -> bool:
+async def until(condition, within: float = 20.0) -> bool:
     check = sync_to_async(condition)
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
