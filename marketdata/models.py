@@ -72,7 +72,10 @@ class Instrument(models.Model):
         (Dhan's trading symbol is the same for the weekly and the monthly)."""
         from marketdata.master import display_name
 
-        symbol = self.underlying.symbol if self.underlying_id else self.trading_symbol.split("-")[0]
+        # Never a query (this runs in templates, logs and async code): the underlying when it is
+        # loaded, else the first part of Dhan's trading symbol, which is the underlying's.
+        underlying = self._state.fields_cache.get("underlying")
+        symbol = underlying.symbol if underlying is not None else self.trading_symbol.split("-")[0].split(" ")[0]
         return display_name(symbol, self.kind, self.expiry, self.strike)
 
     @property
