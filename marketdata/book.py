@@ -79,6 +79,11 @@ class QuoteBook:
         existing = self._quotes.get(tick.security_id)
         if existing is not None and existing.bid < existing.ask and existing.at >= tick.exchange_time:
             return
+        if tick.bid > 0 and tick.ask >= tick.bid:  # a quote from the market feed: its own book
+            self._quotes[tick.security_id] = Quote(
+                tick.security_id, tick.bid, tick.ask, tick.bid_qty, tick.ask_qty, tick.ltp, tick.exchange_time
+            )
+            return
         if half_spread is None:
             half_spread = self.ticks.get(tick.security_id, 0.0)
         self._quotes[tick.security_id] = Quote(

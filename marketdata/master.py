@@ -21,6 +21,7 @@ from pathlib import Path
 
 from django.db import transaction
 
+from audit.chain import append as audit_append
 from marketdata.models import Instrument, Underlying
 
 REQUIRED = (
@@ -155,10 +156,7 @@ def _parse_row(number, row, instrument, segment, problems) -> ParsedInstrument |
         fail("SEM_LOT_UNITS", f"expected a positive whole lot size, got {row['SEM_LOT_UNITS']!r}")
         lot_size = 0
     try:
-        tick_paise = Decimal(row["SEM_TICK_SIZE"].strip())
-        if not tick_paise.is_finite() or tick_paise <= 0:
-            raise InvalidOperation
-        tick_size = (tick_paise / 100).quantize(Decimal("0.01"))  # Dhan writes tick sizes in paise
+        tick_size = tick_rupees(row["SEM_TICK_SIZE"])
     except InvalidOperation:
         fail("SEM_TICK_SIZE", f"expected a positive tick size in paise, got {row['SEM_TICK_SIZE']!r}")
         tick_size = Decimal("0")
@@ -184,6 +182,28 @@ def _parse_row(number, row, instrument, segment, problems) -> ParsedInstrument |
         freeze_quantity=freeze,
         expiry_flag=(row.get("SEM_EXPIRY_FLAG") or "").strip().upper(),
     )
+
+
+def tick_rupees(raw: str) -> Decimal:
+    """SEM_TICK_SIZE in rupees. Dhan writes derivatives' ticks in paise (``5.0000``)
+    and indices' in rupees (``0.0500``). No NSE tick is below one paisa, so a value
+    under 1 is already rupees; dividing it by 100 again would load ₹0.05 as ₹0.00."""
+    value = Decimal(raw.strip())
+    if not value.is_finite() or value <= 0:
+        raise InvalidOperation
+    rupees = value if value < 1 else value / 100
+    return rupees.quantize(Decimal("0.01"))
+
+
+def display_name(underlying: str, kind: str, expiry: dt.date | None, strike: Decimal | None) -> str:
+    """What a trader reads: unique per contract, with the expiry date, so the weekly and
+    the monthly of one strike differ (``NIFTY 08 Dec 26 24000 CE``, ``NIFTY 29 Dec 26 FUT``)."""
+    if kind == "INDEX" or expiry is None:
+        return underlying
+    date = f"{expiry:%d %b %y}"
+    if kind == "FUT":
+        return f"{underlying} {date} FUT"
+    return f"{underlying} {date} {strike.normalize():f} {kind}"
 
 
 def _strike_step(strikes: list[Decimal]) -> Decimal | None:
@@ -265,4 +285,11 @@ def load(
             stale = [i.pk for i in existing.values() if i.is_active]
             Instrument.objects.filter(pk__in=stale).update(is_active=False)
             created, updated, deactivated = created + len(new_rows), updated + len(changed), deactivated + len(stale)
+        # The pre-flight judges the master's age by this record.
+        audit_append(
+            "instruments.loaded",
+            actor="master",
+            subject="instruments",
+            payload={"created": created, "updated": updated, "deactivated": deactivated, "file": path.name},
+        )
     return LoadResult(created, updated, deactivated, skipped, tuple(sorted(by_underlying)))

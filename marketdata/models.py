@@ -64,7 +64,19 @@ class Instrument(models.Model):
         indexes = [models.Index(fields=["underlying", "kind", "expiry", "strike"])]
 
     def __str__(self) -> str:
-        return self.trading_symbol
+        return self.display
+
+    @property
+    def display(self) -> str:
+        """The name a trader sees: unique per contract, expiry date included
+        (Dhan's trading symbol is the same for the weekly and the monthly)."""
+        from marketdata.master import display_name
+
+        # Never a query (this runs in templates, logs and async code): the underlying when it is
+        # loaded, else the first part of Dhan's trading symbol, which is the underlying's.
+        underlying = self._state.fields_cache.get("underlying")
+        symbol = underlying.symbol if underlying is not None else self.trading_symbol.split("-")[0].split(" ")[0]
+        return display_name(symbol, self.kind, self.expiry, self.strike)
 
     @property
     def is_option(self) -> bool:

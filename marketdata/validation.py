@@ -149,8 +149,10 @@ class FeedHealth:
             self.rejected.update(report.counts)
 
     def observe_ltp(self, tick: LtpTick, now: dt.datetime, ok: bool = True) -> None:
-        if ok:
+        if ok and tick.kind != "OPT":  # an option that does not trade for a while is not a stale feed
             self.last_ltp[tick.symbol] = tick.exchange_time
+        elif ok:
+            return
         else:
             self.rejected["ltp"] += 1
 

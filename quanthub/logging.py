@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 from urllib.parse import urlsplit
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
@@ -19,18 +20,32 @@ _SECRET_KEYS = ("token", "secret", "password", "totp", "pin", "hmac", "webhook",
 
 
 # Settings holding secrets whose values must never reach a log line. Values
-# shorter than _MIN_SECRET (a PIN) are left alone: masking them would garble
-# ordinary numbers, and nothing logs them.
+# shorter than _MIN_SECRET are masked only where they stand alone (a PIN
+# inside a longer number is not the PIN): masking every occurrence of six
+# digits would garble prices and ids, while a PIN in a query string or an
+# error message is masked.
 _SECRET_SETTINGS = ("SLACK_WEBHOOK_URL", "TELEGRAM_BOT_TOKEN", "DHAN_ACCESS_TOKEN", "DHAN_TOTP_SECRET")
+_SHORT_SECRET_SETTINGS = ("DHAN_PIN",)
 _MIN_SECRET = 12
+_MIN_SHORT_SECRET = 4
+
+
+# Secrets that are not settings: a renewed Dhan token read from its file.
+_registered: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    """Mask ``value`` in every log line from now on (for secrets obtained at run time)."""
+    if value and len(value) >= _MIN_SECRET:
+        _registered.add(value)
 
 
 def secret_values() -> list[str]:
     from django.conf import settings
 
     if not settings.configured:
-        return []
-    values = []
+        return sorted(_registered, key=len, reverse=True)
+    values = list(_registered)
     for name in _SECRET_SETTINGS:
         value = getattr(settings, name, "") or ""
         if len(value) >= _MIN_SECRET:
@@ -40,9 +55,24 @@ def secret_values() -> list[str]:
     return [value for value in values if len(value) >= _MIN_SECRET]
 
 
+def _short_secret_patterns() -> list[re.Pattern]:
+    from django.conf import settings
+
+    if not settings.configured:
+        return []
+    patterns = []
+    for name in _SHORT_SECRET_SETTINGS:
+        value = getattr(settings, name, "") or ""
+        if len(value) >= _MIN_SHORT_SECRET:
+            patterns.append(re.compile(rf"(?<![0-9A-Za-z]){re.escape(value)}(?![0-9A-Za-z])"))
+    return patterns
+
+
 def mask_secrets(text: str) -> str:
     for value in secret_values():
         text = text.replace(value, "***")
+    for pattern in _short_secret_patterns():
+        text = pattern.sub("***", text)
     return text
 
 

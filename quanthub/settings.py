@@ -11,12 +11,13 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from decimal import Decimal
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from quanthub.env import env_bool, env_choice, env_int, env_list, env_secret, env_str
+from quanthub.env import env_bool, env_choice, env_decimal, env_int, env_list, env_secret, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("QUANTHUB_VAR_DIR", str(BASE_DIR / "var")))
@@ -168,6 +169,18 @@ DHAN_ACCESS_TOKEN = env_secret("DHAN_ACCESS_TOKEN")
 DHAN_TOTP_SECRET = env_secret("DHAN_TOTP_SECRET")
 DHAN_PIN = env_secret("DHAN_PIN")
 DHAN_HTTP_TIMEOUT_S = env_int("DHAN_HTTP_TIMEOUT_S", 3, minimum=1, maximum=60)
+# Where Dhan is reached: its production endpoints unless pointed elsewhere (a sandbox,
+# or local servers speaking its protocol in tests and rehearsals).
+DHAN_API_BASE_URL = env_str("DHAN_API_BASE_URL", "https://api.dhan.co/v2")
+DHAN_AUTH_BASE_URL = env_str("DHAN_AUTH_BASE_URL", "https://auth.dhan.co")
+DHAN_ORDER_UPDATE_URL = env_str("DHAN_ORDER_UPDATE_URL", "wss://api-order-update.dhan.co")
+DHAN_MARKET_FEED_URL = env_str("DHAN_MARKET_FEED_URL", "wss://api-feed.dhan.co")
+# A stream that sends nothing (no frame, no pong) for this long is closed and reconnected.
+DHAN_STREAM_SILENCE_S = env_int("DHAN_STREAM_SILENCE_S", 10, minimum=1, maximum=120)
+# The broker-side P&L exit sits this many rupees beyond our daily loss cap, so ours fires first.
+DHAN_PNL_EXIT_BUFFER = env_decimal("DHAN_PNL_EXIT_BUFFER", Decimal("2000"))
+# How long a margin-calculator answer for the same basket is reused.
+DHAN_MARGIN_CACHE_S = env_int("DHAN_MARGIN_CACHE_S", 5, minimum=0, maximum=300)
 # Where a refreshed access token is kept (mode 600): the file DHAN_ACCESS_TOKEN_FILE
 # names, else var/dhan/access_token. Never the database.
 DHAN_TOKEN_PATH = env_str("DHAN_ACCESS_TOKEN_FILE", str(VAR_DIR / "dhan" / "access_token"))

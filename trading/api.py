@@ -41,7 +41,7 @@ class SummaryView(ApiView):
 class _BookRowSerializer(serializers.ModelSerializer):
     """Positions, orders and trades name their instrument, strategy and signal."""
 
-    instrument = serializers.CharField(source="instrument.trading_symbol")
+    instrument = serializers.CharField(source="instrument.display")
     security_id = serializers.CharField(source="instrument.security_id")
     strategy = serializers.CharField(source="strategy.key", allow_null=True, default=None)
     signal = serializers.CharField(source="signal.key", allow_null=True, default=None)

@@ -295,6 +295,7 @@ class RiskPanel:
     event_day: EventDay | None
     trading_state: object
     event_days: list[EventDay] = field(default_factory=list)  # today's and tomorrow's, most severe first
+    pnl_exit: dict | None = None  # the broker-side P&L exit as the engine last read it back
 
 
 def risk_panel(account: str = "default") -> RiskPanel:
@@ -304,6 +305,7 @@ def risk_panel(account: str = "default") -> RiskPanel:
     # The broker's own figures, as the engine last read them (every 5 s); none without an engine.
     beat = latest_heartbeat(account)
     funds = (beat.stats or {}).get("funds") if beat else None
+    pnl_exit = (beat.stats or {}).get("pnl_exit") if beat else None
     capital = Decimal(funds["total"]) if funds else None
     margin = Decimal(funds["utilised"]) if funds else None
     cap_pct = Decimal(limits.margin_utilisation_cap_pct)
@@ -346,6 +348,7 @@ def risk_panel(account: str = "default") -> RiskPanel:
         event_day=next((e for e in event_days if e.date == today), None),
         trading_state=get_trading_state(account),
         event_days=event_days,
+        pnl_exit=pnl_exit,
     )
 
 

@@ -8,7 +8,7 @@ from celery import shared_task
 
 @shared_task(name="trading.refresh_dhan_token")
 def refresh_dhan_token() -> dict:
-    from trading.brokers.tokens import refresh_or_alert
+    from quanthub.dhan.tokens import refresh_or_alert
 
     result = refresh_or_alert()
     return {"method": result.method, "expiry": result.expiry}

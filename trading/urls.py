@@ -16,6 +16,7 @@ urlpatterns = [
     path("alerts/", views.alerts, name="alerts"),
     path("alerts/<int:pk>/ack/", views.acknowledge_alert, name="ack_alert"),
     path("kill-all/", views.kill_all, name="kill_all"),
+    path("preflight/", views.preflight, name="preflight"),
     path("panels/<slug:name>/", views.panel, name="panel"),
     path("backtests/", views_backtest.backtest_list, name="backtests"),
     path("backtests/<int:pk>/", views_backtest.backtest_detail, name="backtest_detail"),

@@ -183,13 +183,13 @@ def exit_position(request, pk: int):
     _require(request, "trading.exit_position")
     position = get_object_or_404(Position.objects.select_related("instrument"), pk=pk, account=_account())
     actor = f"user:{request.user.get_username()}"
-    label = f"{position.instrument.trading_symbol} ({position.net_quantity})"
+    label = f"{position.instrument.display} ({position.net_quantity})"
     try:
         refuse_unless_exitable(position)
         _in_background(f"exit:{pk}", request_exit, pk, actor, _account())
         text, css = f"Exit requested for {label}.", "warn"
     except ExitRefused as exc:
-        text, css = f"{position.instrument.trading_symbol}: {exc}.", "muted"
+        text, css = f"{position.instrument.display}: {exc}.", "muted"
     return HttpResponse(f'<tr id="position-{pk}"><td colspan="15" class="{css}">{escape(text)}</td></tr>')
 
 
@@ -219,3 +219,17 @@ def toggle_strategy(request, pk: int):
     save_strategy(strategy, actor=f"user:{request.user.get_username()}", changed=["enabled"])
     send_now("strategy", {"id": pk, "enabled": strategy.enabled}, account=_account())
     return HttpResponse(dashboard.render_panel("scorecards", request=request, account=_account()))
+
+
+@require_GET
+@role_required
+def preflight(request):
+    """The Dhan pre-flight for operators: each line pass or fail with its reason (read-only calls)."""
+    from quanthub.dhan.preflight import gather
+
+    lines = gather()
+    return render(
+        request,
+        "trading/preflight.html",
+        {"lines": lines, "ok": all(line.ok for line in lines), "checked_at": timezone.now()},
+    )

@@ -102,6 +102,13 @@ class LtpTick:
     exchange_time: dt.datetime
     received_at: dt.datetime
     seq: int = 0
+    # The top of book, where the source has it (the market feed's quote and full packets);
+    # NaN / 0 otherwise.
+    bid: float = float("nan")
+    ask: float = float("nan")
+    bid_qty: int = 0
+    ask_qty: int = 0
+    oi: int = 0
 
 
 @dataclass(slots=True)

@@ -1,24 +1,42 @@
-"""The live feed: Dhan's option chain every 3 s per underlying (Dhan allows one
-request per 3 s per underlying and expiry) and LTP of the indices, their
-futures and India VIX every second, converted into the same ``ChainSnapshot``
-and ``LtpTick`` the simulator yields. The dhanhq calls are blocking, so they
-run in a thread with a timeout; a failed poll is logged and skipped (feed
-health goes stale and the risk gate stops entries), never raised into the loop.
+"""The live feed, converted into the same ``ChainSnapshot`` and ``LtpTick`` the simulator yields.
+
+* LTP of the indices, their futures, India VIX and the candidate option
+  contracts (``subscribe``: the strategy's ATM ± 3 strikes, re-subscribed as
+  ATM moves) by push, from Dhan's Live Market Feed websocket
+  (``quanthub.dhan.streams.MarketFeedStream``; full packets, so option ticks
+  carry the top of book). While the socket is down, LTP of the indices,
+  futures and VIX is polled over REST every second until it is back.
+* The option chain over REST, one request per underlying and expiry at least
+  ``chain_every_s`` (3 s, Dhan's limit) apart: a pacer keyed by both
+  guarantees the gap however late a previous call returned.
+* Dhan's data-API envelopes are typed (``quanthub.dhan.errors``): 805 (too
+  many requests) backs that call off, doubling up to a minute; 806 (no data
+  plan) raises one alert and pauses that call for five minutes — no polling
+  storm; 807 (token expired) raises one alert and picks up a renewed token.
+  A failed call is logged with Dhan's code and message and skipped: feed
+  health goes stale and the risk gate stops entries; nothing is raised into
+  the engine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from asgiref.sync import sync_to_async
 
 from marketdata.feeds.base import CE, PE, ChainSnapshot, Feed, FeedItem, LtpTick
 from quanthub.clock import Clock, RealClock
+from quanthub.dhan import packets
+from quanthub.dhan.errors import DhanAuthError, DhanDataPlan, DhanError, DhanThrottled, DhanTransport
+from quanthub.dhan.http import error_of
+from quanthub.dhan.session import contain_client
 
 log = logging.getLogger(__name__)
 INDIA_VIX_SECURITY_ID = "21"
@@ -99,6 +117,74 @@ def chain_from_response(underlying: UnderlyingFeed, data: dict, *, now: dt.datet
     )
 
 
+class ChainPacer:
+    """At least ``gap_s`` between the starts of two requests for the same key (underlying, expiry)."""
+
+    def __init__(self, gap_s: float = 3.0, *, monotonic: Callable[[], float] = time.monotonic):
+        self.gap_s = gap_s
+        self.monotonic = monotonic
+        self._last: dict[tuple, float] = {}
+
+    def wait_s(self, key: tuple) -> float:
+        last = self._last.get(key)
+        return 0.0 if last is None else max(last + self.gap_s - self.monotonic(), 0.0)
+
+    async def acquire(self, key: tuple) -> None:
+        # Claimed before the sleep: a second caller for the same key waits a further gap.
+        delay = self.wait_s(key)
+        self._last[key] = self.monotonic() + delay
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
+@dataclass(frozen=True, slots=True)
+class Name:
+    security_id: str
+    segment: str
+    symbol: str
+    kind: str  # INDEX | FUT | VIX | OPT
+
+
+def ticks_from(parsed: packets.Parsed, names: dict[int, Name], now: dt.datetime, seq: int) -> list[LtpTick]:
+    """The parsed packets of one message as ticks: whole columns to Python values at once."""
+    columns = parsed.ticks
+    if not columns:
+        return []
+    ticks = []
+    unknown = Name("", "", "", "OPT")
+    rows = zip(
+        columns["security_id"].tolist(),
+        columns["ltp"].tolist(),
+        columns["bid"].tolist(),
+        columns["ask"].tolist(),
+        columns["bid_qty"].tolist(),
+        columns["ask_qty"].tolist(),
+        columns["oi"].tolist(),
+        strict=True,
+    )
+    for sid, ltp, bid, ask, bid_qty, ask_qty, oi in rows:
+        name = names.get(sid, unknown)
+        seq += 1
+        ticks.append(
+            LtpTick(
+                name.security_id or str(sid),
+                name.segment,
+                name.symbol or str(sid),
+                name.kind,
+                ltp,
+                now,  # Dhan's LTT is the last trade's time, not the quote's: the arrival dates the tick
+                now,
+                seq,
+                bid,
+                ask,
+                bid_qty,
+                ask_qty,
+                oi,
+            )
+        )
+    return ticks
+
+
 class DhanFeed(Feed):
     name = "dhan"
 
@@ -111,31 +197,55 @@ class DhanFeed(Feed):
         timeout_s: float = 3.0,
         chain_every_s: float = 3.0,
         ltp_every_s: float = 1.0,
+        market_feed=None,
+        options: dict[str, str] | None = None,
+        alert: Callable[[str, str, str], None] | None = None,
+        token_provider: Callable[[], str] | None = None,
     ):
-        self.client = client
+        # dhanhq's own HTTP layer reads an 805/806/807 envelope as {"error_code": None}: ours types it.
+        self.client = contain_client(client)
+        self.client.dhan_http.timeout = timeout_s
         self.underlyings = underlyings
         self.clock = clock or RealClock()
         self.timeout_s = timeout_s
         self.chain_every_s = chain_every_s
         self.ltp_every_s = ltp_every_s
+        self.pacer = ChainPacer(chain_every_s)
+        self.market_feed = market_feed  # quanthub.dhan.streams.MarketFeedStream, or None: REST LTP only
+        self.options = dict(options or {})  # option security id -> its display name
+        self.alert = alert
+        self.token_provider = token_provider
         self._closed = False
         self._seq = 0
         self.failures = 0
+        self.errors: dict[str, DhanError] = {}  # the last error of each call, for health and the pre-flight
+        self._blocked_until: dict[str, float] = {}
+        self._backoff: dict[str, float] = {}
+        self._alerted: set[tuple[str, str]] = set()
+        self._queue: asyncio.Queue | None = None
+        self._pending: set[asyncio.Task] = set()
+        self._names: dict[int, Name] = {}
+        for u in underlyings:
+            self._names[int(u.security_id)] = Name(u.security_id, "IDX_I", u.symbol, "INDEX")
+            if u.future_security_id:
+                self._names[int(u.future_security_id)] = Name(u.future_security_id, "NSE_FNO", f"{u.symbol}-FUT", "FUT")
+        self._names[int(INDIA_VIX_SECURITY_ID)] = Name(INDIA_VIX_SECURITY_ID, "IDX_I", "INDIAVIX", "VIX")
 
     @classmethod
     def from_options(cls, *, clock=None, client=None, **ignored) -> DhanFeed:
         from django.conf import settings
 
         from marketdata.models import Instrument, Underlying
+        from quanthub.dhan.session import dhan_client
+        from quanthub.dhan.streams import MarketFeedStream
+        from quanthub.dhan.tokens import current_token
 
         if client is None:
-            from trading.brokers.dhan import contained_tradehull
-            from trading.brokers.tokens import current_token
-
-            client = contained_tradehull(settings.DHAN_CLIENT_ID, current_token()).Dhan
+            client = dhan_client(settings.DHAN_CLIENT_ID, current_token())
         clock = clock or RealClock()
         feeds = []
-        for underlying in Underlying.objects.filter(is_active=True, symbol__in=["NIFTY", "BANKNIFTY"]):
+        names = {}
+        for underlying in Underlying.objects.filter(is_active=True).exclude(security_id=""):
             options = Instrument.objects.filter(
                 underlying=underlying, kind__in=["CE", "PE"], is_active=True, expiry__gte=clock.today()
             )
@@ -143,9 +253,9 @@ class DhanFeed(Feed):
             if expiry is None:
                 continue
             future = Instrument.objects.filter(underlying=underlying, kind="FUT", is_active=True).order_by("expiry")
-            ids = {
-                (float(i.strike), CE if i.kind == "CE" else PE): i.security_id for i in options.filter(expiry=expiry)
-            }
+            contracts = list(options.filter(expiry=expiry).select_related("underlying"))
+            ids = {(float(i.strike), CE if i.kind == "CE" else PE): i.security_id for i in contracts}
+            names.update({i.security_id: i.display for i in contracts})
             feeds.append(
                 UnderlyingFeed(
                     underlying.symbol,
@@ -157,26 +267,136 @@ class DhanFeed(Feed):
             )
         if not feeds:
             raise ValueError("No instruments to follow: load Dhan's scrip master first (manage.py load_instruments)")
-        return cls(client=client, underlyings=feeds, clock=clock, timeout_s=settings.DHAN_HTTP_TIMEOUT_S)
+        feed = cls(
+            client=client,
+            underlyings=feeds,
+            clock=clock,
+            timeout_s=settings.DHAN_HTTP_TIMEOUT_S,
+            options=names,
+            alert=_raise_alert,
+            token_provider=current_token,
+        )
+        feed.market_feed = MarketFeedStream(
+            settings.DHAN_MARKET_FEED_URL,
+            client_id=settings.DHAN_CLIENT_ID,
+            token_provider=current_token,
+            silence_s=float(settings.DHAN_STREAM_SILENCE_S),
+            on_packets=feed.on_packets,
+            on_state=feed._stream_state,
+            instruments=feed.base_instruments(),
+        )
+        return feed
+
+    # --- subscriptions ---------------------------------------------------------------------
+
+    def base_instruments(self) -> list[tuple[str, str]]:
+        """The indices, their futures and India VIX: always subscribed."""
+        return [(n.segment, n.security_id) for n in self._names.values() if n.kind != "OPT"]
+
+    async def subscribe(self, security_ids: list[str]) -> None:
+        """Follow these option contracts on the market feed (the strategy's candidates, ATM ± 3)."""
+        wanted = []
+        for sid in security_ids:
+            sid = str(sid)
+            self._names.setdefault(int(sid), Name(sid, "NSE_FNO", self.options.get(sid, sid), "OPT"))
+            wanted.append(("NSE_FNO", sid))
+        if self.market_feed is not None:
+            await self.market_feed.subscribe(wanted)
+
+    async def unsubscribe(self, security_ids: list[str]) -> None:
+        if self.market_feed is not None:
+            await self.market_feed.unsubscribe([("NSE_FNO", str(sid)) for sid in security_ids])
+
+    # --- pushes -------------------------------------------------------------------------------
+
+    def on_packets(self, parsed: packets.Parsed, received: float) -> None:
+        ticks = ticks_from(parsed, self._names, self.clock.now(), self._seq)
+        self._seq += len(ticks)
+        if self._queue is not None:
+            for tick in ticks:
+                self._queue.put_nowait(tick)
+
+    def _stream_state(self, state: str, detail: str) -> None:
+        if state == "connected" and self.market_feed is not None and self.market_feed.token:
+            with contextlib.suppress(AttributeError):  # the chain calls take a renewed token too
+                self.client.dhan_http.set_token(self.market_feed.token)
+        if state == "refused":
+            error = self.market_feed.last_error if self.market_feed is not None else None
+            if isinstance(error, DhanError):
+                self._typed_failure("market_feed", error)
+
+    # --- REST ------------------------------------------------------------------------------
 
     async def close(self) -> None:
         self._closed = True
+        if self._queue is not None:
+            self._queue.put_nowait(None)
 
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
 
-    async def _call(self, fn, *args):
+    def _typed_failure(self, call: str, error: DhanError) -> None:
+        self.failures += 1
+        self.errors[call] = error
+        log.warning(
+            "dhan feed call failed",
+            extra={"call": call, "code": error.code, "error": type(error).__name__, "reason": error.message[:200]},
+        )
+        now = time.monotonic()
+        if isinstance(error, DhanThrottled):
+            # Dhan warns that continuing to call after 805 may block the user.
+            backoff = min(max(self._backoff.get(call, 0) * 2, error.retry_after or 3.0), 60.0)
+            self._backoff[call] = backoff
+            self._blocked_until[call] = now + backoff
+            self._alert_once(call, error, "WARNING", f"Dhan {call} throttled: backing off {backoff:.0f} s")
+        elif isinstance(error, DhanDataPlan):
+            self._blocked_until[call] = now + 300.0
+            self._alert_once(call, error, "CRITICAL", f"Dhan {call}: the data plan is not active")
+        elif isinstance(error, DhanAuthError):
+            self._blocked_until[call] = now + 5.0
+            self._alert_once(call, error, "CRITICAL", f"Dhan {call}: the access token is not accepted")
+            if self.token_provider is not None:
+                token = self.token_provider()
+                with contextlib.suppress(AttributeError):
+                    self.client.dhan_http.set_token(token)
+
+    def _alert_once(self, call: str, error: DhanError, level: str, title: str) -> None:
+        key = (call, error.code)
+        if key in self._alerted or self.alert is None:
+            return
+        self._alerted.add(key)
+        message = f"{error} — the feed goes stale and entries stop until it recovers"
+
+        async def send() -> None:
+            try:
+                await sync_to_async(self.alert, thread_sensitive=True)(level, title, message)
+            except Exception:  # an alert sink's failure never reaches the feed
+                log.exception("feed alert failed")
+
+        try:
+            task = asyncio.get_running_loop().create_task(send())
+        except RuntimeError:
+            return
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _call(self, fn, *args, call: str):
+        if time.monotonic() < self._blocked_until.get(call, 0.0):
+            return None  # backing off: no request at all
         try:
             response = await asyncio.wait_for(asyncio.to_thread(fn, *args), timeout=self.timeout_s + 1.0)
         except TimeoutError:
-            response = {"status": "failure", "remarks": "timed out"}
-        if not isinstance(response, dict) or response.get("status") != "success":
-            self.failures += 1
-            log.warning(
-                "dhan feed poll failed", extra={"call": fn.__name__, "remarks": str(response.get("remarks"))[:200]}
-            )
+            response = None
+            error: DhanError | None = DhanTransport("", f"{call} timed out")
+        else:
+            error = error_of(response, call)
+        if error is not None:
+            self._typed_failure(call, error)
             return None
+        self._backoff.pop(call, None)
+        self._alerted = {key for key in self._alerted if key[0] != call}
+        self.errors.pop(call, None)
         return response.get("data")
 
     async def poll_ltp(self) -> list[LtpTick]:
@@ -186,17 +406,19 @@ class DhanFeed(Feed):
         futures = [int(u.future_security_id) for u in self.underlyings if u.future_security_id]
         if futures:
             request["NSE_FNO"] = futures
-        data = await self._call(self.client.ticker_data, request)
+        data = await self._call(self.client.ticker_data, request, call="ltp")
         if data is None:
             return []
         now = self.clock.now()
-        names = {u.security_id: (u.symbol, "INDEX") for u in self.underlyings}
-        names.update({u.future_security_id: (f"{u.symbol}-FUT", "FUT") for u in self.underlyings})
-        names[INDIA_VIX_SECURITY_ID] = ("INDIAVIX", "VIX")
         ticks = []
         for segment, quotes in _inner(data).items():
-            for sid, quote in (quotes or {}).items():
-                symbol, kind = names.get(str(sid), (str(sid), "INDEX"))
+            if not isinstance(quotes, dict):
+                continue
+            for sid, quote in quotes.items():
+                if not isinstance(quote, dict):
+                    continue
+                name = self._names.get(int(sid)) if str(sid).isdigit() else None
+                symbol, kind = (name.symbol, name.kind) if name else (str(sid), "INDEX")
                 ticks.append(
                     LtpTick(
                         str(sid),
@@ -212,26 +434,58 @@ class DhanFeed(Feed):
         return ticks
 
     async def poll_chain(self, underlying: UnderlyingFeed) -> ChainSnapshot | None:
+        await self.pacer.acquire((underlying.symbol, underlying.expiry))
         data = await self._call(
-            self.client.option_chain, int(underlying.security_id), "IDX_I", underlying.expiry.isoformat()
+            self.client.option_chain, int(underlying.security_id), "IDX_I", underlying.expiry.isoformat(), call="chain"
         )
-        if data is None:
+        if data is None or not isinstance(_inner(data), dict) or "oc" not in _inner(data):
             return None
         return chain_from_response(underlying, data, now=self.clock.now(), seq=self._next_seq())
 
-    async def stream(self) -> AsyncIterator[FeedItem]:
-        started = time.monotonic()
-        tick = 0
+    # --- the stream -------------------------------------------------------------------------
+
+    async def _chains(self) -> None:
         while not self._closed:
-            for item in await self.poll_ltp():
+            for underlying in self.underlyings:
+                snapshot = await self.poll_chain(underlying)
+                if snapshot is not None:
+                    self._queue.put_nowait(snapshot)
+            await asyncio.sleep(0.05)
+
+    async def _ltp_by_rest(self) -> None:
+        """Every ``ltp_every_s`` while the market feed is not healthy (or there is none)."""
+        while not self._closed:
+            began = time.monotonic()
+            if self.market_feed is None or not self.market_feed.healthy:
+                for tick in await self.poll_ltp():
+                    self._queue.put_nowait(tick)
+            await asyncio.sleep(max(self.ltp_every_s - (time.monotonic() - began), 0.01))
+
+    async def stream(self) -> AsyncIterator[FeedItem]:
+        self._queue = asyncio.Queue()
+        tasks = [asyncio.create_task(self._chains()), asyncio.create_task(self._ltp_by_rest())]
+        if self.market_feed is not None:
+            self.market_feed.start()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.market_feed.connected.wait(), timeout=self.timeout_s)
+        try:
+            while not self._closed:
+                item = await self._queue.get()
+                if item is None:
+                    break
                 yield item
-            # One chain request per underlying every chain_every_s, spread across the seconds.
-            for index, underlying in enumerate(self.underlyings):
-                if tick % int(self.chain_every_s) == index % int(self.chain_every_s):
-                    snapshot = await self.poll_chain(underlying)
-                    if snapshot is not None:
-                        yield snapshot
-            tick += 1
-            delay = started + tick * self.ltp_every_s - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            if self.market_feed is not None:
+                await self.market_feed.stop()
+
+
+def _raise_alert(level: str, title: str, message: str) -> None:
+    # The alert path lives in trading; the feed reaches it only through this callable.
+    from trading.alerts import raise_alert
+
+    raise_alert(level, "feed", title, message)

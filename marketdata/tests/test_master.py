@@ -125,3 +125,73 @@ def test_expired_instruments_are_deactivated_on_the_next_load(tmp_path):
     result = load(new)
     assert result.deactivated > 0
     assert not Instrument.objects.filter(expiry=DAY, is_active=True).exists()
+
+
+def test_the_index_tick_written_in_rupees_loads_as_five_paise(master_file, tmp_path):
+    rows = _rows(master_file)
+    index_rows = [r for r in rows if r["SEM_INSTRUMENT_NAME"] == "INDEX"]
+    for row in index_rows:
+        row["SEM_TICK_SIZE"] = "0.0500"  # Dhan's index rows: rupees, not paise
+    for row in rows:
+        if row["SEM_INSTRUMENT_NAME"] == "OPTIDX":
+            row["SEM_TICK_SIZE"] = "5.0000"  # derivatives: paise
+    path = tmp_path / "rupees.csv"
+    _write(path, rows)
+    load(path)
+    assert index_rows, "the synthetic master has index rows"
+    assert set(Instrument.objects.filter(kind="INDEX").values_list("tick_size", flat=True)) == {Decimal("0.05")}
+    assert set(Instrument.objects.filter(kind="CE").values_list("tick_size", flat=True)) == {Decimal("0.05")}
+
+
+def test_weekly_and_monthly_contracts_of_one_strike_have_different_names(master_file):
+    load(master_file)
+    options = list(Instrument.objects.filter(kind__in=["CE", "PE"]).select_related("underlying"))
+    names = [o.display for o in options]
+    assert len(set(names)) == len(names)  # unique everywhere a trader sees them
+    one = options[0]
+    assert str(one) == one.display
+    expected = f"{one.underlying.symbol} {one.expiry:%d %b %y} {one.strike.normalize():f} {one.kind}"
+    assert one.display == expected
+
+
+def test_a_weekly_and_a_monthly_sharing_dhans_symbol_are_told_apart(master_file, tmp_path):
+    rows = _rows(master_file)
+    nifty_ce = [
+        r
+        for r in rows
+        if r["SEM_INSTRUMENT_NAME"] == "OPTIDX"
+        and r["SEM_TRADING_SYMBOL"].startswith("NIFTY")
+        and r["SEM_OPTION_TYPE"] == "CE"
+    ]
+    expiries = sorted({r["SEM_EXPIRY_DATE"][:10] for r in nifty_ce})
+    assert len(expiries) >= 2
+    strike = nifty_ce[0]["SEM_STRIKE_PRICE"]
+    pair = [
+        next(r for r in nifty_ce if r["SEM_EXPIRY_DATE"][:10] == e and r["SEM_STRIKE_PRICE"] == strike)
+        for e in expiries[:2]
+    ]
+    for row in pair:
+        row["SEM_TRADING_SYMBOL"] = "NIFTY-Dec2026-24000-CE"  # Dhan names both the same
+    path = tmp_path / "same-name.csv"
+    _write(path, rows)
+    load(path)
+    twins = list(Instrument.objects.filter(trading_symbol="NIFTY-Dec2026-24000-CE").select_related("underlying"))
+    assert len(twins) == 2 and twins[0].display != twins[1].display
+    assert all(t.expiry.strftime("%d %b %y") in t.display for t in twins)
+
+
+def test_display_names_read_like_a_dealing_screen():
+    from marketdata.master import display_name
+
+    assert display_name("NIFTY", "CE", dt.date(2026, 12, 8), Decimal("24000.00")) == "NIFTY 08 Dec 26 24000 CE"
+    assert display_name("NIFTY", "CE", dt.date(2026, 12, 29), Decimal("24000.00")) == "NIFTY 29 Dec 26 24000 CE"
+    assert display_name("BANKNIFTY", "FUT", dt.date(2026, 12, 29), None) == "BANKNIFTY 29 Dec 26 FUT"
+    assert display_name("NIFTY", "INDEX", None, None) == "NIFTY"
+    assert display_name("NIFTY", "PE", dt.date(2026, 12, 8), Decimal("24012.50")) == "NIFTY 08 Dec 26 24012.5 PE"
+
+
+def test_loading_records_when_for_the_preflight(master_file):
+    from audit.models import AuditRecord
+
+    load(master_file)
+    assert AuditRecord.objects.filter(action="instruments.loaded").count() == 1

@@ -203,7 +203,7 @@ def test_it_lists_open_positions_with_greeks_stop_target_and_ttl(trader, demo_ma
     assert response.status_code == 200
     [row] = response.json()["results"]
     assert row["id"] == position.pk and row["net_quantity"] == position.net_quantity
-    assert row["instrument"] == position.instrument.trading_symbol
+    assert row["instrument"] == position.instrument.display
     assert (row["delta"], row["stop_price"], row["target_price"]) == (0.52, "75.05", "140.00")
     assert row["ttl_seconds"] == 600 and 490 <= row["ttl_remaining_s"] <= 500
     assert isinstance(row["average_price"], str)
@@ -283,7 +283,7 @@ def test_it_lists_trades(trader, demo_market):
     assert client.get(V1 + "trades/").json()["count"] == 0
     assert client.post(V1 + f"positions/{position.pk}/exit/").json()["flat"] is True
     [trade] = client.get(V1 + "trades/").json()["results"]
-    assert trade["instrument"] == position.instrument.trading_symbol and trade["direction"] == "LONG"
+    assert trade["instrument"] == position.instrument.display and trade["direction"] == "LONG"
     assert Decimal(trade["net_pnl"]) == Decimal(trade["gross_pnl"]) - Decimal(trade["charges"])
     assert Decimal(trade["exit_price"]) > 0
 

@@ -36,9 +36,12 @@ class Unknown(BrokerError):
 
 
 class Throttled(BrokerError):
-    def __init__(self, message: str = "rate limited", retry_after: float = 1.0):
+    """``retry_after``: seconds the broker asked us to wait (its Retry-After), else a default."""
+
+    def __init__(self, message: str = "rate limited", retry_after: float = 1.0, code: str = ""):
         super().__init__(message)
         self.retry_after = retry_after
+        self.code = code
 
 
 class AuthExpired(BrokerError):
@@ -130,6 +133,38 @@ class BrokerPosition:
 
 
 @dataclass(frozen=True, slots=True)
+class MarginLeg:
+    """One leg of a basket whose margin the broker is asked for."""
+
+    security_id: str
+    exchange_segment: str
+    side: Side
+    quantity: int
+    price: Decimal
+    product: str = "INTRADAY"
+
+
+@dataclass(frozen=True, slots=True)
+class BasketMargin:
+    total: Decimal  # what the whole basket blocks, hedge benefit included
+    span: Decimal = Decimal("0")
+    exposure: Decimal = Decimal("0")
+    hedge_benefit: Decimal = Decimal("0")
+    source: str = "broker"  # "broker" (its calculator) or "model" (our estimate)
+
+
+@dataclass(frozen=True, slots=True)
+class PnlExit:
+    """The broker-side exit: flatten the account when the day's loss reaches ``loss``."""
+
+    active: bool
+    loss: Decimal | None = None
+    profit: Decimal | None = None
+    kill_switch: bool = False
+    products: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Funds:
     available: Decimal  # free to use for new orders
     utilised: Decimal  # margin in use
@@ -184,6 +219,31 @@ class Broker(abc.ABC):
         """After ``AuthExpired``: get a fresh token and use it from the next call on,
         without a restart. True when renewed; the default has nothing to renew."""
         return False
+
+    async def kill_switch_status(self) -> bool | None:
+        """Whether the broker's kill switch is on; None where the broker has no such report."""
+        return None
+
+    async def basket_margin(self, legs: list[MarginLeg]) -> BasketMargin | None:
+        """The broker's margin for the whole basket; None: the caller uses its own model.
+        Raises Unavailable when the broker offers a calculator that cannot answer now."""
+        return None
+
+    async def set_pnl_exit(self, *, loss: Decimal, profit: Decimal | None = None) -> PnlExit | None:
+        """Ask the broker to flatten the account at this day's loss; None where it cannot."""
+        return None
+
+    async def pnl_exit(self) -> PnlExit | None:
+        """The broker-side P&L exit as the broker reports it; None where there is none to read."""
+        return None
+
+    @property
+    def push_healthy(self) -> bool:
+        """True while order updates arrive by push: REST sync then runs at a slower cadence."""
+        return False
+
+    async def start(self, oms) -> None:  # noqa: B027  (optional hook)
+        """Called once the engine's order manager exists: a live broker starts its push streams here."""
 
     async def on_market_data(self) -> None:  # noqa: B027  (optional hook)
         """Called after each book update; a simulated exchange matches resting orders here."""

@@ -1,55 +1,67 @@
-"""The live broker: Dhan, through Dhan-Tradehull 3.x and its dhanhq client.
+"""The live broker: Dhan, through dhanhq's client on our contained HTTP layer.
 
-What their source shows, and how it is contained here:
+What the libraries' source shows, and how it is contained (``quanthub.dhan``):
 
-* ``import Dhan_Tradehull`` prints to stdout, and its constructor logs in over
-  the network, downloads the scrip master into ``./Dependencies``, calls
-  ``logging.basicConfig`` and prints. It is imported lazily, constructed in
-  ``var/dhan`` (cwd switched under a lock and restored), its stdout/stderr
-  captured into our log, and the root logger's handlers and levels restored.
-* Its helpers swallow exceptions (returning None, 0 or {}) and several sleep
-  0.4–1 s inside. Latency-critical calls (place, modify, cancel, order list,
-  order by correlation id, trades, positions, funds, kill switch) therefore go
-  straight to its ``dhanhq`` client, whose HTTP timeout is lowered from 60 s
-  to DHAN_HTTP_TIMEOUT_S.
-* dhanhq returns ``{"status": "failure", "remarks": …}``: a dict with
-  ``error_code`` is a real answer from Dhan (→ Rejected, or AuthExpired /
-  Throttled for DH-901/DH-904); a plain string is a timeout, a reset or an
-  unparsable reply (→ Unknown for calls that change orders, Unavailable for
-  reads).
-* Every order carries our client order id as ``correlationId``, so an Unknown
-  is resolved by ``GET /orders/external/{correlationId}``, never by resending.
+* dhanhq waits 60 s for an HTTP answer, logs exception text, drops the HTTP
+  status and ``Retry-After``: its HTTP layer is replaced by ``ContainedHTTP``
+  (DHAN_HTTP_TIMEOUT_S on every call, Dhan's code and message kept).
+* Dhan-Tradehull is not needed on the order path (its helpers swallow errors
+  and sleep); where it is used it is constructed by ``contained_tradehull``.
+* Errors are typed by what the order manager must do next: a definite
+  refusal (``DH-9xx`` 4xx) is ``Rejected`` with Dhan's code and message; an
+  HTTP 429 or ``DH-904`` is ``Throttled`` with its ``Retry-After``; ``DH-901``
+  or ``807`` is ``AuthExpired``; a timeout, a reset, an unparsable reply or a
+  ``DH-908`` is ``Unknown`` for a call that changes orders (resolved by
+  ``GET /orders/external/{correlationId}``, never by resending) and
+  ``Unavailable`` for a read.
+* A 200 whose order status is REJECTED keeps Dhan's reject code and reason
+  (read from the order when the placement answer does not carry them).
+* Fills and order changes arrive by push (``trading.brokers.dhan_stream``):
+  the Live Order Update websocket. REST sync stays as the slower safety net.
+* Margin comes from Dhan's calculator for the whole basket (short cache);
+  the Trader's Control APIs give the kill-switch status and the broker-side
+  P&L exit (set, read back, stop).
 * Calls run in a thread pool with per-call timeouts; the engine loop never blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import io
 import logging
-import os
-import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 
 from quanthub.clock import IST
+from quanthub.dhan.errors import (
+    DhanAmbiguous,
+    DhanAuthError,
+    DhanDataPlan,
+    DhanError,
+    DhanRejected,
+    DhanThrottled,
+    DhanTransport,
+)
+from quanthub.dhan.http import error_of
+from quanthub.dhan.session import contain_client, contained_tradehull, dhan_client
 from trading.brokers.base import (
     AuthExpired,
+    BasketMargin,
     Broker,
     BrokerOrder,
     BrokerPosition,
     BrokerStatus,
     BrokerTrade,
     Funds,
+    MarginLeg,
     OrderType,
     PlaceRequest,
+    PnlExit,
     Rejected,
     Side,
     Throttled,
@@ -58,44 +70,26 @@ from trading.brokers.base import (
 )
 
 log = logging.getLogger(__name__)
-AUTH_CODES = {"DH-901"}
-THROTTLE_CODES = {"DH-904"}
-# Server-side failures where Dhan may or may not have acted.
-AMBIGUOUS_CODES = {"DH-908", "DH-909"}
-_CWD_LOCK = threading.Lock()
+NOT_FOUND_CODES = ("DH-905", "DH-906", "DH-907")  # "no such order" from the lookup by correlation id
+
+__all__ = ["DhanBroker", "contained_tradehull", "parse_order", "translate"]
 
 
-def contained_tradehull(client_id: str, token: str, data_dir: Path | None = None):
-    """Construct Dhan-Tradehull without letting it take over the process."""
-    data_dir = Path(data_dir or Path(settings.VAR_DIR) / "dhan")
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    root = logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level
-    saved_levels = {name: logging.getLogger(name).level for name in ("requests", "urllib3")}
-    captured = io.StringIO()
-    with _CWD_LOCK:
-        previous = os.getcwd()
-        try:
-            os.chdir(data_dir)
-            with contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-                from Dhan_Tradehull import Tradehull
-
-                tradehull = Tradehull(client_id, token, mode="access_token")
-        finally:
-            os.chdir(previous)
-            for handler in list(root.handlers):
-                if handler not in saved_handlers:
-                    root.removeHandler(handler)
-                    handler.close()
-            root.setLevel(saved_level)
-            for name, level in saved_levels.items():
-                logging.getLogger(name).setLevel(level)
-    for line in captured.getvalue().splitlines():
-        if line.strip():
-            log.info("dhan-tradehull says", extra={"line": line.strip()[:300]})
-    if getattr(tradehull, "Dhan", None) is None:
-        raise AuthExpired("Dhan-Tradehull could not log in (see the log for what it said)")
-    return tradehull
+def translate(error: DhanError, *, writes: bool, call: str) -> Exception:
+    """Our broker error for Dhan's typed error."""
+    if isinstance(error, DhanThrottled):
+        return Throttled(
+            str(error), retry_after=error.retry_after if error.retry_after is not None else 1.0, code=error.code
+        )
+    if isinstance(error, DhanAuthError):
+        return AuthExpired(str(error))
+    if isinstance(error, DhanDataPlan):
+        return Unavailable(str(error))
+    if isinstance(error, (DhanAmbiguous, DhanTransport)):
+        return (Unknown if writes else Unavailable)(f"{call}: {error}")
+    if isinstance(error, DhanRejected):
+        return Rejected(error.code, error.message)
+    return (Unknown if writes else Unavailable)(f"{call}: {error}")
 
 
 def _decimal(value: Any) -> Decimal | None:
@@ -113,10 +107,13 @@ def _time(value: Any) -> dt.datetime | None:
         return None
 
 
+def _status(value: Any) -> BrokerStatus:
+    status = str(value or "PENDING").upper().replace(" ", "_")
+    status = {"PARTIALLY_TRADED": "PART_TRADED", "PARTIAL": "PART_TRADED"}.get(status, status)
+    return BrokerStatus(status) if status in BrokerStatus.__members__ else BrokerStatus.PENDING
+
+
 def parse_order(data: dict) -> BrokerOrder:
-    status = str(data.get("orderStatus", "PENDING")).upper()
-    if status not in BrokerStatus.__members__:
-        status = "PENDING"
     order_type = str(data.get("orderType", "LIMIT")).upper()
     return BrokerOrder(
         broker_order_id=str(data.get("orderId", "")),
@@ -127,7 +124,7 @@ def parse_order(data: dict) -> BrokerOrder:
         order_type=OrderType(order_type) if order_type in ("LIMIT", "MARKET") else OrderType.LIMIT,
         quantity=int(data.get("quantity") or 0),
         price=_decimal(data.get("price")),
-        status=BrokerStatus(status),
+        status=_status(data.get("orderStatus")),
         filled_quantity=int(data.get("filledQty") or data.get("filled_qty") or 0),
         average_price=_decimal(data.get("averageTradedPrice")),
         reject_code=str(data.get("omsErrorCode") or ""),
@@ -136,28 +133,66 @@ def parse_order(data: dict) -> BrokerOrder:
     )
 
 
+def parse_trade(item: dict, correlation_id: str = "") -> BrokerTrade:
+    order_id = str(item.get("orderId", ""))
+    return BrokerTrade(
+        trade_id=str(item.get("exchangeTradeId") or f"{order_id}-{item.get('exchangeTime')}"),
+        broker_order_id=order_id,
+        correlation_id=correlation_id,
+        security_id=str(item.get("securityId", "")),
+        exchange_segment=str(item.get("exchangeSegment", "")),
+        side=Side(str(item.get("transactionType", "BUY")).upper()),
+        quantity=int(item.get("tradedQuantity", 0)),
+        price=_decimal(item.get("tradedPrice")) or Decimal("0"),
+        traded_at=_time(item.get("exchangeTime")) or _time(item.get("createTime")) or dt.datetime.now(tz=IST),
+    )
+
+
+def _money(data: dict, *names: str) -> Decimal:
+    for name in names:
+        if name in data and data[name] not in (None, ""):
+            return Decimal(str(data[name])).quantize(Decimal("0.01"))
+    return Decimal("0")
+
+
 class DhanBroker(Broker):
     name = "dhan"
 
-    def __init__(self, *, client, account: str = "default", timeout_s: float = 3.0, workers: int = 4):
-        self.client = client
+    def __init__(
+        self,
+        *,
+        client,
+        account: str = "default",
+        timeout_s: float = 3.0,
+        workers: int = 4,
+        margin_cache_s: float | None = None,
+        streams: bool = False,
+    ):
+        self.client = contain_client(client)
         self.account = account
         self.timeout_s = timeout_s
         # The SDK's default HTTP timeout is 60 s: far too long for a trading loop.
-        client.dhan_http.timeout = timeout_s
+        self.client.dhan_http.timeout = timeout_s
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dhan")
+        self.margin_cache_s = settings.DHAN_MARGIN_CACHE_S if margin_cache_s is None else margin_cache_s
+        self._margins: dict[tuple, tuple[float, BasketMargin]] = {}
+        self.streams = streams
+        self.bridge = None  # trading.brokers.dhan_stream.OrderStreamBridge once started
 
     @classmethod
-    def from_options(cls, *, account="default", clock=None, book=None, tradehull=None, **options) -> DhanBroker:
-        from trading.brokers.tokens import current_token, refresh
+    def from_options(cls, *, account="default", clock=None, book=None, client=None, **options) -> DhanBroker:
+        from quanthub.dhan.tokens import current_token, refresh
 
-        token = current_token()
-        if not token and settings.DHAN_TOTP_SECRET and settings.DHAN_PIN:
-            token = refresh().token  # log in by PIN + TOTP; the token goes to the token file, not a log
-        if not settings.DHAN_CLIENT_ID or not token:
-            raise AuthExpired("Dhan needs DHAN_CLIENT_ID and an access token (or run refresh_dhan_token)")
-        tradehull = tradehull or contained_tradehull(settings.DHAN_CLIENT_ID, token)
-        return cls(client=tradehull.Dhan, account=account, timeout_s=settings.DHAN_HTTP_TIMEOUT_S)
+        if client is None:
+            token = current_token()
+            if not token and settings.DHAN_TOTP_SECRET and settings.DHAN_PIN:
+                token = refresh().token  # log in by PIN + TOTP; the token goes to the token file, not a log
+            if not settings.DHAN_CLIENT_ID or not token:
+                raise AuthExpired("Dhan needs DHAN_CLIENT_ID and an access token (or run refresh_dhan_token)")
+            client = dhan_client(settings.DHAN_CLIENT_ID, token)
+        return cls(client=client, account=account, timeout_s=settings.DHAN_HTTP_TIMEOUT_S, streams=True)
+
+    # --- the call path -------------------------------------------------------------------
 
     async def _call(self, fn, *args, writes: bool = False, **kwargs) -> Any:
         loop = asyncio.get_running_loop()
@@ -172,23 +207,12 @@ class DhanBroker(Broker):
 
     @staticmethod
     def _check(response: Any, *, writes: bool, call: str) -> Any:
-        if not isinstance(response, dict):
-            raise (Unknown if writes else Unavailable)(f"{call}: unexpected reply {type(response).__name__}")
-        if response.get("status") == "success":
-            return response.get("data")
-        remarks = response.get("remarks")
-        if isinstance(remarks, dict) and remarks.get("error_code"):
-            code = str(remarks.get("error_code"))
-            message = str(remarks.get("error_message") or remarks.get("error_type") or "")
-            if code in AUTH_CODES:
-                raise AuthExpired(f"{code}: {message}")
-            if code in THROTTLE_CODES:
-                raise Throttled(f"{code}: {message}")
-            if code in AMBIGUOUS_CODES:
-                raise (Unknown if writes else Unavailable)(f"{call}: {code} {message}")
-            raise Rejected(code, message)
-        # A string: a timeout, a connection reset, or a reply that was not JSON.
-        raise (Unknown if writes else Unavailable)(f"{call}: {remarks}")
+        error = error_of(response, call)
+        if error is not None:
+            raise translate(error, writes=writes, call=call)
+        return response.get("data")
+
+    # --- orders --------------------------------------------------------------------------
 
     async def place_order(self, request: PlaceRequest) -> BrokerOrder:
         price = float(request.price) if request.price is not None and request.order_type == OrderType.LIMIT else 0
@@ -207,7 +231,17 @@ class DhanBroker(Broker):
         )
         if not isinstance(data, dict) or not data.get("orderId"):
             raise Unknown(f"place_order answered without an order id: {data!r}"[:300])
-        status = str(data.get("orderStatus", "TRANSIT")).upper()
+        status = _status(data.get("orderStatus", "TRANSIT"))
+        code = str(data.get("omsErrorCode") or data.get("errorCode") or "")
+        reason = str(data.get("omsErrorDescription") or data.get("errorMessage") or "")
+        if status == BrokerStatus.REJECTED and not code:
+            # The placement answer says REJECTED without why: the order itself carries the reason.
+            try:
+                placed = await self.get_order(str(data["orderId"]))
+                code, reason = placed.reject_code, placed.reason
+            except (Unavailable, Rejected, AuthExpired, Throttled) as exc:
+                reason = f"rejected by Dhan; the reason could not be read ({type(exc).__name__})"
+            code = code or "REJECTED"
         return BrokerOrder(
             broker_order_id=str(data["orderId"]),
             correlation_id=request.correlation_id,
@@ -217,7 +251,9 @@ class DhanBroker(Broker):
             order_type=request.order_type,
             quantity=request.quantity,
             price=request.price,
-            status=BrokerStatus(status) if status in BrokerStatus.__members__ else BrokerStatus.TRANSIT,
+            status=status,
+            reject_code=code,
+            reason=reason,
         )
 
     async def modify_order(
@@ -245,19 +281,21 @@ class DhanBroker(Broker):
     async def get_order(self, broker_order_id: str) -> BrokerOrder:
         data = await self._call(self.client.get_order_by_id, broker_order_id)
         data = data[0] if isinstance(data, list) and data else data
+        if not isinstance(data, dict):
+            raise Unavailable(f"order {broker_order_id}: no order in the answer")
         return parse_order(data)
 
     async def get_order_by_correlation(self, correlation_id: str) -> BrokerOrder | None:
         try:
             data = await self._call(self.client.get_order_by_correlationID, correlation_id)
         except Rejected as exc:
-            if exc.code in ("DH-906", "DH-907", "DH-905"):  # "no such order"
+            if exc.code in NOT_FOUND_CODES:
                 return None
             raise
         if not data:
             return None
         data = data[0] if isinstance(data, list) else data
-        return parse_order(data) if data.get("orderId") else None
+        return parse_order(data) if isinstance(data, dict) and data.get("orderId") else None
 
     async def order_book(self) -> list[BrokerOrder]:
         data = await self._call(self.client.get_order_list)
@@ -269,23 +307,15 @@ class DhanBroker(Broker):
         data = await self._call(self.client.get_trade_book)
         trades = []
         for item in data or []:
-            order_id = str(item.get("orderId", ""))
-            trades.append(
-                BrokerTrade(
-                    trade_id=str(item.get("exchangeTradeId") or f"{order_id}-{item.get('exchangeTime')}"),
-                    broker_order_id=order_id,
-                    correlation_id=orders[order_id].correlation_id if order_id in orders else "",
-                    security_id=str(item.get("securityId", "")),
-                    exchange_segment=str(item.get("exchangeSegment", "")),
-                    side=Side(str(item.get("transactionType", "BUY")).upper()),
-                    quantity=int(item.get("tradedQuantity", 0)),
-                    price=_decimal(item.get("tradedPrice")) or Decimal("0"),
-                    traded_at=_time(item.get("exchangeTime"))
-                    or _time(item.get("createTime"))
-                    or dt.datetime.now(tz=IST),
-                )
-            )
+            order = orders.get(str(item.get("orderId", "")))
+            trades.append(parse_trade(item, order.correlation_id if order else ""))
         return trades
+
+    async def trades_for(self, broker_order_id: str, correlation_id: str) -> list[BrokerTrade]:
+        """The trades of one order (``GET /trades/{order-id}``): the stream's fills get their exchange trade ids here."""
+        data = await self._call(self.client.get_trade_book, broker_order_id)
+        items = data if isinstance(data, list) else [data] if isinstance(data, dict) and data else []
+        return [parse_trade(item, correlation_id) for item in items if item.get("tradedQuantity")]
 
     async def positions(self) -> list[BrokerPosition]:
         data = await self._call(self.client.get_positions)
@@ -305,13 +335,119 @@ class DhanBroker(Broker):
 
     async def funds(self) -> Funds:
         data = await self._call(self.client.get_fund_limits)
-        available = _decimal(data.get("availabelBalance", data.get("availableBalance"))) or Decimal("0")
-        utilised = _decimal(data.get("utilizedAmount")) or Decimal("0")
-        return Funds(available=available, utilised=utilised, total=_decimal(data.get("sodLimit")) or Decimal("0"))
+        if not isinstance(data, dict):
+            raise Unavailable("Dhan returned no fund limits")
+        available = _money(data, "availabelBalance", "availableBalance")
+        utilised = _money(data, "utilizedAmount")
+        return Funds(available=available, utilised=utilised, total=_money(data, "sodLimit"))
+
+    # --- margin ----------------------------------------------------------------------------
+
+    async def basket_margin(self, legs: list[MarginLeg]) -> BasketMargin:
+        """Dhan's margin calculator for the whole basket (hedge benefit included), cached briefly.
+
+        Raises Unavailable (or Throttled/AuthExpired) when it cannot answer: the
+        caller refuses the entry. Exits never ask."""
+        key = tuple(sorted((leg.security_id, str(leg.side), leg.quantity, str(leg.price), leg.product) for leg in legs))
+        cached = self._margins.get(key)
+        now = time.monotonic()
+        if cached is not None and now - cached[0] < self.margin_cache_s:
+            return cached[1]
+        scrips = [
+            {
+                "exchangeSegment": leg.exchange_segment,
+                "transactionType": str(leg.side),
+                "quantity": int(leg.quantity),
+                "productType": leg.product,
+                "securityId": leg.security_id,
+                "price": float(leg.price),
+                "triggerPrice": 0.0,
+            }
+            for leg in legs
+        ]
+        if len(scrips) == 1:
+            leg = legs[0]
+            data = await self._call(
+                self.client.margin_calculator,
+                leg.security_id,
+                leg.exchange_segment,
+                str(leg.side),
+                leg.quantity,
+                leg.product,
+                float(leg.price),
+            )
+        else:
+            data = await self._call(self.client.margin_calculator_multi, scrips, False, False)
+        if not isinstance(data, dict):
+            raise Unavailable("margin calculator: no answer")
+        total = _money(data, "totalMargin", "total_margin")
+        if total <= 0 and not any(k in data for k in ("totalMargin", "total_margin")):
+            raise Unavailable("margin calculator: the answer has no total margin")
+        margin = BasketMargin(
+            total=total,
+            span=_money(data, "spanMargin", "span_margin"),
+            exposure=_money(data, "exposureMargin", "exposure_margin"),
+            hedge_benefit=_money(data, "hedgeBenefit", "hedge_benefit"),
+        )
+        self._margins = {k: v for k, v in self._margins.items() if now - v[0] < self.margin_cache_s}
+        self._margins[key] = (now, margin)
+        return margin
+
+    # --- Trader's Control: kill switch and the broker-side P&L exit -------------------------------
 
     async def kill_switch(self, activate: bool = True) -> bool:
         await self._call(self.client.kill_switch, "ACTIVATE" if activate else "DEACTIVATE", writes=True)
         return activate
 
+    async def kill_switch_status(self) -> bool:
+        data = await self._call(self.client.status_kill_switch)
+        text = str((data or {}).get("killSwitchStatus", "") if isinstance(data, dict) else data).upper()
+        if "DEACTIVATE" in text or text in ("INACTIVE", "OFF", "FALSE"):
+            return False
+        if "ACTIVATE" in text or text in ("ACTIVE", "ON", "TRUE"):
+            return True
+        raise Unavailable(f"kill switch status not understood: {text[:80]!r}")
+
+    async def set_pnl_exit(self, *, loss: Decimal, profit: Decimal | None = None) -> PnlExit:
+        # Dhan requires a profit target too; one far beyond any day's range leaves the upside alone.
+        profit = profit if profit is not None else loss * 100
+        await self._call(self.client.set_pnl_exit, float(profit), float(loss), ["INTRADAY"], True, writes=True)
+        return await self.pnl_exit()
+
+    async def pnl_exit(self) -> PnlExit:
+        data = await self._call(self.client.get_pnl_exit)
+        if not isinstance(data, dict):
+            return PnlExit(active=False)
+        status = str(data.get("pnlExitStatus") or data.get("status") or "").upper()
+        loss = _decimal(data.get("lossValue", data.get("loss")))
+        active = status in ("ACTIVE", "ENABLED", "TRUE") or (not status and loss is not None)
+        products = data.get("productType") or []
+        return PnlExit(
+            active=active,
+            loss=loss,
+            profit=_decimal(data.get("profitValue", data.get("profit"))),
+            kill_switch=bool(data.get("enableKillSwitch")),
+            products=tuple(products if isinstance(products, list) else [products]),
+        )
+
+    async def stop_pnl_exit(self) -> None:
+        await self._call(self.client.stop_pnl_exit, writes=True)
+
+    # --- push --------------------------------------------------------------------------------
+
+    @property
+    def push_healthy(self) -> bool:
+        return self.bridge is not None and self.bridge.healthy
+
+    async def start(self, oms) -> None:
+        if not self.streams or self.bridge is not None:
+            return
+        from trading.brokers.dhan_stream import OrderStreamBridge
+
+        self.bridge = OrderStreamBridge.for_broker(self, oms)
+        await self.bridge.start()
+
     async def close(self) -> None:
+        if self.bridge is not None:
+            await self.bridge.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -37,10 +37,12 @@ from quanthub.sql import Prepared
 from risk.breakers import VixMonitor, previous_session_vix
 from risk.breakers import clear as clear_breaker
 from risk.breakers import trip as trip_breaker
+from risk.checks import RiskDecision
 from risk.context import GateBasis, daily_net_pnl
 from risk.gate import RiskGate, record_refusal
 from risk.models import RiskLimits
 from trading.brokers.base import AuthExpired
+from trading.brokers.safety import apply_pnl_exit, basket_margin_per_lot
 from trading.engine.outages import (
     BROKER,
     DATABASE,
@@ -161,9 +163,15 @@ class Engine:
         self._limits_key: tuple | None = None  # (pk, version, updated_at) of the limits held in _limits
         self._limits_fresh = False  # read at this snapshot: the gate may use them as they are
         self._basis: GateBasis | None = None  # the gate's database reads, for the current snapshot or second
+        self._basket = None  # the broker's margin for the intents being gated (trading.brokers.safety)
         self._beat_created = False
         self._config_queries: tuple[Prepared, Prepared] | None = None
         self._last_beat_wall: float | None = None
+        # While the broker pushes order updates, REST sync is the slower safety net.
+        self.rest_sync_slow_s = 5.0
+        self._last_rest_sync = -1e9
+        self._pnl_exit: dict | None = None  # the broker-side P&L exit as last read back, for the risk panel
+        self._safety_due = True  # set the broker-side P&L exit at start and whenever the limits change
         self.started = asyncio.Event()
         self.outages = Outages(account)
         self._resync_needed = True  # recovery and reconciliation have not succeeded yet
@@ -183,6 +191,8 @@ class Engine:
         await self._until_database(self._load)
         await self._seed_vix()
         await self._resync("start")
+        await self.broker.start(self.oms)
+        await self._safety_net()
         try:
             await _db(self._beat)("ACTIVE")
         except Exception as exc:
@@ -374,6 +384,10 @@ class Engine:
         await self.feed.close()
         await self.oms.wait_for_retries()
         steps = [self._mark_positions, self._persist_states, lambda: self._beat("STOPPED")]
+        try:
+            await self.broker.close()
+        except Exception:  # closing streams and threads must not keep the engine from stopping
+            log.exception("broker close failed", extra={"engine": self.engine_id})
         if self.writer is not None:
             steps.insert(0, lambda: self.writer.flush(close_bars=True))
         for fn in steps:
@@ -447,6 +461,7 @@ class Engine:
         key = next(iter(limits.rows()), None)
         if key is None or key != self._limits_key:
             self._limits = RiskLimits.active()
+            self._safety_due = self._safety_due or self._limits_key is not None
             self._limits_key = key
         self._limits_fresh = True
 
@@ -472,6 +487,7 @@ class Engine:
                 **{k: v for k, v in vars(self.stats).items() if k != "tick_to_intent_ms"},
                 "funds": self._funds,
                 "outages": self.outages.summary(),
+                "pnl_exit": self._pnl_exit,
                 # Wall-clock snapshot → intent of the latest intents, for the latency panel.
                 "tick_to_intent_recent_ms": [round(v, 3) for v in self.stats.tick_to_intent_ms[-200:]],
             },
@@ -613,7 +629,14 @@ class Engine:
         await self.outages.settle()
         if self._resync_needed and self.outages.due(BROKER):
             await self._resync("retry after a broker failure")
-        events = await self._outside(lambda: self.oms.sync(live=live), where="sync", default=[])
+        if self._safety_due:
+            await self._safety_net()
+        # Pushed order updates are applied as they arrive; REST sync then runs every few
+        # seconds as the safety net, and every second again as soon as the push is not healthy.
+        rest_due = not self.broker.push_healthy or time.monotonic() - self._last_rest_sync >= self.rest_sync_slow_s
+        if rest_due and live:
+            self._last_rest_sync = time.monotonic()
+        events = await self._outside(lambda: self.oms.sync(live=live if rest_due else []), where="sync", default=[])
         touched = False
         for event in events:
             for loaded in self.strategies:
@@ -823,6 +846,9 @@ class Engine:
         basis is read again, so a loss it realises counts against that entry.
         """
         started = time.perf_counter() if started is None else started
+        intents = list(intents)
+        # The broker's margin for the whole basket (legs and hedge) before any entry of it is gated.
+        self._basket = await basket_margin_per_lot(self.broker, intents, self.instruments)
         refused_signals = set()
         queue: list[Passed] = []
         duplicates = set()
@@ -880,7 +906,11 @@ class Engine:
         if self.outages.active and not intent.reduces_exposure and ctx.trading_state == "ACTIVE":
             # The outside world is failing: no new exposure, whatever the stored state says.
             ctx = dataclasses.replace(ctx, trading_state="REDUCING")
-        decision = self.gate.check(intent, ctx)
+        decision = self._broker_margin(intent, ctx)
+        if decision is None:
+            if self._basket is not None and self._basket.per_lot is not None and not intent.reduces_exposure:
+                ctx = dataclasses.replace(ctx, margin_per_lot=self._basket.per_lot)
+            decision = self.gate.check(intent, ctx)
         if not decision.allowed:
             self.stats.refused += 1
             await _db(record_refusal)(intent, decision, ctx, account=self.account)
@@ -892,6 +922,18 @@ class Engine:
         self.stats.tick_to_intent_ms.append((time.perf_counter() - started) * 1000)
         metrics.observe_tick_to_intent(time.perf_counter() - started)
         return Passed(intent, instrument, decision, intent_at, gate_passed_at)
+
+    def _broker_margin(self, intent, ctx):
+        """A refusal when the broker's margin calculator could not answer for this entry's basket."""
+        if intent.reduces_exposure or self._basket is None or self._basket.error is None:
+            return None
+        return RiskDecision(False, f"the broker's margin calculator did not answer: {self._basket.error}", "margin", 0)
+
+    async def _safety_net(self) -> None:
+        self._safety_due = False
+        state = await apply_pnl_exit(self.broker, self._limits, account=self.account, at=self.clock.now())
+        if state is not None:
+            self._pnl_exit = state
 
     async def _send(self, loaded: Loaded, queue: list[Passed], snapshot_at: dt.datetime) -> None:
         for passed in queue:

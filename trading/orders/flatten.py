@@ -47,6 +47,7 @@ from risk.models import TradingState
 from risk.services import set_trading_state
 from trading.alerts import raise_alert
 from trading.brokers.base import BrokerStatus, Rejected
+from trading.brokers.safety import kill_switch_check
 from trading.events import asend_now
 from trading.models import Order, Position
 from trading.orders.claims import EXIT_PURPOSES, BrokerNet, ExitClaimed, working_exit_quantity
@@ -172,7 +173,7 @@ async def follow_touch(oms, orders: list[Order], alerts: Alerts) -> int:
                 f"reprice:{order.pk}",
                 "WARNING",
                 f"Exit {order.client_order_id} could not be re-priced",
-                f"{order.instrument.trading_symbol} to {price}: {exc.code} {exc.message}",
+                f"{order.instrument.display} to {price}: {exc.code} {exc.message}",
             )
         except Exception as exc:  # a timeout or a dropped connection: the next round tries again
             log.warning("exit re-price failed", extra={"order": order.client_order_id, "error": repr(exc)})
@@ -199,7 +200,7 @@ async def _resend(oms, order: Order, why: str, alerts: Alerts) -> None:
         f"resend:{order.pk}",
         "WARNING",
         f"Exit {order.client_order_id} re-sent at {price}",
-        f"{order.instrument.trading_symbol}: {why}",
+        f"{order.instrument.display}: {why}",
     )
 
 
@@ -271,7 +272,7 @@ def _tally(result: FlattenResult, legs: dict[str, Leg], order_ids: set[int], ope
     orders = _orders(order_ids)
     for order in orders:
         leg = legs.setdefault(
-            order.instrument.security_id, Leg(order.instrument.security_id, order.instrument.trading_symbol)
+            order.instrument.security_id, Leg(order.instrument.security_id, order.instrument.display)
         )
         leg.sent += order.state != Order.State.NEW
         leg.filled += order.state == Order.State.FILLED
@@ -390,6 +391,8 @@ async def kill_all(
     await _db(audit_append)(
         f"{kind.lower()}.started", actor=actor, subject=f"account:{account}", payload={"reason": reason}, at=clock.now()
     )
+    # The broker's kill switch before: already on, it would refuse the exits (an alert says so).
+    switch_before = await kill_switch_check(broker, expect=False, stage="before Kill All", account=account)
     result.cancelled += await _cancel_everything(path, order_ids, result)
     await report("cancelled")
 
@@ -421,7 +424,7 @@ async def kill_all(
                 for sid, net in positions.items():
                     instrument = instruments.get(sid)
                     if sid not in legs:
-                        legs[sid] = Leg(sid, instrument.trading_symbol if instrument else sid, quantity=net)
+                        legs[sid] = Leg(sid, instrument.display if instrument else sid, quantity=net)
                     if instrument is None:
                         if "unknown instrument" not in legs[sid].why:
                             legs[sid].why.append("unknown instrument: not in the instrument master")
@@ -458,12 +461,17 @@ async def kill_all(
             await alerts.once(
                 "kill_switch", "CRITICAL", "Flat, but the broker's kill switch could not be activated", repr(exc)
             )
+    switch_after = await kill_switch_check(
+        broker, expect=True if result.kill_switch else None, stage="after Kill All", account=account
+    )
+    if switch_before is not None and switch_after is None:
+        result.errors.append("kill switch: status unknown after Kill All")
     result.elapsed_s = round(time.monotonic() - began, 4)
     if positions is None:  # no report at all: the legs are ours, and nothing is known to be closed
         ours = await _db(_ours)(account)
         positions = {sid: sum(p.net_quantity for p in rows) for sid, rows in ours.items()}
         for sid, rows in ours.items():
-            legs.setdefault(sid, Leg(sid, rows[0].instrument.trading_symbol, quantity=positions[sid]))
+            legs.setdefault(sid, Leg(sid, rows[0].instrument.display, quantity=positions[sid]))
             legs[sid].why.append("no position report from the broker")
     await _db(_tally)(result, legs, order_ids, positions)
     await _finish(result, account, clock, alerts, subject=f"account:{account}")
@@ -560,7 +568,7 @@ async def exit_position(path, position_id: int, *, actor: str, deadline_s: float
         result.errors.append("no open position")
         return result
     legs = {
-        p.instrument.security_id: Leg(p.instrument.security_id, p.instrument.trading_symbol, quantity=p.net_quantity)
+        p.instrument.security_id: Leg(p.instrument.security_id, p.instrument.display, quantity=p.net_quantity)
         for p in targets
     }
     await _db(audit_append)(

@@ -247,3 +247,79 @@ def test_tradehull_is_constructed_contained(tmp_path, api, capsys, monkeypatch):
     broker = DhanBroker(client=tradehull.Dhan, timeout_s=2.0)
     assert tradehull.Dhan.dhan_http.timeout == 2.0
     broker._pool.shutdown(wait=False)
+
+
+async def test_a_plain_http_429_is_throttled_with_its_retry_after(dhan, api):
+    api.post(f"{API}/orders", body="Too Many Requests", status=429, headers={"Retry-After": "7"})
+    with pytest.raises(Throttled) as excinfo:
+        await dhan.place_order(request())
+    assert excinfo.value.retry_after == 7.0
+
+
+async def test_dh904_without_retry_after_is_throttled_for_a_second(dhan, api):
+    api.post(f"{API}/orders", json=fixture("rate_limited.json"), status=429)
+    with pytest.raises(Throttled) as excinfo:
+        await dhan.place_order(request())
+    assert excinfo.value.retry_after == 1.0 and excinfo.value.code == "DH-904"
+
+
+async def test_a_200_that_says_rejected_keeps_dhans_code_and_message(dhan, api):
+    api.post(f"{API}/orders", json={"orderId": "112111182199", "orderStatus": "REJECTED"})
+    api.get(f"{API}/orders/112111182199", json=fixture("order_rejected.json"))
+    ack = await dhan.place_order(request())
+    assert ack.status == BrokerStatus.REJECTED and ack.reject_code == "RMS-EM-1035"
+    assert ack.reason.startswith("RMS:Margin Exceeds")
+
+
+@pytest.mark.parametrize("status", [200, 401])
+async def test_an_expired_token_envelope_is_auth_expired_on_the_order_path(dhan, api, status):
+    api.post(f"{API}/orders", json={"data": {"807": "Access token is expired"}, "status": "failed"}, status=status)
+    with pytest.raises(AuthExpired, match="807"):
+        await dhan.place_order(request())
+
+
+async def test_the_margin_calculator_prices_the_whole_basket_and_caches_it(dhan, api):
+    from trading.brokers.base import MarginLeg
+
+    api.post(f"{API}/margincalculator/multi", json=fixture("margin_multi.json"))
+    legs = [
+        MarginLeg("132611240245000", "NSE_FNO", Side.SELL, 65, Decimal("100.00")),
+        MarginLeg("132611240246000", "NSE_FNO", Side.BUY, 65, Decimal("20.00")),
+    ]
+    margin = await dhan.basket_margin(legs)
+    again = await dhan.basket_margin(list(reversed(legs)))  # the same basket, from the cache
+    assert margin == again and margin.total == Decimal("118422.50") and margin.hedge_benefit == Decimal("61840.00")
+    assert len(api.calls) == 1
+    body = json.loads(api.calls[0].request.body)
+    assert [s["transactionType"] for s in body["scripList"]] == ["SELL", "BUY"] and body["includePosition"] is False
+
+
+async def test_one_leg_uses_the_single_calculator_and_a_silent_calculator_is_unavailable(dhan, api):
+    from trading.brokers.base import MarginLeg
+
+    api.post(f"{API}/margincalculator", json=fixture("margin_single.json"))
+    leg = MarginLeg("132611240245000", "NSE_FNO", Side.BUY, 65, Decimal("120.50"))
+    assert (await dhan.basket_margin([leg])).total == Decimal("7832.25")
+    api.replace(responses.POST, f"{API}/margincalculator", body=requests.exceptions.ReadTimeout("timed out"))
+    dhan.margin_cache_s = 0
+    with pytest.raises(Unavailable):
+        await dhan.basket_margin([leg])
+
+
+async def test_the_pnl_exit_is_set_read_back_and_stopped(dhan, api):
+    api.post(f"{API}/pnlExit", json=fixture("pnl_exit_set.json"))
+    api.get(f"{API}/pnlExit", json=fixture("pnl_exit.json"))
+    api.delete(f"{API}/pnlExit", json=fixture("pnl_exit_stopped.json"))
+    state = await dhan.set_pnl_exit(loss=Decimal("27000"))
+    body = json.loads(api.calls[0].request.body)
+    assert body["lossValue"] == 27000.0 and body["enableKillSwitch"] is True and body["productType"] == ["INTRADAY"]
+    assert state.active and state.loss == Decimal("27000.00") and state.kill_switch
+    await dhan.stop_pnl_exit()
+    assert api.calls[-1].request.method == "DELETE"
+
+
+async def test_the_kill_switch_status_is_read(dhan, api):
+    api.get(f"{API}/killswitch", json=fixture("killswitch_status.json"))
+    assert await dhan.kill_switch_status() is False
+    api.replace(responses.GET, f"{API}/killswitch", json={"dhanClientId": "1000000001", "killSwitchStatus": "ACTIVATE"})
+    assert await dhan.kill_switch_status() is True

@@ -9,7 +9,7 @@ import responses
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
-from trading.brokers.tokens import TokenRefreshError, TokenStore, current_token, refresh
+from quanthub.dhan.tokens import TokenRefreshError, TokenStore, current_token, refresh
 from trading.models import Alert
 
 FIXTURES = Path(__file__).with_name("fixtures") / "dhan"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError
 
-from trading.brokers.tokens import TokenRefreshError, TokenStore, refresh_or_alert
+from quanthub.dhan.tokens import TokenRefreshError, TokenStore, refresh_or_alert
 
 
 class Command(BaseCommand):

@@ -167,6 +167,11 @@ class Command(BaseCommand):
             help="On the simulator, start the day at the open even if it ran today already.",
         )
         parser.add_argument(
+            "--force",
+            action="store_true",
+            help="With --broker dhan: start even when a pre-flight line fails (audited).",
+        )
+        parser.add_argument(
             "--no-standby",
             action="store_true",
             help="Exit with an error instead of waiting as a standby when another engine holds the account.",
@@ -207,6 +212,8 @@ class Command(BaseCommand):
                 Scenario.load(scenario)
             except ScenarioError as exc:
                 raise CommandError(str(exc)) from None
+        if broker == "dhan":
+            self._preflight(force=options["force"])
         plan = {
             "broker": broker,
             "feed": feed,
@@ -255,6 +262,28 @@ class Command(BaseCommand):
         self.stdout.write(f"Engine metrics on http://{host}:{server.server_address[1]}/metrics")
         self.stdout.flush()
         return server
+
+    def _preflight(self, *, force: bool) -> None:
+        """Live money: every pre-flight line must pass, or ``--force`` says why not (audited)."""
+        from audit.chain import append as audit_append
+        from quanthub.dhan.preflight import gather
+
+        lines = gather()
+        failed = [line for line in lines if not line.ok]
+        for line in lines:
+            self.stdout.write(f"pre-flight {'PASS' if line.ok else 'FAIL'}  {line.name}: {line.detail}")
+        if not failed:
+            return
+        summary = "; ".join(f"{line.name}: {line.detail}" for line in failed)
+        if not force:
+            raise CommandError(f"pre-flight failed ({summary}); fix it, or start with --force (audited)")
+        audit_append(
+            "engine.preflight_forced",
+            actor="operator",
+            subject=f"account:{settings.QUANTHUB_ACCOUNT}",
+            payload={"failed": [line.as_dict() for line in failed]},
+        )
+        log.warning("engine started despite a failing pre-flight (--force)", extra={"failed": summary})
 
     def _prepare(self, plan) -> None:
         """The simulator's instruments, and the engine's imports (seconds of a cold start)."""
