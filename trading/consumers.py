@@ -1,27 +1,120 @@
-"""The dashboard websocket: one per open page.
+"""The dashboard websocket: one per open page, and the web tier's panel renderer.
 
 Anonymous users and users without a role are refused in ``connect``. A
-connected page joins its account's group and gets the current panels at once;
-after that every committed change arrives as HTML that htmx's ws extension
-swaps in by element id. The consumer never writes.
+connected page joins its account's group and gets the panels it shows
+(``?panels=overview,chain-NIFTY``) at once. After that the engine and the
+services publish facts (``trading.events``); this module turns each fact into
+the panels it changes, renders each of them once per process for every page
+watching the account (``PanelCache``: keyed by account, panel and the fact's
+version), and sends a page only the panels it shows whose content changed since
+its last frame (a content hash per panel and connection). The consumer never
+writes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
+import time
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from quanthub.roles import roles_of
+from trading import dashboard
 from trading.events import group_name
 
 log = logging.getLogger(__name__)
 
-# Sent on connect: the panels a page may show (htmx ignores ids it cannot find).
+# A page that names no panels gets these (htmx ignores ids it cannot find).
 INITIAL_PANELS = ("overview", "killall", "risk", "positions", "scorecards", "alerts", "latency", "alphadecay")
 CLOSE_FORBIDDEN = 4403
+# A new page takes the latest rendering of a panel younger than this instead of
+# rendering its own (the next fact renders it again in any case).
+FRESH_S = 2.0
+
+
+def digest(html: str) -> str:
+    return hashlib.blake2b(html.encode(), digest_size=12).hexdigest()
+
+
+@dataclass
+class Rendered:
+    version: str
+    html: str = ""
+    digest: str = ""
+    at: float = 0.0
+    task: asyncio.Task | None = field(default=None, repr=False)
+
+
+class PanelCache:
+    """One rendering per (account, panel key, fact version) in this process.
+
+    The first connection to see a fact starts the rendering (on the database
+    thread); every other connection of this process watching the same account
+    awaits the same rendering. Only the latest version of each panel is kept. The
+    rendering is a task of its own, so a page that closes meanwhile cancels only
+    its own wait.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], Rendered] = {}
+        self.renders = 0
+
+    async def _render(self, entry: Rendered, account: str, key: str, data: dict | None) -> Rendered:
+        try:
+            entry.html = await database_sync_to_async(dashboard.render_key)(key, data, account=account)
+            self.renders += 1
+        except Exception:  # a broken partial loses one panel, never the socket
+            log.exception("panel render failed", extra={"panel": key})
+            entry.html = ""
+        entry.digest, entry.at = digest(entry.html), time.monotonic()
+        return entry
+
+    async def get(self, account: str, key: str, version: str, data: dict | None) -> Rendered:
+        slot = (account, key)
+        entry = self._entries.get(slot)
+        if entry is None or entry.version != version:
+            entry = Rendered(version)
+            entry.task = asyncio.ensure_future(self._render(entry, account, key, data))
+            self._entries[slot] = entry
+        return await asyncio.shield(entry.task)
+
+    def fresh(self, account: str, key: str) -> Rendered | None:
+        entry = self._entries.get((account, key))
+        if (
+            entry is not None
+            and entry.task is not None
+            and entry.task.done()
+            and time.monotonic() - entry.at <= FRESH_S
+        ):
+            return entry
+        return None
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+CACHE = PanelCache()
+
+
+def wanted_panels(query_string: bytes) -> dict[str, str | None]:
+    """Panel key → expiry filter (chains only) from ``?panels=``; unknown keys are
+    dropped. ``chain-NIFTY@2026-12-04``: that expiry's chain only."""
+    query = parse_qs(query_string.decode("ascii", "replace"))
+    names = [p for p in ",".join(query.get("panels", [])).split(",") if p]
+    if not names:
+        names = [*INITIAL_PANELS, *(f"chain-{u}" for u in dashboard.UNDERLYINGS)]
+    wanted: dict[str, str | None] = {}
+    for name in names:
+        key, _, expiry = name.partition("@")
+        if dashboard.valid_key(key):
+            wanted[key] = expiry or None
+    return wanted
 
 
 class DashboardConsumer(AsyncWebsocketConsumer):
@@ -33,27 +126,23 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             return
         self.account = settings.QUANTHUB_ACCOUNT
         self.group = group_name(self.account)
+        self.wanted = wanted_panels(self.scope.get("query_string", b""))
+        self.sent: dict[str, str] = {}  # panel key -> digest of the content last sent
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
-        await self.send(text_data=await database_sync_to_async(self._current)(self._wanted()))
+        await self.send(text_data=await self._current())
 
-    def _wanted(self) -> list[str]:
-        """The panels the page asked for (``?panels=overview,chain-NIFTY``), else all."""
-        from urllib.parse import parse_qs
-
-        query = parse_qs(self.scope.get("query_string", b"").decode("ascii", "replace"))
-        wanted = [p for p in ",".join(query.get("panels", [])).split(",") if p]
-        return wanted or [*INITIAL_PANELS, *(f"chain-{u}" for u in ("NIFTY", "BANKNIFTY"))]
-
-    def _current(self, wanted: list[str]) -> str:
-        from trading import dashboard
-
+    async def _current(self) -> str:
         parts = []
-        for name in wanted:
-            if name.startswith("chain-") and name[6:] in dashboard.UNDERLYINGS:
-                parts.append(dashboard.render_panel("chain", {"underlying": name[6:]}, account=self.account))
-            elif name in dashboard.PANELS and name != "chain":
-                parts.append(dashboard.render_panel(name, account=self.account))
+        for key, expiry in self.wanted.items():
+            entry = CACHE.fresh(self.account, key) if expiry is None else None
+            if entry is not None:
+                html = entry.html
+            else:
+                data = {"underlying": key[6:], "expiry_wanted": expiry} if key.startswith("chain-") else None
+                html = await database_sync_to_async(dashboard.render_key)(key, data, account=self.account)
+            self.sent[key] = digest(html)
+            parts.append(html)
         return "".join(parts)
 
     async def disconnect(self, code):
@@ -66,7 +155,22 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         # plain htmx POSTs for actions, so anything received here is ignored.
         return
 
-    async def dashboard_event(self, event):
-        html = event.get("html")
-        if html:
-            await self.send(text_data=html)
+    def _shows(self, key: str, data: dict) -> bool:
+        if key not in self.wanted:
+            return False
+        expiry = self.wanted[key]
+        return expiry is None or data.get("expiry") == expiry
+
+    async def dashboard_fact(self, event):
+        kind, data, version = event.get("kind"), event.get("data") or {}, event.get("v", "")
+        keys = [key for key in dashboard.panel_keys(kind, data) if self._shows(key, data)]
+        if not keys:
+            return
+        parts = []
+        for key in keys:
+            entry = await CACHE.get(self.account, key, version, data)
+            if entry.html and self.sent.get(key) != entry.digest:
+                self.sent[key] = entry.digest
+                parts.append(entry.html)
+        if parts:
+            await self.send(text_data="".join(parts))

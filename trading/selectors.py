@@ -361,36 +361,80 @@ class ChainRow:
     strike: Decimal
     ce: dict | None = None
     pe: dict | None = None
+    atm: bool = False
+
+    @property
+    def straddle(self) -> Decimal | None:
+        if self.ce is None or self.pe is None:
+            return None
+        return _mid(self.ce) + _mid(self.pe)
 
 
-def option_chain(underlying: str, account: str = "default", rows: list[dict] | None = None) -> dict:
-    """The latest stored chain of one underlying (or the rows the engine pushes),
-    CE and PE side by side, with the instruments of live signals marked."""
+def _mid(q: dict) -> Decimal:
+    bid, ask = q.get("bid") or ZERO, q.get("ask") or ZERO
+    return (bid + ask) / 2 if bid > 0 and ask > 0 else q["last"]
+
+
+def chain_expiries(underlying: str, today: dt.date) -> list[dt.date]:
+    """The option expiries of the instrument master from today on, nearest first."""
+    from marketdata.models import Instrument
+
+    return list(
+        Instrument.objects.filter(
+            underlying__symbol=underlying, kind__in=["CE", "PE"], expiry__gte=today, is_active=True
+        )
+        .values_list("expiry", flat=True)
+        .distinct()
+        .order_by("expiry")
+    )
+
+
+def _stored_chain(underlying: str, expiry: dt.date | None) -> list[dict]:
     from marketdata.models import ChainQuote
 
+    quotes = ChainQuote.objects.filter(underlying=underlying)
+    if expiry is not None:
+        quotes = quotes.filter(expiry=expiry)
+    latest = quotes.aggregate(t=Max("received_at"))["t"]
+    if latest is None:
+        return []
+    return [
+        {
+            "security_id": q["security_id"],
+            "strike": Decimal(q["strike_paise"]) / 100,
+            "option_type": q["option_type"],
+            "oi": q["oi"],
+            "oi_change": q["oi"] - q["prev_oi"],
+            "volume": q["volume"],
+            "bid": Decimal(q["bid_paise"]) / 100,
+            "ask": Decimal(q["ask_paise"]) / 100,
+            "iv": q["iv"],
+            "delta": q["delta"],
+            "gamma": q["gamma"],
+            "theta": q["theta"],
+            "vega": q["vega"],
+            "last": Decimal(q["last_paise"]) / 100,
+            "underlying": Decimal(q["underlying_paise"]) / 100,
+            "at": q["received_at"],
+            "expiry": q["expiry"],
+        }
+        for q in quotes.filter(received_at=latest).values()
+    ]
+
+
+def option_chain(
+    underlying: str, account: str = "default", rows: list[dict] | None = None, expiry: str | dt.date | None = None
+) -> dict:
+    """The latest chain of one underlying (stored, or the rows the engine pushes), CE
+    and PE side by side around the money: the at-the-money strike marked, in-the-money
+    sides flagged, the put-call ratio of open interest and the ATM straddle (CE + PE
+    mid) in the header, the instruments of live signals marked. ``expiry``: the one
+    the page asked for (a pushed chain of another expiry is not shown)."""
+    wanted = dt.date.fromisoformat(expiry) if isinstance(expiry, str) and expiry else expiry or None
+    if rows is not None and wanted is not None and rows and rows[0].get("expiry") != wanted:
+        rows = None
     if rows is None:
-        latest = ChainQuote.objects.filter(underlying=underlying).aggregate(t=Max("received_at"))["t"]
-        rows = []
-        if latest is not None:
-            rows = [
-                {
-                    "security_id": q["security_id"],
-                    "strike": Decimal(q["strike_paise"]) / 100,
-                    "option_type": q["option_type"],
-                    "oi": q["oi"],
-                    "oi_change": q["oi"] - q["prev_oi"],
-                    "volume": q["volume"],
-                    "iv": q["iv"],
-                    "delta": q["delta"],
-                    "gamma": q["gamma"],
-                    "theta": q["theta"],
-                    "vega": q["vega"],
-                    "last": Decimal(q["last_paise"]) / 100,
-                    "underlying": Decimal(q["underlying_paise"]) / 100,
-                    "at": q["received_at"],
-                }
-                for q in ChainQuote.objects.filter(underlying=underlying, received_at=latest).values()
-            ]
+        rows = _stored_chain(underlying, wanted)
     live = set(
         Signal.objects.filter(strategy__positions__account=account)
         .filter(~Q(phase__in=["CLOSED", "REFUSED"]))
@@ -400,22 +444,43 @@ def option_chain(underlying: str, account: str = "default", rows: list[dict] | N
         .order_by("-detected_at")
         .values_list("instrument__security_id", flat=True)[:20]
     )
+    spot = rows[0]["underlying"] if rows else None
     by_strike: dict[Decimal, ChainRow] = {}
+    ce_oi = pe_oi = 0
     for r in rows:
         row = by_strike.setdefault(r["strike"], ChainRow(r["strike"]))
-        r = {**r, "signal": r["security_id"] in live}
-        if r["option_type"] == 0:
+        call = r["option_type"] == 0
+        itm = spot is not None and (r["strike"] < spot if call else r["strike"] > spot)
+        r = {**r, "signal": r["security_id"] in live, "itm": itm}
+        if call:
             row.ce = r
+            ce_oi += r["oi"]
         else:
             row.pe = r
-    spot = rows[0]["underlying"] if rows else None
+            pe_oi += r["oi"]
     strikes = sorted(by_strike)
-    if spot is not None and len(strikes) > 21:
+    atm_row = None
+    if spot is not None and strikes:
         atm = min(range(len(strikes)), key=lambda i: abs(strikes[i] - spot))
-        strikes = strikes[max(atm - 10, 0) : atm + 11]
+        atm_row = by_strike[strikes[atm]]
+        atm_row.atm = True
+        if len(strikes) > 21:
+            strikes = strikes[max(atm - 10, 0) : atm + 11]
+    at = rows[0]["at"] if rows else None
+    if isinstance(at, str):
+        at = dt.datetime.fromisoformat(at)
+    shown_expiry = rows[0].get("expiry") if rows else wanted
+    today = (at or market_now(account)).astimezone(IST).date()
     return {
         "underlying": underlying,
         "spot": spot,
-        "at": rows[0]["at"] if rows else None,
+        "at": at,
+        "expiry": shown_expiry,
+        "wanted_expiry": wanted,
+        "days_to_expiry": (shown_expiry - today).days if shown_expiry else None,
+        "expiries": chain_expiries(underlying, today),
+        "pcr": round(pe_oi / ce_oi, 2) if ce_oi else None,
+        "atm_strike": atm_row.strike if atm_row else None,
+        "straddle": atm_row.straddle if atm_row else None,
         "rows": [by_strike[s] for s in strikes],
     }

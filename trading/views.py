@@ -8,6 +8,7 @@ that follows the commit brings every other open page up to date.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
 import threading
@@ -59,7 +60,11 @@ def _page(request, template: str, panels: tuple[str, ...], extra: dict | None = 
     for name in panels:
         context.update(dashboard.panel_context(name, extra, account=_account()))
     context.update(extra or {})
-    live = [f"chain-{context['chain']['underlying']}" if name == "chain" else name for name in panels]
+    live = [name for name in panels if name != "chain"]
+    if "chain" in panels:
+        chain = context["chain"]
+        wanted = chain["wanted_expiry"]
+        live.append(f"chain-{chain['underlying']}" + (f"@{wanted.isoformat()}" if wanted else ""))
     context["live_panels"] = ",".join(live)
     return render(request, template, context)
 
@@ -93,12 +98,18 @@ def analytics(request):
 def chain(request):
     underlying = request.GET.get("underlying", dashboard.UNDERLYINGS[0])
     if underlying not in dashboard.UNDERLYINGS:
-        return HttpResponse(f"Unknown underlying {underlying!r}.", status=400)
+        return HttpResponse(f"Unknown underlying {underlying!r}.", status=400, content_type="text/plain")
+    expiry = request.GET.get("expiry") or None
+    if expiry is not None:
+        try:
+            dt.date.fromisoformat(expiry)
+        except ValueError:
+            return HttpResponse("expiry must be a date (YYYY-MM-DD).", status=400, content_type="text/plain")
     return _page(
         request,
         "trading/chain.html",
         ("chain",),
-        {"underlying": underlying, "underlyings": dashboard.UNDERLYINGS},
+        {"underlying": underlying, "underlyings": dashboard.UNDERLYINGS, "expiry_wanted": expiry},
     )
 
 
@@ -118,8 +129,9 @@ def panel(request, name: str):
     if name == "chain":
         underlying = request.GET.get("underlying", dashboard.UNDERLYINGS[0])
         if underlying not in dashboard.UNDERLYINGS:
-            return HttpResponse(f"Unknown underlying {underlying!r}.", status=400)
+            return HttpResponse(f"Unknown underlying {underlying!r}.", status=400, content_type="text/plain")
         data["underlying"] = underlying
+        data["expiry_wanted"] = request.GET.get("expiry") or None
     return HttpResponse(dashboard.render_panel(name, data, request=request, account=_account()))
 
 

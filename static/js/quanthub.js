@@ -66,6 +66,10 @@
     armAll(document);
     setInterval(tick, 1000);
   });
+  // An expiry picker (or any select marked data-autosubmit) submits its form on change.
+  document.addEventListener("change", function (e) {
+    if (e.target.matches && e.target.matches("select[data-autosubmit]") && e.target.form) e.target.form.submit();
+  });
   document.addEventListener("htmx:load", function (e) { armAll(e.target); });
   document.addEventListener("htmx:oobAfterSwap", function (e) { armAll(e.target); });
   document.addEventListener("htmx:afterSwap", function (e) { armAll(e.target); });
