@@ -45,55 +45,73 @@ def digest(html: str) -> str:
 @dataclass
 class Rendered:
     version: str
+    key: str
     html: str = ""
     digest: str = ""
     at: float = 0.0
-    task: asyncio.Task | None = field(default=None, repr=False)
+    task: asyncio.Future | None = field(default=None, repr=False)
 
 
 class PanelCache:
     """One rendering per (account, panel key, fact version) in this process.
 
-    The first connection to see a fact starts the rendering (on the database
-    thread); every other connection of this process watching the same account
-    awaits the same rendering. Only the latest version of each panel is kept. The
-    rendering is a task of its own, so a page that closes meanwhile cancels only
-    its own wait.
+    The first connection to see a fact starts the rendering of the panels it shows
+    (in one trip to the database thread); every other connection of this process
+    watching the same account awaits the same rendering. Only the latest version of
+    each panel is kept. The rendering is a task of its own, so a page that closes
+    meanwhile cancels only its own wait.
     """
 
     def __init__(self) -> None:
         self._entries: dict[tuple[str, str], Rendered] = {}
         self.renders = 0
 
-    async def _render(self, entry: Rendered, account: str, key: str, data: dict | None) -> Rendered:
+    async def _render(self, entries: list[Rendered], account: str, data: dict | None) -> None:
         try:
-            entry.html = await database_sync_to_async(dashboard.render_key)(key, data, account=account)
-            self.renders += 1
-        except Exception:  # a broken partial loses one panel, never the socket
-            log.exception("panel render failed", extra={"panel": key})
-            entry.html = ""
-        entry.digest, entry.at = digest(entry.html), time.monotonic()
-        return entry
+            html = await database_sync_to_async(dashboard.render_keys)([e.key for e in entries], data, account=account)
+        except Exception:  # a broken partial loses one push, never the socket
+            log.exception("panel render failed", extra={"panels": [e.key for e in entries]})
+            html = {}
+        now = time.monotonic()
+        for entry in entries:
+            entry.html = html.get(entry.key, "")
+            entry.digest, entry.at = digest(entry.html), now
+        self.renders += len(entries)
+
+    async def get_many(self, account: str, keys: list[str], version: str, data: dict | None) -> list[Rendered]:
+        found = [self._entries.get((account, key)) for key in keys]
+        missing = [
+            Rendered(version, key)
+            for key, entry in zip(keys, found, strict=True)
+            if entry is None or entry.version != version
+        ]
+        if missing:
+            task = asyncio.ensure_future(self._render(missing, account, data))
+            for entry in missing:
+                entry.task = task
+                self._entries[(account, entry.key)] = entry
+        entries = [self._entries[(account, key)] for key in keys]
+        for task in {id(e.task): e.task for e in entries}.values():
+            await asyncio.shield(task)
+        return entries
 
     async def get(self, account: str, key: str, version: str, data: dict | None) -> Rendered:
-        slot = (account, key)
-        entry = self._entries.get(slot)
-        if entry is None or entry.version != version:
-            entry = Rendered(version)
-            entry.task = asyncio.ensure_future(self._render(entry, account, key, data))
-            self._entries[slot] = entry
-        return await asyncio.shield(entry.task)
+        return (await self.get_many(account, [key], version, data))[0]
 
-    def fresh(self, account: str, key: str) -> Rendered | None:
+    async def current(self, account: str, key: str, data: dict | None = None) -> Rendered:
+        """For a page that just connected: the latest rendering of the panel if it is
+        still rendering or younger than ``FRESH_S``, else a new one that the pages
+        connecting after it share. A burst of page loads renders each panel once,
+        and any change after the rendering arrives as a fact of its own."""
         entry = self._entries.get((account, key))
         if (
             entry is not None
             and entry.task is not None
-            and entry.task.done()
-            and time.monotonic() - entry.at <= FRESH_S
+            and (not entry.task.done() or time.monotonic() - entry.at <= FRESH_S)
         ):
+            await asyncio.shield(entry.task)
             return entry
-        return None
+        return await self.get(account, key, f"connect-{time.monotonic_ns()}", data)
 
     def clear(self) -> None:
         self._entries.clear()
@@ -135,11 +153,10 @@ class DashboardConsumer(AsyncWebsocketConsumer):
     async def _current(self) -> str:
         parts = []
         for key, expiry in self.wanted.items():
-            entry = CACHE.fresh(self.account, key) if expiry is None else None
-            if entry is not None:
-                html = entry.html
-            else:
-                data = {"underlying": key[6:], "expiry_wanted": expiry} if key.startswith("chain-") else None
+            if expiry is None:
+                html = (await CACHE.current(self.account, key)).html
+            else:  # one expiry's chain, as the page asked for it
+                data = {"underlying": key[6:], "expiry_wanted": expiry}
                 html = await database_sync_to_async(dashboard.render_key)(key, data, account=self.account)
             self.sent[key] = digest(html)
             parts.append(html)
@@ -167,8 +184,8 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         if not keys:
             return
         parts = []
-        for key in keys:
-            entry = await CACHE.get(self.account, key, version, data)
+        for entry in await CACHE.get_many(self.account, keys, version, data):
+            key = entry.key
             if entry.html and self.sent.get(key) != entry.digest:
                 self.sent[key] = entry.digest
                 parts.append(entry.html)

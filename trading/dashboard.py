@@ -194,6 +194,13 @@ def render_key(key: str, data: dict[str, Any] | None = None, *, account: str | N
     return render_panel(key, data if key in FACT_PANELS else {}, account=account)
 
 
+def render_keys(keys: list[str], data: dict[str, Any] | None = None, *, account: str | None = None) -> dict[str, str]:
+    """Several panels of one fact in one pass: the engine's latest heartbeat (which
+    most panels read) is read once for all of them."""
+    with selectors.one_read_of_the_heartbeat():
+        return {key: render_key(key, data, account=account) for key in keys}
+
+
 def valid_key(key: str) -> bool:
     if key.startswith("chain-"):
         return key[6:] in UNDERLYINGS

@@ -6,6 +6,8 @@ same numbers reach an htmx request, a websocket push and the REST API.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as dt
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -27,8 +29,28 @@ def _today_start(now: dt.datetime) -> dt.datetime:
     return dt.datetime.combine(now.astimezone(IST).date(), dt.time(0), tzinfo=IST)
 
 
+_beats: contextvars.ContextVar[dict | None] = contextvars.ContextVar("qh_heartbeats", default=None)
+
+
+@contextlib.contextmanager
+def one_read_of_the_heartbeat():
+    """Within the block, ``latest_heartbeat`` reads each account's row once: the panels
+    of one push then agree on the engine's clock, at a fraction of the queries."""
+    token = _beats.set({})
+    try:
+        yield
+    finally:
+        _beats.reset(token)
+
+
 def latest_heartbeat(account: str) -> EngineHeartbeat | None:
-    return EngineHeartbeat.objects.filter(account=account).order_by("-beat_at").first()
+    memo = _beats.get()
+    if memo is not None and account in memo:
+        return memo[account]
+    beat = EngineHeartbeat.objects.filter(account=account).order_by("-beat_at").first()
+    if memo is not None:
+        memo[account] = beat
+    return beat
 
 
 def market_now(account: str) -> dt.datetime:
