@@ -20,8 +20,8 @@ TIMED = ("positions", "chain-")
 _render_key = dashboard.render_key
 
 
-def render_key(key: str, data: dict | None = None, *, account: str | None = None) -> str:
-    html = _render_key(key, data, account=account)
+def render_key(key: str, data: dict | None = None, *, account: str | None = None, can: dict | None = None) -> str:
+    html = _render_key(key, data, account=account, can=can)
     if data and "bench_seq" in data and key.startswith(TIMED):
         from fanout import marker_html
 

@@ -24,6 +24,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
+from quanthub.context_processors import ui_can, ui_variant
 from quanthub.roles import roles_of
 from trading import dashboard
 from trading.events import group_name
@@ -53,7 +54,8 @@ class Rendered:
 
 
 class PanelCache:
-    """One rendering per (account, panel key, fact version) in this process.
+    """One rendering per (account, permission set, panel key, fact version) in this
+    process: pages of users who may use the same controls share it.
 
     The first connection to see a fact starts the rendering of the panels it shows
     (in one trip to the database thread); every other connection of this process
@@ -66,9 +68,11 @@ class PanelCache:
         self._entries: dict[tuple[str, str], Rendered] = {}
         self.renders = 0
 
-    async def _render(self, entries: list[Rendered], account: str, data: dict | None) -> None:
+    async def _render(self, entries: list[Rendered], account: str, data: dict | None, can: dict) -> None:
         try:
-            html = await database_sync_to_async(dashboard.render_keys)([e.key for e in entries], data, account=account)
+            html = await database_sync_to_async(dashboard.render_keys)(
+                [e.key for e in entries], data, account=account, can=can
+            )
         except Exception:  # a broken partial loses one push, never the socket
             log.exception("panel render failed", extra={"panels": [e.key for e in entries]})
             html = {}
@@ -78,32 +82,36 @@ class PanelCache:
             entry.digest, entry.at = digest(entry.html), now
         self.renders += len(entries)
 
-    async def get_many(self, account: str, keys: list[str], version: str, data: dict | None) -> list[Rendered]:
-        found = [self._entries.get((account, key)) for key in keys]
+    async def get_many(
+        self, account: str, keys: list[str], version: str, data: dict | None, can: dict | None = None
+    ) -> list[Rendered]:
+        can = can or {}
+        variant = ui_variant(can)
+        found = [self._entries.get((account, variant, key)) for key in keys]
         missing = [
             Rendered(version, key)
             for key, entry in zip(keys, found, strict=True)
             if entry is None or entry.version != version
         ]
         if missing:
-            task = asyncio.ensure_future(self._render(missing, account, data))
+            task = asyncio.ensure_future(self._render(missing, account, data, can))
             for entry in missing:
                 entry.task = task
-                self._entries[(account, entry.key)] = entry
-        entries = [self._entries[(account, key)] for key in keys]
+                self._entries[(account, variant, entry.key)] = entry
+        entries = [self._entries[(account, variant, key)] for key in keys]
         for task in {id(e.task): e.task for e in entries}.values():
             await asyncio.shield(task)
         return entries
 
-    async def get(self, account: str, key: str, version: str, data: dict | None) -> Rendered:
-        return (await self.get_many(account, [key], version, data))[0]
+    async def get(self, account: str, key: str, version: str, data: dict | None, can: dict | None = None) -> Rendered:
+        return (await self.get_many(account, [key], version, data, can))[0]
 
-    async def current(self, account: str, key: str, data: dict | None = None) -> Rendered:
+    async def current(self, account: str, key: str, can: dict | None = None) -> Rendered:
         """For a page that just connected: the latest rendering of the panel if it is
         still rendering or younger than ``FRESH_S``, else a new one that the pages
         connecting after it share. A burst of page loads renders each panel once,
         and any change after the rendering arrives as a fact of its own."""
-        entry = self._entries.get((account, key))
+        entry = self._entries.get((account, ui_variant(can or {}), key))
         if (
             entry is not None
             and entry.task is not None
@@ -111,7 +119,7 @@ class PanelCache:
         ):
             await asyncio.shield(entry.task)
             return entry
-        return await self.get(account, key, f"connect-{time.monotonic_ns()}", data)
+        return await self.get(account, key, f"connect-{time.monotonic_ns()}", None, can)
 
     def clear(self) -> None:
         self._entries.clear()
@@ -145,6 +153,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self.account = settings.QUANTHUB_ACCOUNT
         self.group = group_name(self.account)
         self.wanted = wanted_panels(self.scope.get("query_string", b""))
+        self.can = await database_sync_to_async(ui_can)(user)
         self.sent: dict[str, str] = {}  # panel key -> digest of the content last sent
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
@@ -154,10 +163,10 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         parts = []
         for key, expiry in self.wanted.items():
             if expiry is None:
-                html = (await CACHE.current(self.account, key)).html
+                html = (await CACHE.current(self.account, key, self.can)).html
             else:  # one expiry's chain, as the page asked for it
                 data = {"underlying": key[6:], "expiry_wanted": expiry}
-                html = await database_sync_to_async(dashboard.render_key)(key, data, account=self.account)
+                html = await database_sync_to_async(dashboard.render_key)(key, data, account=self.account, can=self.can)
             self.sent[key] = digest(html)
             parts.append(html)
         return "".join(parts)
@@ -184,7 +193,7 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         if not keys:
             return
         parts = []
-        for entry in await CACHE.get_many(self.account, keys, version, data):
+        for entry in await CACHE.get_many(self.account, keys, version, data, self.can):
             key = entry.key
             if entry.html and self.sent.get(key) != entry.digest:
                 self.sent[key] = entry.digest

@@ -41,7 +41,13 @@ def _ctx_overview(account: str, data: dict) -> dict:
 
 
 def _ctx_positions(account: str, data: dict) -> dict:
-    return {"positions": selectors.open_positions(account)}
+    rows = selectors.open_positions(account)
+    beat = selectors.latest_heartbeat(account)
+    return {
+        "positions": rows,
+        "net_greeks": selectors.net_greeks(rows),
+        "positions_at": beat.market_time if beat is not None else None,
+    }
 
 
 def _ctx_risk(account: str, data: dict) -> dict:
@@ -146,8 +152,16 @@ def panel_context(name: str, data: dict | None = None, *, account: str | None = 
     return PANELS[name](account or _account(data), data)
 
 
-def render_panel(name: str, data: dict | None = None, *, request=None, account: str | None = None) -> str:
+def render_panel(
+    name: str, data: dict | None = None, *, request=None, account: str | None = None, can: dict | None = None
+) -> str:
+    """One panel. ``can``: the controls the viewer may use (``ui_can``); from the
+    request's user when there is a request, none otherwise."""
     context = panel_context(name, data, account=account)
+    if request is None:
+        context["can"] = can or {}
+    elif can is not None:
+        context["can"] = can
     return render_to_string(f"{TEMPLATE}#{name}", context, request=request)
 
 
@@ -181,7 +195,9 @@ def panel_keys(kind: str, data: dict[str, Any]) -> list[str]:
     ]
 
 
-def render_key(key: str, data: dict[str, Any] | None = None, *, account: str | None = None) -> str:
+def render_key(
+    key: str, data: dict[str, Any] | None = None, *, account: str | None = None, can: dict | None = None
+) -> str:
     """Render one panel key (``overview``, ``chain-NIFTY``) from a fact's data, or from
     the database when the fact carries no content for it (``data`` None)."""
     data = dict(data or {})
@@ -190,15 +206,17 @@ def render_key(key: str, data: dict[str, Any] | None = None, *, account: str | N
         if data.get("underlying") != underlying:
             data = {}
         data["underlying"] = underlying
-        return render_panel("chain", data, account=account)
-    return render_panel(key, data if key in FACT_PANELS else {}, account=account)
+        return render_panel("chain", data, account=account, can=can)
+    return render_panel(key, data if key in FACT_PANELS else {}, account=account, can=can)
 
 
-def render_keys(keys: list[str], data: dict[str, Any] | None = None, *, account: str | None = None) -> dict[str, str]:
+def render_keys(
+    keys: list[str], data: dict[str, Any] | None = None, *, account: str | None = None, can: dict | None = None
+) -> dict[str, str]:
     """Several panels of one fact in one pass: the engine's latest heartbeat (which
     most panels read) is read once for all of them."""
     with selectors.one_read_of_the_heartbeat():
-        return {key: render_key(key, data, account=account) for key in keys}
+        return {key: render_key(key, data, account=account, can=can) for key in keys}
 
 
 def valid_key(key: str) -> bool:

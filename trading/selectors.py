@@ -136,14 +136,8 @@ def overview(account: str = "default") -> Overview:
     closed_charges = sum((t[2] for t in trades), ZERO)
     gross = closed_gross + open_realised + open_unrealised
     charges = closed_charges + open_charges
-    session_open = dt.datetime.combine(now.astimezone(IST).date(), SESSION_OPEN, tzinfo=IST)
-    equity: list[tuple[dt.datetime, Decimal]] = [(session_open, ZERO)] if trades or agg["n"] else []
-    running = ZERO
-    for closed_at, _, _, net in trades:
-        running += net
-        equity.append((closed_at, running))
-    if agg["n"]:
-        equity.append((now, running + open_realised + open_unrealised - open_charges))
+    net_now = gross - charges
+    equity = equity_curve(account, now, net_now) if trades or agg["n"] else []
     max_dd, _ = drawdown([v for _, v in equity])
     beat = latest_heartbeat(account)
     age = (timezone.now() - beat.beat_at).total_seconds() if beat else None
@@ -172,14 +166,76 @@ def overview(account: str = "default") -> Overview:
     )
 
 
+_equity_memo: dict[str, tuple[tuple, list]] = {}
+
+
+def equity_curve(account: str, now: dt.datetime, net_now: Decimal) -> list[tuple[dt.datetime, Decimal]]:
+    """Today's net equity marked every minute: the day's fills replayed minute by
+    minute (cash out and in, charges, inventory), each open unit marked at its
+    instrument's minute-bar close (the last fill price until a bar exists), ending
+    at ``net_now``, the book's own figure for now. Between trades the curve moves
+    with the marks, as the book did."""
+    from marketdata.models import MinuteBar
+    from trading.models import Fill
+
+    start = dt.datetime.combine(now.astimezone(IST).date(), SESSION_OPEN, tzinfo=IST)
+    fills = list(
+        Fill.objects.filter(order__account=account, filled_at__gte=_today_start(now), filled_at__lte=now)
+        .order_by("filled_at", "id")
+        .values_list("filled_at", "order__instrument__security_id", "order__side", "quantity", "price", "charges")
+    )
+    current = now.replace(second=0, microsecond=0)
+    memo_key = (start, current, len(fills), fills[-1][0] if fills else None)
+    cached = _equity_memo.get(account)
+    if cached is not None and cached[0] == memo_key:
+        return [*cached[1], (now, net_now)]
+    sids = {f[1] for f in fills}
+    closes: dict[dt.datetime, dict[str, Decimal]] = {}
+    for minute, sid, close in (
+        MinuteBar.objects.filter(security_id__in=sids, minute__gte=start, minute__lte=now)
+        .order_by("minute")
+        .values_list("minute", "security_id", "close_paise")
+    ):
+        closes.setdefault(minute, {})[sid] = Decimal(close) / 100
+    cash, held, marks = ZERO, {}, {}
+    curve: list[tuple[dt.datetime, Decimal]] = [(start, ZERO)]
+    minute, k = start + dt.timedelta(minutes=1), 0
+    while minute < now:
+        while k < len(fills) and fills[k][0] < minute:
+            _, sid, side, qty, price, fee = fills[k]
+            signed = qty if side == Order.Side.BUY else -qty
+            cash += -signed * price - fee
+            held[sid] = held.get(sid, 0) + signed
+            marks[sid] = price
+            k += 1
+        # A bar is stamped with its minute's start: its close is the mark at the minute's end.
+        marks.update(closes.get(minute - dt.timedelta(minutes=1), {}))
+        value = cash + sum((q * marks[sid] for sid, q in held.items() if q), ZERO)
+        curve.append((minute, value.quantize(Decimal("0.01"))))
+        minute += dt.timedelta(minutes=1)
+    # The whole minutes do not change until the next minute or fill: pushed every
+    # second, the curve is recomputed about once a minute.
+    _equity_memo[account] = (memo_key, curve)
+    return [*curve, (now, net_now)]
+
+
 @dataclass
 class PositionRow:
     position: Position
     lots: int
     net_pnl: Decimal
     ttl_left_s: int | None
+    exit_state: dict | None = None  # the latest exit or Kill All order on the row, as its order row says
+    hedge: bool = False  # a futures hedge, shown under its option leg
+
+    @property
+    def is_future(self) -> bool:
+        return self.position.instrument.kind == "FUT"
 
     def _total(self, greek: str) -> float | None:
+        # A future has Δ = 1 per unit and no Γ, Θ or vega: shown as Δ only.
+        if self.is_future and greek != "delta":
+            return None
         value = getattr(self.position, greek)
         return None if value is None else value * self.position.net_quantity
 
@@ -201,19 +257,162 @@ class PositionRow:
         return self._total("vega")
 
 
+@dataclass
+class NetGreeks:
+    """One underlying's open book: Δ in units, lots and ₹ (Δ × spot), Γ per point in
+    units and lots, Θ in ₹ a day, vega in ₹ a vol point, P&L."""
+
+    underlying: str
+    lot_size: int
+    spot: Decimal | None
+    delta: float = 0.0
+    gamma: float = 0.0
+    theta: float = 0.0
+    vega: float = 0.0
+    net_pnl: Decimal = ZERO
+    positions: int = 0
+
+    @property
+    def delta_lots(self) -> float:
+        return self.delta / self.lot_size if self.lot_size else 0.0
+
+    @property
+    def gamma_lots(self) -> float:
+        return self.gamma / self.lot_size if self.lot_size else 0.0
+
+    @property
+    def delta_rupees(self) -> Decimal | None:
+        return None if self.spot is None else (Decimal(str(self.delta)) * self.spot).quantize(Decimal("0.01"))
+
+
+EXIT_PURPOSES = (Order.Purpose.EXIT, Order.Purpose.KILL)
+WORKING = (Order.State.NEW, Order.State.SUBMITTING, Order.State.OPEN, Order.State.PARTIAL)
+
+
+def exit_state(order: Order | None) -> dict | None:
+    """What a position's latest exit order is doing, read from its row: working,
+    re-priced (working after a modification or re-quote), rejected with its reason,
+    done, or cancelled/unknown with the reason."""
+    if order is None:
+        return None
+    if order.state in WORKING:
+        moved = order.modification_count or order.requote_count
+        label = "re-priced" if moved else "working"
+        detail = f"{order.filled_quantity}/{order.quantity} filled"
+        if moved:
+            detail += f", re-priced {moved}×"
+        return {"state": label, "detail": detail, "css": "warn", "order": order.client_order_id}
+    if order.state == Order.State.FILLED:
+        return {
+            "state": "done",
+            "detail": f"filled at {order.average_price}",
+            "css": "up",
+            "order": order.client_order_id,
+        }
+    if order.state == Order.State.REJECTED:
+        return {
+            "state": "rejected",
+            "detail": order.reason or order.reject_code,
+            "css": "down",
+            "order": order.client_order_id,
+        }
+    return {
+        "state": order.get_state_display().lower(),
+        "detail": order.reason,
+        "css": "muted",
+        "order": order.client_order_id,
+    }
+
+
+def _latest_exits(account: str, positions: list[Position]) -> dict[int, Order]:
+    """The latest exit or Kill All order of each position since it opened."""
+    if not positions:
+        return {}
+    earliest = min((p.opened_at for p in positions if p.opened_at), default=None)
+    orders = Order.objects.filter(
+        account=account, purpose__in=EXIT_PURPOSES, instrument_id__in={p.instrument_id for p in positions}
+    )
+    if earliest is not None:
+        orders = orders.filter(created_at__gte=earliest)
+    latest: dict[tuple, Order] = {}
+    for o in orders.order_by("id"):
+        latest[(o.instrument_id, o.strategy_id)] = o
+    out = {}
+    for p in positions:
+        o = latest.get((p.instrument_id, p.strategy_id))
+        if o is not None and (p.opened_at is None or o.created_at >= p.opened_at):
+            out[p.pk] = o
+    return out
+
+
+def _ordered(rows: list[PositionRow]) -> list[PositionRow]:
+    """Options first by underlying and signal; each futures hedge right under the
+    option leg of its signal (or at the end of its underlying when it has none)."""
+    options = [r for r in rows if not r.is_future]
+    futures = [r for r in rows if r.is_future]
+    out: list[PositionRow] = []
+    placed: set[int] = set()
+    key = lambda r: (r.position.instrument.underlying.symbol, r.position.signal_id or 0, r.position.pk)  # noqa: E731
+    for row in sorted(options, key=key):
+        out.append(row)
+        for hedge in futures:
+            if hedge.position.pk in placed or not row.position.signal_id:
+                continue
+            if hedge.position.signal_id == row.position.signal_id:
+                hedge.hedge = True
+                placed.add(hedge.position.pk)
+                out.append(hedge)
+    for hedge in sorted(futures, key=key):
+        if hedge.position.pk not in placed:
+            hedge.hedge = any(
+                o.position.instrument.underlying_id == hedge.position.instrument.underlying_id for o in options
+            )
+            out.append(hedge)
+    return out
+
+
 def open_positions(account: str = "default") -> list[PositionRow]:
     now = market_now(account)
-    rows = []
-    for p in (
+    positions = list(
         Position.objects.filter(account=account)
         .exclude(net_quantity=0)
         .select_related("instrument", "instrument__underlying", "strategy", "signal")
-    ):
+    )
+    exits = _latest_exits(account, positions)
+    rows = []
+    for p in positions:
         ttl = None
         if p.ttl_seconds and p.opened_at:
             ttl = max(int(p.ttl_seconds - (now - p.opened_at).total_seconds()), 0)
-        rows.append(PositionRow(p, abs(p.net_quantity) // max(p.instrument.lot_size, 1), p.net_pnl, ttl))
-    return rows
+        lots = abs(p.net_quantity) // max(p.instrument.lot_size, 1)
+        rows.append(PositionRow(p, lots, p.net_pnl, ttl, exit_state(exits.get(p.pk))))
+    return _ordered(rows)
+
+
+def net_greeks(rows: list[PositionRow]) -> list[NetGreeks]:
+    """The book's net Greeks per underlying (spot from its latest stored chain)."""
+    from marketdata.models import ChainQuote
+
+    nets: dict[str, NetGreeks] = {}
+    for row in rows:
+        inst = row.position.instrument
+        symbol = inst.underlying.symbol
+        net = nets.get(symbol)
+        if net is None:
+            spot = (
+                ChainQuote.objects.filter(underlying=symbol)
+                .order_by("-received_at")
+                .values_list("underlying_paise", flat=True)
+                .first()
+            )
+            net = nets[symbol] = NetGreeks(symbol, inst.lot_size, Decimal(spot) / 100 if spot else None)
+        for greek in ("delta", "gamma", "theta", "vega"):
+            value = getattr(row, greek)
+            if value is not None:
+                setattr(net, greek, getattr(net, greek) + value)
+        net.net_pnl += row.net_pnl
+        net.positions += 1
+    return list(nets.values())
 
 
 @dataclass
@@ -227,6 +426,7 @@ class Scorecard:
     net_pnl: Decimal
     max_drawdown: Decimal
     open_lots: int
+    open_pnl: Decimal = ZERO
 
 
 def scorecards(account: str = "default") -> list[Scorecard]:
@@ -253,13 +453,12 @@ def scorecards(account: str = "default") -> list[Scorecard]:
             running += r[0]
             curve.append(running)
         max_dd, _ = drawdown(curve)
-        lots = sum(
-            abs(p.net_quantity) // max(p.instrument.lot_size, 1)
-            for p in Position.objects.filter(account=account, strategy=strategy)
+        held = list(
+            Position.objects.filter(account=account, strategy=strategy)
             .exclude(net_quantity=0)
-            .exclude(instrument__kind="FUT")
             .select_related("instrument")
         )
+        lots = sum(abs(p.net_quantity) // max(p.instrument.lot_size, 1) for p in held if p.instrument.kind != "FUT")
         cards.append(
             Scorecard(
                 strategy=strategy,
@@ -271,6 +470,7 @@ def scorecards(account: str = "default") -> list[Scorecard]:
                 net_pnl=running,
                 max_drawdown=max_dd,
                 open_lots=lots,
+                open_pnl=sum((p.net_pnl for p in held), ZERO),
             )
         )
     return cards
@@ -289,6 +489,9 @@ class RiskPanel:
     breakers: list[BreakerTrip]
     event_day: EventDay | None
     trading_state: object
+    funds_as_of: dt.datetime | None = None  # the engine's clock when it read the broker's funds
+    funds_age_s: float | None = None
+    now: dt.datetime | None = None
 
 
 def risk_panel(account: str = "default") -> RiskPanel:
@@ -299,6 +502,7 @@ def risk_panel(account: str = "default") -> RiskPanel:
     beat = latest_heartbeat(account)
     funds = (beat.stats or {}).get("funds") if beat else None
     capital = Decimal(funds["total"]) if funds else None
+    funds_as_of = dt.datetime.fromisoformat(funds["as_of"]) if funds and funds.get("as_of") else None
     margin = Decimal(funds["utilised"]) if funds else None
     cap_pct = Decimal(limits.margin_utilisation_cap_pct)
     daily = daily_net_pnl(account, now)
@@ -331,6 +535,9 @@ def risk_panel(account: str = "default") -> RiskPanel:
         ),
         event_day=EventDay.objects.filter(date=today).first(),
         trading_state=get_trading_state(account),
+        funds_as_of=funds_as_of,
+        funds_age_s=(now - funds_as_of).total_seconds() if funds_as_of else None,
+        now=now,
     )
 
 

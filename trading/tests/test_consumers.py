@@ -194,3 +194,20 @@ async def test_a_published_fact_is_small_and_costs_the_publisher_no_query(trader
     # A kind no page shows is not sent at all.
     assert not await asend_now("fill", {"id": 1})
     await layer.group_discard(group_name(), channel)
+
+
+async def test_pushed_panels_carry_only_the_controls_the_viewer_may_use(trader, compliance_user, demo_market):
+    from trading.alerts import raise_alert
+
+    desk = _communicator(trader, path="/ws/dashboard/?panels=killall,alerts")
+    audit = _communicator(compliance_user, path="/ws/dashboard/?panels=killall,alerts")
+    for page in (desk, audit):
+        await page.connect()
+    assert 'id="kill-all-button"' in await desk.receive_from(timeout=10)
+    assert 'id="kill-all-button"' not in await audit.receive_from(timeout=10)
+    await database_sync_to_async(raise_alert)("CRITICAL", "oms", "Order rejected: margin")
+    assert "Acknowledge</button>" in await desk.receive_from(timeout=10)
+    pushed = await audit.receive_from(timeout=10)
+    assert "Order rejected: margin" in pushed and "Acknowledge</button>" not in pushed
+    for page in (desk, audit):
+        await page.disconnect()
