@@ -285,10 +285,15 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "quanthub.logging.JsonFormatter"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "filters": {"expected": {"()": "quanthub.logging.ExpectedRefusals"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["expected"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
-        "django.server": {"level": "WARNING"},
+        # Django's default config gives these plain-text handlers of their own (with
+        # DEBUG on); without handlers they log once, as JSON, through the root.
+        "django": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
+        "django.server": {"handlers": [], "level": "WARNING", "propagate": True},
+        "py.warnings": {"handlers": [], "level": "WARNING", "propagate": True},
         "daphne": {"level": "WARNING"},
         "asyncio": {"level": "WARNING"},
         "urllib3": {"level": "WARNING"},
