@@ -61,6 +61,7 @@ MARKER = re.compile(r'data-seq="(\d+)" data-t="(\d+)" data-r="(\d+)"')
 KINDS = ("heartbeat", "chain")  # the engine's kinds: positions ride on the heartbeat
 CLIENTS_PER_PROCESS = 100
 CONNECT_ATTEMPTS = 4
+HANDSHAKES_IN_FLIGHT = 20
 # The panels of the overview page, the one a trader keeps open (trading.views.overview),
 # and of the option chain page; which kind of fact each page should receive.
 PAGE_PANELS = "overview,killall,risk,positions,scorecards,alerts"
@@ -132,16 +133,17 @@ def summarise(published: list[int] | dict[str, list[int]], clients: list[dict[st
 
 
 async def _run_clients(
-    base: str, cookie: str, origin: str, count: int, ready: Any, stop: Any, results: Any, index: int
+    base: str, cookie: str, origin: str, count: int, ready: Any, stop: Any, results: Any, index: int, procs: int
 ) -> None:
     from websockets.asyncio.client import connect
 
     failures: list[str] = []
     extensions = ""
-    # At most 10 handshakes at a time: each runs the session lookup, the role check and the
-    # initial render on the server's one database thread, and daphne drops a handshake the
-    # application has not accepted within 5 s.
-    gate = asyncio.Semaphore(10)
+    # At most HANDSHAKES_IN_FLIGHT handshakes at a time over all client processes: each
+    # runs the session lookup, the role check and the initial panels on its server's one
+    # database thread, and daphne drops a handshake the application has not accepted
+    # within 5 s. Too many at once convoy there and all time out together.
+    gate = asyncio.Semaphore(max(2, HANDSHAKES_IN_FLIGHT // procs))
 
     async def read(ws: Any, state: dict[str, Any]) -> None:
         try:
@@ -215,9 +217,9 @@ async def _run_clients(
 
 
 def client_process(
-    base: str, cookie: str, origin: str, count: int, ready: Any, stop: Any, results: Any, index: int
+    base: str, cookie: str, origin: str, count: int, ready: Any, stop: Any, results: Any, index: int, procs: int
 ) -> None:
-    asyncio.run(_run_clients(base, cookie, origin, count, ready, stop, results, index))
+    asyncio.run(_run_clients(base, cookie, origin, count, ready, stop, results, index, procs))
 
 
 # --- the server, the user, the publisher ---------------------------------------
@@ -541,7 +543,9 @@ def run_configuration(
         port = servers[i % web][1]  # the load balancer's round robin, one client process at a time
         base, origin = f"ws://127.0.0.1:{port}/ws/dashboard/", f"http://127.0.0.1:{port}"
         workers.append(
-            ctx.Process(target=client_process, args=(base, cookie, origin, n, ready, stop, results, i), daemon=True)
+            ctx.Process(
+                target=client_process, args=(base, cookie, origin, n, ready, stop, results, i, procs), daemon=True
+            )
         )
     try:
         began = time.monotonic()

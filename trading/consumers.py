@@ -143,17 +143,25 @@ def wanted_panels(query_string: bytes) -> dict[str, str | None]:
     return wanted
 
 
+def _access(user) -> tuple[bool, dict[str, bool]]:
+    if user is None or not user.is_authenticated or not roles_of(user):
+        return False, {}
+    return True, ui_can(user)
+
+
 class DashboardConsumer(AsyncWebsocketConsumer):
     async def connect(self):
         user = self.scope.get("user")
-        if user is None or not user.is_authenticated or not await database_sync_to_async(roles_of)(user):
+        # One trip to the database thread for the role and the controls: a burst of
+        # handshakes queues there, and each trip is a turn in the queue.
+        allowed, self.can = await database_sync_to_async(_access)(user)
+        if not allowed:
             log.warning("dashboard websocket refused", extra={"user": getattr(user, "pk", None)})
             await self.close(code=CLOSE_FORBIDDEN)
             return
         self.account = settings.QUANTHUB_ACCOUNT
         self.group = group_name(self.account)
         self.wanted = wanted_panels(self.scope.get("query_string", b""))
-        self.can = await database_sync_to_async(ui_can)(user)
         self.sent: dict[str, str] = {}  # panel key -> digest of the content last sent
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()

@@ -491,7 +491,7 @@ class RiskPanel:
     trading_state: object
     funds_as_of: dt.datetime | None = None  # the engine's clock when it read the broker's funds
     funds_age_s: float | None = None
-    now: dt.datetime | None = None
+    as_of: dt.datetime | None = None  # the engine's clock at its latest heartbeat
 
 
 def risk_panel(account: str = "default") -> RiskPanel:
@@ -537,7 +537,7 @@ def risk_panel(account: str = "default") -> RiskPanel:
         trading_state=get_trading_state(account),
         funds_as_of=funds_as_of,
         funds_age_s=(now - funds_as_of).total_seconds() if funds_as_of else None,
-        now=now,
+        as_of=beat.market_time if beat is not None else None,
     )
 
 
