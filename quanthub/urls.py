@@ -9,9 +9,11 @@ from drf_spectacular.views import SpectacularAPIView
 from rest_framework.permissions import IsAuthenticated
 
 from quanthub import health
+from quanthub.roles import scope_admin_by_role
 from trading import views as trading_views
 
 admin.site.site_header = "Quant Hub administration"
+scope_admin_by_role(admin.site)  # every admin module is registered by now (autodiscover)
 admin.site.site_title = "Quant Hub admin"
 
 urlpatterns = [

@@ -82,6 +82,8 @@ def _ctx_latency(account: str, data: dict) -> dict:
         "engine_n": len(engine),
         "engine_pct": _percentiles(engine),
         "simulated": bool(beat and beat.feed != "dhan"),
+        "paper_latency": (beat.stats or {}).get("paper_latency_ms") if beat else None,
+        "latency_at": beat.market_time if beat else None,
         "slippage": selectors.slippage(account),
     }
 

@@ -553,24 +553,52 @@ def latency_ms(account: str = "default", limit: int = 500) -> list[float]:
     return [max((acked - snap).total_seconds() * 1000, 0.0) for snap, acked in rows]
 
 
+def _reference_before(order: Order) -> Decimal | None:
+    """The price a market order was measured against: the touch it would take (ask
+    for a buy, bid for a sell) in the latest stored chain row at or before it was
+    sent, or the instrument's last traded price for a future or index."""
+    from marketdata.models import ChainQuote, LtpQuote
+
+    at = order.submitting_at or order.created_at
+    sid = order.instrument.security_id
+    row = (
+        ChainQuote.objects.filter(security_id=sid, received_at__lte=at)
+        .order_by("-received_at")
+        .values_list("bid_paise", "ask_paise")
+        .first()
+    )
+    if row is not None:
+        touch = row[1] if order.side == Order.Side.BUY else row[0]
+        if touch > 0:
+            return Decimal(touch) / 100
+    ltp = (
+        LtpQuote.objects.filter(security_id=sid, received_at__lte=at)
+        .order_by("-received_at")
+        .values_list("ltp_paise", flat=True)
+        .first()
+    )
+    return Decimal(ltp) / 100 if ltp else None
+
+
 def slippage(account: str = "default", limit: int = 50) -> list[dict]:
-    """Per filled leg: the price we first quoted against the average fill, in ₹ and ticks
-    (positive = worse for us)."""
+    """Per filled leg, every order type: the price we first quoted (a limit order's
+    first limit; a market order's touch, or last price, when it was sent) against the
+    average fill, in ₹ and ticks (positive = worse for us)."""
     legs = []
     for o in (
         Order.objects.filter(account=account, filled_quantity__gt=0)
-        .exclude(first_price=None)
         .exclude(average_price=None)
         .select_related("instrument")
         .order_by("-id")[:limit]
     ):
-        diff = (o.average_price - o.first_price) if o.side == Order.Side.BUY else (o.first_price - o.average_price)
+        reference = o.first_price if o.first_price is not None else _reference_before(o)
+        if reference is None:
+            legs.append({"order": o, "reference": None, "slippage": None, "ticks": None})
+            continue
+        diff = (o.average_price - reference) if o.side == Order.Side.BUY else (reference - o.average_price)
+        tick = getattr(o.instrument, "tick_size", None)
         legs.append(
-            {
-                "order": o,
-                "slippage": diff,
-                "ticks": float(diff / o.instrument.tick_size) if getattr(o.instrument, "tick_size", None) else None,
-            }
+            {"order": o, "reference": reference, "slippage": diff, "ticks": float(diff / tick) if tick else None}
         )
     return legs
 

@@ -1,7 +1,7 @@
 """Dashboard pages, htmx panel refreshes and the dashboard's few actions.
 
 Every view needs a logged-in user with one of the three roles; actions check
-their own permission too (the buttons are only hidden by CSS). Actions answer
+their own permission too (a control the user may not use is not rendered at all). Actions answer
 with the panel they changed, so htmx swaps it in at once; the websocket push
 that follows the commit brings every other open page up to date.
 """
@@ -28,7 +28,7 @@ from quanthub.roles import roles_of
 from trading import dashboard
 from trading.events import publish_on_commit, send_now
 from trading.models import Alert, Position, Strategy
-from trading.services import save_strategy
+from trading.services import set_strategy_enabled
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def acknowledge_alert(request, pk: int):
 def toggle_strategy(request, pk: int):
     _require(request, "trading.toggle_strategy")
     strategy = get_object_or_404(Strategy, pk=pk)
-    strategy.enabled = not strategy.enabled
-    save_strategy(strategy, actor=f"user:{request.user.get_username()}", changed=["enabled"])
+    # The same write (and audit action, strategy.enabled / strategy.disabled) as the API's.
+    set_strategy_enabled(strategy, not strategy.enabled, actor=f"user:{request.user.get_username()}")
     send_now("strategy", {"id": pk, "enabled": strategy.enabled}, account=_account())
     return HttpResponse(dashboard.render_panel("scorecards", request=request, account=_account()))
