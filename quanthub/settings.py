@@ -267,6 +267,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"user": env_str("API_THROTTLE_RATE", "600/min")},
+    "EXCEPTION_HANDLER": "quanthub.api.json_exception_handler",
 }
 # /health/ready: the engine's heartbeat must be younger than this (it beats every second).
 HEALTH_ENGINE_STALE_S = env_int("HEALTH_ENGINE_STALE_S", 10, minimum=1)
@@ -277,6 +278,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Positions, orders, risk limits, trading state, Kill All, audit export and health.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "quanthub.api.document_errors",
+    ],
 }
 
 # --- Logging -----------------------------------------------------------------------------

@@ -3,12 +3,11 @@ from __future__ import annotations
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.templatetags.static import static
-from django.urls import include, path
+from django.urls import include, path, re_path
 from django.views.generic import RedirectView
-from drf_spectacular.views import SpectacularAPIView
-from rest_framework.permissions import IsAuthenticated
 
 from quanthub import health
+from quanthub.api import SchemaView, api_not_found
 from quanthub.roles import scope_admin_by_role
 from trading import views as trading_views
 
@@ -26,7 +25,8 @@ urlpatterns = [
     path("compliance/", include("audit.urls")),
     path("api/v1/", include("quanthub.api_urls")),
     # The OpenAPI schema only (no Swagger UI: it would load from a CDN); for logged-in users.
-    path("api/schema/", SpectacularAPIView.as_view(permission_classes=[IsAuthenticated]), name="api-schema"),
+    path("api/schema/", SchemaView.as_view(), name="api-schema"),
+    re_path(r"^api/", api_not_found),  # anything else under /api/: a JSON 404
     path("health/live", health.live, name="health-live"),
     path("health/ready", health.ready, name="health-ready"),
     path("health/metrics", health.metrics, name="health-metrics"),

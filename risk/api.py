@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import models
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
@@ -11,14 +12,16 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from quanthub.api import ApiView, HasRole, actor, require_perm, run_in_fresh_thread
+from quanthub.api import ApiView, HasRole, IstTimeField, StrictSerializerMixin, actor, require_perm, run_in_fresh_thread
 from quanthub.clock import IST
 from risk import services
 from risk.models import BreakerTrip, EventDay, RiskLimits, TradingState
 from trading.models import ReconciliationBreak
 
 
-class RiskLimitsSerializer(serializers.ModelSerializer):
+class RiskLimitsSerializer(StrictSerializerMixin, serializers.ModelSerializer):
+    serializer_field_mapping = {**serializers.ModelSerializer.serializer_field_mapping, models.TimeField: IstTimeField}
+
     class Meta:
         model = RiskLimits
         exclude = ("is_active",)
@@ -53,6 +56,13 @@ class RiskLimitsView(ApiView):
     def _save(self, request: Request, *, partial: bool) -> Response:
         limits = RiskLimits.active()
         body = RiskLimitsSerializer(limits, data=request.data, partial=partial)
+        if not isinstance(request.data, dict) or not request.data:
+            raise ValidationError({"detail": ["Send the limits as a JSON object."]})
+        if not partial:  # PUT replaces: every writable field, none left to a default
+            writable = [name for name, field in body.fields.items() if not field.read_only]
+            missing = [name for name in writable if name not in request.data]
+            if missing:
+                raise ValidationError({name: ["This field is required."] for name in missing})
         body.is_valid(raise_exception=True)
         for name, value in body.validated_data.items():
             setattr(limits, name, value)
@@ -115,7 +125,7 @@ class RiskStateView(ApiView):
         )
 
 
-class KillAllRequest(serializers.Serializer):
+class KillAllRequest(StrictSerializerMixin, serializers.Serializer):
     reason = serializers.CharField(max_length=500, default="Kill All from the API", trim_whitespace=True)
     timeout_s = serializers.FloatField(min_value=1, max_value=60, default=15.0)
 
@@ -147,7 +157,7 @@ class KillAllView(ApiView):
     def post(self, request: Request) -> Response:
         from risk.killswitch import run_kill_all
 
-        body = KillAllRequest(data=request.data)
+        body = KillAllRequest(data=request.data if request.body else {})
         body.is_valid(raise_exception=True)
         summary = run_in_fresh_thread(
             run_kill_all,

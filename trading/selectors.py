@@ -92,29 +92,39 @@ class Overview:
     now: dt.datetime = field(default_factory=timezone.now)
 
     def as_dict(self) -> dict:
+        """JSON-safe: money as two-decimal strings, every time in IST with its offset."""
+
+        def money(value: Decimal) -> str:
+            return str(Decimal(value).quantize(Decimal("0.01")))
+
+        def ist(value: dt.datetime | None) -> str | None:
+            return None if value is None else value.astimezone(IST).isoformat()
+
+        beat = self.heartbeat
         return {
-            "gross_pnl": str(self.gross_pnl),
-            "charges": str(self.charges),
-            "net_pnl": str(self.net_pnl),
-            "realised": str(self.realised),
-            "unrealised": str(self.unrealised),
+            "gross_pnl": money(self.gross_pnl),
+            "charges": money(self.charges),
+            "net_pnl": money(self.net_pnl),
+            "realised": money(self.realised),
+            "unrealised": money(self.unrealised),
             "trades_today": self.trades_today,
             "open_positions": self.open_positions,
-            "max_drawdown": str(self.max_drawdown),
-            "equity": [[t.isoformat(), str(v)] for t, v in self.equity],
+            "max_drawdown": money(self.max_drawdown),
+            "equity": [[ist(t), money(v)] for t, v in self.equity],
             "trading_state": self.trading_state.state,
             "trading_state_reason": self.trading_state.reason,
+            "as_of": ist(self.now),
             "engine": None
-            if self.heartbeat is None
+            if beat is None
             else {
-                "engine_id": self.heartbeat.engine_id,
-                "role": self.heartbeat.role,
-                "broker": self.heartbeat.broker,
-                "feed": self.heartbeat.feed,
-                "beat_at": self.heartbeat.beat_at.isoformat(),
+                "engine_id": beat.engine_id,
+                "role": beat.role,
+                "broker": beat.broker,
+                "feed": beat.feed,
+                "beat_at": ist(beat.beat_at),
                 "age_s": self.heartbeat_age_s,
                 "alive": self.engine_alive,
-                "market_time": self.heartbeat.market_time.isoformat() if self.heartbeat.market_time else None,
+                "market_time": ist(beat.market_time),
             },
             "feed_health": self.feed_health,
             "open_alerts": self.open_alerts,
