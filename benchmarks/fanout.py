@@ -62,6 +62,7 @@ KINDS = ("heartbeat", "chain")  # the engine's kinds: positions ride on the hear
 CLIENTS_PER_PROCESS = 100
 CONNECT_ATTEMPTS = 4
 HANDSHAKES_IN_FLIGHT = 20
+STRAGGLERS_S = 10.0
 # The panels of the overview page, the one a trader keeps open (trading.views.overview),
 # and of the option chain page; which kind of fact each page should receive.
 PAGE_PANELS = "overview,killall,risk,positions,scorecards,alerts"
@@ -561,7 +562,7 @@ def run_configuration(
             )
         cpu_before = sum(cpu_seconds(proc.pid) for proc, _ in servers)
         published, publish_failures, push_ms = asyncio.run(publish(seconds, account, chains, position_ids))
-        time.sleep(3.0)  # stragglers: anything later than this counts as dropped
+        time.sleep(STRAGGLERS_S)  # anything later than this after the last push counts as dropped
         cpu_used = sum(cpu_seconds(proc.pid) for proc, _ in servers) - cpu_before
         stop.set()
         payloads = [results.get(timeout=300) for _ in workers]
@@ -582,7 +583,7 @@ def run_configuration(
         f"  {label:<14} {web} web process(es): {connected} connected in {connect_s:.1f} s ({failed} failed), "
         f"{sum(map(len, published.values()))} published ({len(publish_failures)} failed), "
         f"compression {reports[0][4] or 'none'!r}, initial frame {first:.1f} KiB, "
-        f"web CPU {cpu_used / (seconds + 3) * 100:.0f}% of a core"
+        f"web CPU {cpu_used / (seconds + STRAGGLERS_S) * 100:.0f}% of a core"
         + (f", client errors {errors[:2]}" if errors else "")
         + (f", connect failures {[r[2] for r in reports if r[2]]}" if failed else ""),
         flush=True,
@@ -601,7 +602,7 @@ def run_configuration(
         prefix + "connect_failed": failed,
         prefix + "connect_retries": sum(s["retries"] for s in states),
         prefix + "connect_s": round(connect_s, 2),
-        prefix + "web_cpu_pct": round(cpu_used / (seconds + 3) * 100, 1),
+        prefix + "web_cpu_pct": round(cpu_used / (seconds + STRAGGLERS_S) * 100, 1),
         # The fan-out's own cost, less sensitive to a busy machine than the latencies.
         prefix + "web_cpu_ms_per_frame": round(cpu_used * 1000 / max(stats["received"], 1), 3),
         prefix + "engine_ms_per_push": round(percentile(push_ms, 50), 3),
