@@ -121,7 +121,9 @@ def test_only_a_risk_manager_switches_a_strategy_and_the_engine_sees_a_new_versi
     strategy.refresh_from_db()
     assert strategy.enabled is not enabled and strategy.version == version + 1
     assert ("Enable" if enabled else "Disable") in html
-    assert AuditRecord.objects.filter(action="strategy.changed", subject="strategy:vol_oi").exists()
+    # The same action as the API's and the admin's switch, under the user's actor.
+    action = "strategy.disabled" if enabled else "strategy.enabled"
+    assert AuditRecord.objects.filter(action=action, subject="strategy:vol_oi", actor="user:risk1").exists()
 
 
 @pytest.mark.django_db
