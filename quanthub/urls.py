@@ -2,14 +2,21 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
+from django.http import HttpResponsePermanentRedirect
 from django.templatetags.static import static
 from django.urls import include, path, re_path
-from django.views.generic import RedirectView
 
 from quanthub import health
 from quanthub.api import SchemaView, api_not_found
 from quanthub.roles import scope_admin_by_role
 from trading import views as trading_views
+
+
+def favicon(request):
+    """Browsers ask for /favicon.ico whatever the page links: send them to the SVG.
+    Resolved per request: the static manifest exists only after collectstatic."""
+    return HttpResponsePermanentRedirect(static("favicon.svg"))
+
 
 admin.site.site_header = "Quant Hub administration"
 scope_admin_by_role(admin.site)  # every admin module is registered by now (autodiscover)
@@ -30,5 +37,5 @@ urlpatterns = [
     path("health/live", health.live, name="health-live"),
     path("health/ready", health.ready, name="health-ready"),
     path("health/metrics", health.metrics, name="health-metrics"),
-    path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
+    path("favicon.ico", favicon),
 ]
