@@ -1,20 +1,35 @@
-"""Dashboard fan-out over channels-redis: N websocket clients on daphne and on
-uvicorn, a publisher standing in for the engine (the heartbeat that re-renders
-positions and the other live panels every second, the option chain every 3 s); publish → receive latency and dropped messages.
+"""Dashboard fan-out over channels-redis: N websocket clients on one or more web
+processes, a publisher standing in for the engine; publish → receive latency,
+dropped frames and the engine's cost of one publish.
 
     REDIS_URL=redis://127.0.0.1:6379/10 python benchmarks/fanout.py [--json PATH]
-        [--clients 50,200] [--servers daphne,uvicorn] [--seconds N] [--client-procs N]
+        [--clients 200] [--servers daphne,uvicorn] [--book 200:1,1000:2]
+        [--seconds N] [--client-procs N]
 
-Each configuration gets a fresh server process (on a SQLite file in a temporary
-directory, or on PostgreSQL when DATABASE_URL is one) and its own dashboard
-group, so runs never see each other's channels. Clients log in with a real
-session cookie as a Trader and go through the same consumer, origin check and
-renderers as a browser. The publisher calls ``trading.events.asend_now`` from
-an asyncio loop, as the engine does; a wrapper around each renderer stamps a
-sequence number and ``time.time_ns()`` before rendering, in one extra hidden
-element. Clients timestamp each frame as it arrives, so latency is publish call
-→ frame read by the client, rendering, Redis and the server's fan-out included.
-A missing sequence number at a client is a dropped message.
+Two kinds of run. ``--clients`` on an empty account (the earlier figures,
+``clients_<n>_*``), and ``--book CLIENTS:WEB_PROCESSES`` on a trading book (10
+open positions with Greeks, 40 orders, open alerts, the full NIFTY chain;
+``book_clients_<n>_*``), with the clients split evenly between the web
+processes as a load balancer would. Each configuration gets fresh daphne (or
+uvicorn) processes on one SQLite file in a temporary directory (or PostgreSQL
+when DATABASE_URL is one) and its own dashboard group. Clients log in with a real
+session cookie as a Trader; three of four show the overview page
+(``?panels=overview,killall,risk,positions,scorecards,alerts``), one of four the
+NIFTY option chain. The publisher does what the engine does, from an asyncio
+loop: each second it marks the book's positions (a random walk of their mids)
+and publishes the heartbeat fact through ``trading.events.asend_now``; every
+third second it publishes the next simulated chain. The web processes render the
+panels (once per fact per process) and send each page the panels it shows whose
+content changed. They run ``benchmarks/fanout_asgi.py``: the real application,
+with one hidden element added to the positions and chain panels carrying the
+fact's sequence number, the publish call's ``time.time_ns()`` and the render's end.
+Clients take the time as each frame is read, so latency is publish call → frame
+read, the web tier's rendering, Redis and the fan-out included. A sequence number
+a page should have had and never got is a dropped frame. ``engine_ms_per_push`` is
+the publish call itself (what the engine spends per heartbeat);
+``engine_ms_per_push_rendering`` is what the engine spent before the web tier
+rendered: the heartbeat's four panels rendered from the database, then sent.
+Everything stays on 127.0.0.1 and each configuration runs ``--seconds``.
 """
 
 from __future__ import annotations
@@ -46,18 +61,27 @@ MARKER = re.compile(r'data-seq="(\d+)" data-t="(\d+)" data-r="(\d+)"')
 KINDS = ("heartbeat", "chain")  # the engine's kinds: positions ride on the heartbeat
 CLIENTS_PER_PROCESS = 100
 CONNECT_ATTEMPTS = 4
-# The panels of the overview page, the one a trader keeps open (trading.views.overview).
-PAGE_PANELS = "overview,killall,risk,positions,scorecards,alerts"  # one client process per 100 clients; see the README
+HANDSHAKES_IN_FLIGHT = 20
+STRAGGLERS_S = 10.0
+# The panels of the overview page, the one a trader keeps open (trading.views.overview),
+# and of the option chain page; which kind of fact each page should receive.
+PAGE_PANELS = "overview,killall,risk,positions,scorecards,alerts"
+CHAIN_PANELS = "chain-NIFTY"
+PAGES = ((PAGE_PANELS, "heartbeat"), (PAGE_PANELS, "heartbeat"), (PAGE_PANELS, "heartbeat"), (CHAIN_PANELS, "chain"))
+BOOK_POSITIONS = 10
+BOOK_ORDERS = 40
+BOOK_ALERTS = 6
 
 
 # --- the statistics (pure, tested in trading/tests/test_fanout_smoke.py) ---------
 
 
-def marker_html(kind: str, seq: int, sent_ns: int, rendered_ns: int) -> str:
-    """The hidden element the benchmark adds to each pushed frame: the publish
-    call's start and the moment the panels were rendered (``time.time_ns()``)."""
+def marker_html(kind: str, seq: int, sent_ns: int, rendered_ns: int, panel: str = "") -> str:
+    """The hidden element the benchmark adds to a pushed panel: the publish call's
+    start and the moment the panel was rendered (``time.time_ns()``)."""
+    suffix = f"-{panel}" if panel else ""
     return (
-        f'<span id="{MARKER_ID}" hx-swap-oob="true" data-kind="{kind}" '
+        f'<span id="{MARKER_ID}{suffix}" hx-swap-oob="true" data-kind="{kind}" '
         f'data-seq="{seq}" data-t="{sent_ns}" data-r="{rendered_ns}" hidden></span>'
     )
 
@@ -84,18 +108,24 @@ def dropped(published: Iterable[int], received: Iterable[int]) -> int:
     return len(set(published) - set(received))
 
 
-def summarise(published: list[int], clients: list[dict[str, Any]]) -> dict[str, float]:
+def summarise(published: list[int] | dict[str, list[int]], clients: list[dict[str, Any]]) -> dict[str, float]:
     """p50/p99 over every frame at every client (publish call → frame read, and
-    render end → frame read), and drops summed over clients."""
+    render end → frame read), and drops summed over clients. ``published``: the
+    sequence numbers every client should get, or per kind of fact (each client
+    then expects the kind its page shows, ``client["kind"]``)."""
     latencies = [ms for client in clients for ms in client["latencies_ms"]]
     delivery = [ms for client in clients for ms in client["delivery_ms"]]
+
+    def expected(client: dict[str, Any]) -> list[int]:
+        return published if isinstance(published, list) else published.get(client["kind"], [])
+
     return {
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
         "delivery_p50_ms": percentile(delivery, 50),
         "delivery_p99_ms": percentile(delivery, 99),
         "max_ms": max(latencies) if latencies else math.nan,
-        "dropped": sum(dropped(published, client["seqs"]) for client in clients),
+        "dropped": sum(dropped(expected(client), client["seqs"]) for client in clients),
         "received": len(latencies),
     }
 
@@ -104,16 +134,17 @@ def summarise(published: list[int], clients: list[dict[str, Any]]) -> dict[str, 
 
 
 async def _run_clients(
-    url: str, cookie: str, origin: str, count: int, ready: Any, stop: Any, results: Any, index: int
+    base: str, cookie: str, origin: str, count: int, ready: Any, stop: Any, results: Any, index: int, procs: int
 ) -> None:
     from websockets.asyncio.client import connect
 
     failures: list[str] = []
     extensions = ""
-    # At most 10 handshakes at a time: each runs the session lookup, the role check and the
-    # initial render on the server's one database thread, and daphne drops a handshake the
-    # application has not accepted within 5 s.
-    gate = asyncio.Semaphore(10)
+    # At most HANDSHAKES_IN_FLIGHT handshakes at a time over all client processes: each
+    # runs the session lookup, the role check and the initial panels on its server's one
+    # database thread, and daphne drops a handshake the application has not accepted
+    # within 5 s. Too many at once convoy there and all time out together.
+    gate = asyncio.Semaphore(max(2, HANDSHAKES_IN_FLIGHT // procs))
 
     async def read(ws: Any, state: dict[str, Any]) -> None:
         try:
@@ -132,9 +163,12 @@ async def _run_clients(
         except Exception as exc:  # a dropped connection shows up as missing sequence numbers
             state["error"] = repr(exc)
 
-    async def open_one() -> tuple[Any, dict[str, Any]] | None:
+    async def open_one(number: int) -> tuple[Any, dict[str, Any]] | None:
         nonlocal extensions
+        panels, kind = PAGES[(index + number) % len(PAGES)]
+        url = f"{base}?panels={panels}"
         state: dict[str, Any] = {
+            "kind": kind,
             "connect_frames": 0,
             "retries": 0,
             "connect_bytes": 0,
@@ -169,7 +203,7 @@ async def _run_clients(
         state["task"] = asyncio.create_task(read(ws, state))
         return ws, state
 
-    opened = [pair for pair in await asyncio.gather(*(open_one() for _ in range(count))) if pair]
+    opened = [pair for pair in await asyncio.gather(*(open_one(n) for n in range(count))) if pair]
     clients = [state for _, state in opened]
     ready.put((index, len(clients), failures[:3], len(failures), extensions))
     await asyncio.to_thread(stop.wait)
@@ -184,9 +218,9 @@ async def _run_clients(
 
 
 def client_process(
-    url: str, cookie: str, origin: str, count: int, ready: Any, stop: Any, results: Any, index: int
+    base: str, cookie: str, origin: str, count: int, ready: Any, stop: Any, results: Any, index: int, procs: int
 ) -> None:
-    asyncio.run(_run_clients(url, cookie, origin, count, ready, stop, results, index))
+    asyncio.run(_run_clients(base, cookie, origin, count, ready, stop, results, index, procs))
 
 
 # --- the server, the user, the publisher ---------------------------------------
@@ -201,11 +235,11 @@ def free_port() -> int:
 def server_command(server: str, port: int) -> list[str]:
     venv_bin = Path(sys.executable).parent
     if server == "daphne":
-        return [str(venv_bin / "daphne"), "-b", "127.0.0.1", "-p", str(port), "-v", "0", "quanthub.asgi:application"]
+        return [str(venv_bin / "daphne"), "-b", "127.0.0.1", "-p", str(port), "-v", "0", "fanout_asgi:application"]
     if server == "uvicorn":
         return [
             str(venv_bin / "uvicorn"),
-            "quanthub.asgi:application",
+            "fanout_asgi:application",
             "--host",
             "127.0.0.1",
             "--port",
@@ -222,6 +256,8 @@ def server_command(server: str, port: int) -> list[str]:
 def start_server(server: str, env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     log = log_path.open("w")
+    # The application with the benchmark's marker (benchmarks/fanout_asgi.py) on the path.
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT)])}
     proc = subprocess.Popen(server_command(server, port), env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -275,124 +311,261 @@ def trader_cookie() -> str:
     return f"{settings.SESSION_COOKIE_NAME}={session.session_key}"
 
 
-def install_renderers(probe: dict[str, list[float]]) -> None:
-    """Wrap the real renderers so each frame carries its sequence number and send
-    time; note each frame's size and render time in ``probe``."""
-    from trading import events
+def build_book(account: str) -> list[int]:
+    """A trading book as the engine leaves it, made through the real order manager
+    and paper broker: 10 open positions (8 options, a futures hedge per underlying)
+    with Greeks, stops and time-outs, 40 orders (10 filled, 20 resting, 10
+    cancelled) and open alerts. Returns the positions' ids."""
+    from asgiref.sync import async_to_sync
 
-    for kind in KINDS:
-        inner = events.RENDERERS.get(kind)
-        if inner is None:
-            raise SystemExit(f"no renderer for {kind!r} in trading.events.RENDERERS: is trading.dashboard registered?")
-
-        def stamped(data: dict[str, Any], inner=inner, kind=kind) -> list[tuple[str, str]]:
-            sent = time.time_ns()  # the publish call starts here: rendering counts
-            parts = list(inner(data))
-            rendered = time.time_ns()
-            parts.append((MARKER_ID, marker_html(kind, data["bench_seq"], sent, rendered)))
-            probe["render_ms"].append((rendered - sent) / 1e6)
-            probe[f"{kind}_bytes"].append(sum(len(html.encode()) for _, html in parts))
-            return parts
-
-        events.RENDERERS[kind] = stamped
+    return async_to_sync(_build_book)(account)
 
 
-def panel_data() -> dict[str, dict[str, Any]]:
-    """What the engine passes: a heartbeat, and the simulator's first NIFTY chain
-    as ``trading.dashboard.chain_rows`` makes it (the engine's default width)."""
+async def _build_book(account: str) -> list[int]:
     import datetime as dt
+    from decimal import Decimal
 
+    from asgiref.sync import sync_to_async
+
+    from marketdata.book import Quote, QuoteBook
     from marketdata.feeds.base import ChainSnapshot
     from marketdata.feeds.simulator import SimulatorFeed
-    from trading.dashboard import chain_rows
+    from marketdata.models import Instrument
+    from quanthub.clock import IST
+    from trading.alerts import raise_alert
+    from trading.brokers.paper import PaperBroker
+    from trading.brokers.ratelimit import RateLimiter
+    from trading.models import Order, Position
+    from trading.orders.manager import OrderManager
 
-    feed = SimulatorFeed(seed=7, underlyings=("NIFTY",))
-    snapshot = next(item for item in feed.run_sync() if isinstance(item, ChainSnapshot))
-    return {
-        "heartbeat": {"engine": "fanout-bench", "at": dt.datetime.now(tz=dt.UTC).isoformat()},
-        "chain": {"underlying": snapshot.underlying, "rows": chain_rows(snapshot)},
-    }
+    now = dt.datetime.now(tz=IST)
+    book = QuoteBook()
+    snapshot = next(
+        item for item in SimulatorFeed(seed=7, underlyings=("NIFTY",)).run_sync() if isinstance(item, ChainSnapshot)
+    )
+    book.update_chain(snapshot)
+    sids = [str(s) for s in snapshot.security_id]
+    spot = float(snapshot.underlying_ltp)
+
+    def instruments():
+        options = list(
+            Instrument.objects.select_related("underlying")
+            .filter(underlying__symbol="NIFTY", kind__in=["CE", "PE"], security_id__in=sids)
+            .order_by("strike", "kind")
+        )
+        middle = len(options) // 2
+        futures = list(
+            Instrument.objects.select_related("underlying")
+            .filter(kind="FUT", is_active=True)
+            .order_by("underlying__symbol", "expiry")
+            .distinct()
+        )
+        nearest = {}
+        for f in futures:
+            nearest.setdefault(f.underlying.symbol, f)
+        return options[middle - 4 : middle + 4], list(nearest.values()), options[:10]
+
+    options, futures, far = await sync_to_async(instruments)()
+    for future in futures:
+        level = float(round(spot)) if future.underlying.symbol == "NIFTY" else 52000.0
+        book.set(Quote(future.security_id, level + 5, level + 6, 1800, 1800, level + 5.5, now))
+        book.set(Quote(future.underlying.security_id, level - 0.05, level + 0.05, 10_000, 10_000, level, now))
+    oms = OrderManager(
+        PaperBroker(account=account, book=book, capital=Decimal("2500000")),
+        RateLimiter(rate=1000),
+        account=account,
+        book=book,
+    )
+
+    async def order(inst, side, qty, price, purpose=Order.Purpose.ENTRY):
+        return await oms.submit(
+            instrument=inst, side=side, quantity=qty, limit_price=price, purpose=purpose, check_slippage_rule=False
+        )
+
+    for inst in options:  # 8 option legs, filled at the ask
+        await order(inst, "BUY", inst.lot_size * 2, Decimal(str(book.get(inst.security_id).ask)))
+    for future in futures:  # a futures hedge per underlying
+        await order(
+            future, "SELL", future.lot_size, Decimal(str(book.get(future.security_id).bid)), Order.Purpose.HEDGE
+        )
+    resting = []
+    for k in range(30):  # 30 resting far below the touch, the last 10 then cancelled
+        inst = far[k % len(far)]
+        bid = Decimal(str(book.get(inst.security_id).bid))
+        away = (bid * Decimal("0.9") / inst.tick_size).quantize(Decimal(1)) * inst.tick_size
+        resting.append(await order(inst, "BUY", inst.lot_size, away))
+    for o in resting[20:]:
+        await oms.cancel(o, reason="benchmark")
+    for k in range(BOOK_ALERTS):
+        await sync_to_async(raise_alert)(
+            "WARNING", "bench", f"Benchmark alert {k}", "A trading book's open alerts.", account=account
+        )
+
+    def greeks() -> list[int]:
+        ids = []
+        for k, p in enumerate(
+            Position.objects.filter(account=account).exclude(net_quantity=0).select_related("instrument")
+        ):
+            fut = p.instrument.kind == "FUT"
+            Position.objects.filter(pk=p.pk).update(
+                delta=1.0 if fut else 0.5 - k * 0.05,
+                gamma=0.0 if fut else 0.0012,
+                theta=0.0 if fut else -9.5,
+                vega=0.0 if fut else 11.2,
+                stop_price=None if fut else p.average_price * Decimal("0.8"),
+                target_price=None if fut else p.average_price * Decimal("1.3"),
+                opened_at=now,
+                ttl_seconds=None if fut else 900,
+            )
+            ids.append(p.pk)
+        return ids
+
+    ids = await sync_to_async(greeks)()
+    count = await Order.objects.filter(account=account).acount()
+    if len(ids) != BOOK_POSITIONS or count != BOOK_ORDERS:
+        states = [(o.instrument_id, o.purpose, o.state, o.reason) async for o in Order.objects.filter(account=account)]
+        raise SystemExit(
+            f"{states}: the benchmark book has {len(ids)} positions and {count} orders, not {BOOK_POSITIONS} and {BOOK_ORDERS}"
+        )
+    return ids
 
 
-async def publish(seconds: int, account: str, data: dict[str, dict[str, Any]]) -> tuple[list[int], list[str]]:
-    """The heartbeat (positions and the other live panels) every second, the chain
-    every third second, on the wall clock, through ``asend_now`` as the engine does."""
+def mark_book(position_ids: list[int], rng: random.Random) -> None:
+    """What the engine does each second before its heartbeat: mark the open positions
+    at their (moving) mid, a conditional update."""
+    from decimal import Decimal
+
+    from trading.models import Position
+    from trading.orders.accounting import mark_to_market
+
+    for p in Position.objects.filter(pk__in=position_ids).select_related("instrument"):
+        tick = p.instrument.tick_size
+        base = p.last_price or p.average_price
+        price = max(tick, base + tick * rng.randint(-3, 3)).quantize(Decimal("0.01"))
+        mark_to_market(p, price)
+        Position.objects.filter(pk=p.pk, net_quantity=p.net_quantity).update(
+            last_price=p.last_price, unrealised_pnl=p.unrealised_pnl
+        )
+
+
+def chain_facts(count: int) -> list[dict[str, Any]]:
+    """Successive simulated NIFTY chains (the full chain, ±20 strikes) as the engine publishes them."""
+    from marketdata.feeds.base import ChainSnapshot
+    from marketdata.feeds.simulator import SimulatorFeed
+    from trading.events import chain_fact
+
+    facts = []
+    for item in SimulatorFeed(seed=7, underlyings=("NIFTY",), strikes_each_side=20).run_sync():
+        if isinstance(item, ChainSnapshot):
+            facts.append(chain_fact(item))
+            if len(facts) >= count:
+                break
+    return facts
+
+
+def rendering_cost(account: str, reps: int = 10) -> float:
+    """What one heartbeat cost the engine before the web tier rendered: the four
+    heartbeat panels rendered from the database on its thread, then one group_send
+    carrying the HTML. Median milliseconds."""
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+
+    from trading import dashboard
+    from trading.events import group_name
+
+    layer = get_channel_layer()
+    times = []
+    for _ in range(reps):
+        began = time.perf_counter()
+        html = "".join(dashboard.render_key(key, {}, account=account) for key in dashboard.EVENT_PANELS["heartbeat"])
+        async_to_sync(layer.group_send)(group_name(f"{account}-old"), {"type": "dashboard.event", "html": html})
+        times.append((time.perf_counter() - began) * 1000)
+    return percentile(times, 50)
+
+
+async def publish(
+    seconds: int, account: str, chains: list[dict[str, Any]], position_ids: list[int]
+) -> tuple[dict[str, list[int]], list[str], list[float]]:
+    """Each second: mark the book, then the heartbeat fact; every third second the
+    next chain fact. On the wall clock, through ``asend_now`` as the engine does."""
+    from asgiref.sync import sync_to_async
     from channels.layers import get_channel_layer
 
     from trading.events import asend_now
 
     # Open this loop's Redis connections first: the engine's are long open.
     await get_channel_layer().group_send("fanout-warm-up", {"type": "warm.up"})
+    rng = random.Random(11)  # noqa: S311 (a simulation)
     seq = 0
-    published: list[int] = []
+    published: dict[str, list[int]] = {kind: [] for kind in KINDS}
     failures: list[str] = []
+    push_ms: list[float] = []
     began = time.monotonic()
     for tick in range(seconds):
         await asyncio.sleep(max(0.0, began + tick - time.monotonic()))
+        if position_ids:
+            await sync_to_async(mark_book)(position_ids, rng)
         for kind in KINDS if tick % 3 == 0 else KINDS[:1]:
             seq += 1
-            if await asend_now(kind, {**data[kind], "bench_seq": seq}, account=account):
-                published.append(seq)
-            else:
-                failures.append(f"{kind} #{seq}")
-    return published, failures
+            data = {"engine": "fanout-bench", "at": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())}
+            if kind == "chain":
+                data = chains[(tick // 3) % len(chains)]
+            sent = time.perf_counter()
+            ok = await asend_now(kind, {**data, "bench_seq": seq, "bench_t": time.time_ns()}, account=account)
+            push_ms.append((time.perf_counter() - sent) * 1000)
+            (published[kind] if ok else failures).append(seq if ok else f"{kind} #{seq}")
+    return published, failures, push_ms
 
 
 def run_configuration(
     server: str,
     clients: int,
+    web: int,
     seconds: int,
     procs: int,
     env: dict[str, str],
     cookie: str,
     tmp: Path,
-    data: dict[str, dict[str, Any]],
-    probe: dict[str, list[float]],
+    chains: list[dict[str, Any]],
+    book: bool,
 ) -> dict[str, float]:
-    account = f"fanout-{server}-{clients}-{os.getpid()}"
+    label = f"{'book-' if book else ''}{server}-{clients}"
+    account = f"fanout-{label}-{os.getpid()}"
+    position_ids = build_book(account) if book else []
+    before_ms = rendering_cost(account) if book else math.nan
     server_env = {**env, "QUANTHUB_ACCOUNT": account}
-    proc, port = start_server(server, server_env, tmp / f"{server}-{clients}.log")
+    servers = [start_server(server, server_env, tmp / f"{label}-{k}.log") for k in range(web)]
     ctx = mp.get_context("spawn")
     ready, results, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
+    procs = max(procs, web)
     shares = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
-    workers = [
-        ctx.Process(
-            target=client_process,
-            args=(
-                f"ws://127.0.0.1:{port}/ws/dashboard/?panels={PAGE_PANELS}",
-                cookie,
-                f"http://127.0.0.1:{port}",
-                n,
-                ready,
-                stop,
-                results,
-                i,
-            ),
-            daemon=True,
+    workers = []
+    for i, n in enumerate(shares):
+        port = servers[i % web][1]  # the load balancer's round robin, one client process at a time
+        base, origin = f"ws://127.0.0.1:{port}/ws/dashboard/", f"http://127.0.0.1:{port}"
+        workers.append(
+            ctx.Process(
+                target=client_process, args=(base, cookie, origin, n, ready, stop, results, i, procs), daemon=True
+            )
         )
-        for i, n in enumerate(shares)
-    ]
     try:
         began = time.monotonic()
         for worker in workers:
             worker.start()
-        reports = [ready.get(timeout=180) for _ in workers]
+        reports = [ready.get(timeout=600) for _ in workers]
         connect_s = time.monotonic() - began  # process start to every page showing its panels
         connected = sum(r[1] for r in reports)
         failed = sum(r[3] for r in reports)
         if connected == 0:
             raise SystemExit(
-                f"{server}: no client connected: {[r[2] for r in reports]}\n"
-                f"{(tmp / f'{server}-{clients}.log').read_text()[-3000:]}"
+                f"{label}: no client connected: {[r[2] for r in reports]}\n{(tmp / f'{label}-0.log').read_text()[-3000:]}"
             )
-        cpu_before = cpu_seconds(proc.pid)
-        probe["render_ms"].clear()
-        published, publish_failures = asyncio.run(publish(seconds, account, data))
-        render_ms = list(probe["render_ms"])
-        time.sleep(2.0)  # stragglers: anything later than this counts as dropped
-        cpu_used = cpu_seconds(proc.pid) - cpu_before
+        cpu_before = sum(cpu_seconds(proc.pid) for proc, _ in servers)
+        published, publish_failures, push_ms = asyncio.run(publish(seconds, account, chains, position_ids))
+        time.sleep(STRAGGLERS_S)  # anything later than this after the last push counts as dropped
+        cpu_used = sum(cpu_seconds(proc.pid) for proc, _ in servers) - cpu_before
         stop.set()
-        payloads = [results.get(timeout=120) for _ in workers]
+        payloads = [results.get(timeout=300) for _ in workers]
         for worker in workers:
             worker.join(timeout=30)
     finally:
@@ -400,21 +573,23 @@ def run_configuration(
         for worker in workers:
             if worker.is_alive():
                 worker.terminate()
-        stop_server(proc)
+        for proc, _ in servers:
+            stop_server(proc)
     states = [state for _, payload in sorted(payloads) for state in payload]
     stats = summarise(published, states)
     errors = sorted({s["error"] for s in states if s["error"]})
     first = sum(s["connect_bytes"] for s in states) / max(sum(s["connect_frames"] for s in states), 1) / 1024
     print(
-        f"  {server:<8} {clients:>4} clients: {connected} connected in {connect_s:.1f} s ({failed} failed), "
-        f"{len(published)} published ({len(publish_failures)} failed), compression {reports[0][4] or 'none'!r}, "
-        f"initial frame {first:.1f} KiB, server CPU {cpu_used / (seconds + 2) * 100:.0f}%"
+        f"  {label:<14} {web} web process(es): {connected} connected in {connect_s:.1f} s ({failed} failed), "
+        f"{sum(map(len, published.values()))} published ({len(publish_failures)} failed), "
+        f"compression {reports[0][4] or 'none'!r}, initial frame {first:.1f} KiB, "
+        f"web CPU {cpu_used / (seconds + STRAGGLERS_S) * 100:.0f}% of a core"
         + (f", client errors {errors[:2]}" if errors else "")
         + (f", connect failures {[r[2] for r in reports if r[2]]}" if failed else ""),
         flush=True,
     )
-    prefix = f"clients_{clients}_"
-    return {
+    prefix = f"{'book_' if book else ''}clients_{clients}_"
+    out = {
         prefix + "p50_ms": round(stats["p50_ms"], 2),
         prefix + "p99_ms": round(stats["p99_ms"], 2),
         prefix + "max_ms": round(stats["max_ms"], 2),
@@ -422,17 +597,20 @@ def run_configuration(
         prefix + "delivery_p99_ms": round(stats["delivery_p99_ms"], 2),
         prefix + "dropped": stats["dropped"],
         prefix + "received": stats["received"],
-        prefix + "published": len(published),
-        prefix + "connect_frames": sum(s["connect_frames"] for s in states),
+        prefix + "published": sum(map(len, published.values())),
+        prefix + "web_processes": web,
         prefix + "connect_failed": failed,
         prefix + "connect_retries": sum(s["retries"] for s in states),
         prefix + "connect_s": round(connect_s, 2),
-        prefix + "render_p50_ms": round(percentile(render_ms, 50), 2),
-        prefix + "render_p99_ms": round(percentile(render_ms, 99), 2),
-        prefix + "server_cpu_pct": round(cpu_used / (seconds + 2) * 100, 1),
+        prefix + "web_cpu_pct": round(cpu_used / (seconds + STRAGGLERS_S) * 100, 1),
         # The fan-out's own cost, less sensitive to a busy machine than the latencies.
-        prefix + "server_cpu_ms_per_frame": round(cpu_used * 1000 / max(stats["received"], 1), 3),
+        prefix + "web_cpu_ms_per_frame": round(cpu_used * 1000 / max(stats["received"], 1), 3),
+        prefix + "engine_ms_per_push": round(percentile(push_ms, 50), 3),
+        prefix + "engine_ms_per_push_p99": round(percentile(push_ms, 99), 3),
     }
+    if book:
+        out[prefix + "engine_ms_per_push_rendering"] = round(before_ms, 2)
+    return out
 
 
 def require_redis(redis_url: str) -> None:
@@ -478,8 +656,15 @@ def table(metrics: dict[str, dict[str, float]]) -> None:
 
 def main() -> None:
     args = parser(__doc__.splitlines()[0])
-    args.add_argument("--clients", default="50,200", help="Comma-separated client counts (default 50,200).")
-    args.add_argument("--servers", default="daphne,uvicorn", help="Comma-separated: daphne, uvicorn.")
+    args.add_argument(
+        "--clients", default="200", help="Empty-account client counts, comma-separated (default 200; '' for none)."
+    )
+    args.add_argument("--servers", default="daphne", help="Comma-separated: daphne, uvicorn (empty-account runs).")
+    args.add_argument(
+        "--book",
+        default="200:1,1000:2",
+        help="Trading-book runs as CLIENTS:WEB_PROCESSES, comma-separated (default 200:1,1000:2).",
+    )
     args.add_argument("--seconds", type=int, default=20, help="Publishing time per configuration (default 20).")
     args.add_argument(
         "--client-procs",
@@ -490,6 +675,7 @@ def main() -> None:
     options = args.parse_args()
     counts = [int(n) for n in options.clients.split(",") if n]
     servers = [s.strip() for s in options.servers.split(",") if s.strip()]
+    books = [tuple(int(x) for x in item.split(":")) for item in options.book.split(",") if item]
     for server in servers:
         server_command(server, 0)  # refuse unknown names before anything starts
 
@@ -504,34 +690,64 @@ def main() -> None:
     setup_django(database_url)
     from django.core.management import call_command
 
-    call_command("migrate", verbosity=0)
-    cookie = trader_cookie()
-    probe: dict[str, list[float]] = {"render_ms": [], **{f"{kind}_bytes": [] for kind in KINDS}}
-    install_renderers(probe)
-    data = panel_data()
-    from trading import events
+    from marketdata.demo import ensure_demo_instruments
 
-    for kind in KINDS:  # compile the templates once, as a running engine has
-        events.RENDERERS[kind]({**data[kind], "bench_seq": 0, "account": "fanout-warm-up"})
+    call_command("migrate", verbosity=0)
+    ensure_demo_instruments()
+    cookie = trader_cookie()
+    chains = chain_facts(8)
     env = {**os.environ, "LOG_LEVEL": "error", "PYTHONWARNINGS": "ignore::DeprecationWarning"}
-    print(f"fanout: Redis {redis_url}, database {database_url.split('@')[-1]}, {options.seconds} s each", flush=True)
+    load = os.getloadavg()
+    print(
+        f"fanout: Redis {redis_url}, database {database_url.split('@')[-1]}, {options.seconds} s each, "
+        f"{os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}",
+        flush=True,
+    )
+
+    def procs_for(count: int) -> int:
+        return options.client_procs or max(1, math.ceil(count / CLIENTS_PER_PROCESS))
+
     metrics: dict[str, dict[str, float]] = {}
     try:
         for server in servers:
-            metrics[server] = {}
             for count in counts:
-                procs = options.client_procs or max(1, math.ceil(count / CLIENTS_PER_PROCESS))
-                result = run_configuration(server, count, options.seconds, procs, env, cookie, tmp, data, probe)
-                metrics[server].update(result)
+                result = run_configuration(
+                    server, count, 1, options.seconds, procs_for(count), env, cookie, tmp, chains, False
+                )
+                metrics.setdefault(server, {}).update(result)
+        for count, web in books:
+            result = run_configuration(
+                "daphne", count, web, options.seconds, procs_for(count), env, cookie, tmp, chains, True
+            )
+            metrics.setdefault("book", {}).update(result)
     finally:
         cleanup_redis(redis_url)
     shutil.rmtree(tmp, ignore_errors=True)  # kept on failure: the server logs are in it
-    for kind in KINDS:
-        values = probe[f"{kind}_bytes"]
-        print(f"  {kind} frame: {sum(values) / max(len(values), 1) / 1024:.1f} KiB on average")
+    flat: dict[str, float] = {}
+    for server, values in metrics.items():
+        for key, value in values.items():
+            flat[key if server in ("book", servers[0] if servers else "") else f"{server}_{key}"] = value
+    if "book" in metrics:
+        book_keys = [k for k in flat if k.startswith("book_clients_") and k.endswith("_dropped")]
+        flat["book_dropped"] = sum(flat[k] for k in book_keys)
+        pushes = [v for k, v in flat.items() if k.startswith("book_clients_") and k.endswith("_engine_ms_per_push")]
+        flat["engine_ms_per_push"] = max(pushes)
+        before = [v for k, v in flat.items() if k.endswith("_engine_ms_per_push_rendering")]
+        flat["engine_ms_per_push_rendering"] = max(before)
+    flat["load_average_1m"] = round(os.getloadavg()[0], 2)
     table(metrics)
+    print(
+        "\n"
+        + "\n".join(
+            f"{k} = {flat[k]}"
+            for k in ("book_dropped", "engine_ms_per_push", "engine_ms_per_push_rendering", "load_average_1m")
+            if k in flat
+        )
+    )
     if options.json:
-        Path(options.json).write_text(json.dumps({"benchmark": "fanout", "metrics": metrics}, indent=2) + "\n")
+        Path(options.json).write_text(
+            json.dumps({"benchmark": "fanout", "metrics": flat, "by_server": metrics}, indent=2) + "\n"
+        )
         print(f"\nwrote {options.json}")
 
 

@@ -18,15 +18,19 @@ UI_PERMISSIONS = (
 )
 
 
-def ui_permissions(request):
-    """Body classes like ``can-kill_all``: pushed panels are the same HTML for
-    every viewer, so controls a user may not use are hidden by CSS (and refused
-    by the view if forced)."""
-    user = getattr(request, "user", None)
+def ui_can(user) -> dict[str, bool]:
+    """Which dashboard controls a user may use (``can.kill_all`` …): a control a user
+    may not use is not rendered at all, and its view refuses it if forced."""
     if user is None or not user.is_authenticated:
-        return {"ui_permission_classes": ""}
-    return {
-        "ui_permission_classes": " ".join(
-            "can-" + perm.split(".", 1)[1] for perm in UI_PERMISSIONS if user.has_perm(perm)
-        )
-    }
+        return {}
+    return {perm.split(".", 1)[1]: user.has_perm(perm) for perm in UI_PERMISSIONS}
+
+
+def ui_variant(can: dict[str, bool]) -> str:
+    """The permission set as a key: pages of users who may use the same controls
+    share one rendering of each panel."""
+    return ",".join(sorted(name for name, allowed in can.items() if allowed))
+
+
+def ui_permissions(request):
+    return {"can": ui_can(getattr(request, "user", None))}

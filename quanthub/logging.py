@@ -93,3 +93,19 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             payload["exception"] = self.formatException(record.exc_info)
         return mask_secrets(json.dumps(payload, default=str, ensure_ascii=False))
+
+
+# Refusals the product expects (a role without the permission, a missing row): the
+# request log keeps one line for each, without the traceback Django attaches.
+EXPECTED_STATUS = (401, 403, 404, 405)
+
+
+class ExpectedRefusals(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "status_code", None) in EXPECTED_STATUS and record.exc_info:
+            exc = record.exc_info[1]
+            record.exc_info = None
+            record.exc_text = None
+            if exc is not None and not hasattr(record, "reason"):
+                record.reason = str(exc)[:200]
+        return True

@@ -46,6 +46,66 @@ ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+# What each role sees in the admin ("app_label.model"), as the README's roles table
+# lists it. Viewing rights alone would show every model of our apps; the admin shows
+# a user the union of the lists of their roles, superusers everything.
+_TRADER_ADMIN = ("trading.order", "trading.fill", "trading.position", "trading.trade", "risk.risklimits")
+ADMIN_MODELS: dict[str, frozenset[str]] = {
+    TRADER: frozenset(_TRADER_ADMIN),
+    RISK_MANAGER: frozenset(
+        (
+            *_TRADER_ADMIN,
+            "trading.strategy",
+            "trading.signal",
+            "trading.reconciliationbreak",
+            "risk.tradingstate",
+            "risk.eventday",
+            "risk.breakertrip",
+            "risk.chargerate",
+            "risk.gaterefusal",
+            "marketdata.underlying",
+            "marketdata.instrument",
+            "marketdata.exchangeholiday",
+        )
+    ),
+    COMPLIANCE: frozenset(("audit.auditrecord", "trading.order", "trading.fill", "trading.trade")),
+}
+
+
+def admin_models_for(user) -> frozenset[str] | None:
+    """The admin models a user sees; None: all of them (a superuser)."""
+    if user.is_superuser:
+        return None
+    return frozenset().union(*(ADMIN_MODELS[role] for role in roles_of(user)))
+
+
+def scope_admin_by_role(site) -> None:
+    """Limit every registered ModelAdmin to the models of the user's roles: the model
+    leaves the admin index and its pages answer 403. Permissions still decide what a
+    user may change on the models they see."""
+    for model, model_admin in site._registry.items():
+        label = f"{model._meta.app_label}.{model._meta.model_name}"
+        for name in (
+            "has_view_permission",
+            "has_module_permission",
+            "has_change_permission",
+            "has_add_permission",
+            "has_delete_permission",
+        ):
+            original = getattr(model_admin, name)
+            if getattr(original, "_role_scoped", False):
+                continue
+
+            def scoped(request, *args, _original=original, _label=label, **kwargs):
+                allowed = admin_models_for(request.user)
+                if allowed is not None and _label not in allowed:
+                    return False
+                return _original(request, *args, **kwargs)
+
+            scoped._role_scoped = True
+            setattr(model_admin, name, scoped)
+
+
 def sync_roles(apps, schema_editor=None) -> None:
     """Create the groups and give each its permissions (idempotent).
 

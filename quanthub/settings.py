@@ -308,6 +308,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"user": env_str("API_THROTTLE_RATE", "600/min")},
+    "EXCEPTION_HANDLER": "quanthub.api.json_exception_handler",
 }
 # /health/ready: the engine's heartbeat must be younger than this (it beats every second).
 HEALTH_ENGINE_STALE_S = env_int("HEALTH_ENGINE_STALE_S", 10, minimum=1)
@@ -318,6 +319,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Positions, orders, risk limits, trading state, Kill All, audit export and health.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "quanthub.api.document_errors",
+    ],
 }
 
 # --- Logging -----------------------------------------------------------------------------
@@ -326,10 +331,15 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "quanthub.logging.JsonFormatter"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+    "filters": {"expected": {"()": "quanthub.logging.ExpectedRefusals"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json", "filters": ["expected"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
-        "django.server": {"level": "WARNING"},
+        # Django's default config gives these plain-text handlers of their own (with
+        # DEBUG on); without handlers they log once, as JSON, through the root.
+        "django": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
+        "django.server": {"handlers": [], "level": "WARNING", "propagate": True},
+        "py.warnings": {"handlers": [], "level": "WARNING", "propagate": True},
         "daphne": {"level": "WARNING"},
         "asyncio": {"level": "WARNING"},
         "urllib3": {"level": "WARNING"},

@@ -69,7 +69,7 @@ class RiskLimitsAdmin(admin.ModelAdmin):
     )
 
     def save_model(self, request, obj, form, change):
-        services.save_risk_limits(obj, actor=request.user.get_username())
+        services.save_risk_limits(obj, actor=f"user:{request.user.get_username()}")
 
     def has_delete_permission(self, request, obj=None):
         # Limits are versioned, never deleted: deactivate instead.
@@ -82,7 +82,7 @@ class RiskLimitsAdmin(admin.ModelAdmin):
             return
         limits = queryset.get()
         limits.is_active = True
-        services.save_risk_limits(limits, actor=request.user.get_username())
+        services.save_risk_limits(limits, actor=f"user:{request.user.get_username()}")
         self.message_user(request, f"{limits} is now active.")
 
 
@@ -127,7 +127,7 @@ class TradingStateAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         services.set_trading_state(
             obj.state,
-            actor=request.user.get_username(),
+            actor=f"user:{request.user.get_username()}",
             reason=obj.reason or "changed in the admin",
             account=obj.account,
         )

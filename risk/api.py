@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import models
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
@@ -11,14 +12,16 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from quanthub.api import ApiView, HasRole, actor, require_perm
+from quanthub.api import ApiView, HasRole, IstTimeField, StrictSerializerMixin, actor, require_perm
 from quanthub.clock import IST
 from risk import services
 from risk.models import BreakerTrip, EventDay, RiskLimits, TradingState
 from trading.models import ReconciliationBreak
 
 
-class RiskLimitsSerializer(serializers.ModelSerializer):
+class RiskLimitsSerializer(StrictSerializerMixin, serializers.ModelSerializer):
+    serializer_field_mapping = {**serializers.ModelSerializer.serializer_field_mapping, models.TimeField: IstTimeField}
+
     class Meta:
         model = RiskLimits
         exclude = ("is_active",)
@@ -53,6 +56,13 @@ class RiskLimitsView(ApiView):
     def _save(self, request: Request, *, partial: bool) -> Response:
         limits = RiskLimits.active()
         body = RiskLimitsSerializer(limits, data=request.data, partial=partial)
+        if not isinstance(request.data, dict) or not request.data:
+            raise ValidationError({"detail": ["Send the limits as a JSON object."]})
+        if not partial:  # PUT replaces: every writable field, none left to a default
+            writable = [name for name, field in body.fields.items() if not field.read_only]
+            missing = [name for name in writable if name not in request.data]
+            if missing:
+                raise ValidationError({name: ["This field is required."] for name in missing})
         body.is_valid(raise_exception=True)
         for name, value in body.validated_data.items():
             setattr(limits, name, value)

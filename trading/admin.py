@@ -15,7 +15,7 @@ class StrategyAdmin(admin.ModelAdmin):
     actions = ("enable_strategies", "disable_strategies")
 
     def save_model(self, request, obj, form, change):
-        services.save_strategy(obj, actor=request.user.get_username(), changed=form.changed_data)
+        services.save_strategy(obj, actor=f"user:{request.user.get_username()}", changed=form.changed_data)
 
     def get_readonly_fields(self, request, obj=None):
         fields = list(super().get_readonly_fields(request, obj))
@@ -34,12 +34,16 @@ class StrategyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Enable selected strategies")
     def enable_strategies(self, request, queryset):
-        changed = sum(services.set_strategy_enabled(s, True, actor=request.user.get_username()) for s in queryset)
+        changed = sum(
+            services.set_strategy_enabled(s, True, actor=f"user:{request.user.get_username()}") for s in queryset
+        )
         self.message_user(request, f"Enabled {changed} strateg{'y' if changed == 1 else 'ies'}.", messages.SUCCESS)
 
     @admin.action(description="Disable selected strategies (open trades exit by their rules)")
     def disable_strategies(self, request, queryset):
-        changed = sum(services.set_strategy_enabled(s, False, actor=request.user.get_username()) for s in queryset)
+        changed = sum(
+            services.set_strategy_enabled(s, False, actor=f"user:{request.user.get_username()}") for s in queryset
+        )
         self.message_user(request, f"Disabled {changed} strateg{'y' if changed == 1 else 'ies'}.", messages.SUCCESS)
 
 
@@ -164,14 +168,14 @@ class ReconciliationBreakAdmin(admin.ModelAdmin):
         from trading.orders.reconcile import resolve_break
 
         if "resolution" in form.changed_data:
-            resolve_break(obj, actor=request.user.get_username(), resolution=obj.resolution)
+            resolve_break(obj, actor=f"user:{request.user.get_username()}", resolution=obj.resolution)
 
     @admin.action(description="Adopt the selected external orders", permissions=["change"])
     def adopt(self, request, queryset):
         from trading.orders.reconcile import adopt_external_order
 
         for item in queryset.filter(kind=ReconciliationBreak.Kind.EXTRA_AT_BROKER, resolved_at__isnull=True):
-            order = adopt_external_order(item, actor=request.user.get_username())
+            order = adopt_external_order(item, actor=f"user:{request.user.get_username()}")
             self.message_user(request, f"Adopted {order.client_order_id}.", messages.SUCCESS)
 
     @admin.action(description="Mark the selected breaks as fixed", permissions=["change"])
@@ -179,5 +183,7 @@ class ReconciliationBreakAdmin(admin.ModelAdmin):
         from trading.orders.reconcile import resolve_break
 
         for item in queryset.filter(resolved_at__isnull=True):
-            resolve_break(item, actor=request.user.get_username(), resolution="fixed by a risk manager in the admin")
+            resolve_break(
+                item, actor=f"user:{request.user.get_username()}", resolution="fixed by a risk manager in the admin"
+            )
         self.message_user(request, "Marked as fixed.", messages.SUCCESS)

@@ -6,7 +6,6 @@ import datetime as dt
 
 from django.conf import settings
 from django.shortcuts import get_object_or_404
-from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import generics, serializers, status
@@ -14,12 +13,12 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from quanthub.api import ApiView, Pagination, actor, require_perm, run_in_fresh_thread
+from quanthub.api import ApiView, Pagination, StrictSerializerMixin, actor, require_perm, run_in_fresh_thread
 from quanthub.clock import IST
 from trading import services
 from trading.models import Order, Position, Strategy, Trade
 from trading.orders.requests import ExitRefused, refuse_unless_exitable, request_exit, request_kill_all
-from trading.selectors import overview
+from trading.selectors import market_now, overview
 
 # --- summary ---------------------------------------------------------------------------
 
@@ -32,6 +31,7 @@ class SummaryView(ApiView):
         responses={200: OpenApiTypes.OBJECT},
     )
     def get(self, request: Request) -> Response:
+        # Money as two-decimal strings, times in IST with their offset (Overview.as_dict).
         return Response(overview(account=settings.QUANTHUB_ACCOUNT).as_dict())
 
 
@@ -90,7 +90,9 @@ class PositionSerializer(_BookRowSerializer):
         expires = self.get_expires_at(position)
         if expires is None:
             return None
-        return max(int((expires - timezone.now()).total_seconds()), 0)
+        # On the engine's clock (simulated in a demo or replay), like the positions grid.
+        now = self.context.get("market_now") or market_now(position.account)
+        return max(int((expires - now).total_seconds()), 0)
 
 
 class PositionList(ApiView, generics.ListAPIView):
@@ -98,6 +100,9 @@ class PositionList(ApiView, generics.ListAPIView):
 
     serializer_class = PositionSerializer
     pagination_class = Pagination
+
+    def get_serializer_context(self):
+        return {**super().get_serializer_context(), "market_now": market_now(settings.QUANTHUB_ACCOUNT)}
 
     def get_queryset(self):
         return (
@@ -241,7 +246,7 @@ class KillAllView(ApiView):
 # --- orders and trades ---------------------------------------------------------------------
 
 
-class OrderFilter(serializers.Serializer):
+class OrderFilter(StrictSerializerMixin, serializers.Serializer):
     state = serializers.MultipleChoiceField(choices=Order.State.choices, required=False)
     date = serializers.DateField(required=False, help_text="Trading day (IST) the order was created.")
 
@@ -262,7 +267,7 @@ class OrderList(ApiView, generics.ListAPIView):
     def get_queryset(self):
         params = self.request.query_params
         data = {"state": params.getlist("state")}
-        if params.get("date"):
+        if "date" in params:
             data["date"] = params["date"]
         query = OrderFilter(data=data)
         query.is_valid(raise_exception=True)
@@ -331,7 +336,7 @@ class StrategyList(ApiView, generics.ListAPIView):
         return Strategy.objects.all()
 
 
-class ToggleSerializer(serializers.Serializer):
+class ToggleSerializer(StrictSerializerMixin, serializers.Serializer):
     enabled = serializers.BooleanField(
         required=False, help_text="The state wanted; left out, the strategy's switch is flipped."
     )
@@ -353,7 +358,7 @@ class StrategyToggle(ApiView):
     )
     def post(self, request: Request, pk: int) -> Response:
         strategy = get_object_or_404(Strategy, pk=pk)
-        body = ToggleSerializer(data=request.data)
+        body = ToggleSerializer(data=request.data if request.body else {})
         body.is_valid(raise_exception=True)
         enabled = body.validated_data.get("enabled", not strategy.enabled)
         changed = services.set_strategy_enabled(strategy, enabled, actor=actor(request))

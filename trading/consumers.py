@@ -1,61 +1,184 @@
-"""The dashboard websocket: one per open page.
+"""The dashboard websocket: one per open page, and the web tier's panel renderer.
 
 Anonymous users and users without a role are refused in ``connect``. A
-connected page joins its account's group and gets the current panels at once;
-after that every committed change arrives as HTML that htmx's ws extension
-swaps in by element id. The consumer never writes.
+connected page joins its account's group and gets the panels it shows
+(``?panels=overview,chain-NIFTY``) at once. After that the engine and the
+services publish facts (``trading.events``); this module turns each fact into
+the panels it changes, renders each of them once per process for every page
+watching the account (``PanelCache``: keyed by account, panel and the fact's
+version), and sends a page only the panels it shows whose content changed since
+its last frame (a content hash per panel and connection). The consumer never
+writes.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
+import time
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from quanthub import metrics
+from quanthub.context_processors import ui_can, ui_variant
 from quanthub.roles import roles_of
+from trading import dashboard
 from trading.events import group_name
 
 log = logging.getLogger(__name__)
 
-# Sent on connect: the panels a page may show (htmx ignores ids it cannot find).
+# A page that names no panels gets these (htmx ignores ids it cannot find).
 INITIAL_PANELS = ("overview", "killall", "risk", "positions", "scorecards", "alerts", "latency", "alphadecay")
 CLOSE_FORBIDDEN = 4403
+# A new page takes the latest rendering of a panel younger than this instead of
+# rendering its own (the next fact renders it again in any case).
+FRESH_S = 2.0
+
+
+def digest(html: str) -> str:
+    return hashlib.blake2b(html.encode(), digest_size=12).hexdigest()
+
+
+@dataclass
+class Rendered:
+    version: str
+    key: str
+    html: str = ""
+    digest: str = ""
+    at: float = 0.0
+    task: asyncio.Future | None = field(default=None, repr=False)
+
+
+class PanelCache:
+    """One rendering per (account, permission set, panel key, fact version) in this
+    process: pages of users who may use the same controls share it.
+
+    The first connection to see a fact starts the rendering of the panels it shows
+    (in one trip to the database thread); every other connection of this process
+    watching the same account awaits the same rendering. Only the latest version of
+    each panel is kept. The rendering is a task of its own, so a page that closes
+    meanwhile cancels only its own wait.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], Rendered] = {}
+        self.renders = 0
+
+    async def _render(self, entries: list[Rendered], account: str, data: dict | None, can: dict) -> None:
+        try:
+            html = await database_sync_to_async(dashboard.render_keys)(
+                [e.key for e in entries], data, account=account, can=can
+            )
+        except Exception:  # a broken partial loses one push, never the socket
+            log.exception("panel render failed", extra={"panels": [e.key for e in entries]})
+            html = {}
+        now = time.monotonic()
+        for entry in entries:
+            entry.html = html.get(entry.key, "")
+            entry.digest, entry.at = digest(entry.html), now
+        self.renders += len(entries)
+
+    async def get_many(
+        self, account: str, keys: list[str], version: str, data: dict | None, can: dict | None = None
+    ) -> list[Rendered]:
+        can = can or {}
+        variant = ui_variant(can)
+        found = [self._entries.get((account, variant, key)) for key in keys]
+        missing = [
+            Rendered(version, key)
+            for key, entry in zip(keys, found, strict=True)
+            if entry is None or entry.version != version
+        ]
+        if missing:
+            task = asyncio.ensure_future(self._render(missing, account, data, can))
+            for entry in missing:
+                entry.task = task
+                self._entries[(account, variant, entry.key)] = entry
+        entries = [self._entries[(account, variant, key)] for key in keys]
+        for task in {id(e.task): e.task for e in entries}.values():
+            await asyncio.shield(task)
+        return entries
+
+    async def get(self, account: str, key: str, version: str, data: dict | None, can: dict | None = None) -> Rendered:
+        return (await self.get_many(account, [key], version, data, can))[0]
+
+    async def current(self, account: str, key: str, can: dict | None = None) -> Rendered:
+        """For a page that just connected: the latest rendering of the panel if it is
+        still rendering or younger than ``FRESH_S``, else a new one that the pages
+        connecting after it share. A burst of page loads renders each panel once,
+        and any change after the rendering arrives as a fact of its own."""
+        entry = self._entries.get((account, ui_variant(can or {}), key))
+        if (
+            entry is not None
+            and entry.task is not None
+            and (not entry.task.done() or time.monotonic() - entry.at <= FRESH_S)
+        ):
+            await asyncio.shield(entry.task)
+            return entry
+        return await self.get(account, key, f"connect-{time.monotonic_ns()}", None, can)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+CACHE = PanelCache()
+
+
+def wanted_panels(query_string: bytes) -> dict[str, str | None]:
+    """Panel key → expiry filter (chains only) from ``?panels=``; unknown keys are
+    dropped. ``chain-NIFTY@2026-12-04``: that expiry's chain only."""
+    query = parse_qs(query_string.decode("ascii", "replace"))
+    names = [p for p in ",".join(query.get("panels", [])).split(",") if p]
+    if not names:
+        names = [*INITIAL_PANELS, *(f"chain-{u}" for u in dashboard.UNDERLYINGS)]
+    wanted: dict[str, str | None] = {}
+    for name in names:
+        key, _, expiry = name.partition("@")
+        if dashboard.valid_key(key):
+            wanted[key] = expiry or None
+    return wanted
+
+
+def _access(user) -> tuple[bool, dict[str, bool]]:
+    if user is None or not user.is_authenticated or not roles_of(user):
+        return False, {}
+    return True, ui_can(user)
 
 
 class DashboardConsumer(AsyncWebsocketConsumer):
     async def connect(self):
         user = self.scope.get("user")
-        if user is None or not user.is_authenticated or not await database_sync_to_async(roles_of)(user):
+        # One trip to the database thread for the role and the controls: a burst of
+        # handshakes queues there, and each trip is a turn in the queue.
+        allowed, self.can = await database_sync_to_async(_access)(user)
+        if not allowed:
             log.warning("dashboard websocket refused", extra={"user": getattr(user, "pk", None)})
             await self.close(code=CLOSE_FORBIDDEN)
             return
         self.account = settings.QUANTHUB_ACCOUNT
         self.group = group_name(self.account)
+        self.wanted = wanted_panels(self.scope.get("query_string", b""))
+        self.sent: dict[str, str] = {}  # panel key -> digest of the content last sent
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         metrics.WS_CONNECTIONS.inc()
-        await self.send(text_data=await database_sync_to_async(self._current)(self._wanted()))
+        await self.send(text_data=await self._current())
 
-    def _wanted(self) -> list[str]:
-        """The panels the page asked for (``?panels=overview,chain-NIFTY``), else all."""
-        from urllib.parse import parse_qs
-
-        query = parse_qs(self.scope.get("query_string", b"").decode("ascii", "replace"))
-        wanted = [p for p in ",".join(query.get("panels", [])).split(",") if p]
-        return wanted or [*INITIAL_PANELS, *(f"chain-{u}" for u in ("NIFTY", "BANKNIFTY"))]
-
-    def _current(self, wanted: list[str]) -> str:
-        from trading import dashboard
-
+    async def _current(self) -> str:
         parts = []
-        for name in wanted:
-            if name.startswith("chain-") and name[6:] in dashboard.UNDERLYINGS:
-                parts.append(dashboard.render_panel("chain", {"underlying": name[6:]}, account=self.account))
-            elif name in dashboard.PANELS and name != "chain":
-                parts.append(dashboard.render_panel(name, account=self.account))
+        for key, expiry in self.wanted.items():
+            if expiry is None:
+                html = (await CACHE.current(self.account, key, self.can)).html
+            else:  # one expiry's chain, as the page asked for it
+                data = {"underlying": key[6:], "expiry_wanted": expiry}
+                html = await database_sync_to_async(dashboard.render_key)(key, data, account=self.account, can=self.can)
+            self.sent[key] = digest(html)
+            parts.append(html)
         return "".join(parts)
 
     async def disconnect(self, code):
@@ -69,8 +192,23 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         # plain htmx POSTs for actions, so anything received here is ignored.
         return
 
-    async def dashboard_event(self, event):
-        html = event.get("html")
-        if html:
-            await self.send(text_data=html)
+    def _shows(self, key: str, data: dict) -> bool:
+        if key not in self.wanted:
+            return False
+        expiry = self.wanted[key]
+        return expiry is None or data.get("expiry") == expiry
+
+    async def dashboard_fact(self, event):
+        kind, data, version = event.get("kind"), event.get("data") or {}, event.get("v", "")
+        keys = [key for key in dashboard.panel_keys(kind, data) if self._shows(key, data)]
+        if not keys:
+            return
+        parts = []
+        for entry in await CACHE.get_many(self.account, keys, version, data, self.can):
+            key = entry.key
+            if entry.html and self.sent.get(key) != entry.digest:
+                self.sent[key] = entry.digest
+                parts.append(entry.html)
+        if parts:
+            await self.send(text_data="".join(parts))
             metrics.pushed(event)

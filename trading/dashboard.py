@@ -10,6 +10,7 @@ delivery paths.
 from __future__ import annotations
 
 import datetime as dt
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -20,6 +21,7 @@ from trading import charts, selectors
 
 UNDERLYINGS = ("NIFTY", "BANKNIFTY")
 TEMPLATE = "trading/panels.html"
+CENTS = Decimal("0.01")
 
 
 def _account(data: dict | None = None) -> str:
@@ -39,7 +41,13 @@ def _ctx_overview(account: str, data: dict) -> dict:
 
 
 def _ctx_positions(account: str, data: dict) -> dict:
-    return {"positions": selectors.open_positions(account)}
+    rows = selectors.open_positions(account)
+    beat = selectors.latest_heartbeat(account)
+    return {
+        "positions": rows,
+        "net_greeks": selectors.net_greeks(rows),
+        "positions_at": beat.market_time if beat is not None else None,
+    }
 
 
 def _ctx_risk(account: str, data: dict) -> dict:
@@ -74,6 +82,8 @@ def _ctx_latency(account: str, data: dict) -> dict:
         "engine_n": len(engine),
         "engine_pct": _percentiles(engine),
         "simulated": bool(beat and beat.feed != "dhan"),
+        "paper_latency": (beat.stats or {}).get("paper_latency_ms") if beat else None,
+        "latency_at": beat.market_time if beat else None,
         "slippage": selectors.slippage(account),
     }
 
@@ -90,11 +100,28 @@ def _ctx_alphadecay(account: str, data: dict) -> dict:
     }
 
 
+def fact_rows(data: dict) -> list[dict] | None:
+    """The rows of a chain fact (``trading.events.chain_fact``: columns), as the chain
+    selector reads them from the database; None when the fact carries no chain."""
+    if "security_id" not in data:
+        return None
+    at = dt.datetime.fromisoformat(data["at"])
+    spot = Decimal(str(data["spot"]))
+    expiry = dt.date.fromisoformat(data["expiry"]) if data.get("expiry") else None
+    columns = ("security_id", "strike", "option_type", "oi", "oi_change", "volume", "bid", "ask", "last")
+    greeks = ("iv", "delta", "gamma", "theta", "vega")
+    rows = []
+    for i in range(len(data["security_id"])):
+        row = {name: data[name][i] for name in (*columns, *greeks)}
+        for money in ("strike", "bid", "ask", "last"):
+            row[money] = Decimal(str(row[money])).quantize(CENTS)
+        rows.append({**row, "underlying": spot, "at": at, "expiry": expiry})
+    return rows
+
+
 def _ctx_chain(account: str, data: dict) -> dict:
     underlying = data.get("underlying") or UNDERLYINGS[0]
-    chain = selectors.option_chain(underlying, account, rows=data.get("rows"))
-    if isinstance(chain["at"], str):
-        chain["at"] = dt.datetime.fromisoformat(chain["at"])
+    chain = selectors.option_chain(underlying, account, rows=fact_rows(data), expiry=data.get("expiry_wanted"))
     return {"chain": chain}
 
 
@@ -127,16 +154,25 @@ def panel_context(name: str, data: dict | None = None, *, account: str | None = 
     return PANELS[name](account or _account(data), data)
 
 
-def render_panel(name: str, data: dict | None = None, *, request=None, account: str | None = None) -> str:
+def render_panel(
+    name: str, data: dict | None = None, *, request=None, account: str | None = None, can: dict | None = None
+) -> str:
+    """One panel. ``can``: the controls the viewer may use (``ui_can``); from the
+    request's user when there is a request, none otherwise."""
     context = panel_context(name, data, account=account)
+    if request is None:
+        context["can"] = can or {}
+    elif can is not None:
+        context["can"] = can
     return render_to_string(f"{TEMPLATE}#{name}", context, request=request)
 
 
-# --- what each event re-renders ------------------------------------------------------
+# --- what each fact re-renders -------------------------------------------------------
 
 EVENT_PANELS: dict[str, tuple[str, ...]] = {
-    # The engine sends "heartbeat" at most once a wall-clock second: marks, P&L and
-    # positions move with every snapshot, so they ride on it instead of on each fill.
+    # The engine sends "heartbeat" at most once a wall-clock second: marks, P&L,
+    # positions and their exit orders move with every snapshot, so they ride on it
+    # instead of on each fill.
     "heartbeat": ("overview", "positions", "risk", "scorecards"),
     "analytics": ("latency", "alphadecay"),
     "alert": ("alerts", "overview"),
@@ -148,17 +184,47 @@ EVENT_PANELS: dict[str, tuple[str, ...]] = {
     "trading_state": ("overview", "risk"),
 }
 
+# Panels whose content is the fact itself (Kill All's progress, the engine's chain);
+# every other panel is read from committed rows.
+FACT_PANELS = ("killall", "chain")
 
-def _renderer(kind: str):
-    def render(data: dict[str, Any]) -> list[tuple[str, str]]:
-        out = []
-        for name in EVENT_PANELS[kind]:
-            # Kill All progress and pushed chains carry their content; other panels read the database.
-            panel_data = data if name in ("killall", "chain") else {"account": data.get("account")}
-            out.append((panel_id(name, data), render_panel(name, panel_data)))
-        return out
 
-    return render
+def panel_keys(kind: str, data: dict[str, Any]) -> list[str]:
+    """The panel keys a fact changes: a panel name, or ``chain-<underlying>``."""
+    return [
+        f"chain-{data.get('underlying') or UNDERLYINGS[0]}" if name == "chain" else name
+        for name in EVENT_PANELS.get(kind, ())
+    ]
+
+
+def render_key(
+    key: str, data: dict[str, Any] | None = None, *, account: str | None = None, can: dict | None = None
+) -> str:
+    """Render one panel key (``overview``, ``chain-NIFTY``) from a fact's data, or from
+    the database when the fact carries no content for it (``data`` None)."""
+    data = dict(data or {})
+    if key.startswith("chain-"):
+        underlying = key[6:]
+        if data.get("underlying") != underlying:
+            data = {}
+        data["underlying"] = underlying
+        return render_panel("chain", data, account=account, can=can)
+    return render_panel(key, data if key in FACT_PANELS else {}, account=account, can=can)
+
+
+def render_keys(
+    keys: list[str], data: dict[str, Any] | None = None, *, account: str | None = None, can: dict | None = None
+) -> dict[str, str]:
+    """Several panels of one fact in one pass: the engine's latest heartbeat (which
+    most panels read) is read once for all of them."""
+    with selectors.one_read_of_the_heartbeat():
+        return {key: render_key(key, data, account=account, can=can) for key in keys}
+
+
+def valid_key(key: str) -> bool:
+    if key.startswith("chain-"):
+        return key[6:] in UNDERLYINGS
+    return key in PANELS and key != "chain"
 
 
 def panel_id(name: str, data: dict | None = None) -> str:
@@ -168,34 +234,6 @@ def panel_id(name: str, data: dict | None = None) -> str:
 
 
 def register() -> None:
-    from trading.events import RENDERERS
+    from trading.events import SHOWN
 
-    for kind in EVENT_PANELS:
-        RENDERERS.setdefault(kind, _renderer(kind))
-
-
-def chain_rows(snapshot) -> list[dict]:
-    """The rows of a chain snapshot as the chain panel wants them, in JSON-safe
-    types (they travel through the channel layer): a push straight from the
-    engine's memory, without waiting for the writer's flush."""
-    at = snapshot.received_at.isoformat()
-    spot = round(float(snapshot.underlying_ltp), 2)
-    return [
-        {
-            "security_id": str(snapshot.security_id[i]),
-            "strike": round(float(snapshot.strike[i]), 2),
-            "option_type": int(snapshot.option_type[i]),
-            "oi": int(snapshot.oi[i]),
-            "oi_change": int(snapshot.oi[i] - snapshot.prev_oi[i]),
-            "volume": int(snapshot.volume[i]),
-            "iv": float(snapshot.iv[i]),
-            "delta": float(snapshot.delta[i]),
-            "gamma": float(snapshot.gamma[i]),
-            "theta": float(snapshot.theta[i]),
-            "vega": float(snapshot.vega[i]),
-            "last": round(float(snapshot.last_price[i]), 2),
-            "underlying": spot,
-            "at": at,
-        }
-        for i in range(len(snapshot))
-    ]
+    SHOWN.update(EVENT_PANELS)

@@ -1,20 +1,26 @@
 """Dashboard events: the only module that calls ``group_send``.
 
-Events go out only after the transaction that caused them commits, so the
-dashboards never show state that was rolled back. A dead channel layer (Redis
-down) is logged and counted, never raised into the trading loop.
+The engine and the services publish small *facts* (what changed: the book on a
+heartbeat, Kill All's progress, a chain, an alert, a limit) after the
+transaction that caused them commits, so the dashboards never show state that
+was rolled back. Nothing here renders or reads the database: the web tier
+(``trading.consumers``) turns a fact into panels, once per change per account.
+A dead channel layer (Redis down) is logged and counted, never raised into the
+trading loop.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
+import secrets
 import time
-from collections.abc import Callable
 from typing import Any
 
-from asgiref.sync import async_to_sync, sync_to_async
+from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import DatabaseError, transaction
+from django.db import transaction
 
 from quanthub import metrics
 
@@ -22,40 +28,40 @@ log = logging.getLogger(__name__)
 
 DASHBOARD_GROUP = "dashboard.{account}"
 
-# kind -> function(data) -> list of (element id, html) to swap out of band.
-# The dashboard module registers its partial renderers here at start-up.
-RENDERERS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str]]]] = {}
+# The kinds some page shows; ``trading.dashboard.register`` fills it at start-up. A kind
+# no panel shows (order, fill, position, signal: the next heartbeat carries them) is
+# not sent at all, so it costs no channel-layer round trip.
+SHOWN: set[str] = set()
 
 stats = {"published": 0, "failed": 0}
+
+# A fact's version: unique across processes (every web process receives the same
+# message and keys its render cache on it), ordered within one publisher.
+_ORIGIN = f"{os.getpid():x}{secrets.token_hex(3)}"
+_sequence = itertools.count(1)
 
 
 def group_name(account: str = "default") -> str:
     return DASHBOARD_GROUP.format(account=account)
 
 
-def _message(kind: str, data: dict[str, Any], account: str = "default") -> dict[str, Any]:
-    """The group message; ``html`` holds the re-rendered panels (rendered once here,
-    not once per connected page). Renderers read the database: call from sync code."""
-    message: dict[str, Any] = {"type": "dashboard.event", "kind": kind, "data": data}
-    message["published_at"] = time.time()  # wall clock across processes: the consumers' push lag
-    renderer = RENDERERS.get(kind)
-    if renderer is not None:
-        try:
-            message["html"] = "".join(html for _, html in renderer({**data, "account": account}))
-        except DatabaseError as exc:  # the database is away: the engine reports that outage itself
-            log.warning("event not rendered: database error", extra={"kind": kind, "error": type(exc).__name__})
-        except Exception:  # a broken partial must not stop trading
-            log.exception("event renderer failed", extra={"kind": kind})
-    return message
+def fact(kind: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The group message: the kind, its JSON-safe data and a version; ``published_at``
+    (wall clock across processes) gives the consumers' push lag."""
+    return {
+        "type": "dashboard.fact",
+        "kind": kind,
+        "data": data or {},
+        "v": f"{_ORIGIN}-{next(_sequence)}",
+        "published_at": time.time(),
+    }
 
 
 def _has_listeners(layer, group: str, kind: str) -> bool:
-    """Whether an event can reach a page. A page only ever swaps in rendered panels,
-    so a kind with no renderer (order, fill, position, signal: the next heartbeat
-    carries them) is not sent at all. The in-memory layer knows its groups: with
-    no page open (tests, benchmarks, a headless engine) there is nothing to render.
-    Other layers may have listeners in other processes, so they get the event."""
-    if kind not in RENDERERS:
+    """Whether a fact can reach a page. The in-memory layer knows its groups: with
+    no page open (tests, benchmarks, a headless engine) nothing is sent. Other
+    layers may have listeners in other processes, so they get the fact."""
+    if kind not in SHOWN:
         return False
     groups = getattr(layer, "groups", None)
     if isinstance(groups, dict):
@@ -63,42 +69,77 @@ def _has_listeners(layer, group: str, kind: str) -> bool:
     return True
 
 
+def _failed(kind: str, exc: Exception) -> bool:
+    stats["failed"] += 1
+    log.warning("dashboard publish failed", extra={"kind": kind, "error": repr(exc)})
+    return False
+
+
 def send_now(kind: str, data: dict[str, Any] | None = None, *, account: str = "default") -> bool:
-    """Send immediately (use only outside a transaction, e.g. heartbeats)."""
+    """Publish immediately from sync code (outside a transaction, or in on_commit)."""
     layer = get_channel_layer()
     if layer is None or not _has_listeners(layer, group_name(account), kind):
         return False
     try:
-        message = _message(kind, data or {}, account)
+        message = fact(kind, data)
         async_to_sync(layer.group_send)(group_name(account), message)
         metrics.push_sent(time.time() - message["published_at"])
     except Exception as exc:  # Redis down degrades the dashboards, never trading
-        stats["failed"] += 1
-        log.warning("dashboard publish failed", extra={"kind": kind, "error": repr(exc)})
-        return False
+        return _failed(kind, exc)
     stats["published"] += 1
     return True
 
 
 async def asend_now(kind: str, data: dict[str, Any] | None = None, *, account: str = "default") -> bool:
+    """Publish immediately from the engine's loop: one ``group_send``, no database,
+    no rendering."""
     layer = get_channel_layer()
     if layer is None or not _has_listeners(layer, group_name(account), kind):
         return False
     try:
-        message = await sync_to_async(_message, thread_sensitive=True)(kind, data or {}, account)
+        message = fact(kind, data)
         await layer.group_send(group_name(account), message)
         metrics.push_sent(time.time() - message["published_at"])
     except Exception as exc:
-        stats["failed"] += 1
-        log.warning("dashboard publish failed", extra={"kind": kind, "error": repr(exc)})
-        return False
+        return _failed(kind, exc)
     stats["published"] += 1
     return True
 
 
 def publish_on_commit(kind: str, data: dict[str, Any] | None = None, *, account: str = "default") -> None:
     """Publish after the current transaction commits (at once outside one)."""
-    if kind not in RENDERERS:  # nothing on a page would show it
+    if kind not in SHOWN:  # nothing on a page would show it
         return
     payload = dict(data or {})
     transaction.on_commit(lambda: send_now(kind, payload, account=account), robust=True)
+
+
+def chain_fact(snapshot) -> dict[str, Any]:
+    """A chain snapshot as a compact, JSON-safe fact (columns, not rows of dicts): it
+    travels through the channel layer straight from the engine's memory, without
+    waiting for the writer's flush. Prices keep two decimals, Greeks four
+    significant places: what the chain panel shows."""
+
+    def col(values, digits: int) -> list[float]:
+        return [round(float(v), digits) for v in values]
+
+    return {
+        "underlying": snapshot.underlying,
+        "expiry": snapshot.expiry.isoformat(),
+        "at": snapshot.received_at.isoformat(),
+        "spot": round(float(snapshot.underlying_ltp), 2),
+        "security_id": [str(s) for s in snapshot.security_id],
+        "strike": col(snapshot.strike, 2),
+        "option_type": [int(t) for t in snapshot.option_type],
+        "oi": [int(v) for v in snapshot.oi],
+        "oi_change": [int(a - b) for a, b in zip(snapshot.oi, snapshot.prev_oi, strict=True)],
+        "volume": [int(v) for v in snapshot.volume],
+        "bid": col(snapshot.bid, 2),
+        "ask": col(snapshot.ask, 2),
+        "last": col(snapshot.last_price, 2),
+        "iv": col(snapshot.iv, 2),
+        "delta": col(snapshot.delta, 4),
+        "gamma": col(snapshot.gamma, 6),
+        "theta": col(snapshot.theta, 3),
+        "vega": col(snapshot.vega, 3),
+    }

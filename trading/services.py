@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from django.db import transaction
 from django.db.models import F
+from django.utils import timezone
 
 from audit.chain import append as audit_append
 from trading.models import Strategy
@@ -46,7 +47,9 @@ def set_strategy_enabled(strategy: Strategy, enabled: bool, *, actor: str) -> bo
     entries only: open trades still exit by their rules."""
     with transaction.atomic():
         updated = Strategy.objects.filter(pk=strategy.pk, enabled=not enabled).update(
-            enabled=enabled, version=F("version") + 1
+            enabled=enabled,
+            version=F("version") + 1,
+            updated_at=timezone.now(),  # update() skips auto_now
         )
         if not updated:
             return False

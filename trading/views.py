@@ -1,13 +1,14 @@
 """Dashboard pages, htmx panel refreshes and the dashboard's few actions.
 
 Every view needs a logged-in user with one of the three roles; actions check
-their own permission too (the buttons are only hidden by CSS). Actions answer
+their own permission too (a control the user may not use is not rendered at all). Actions answer
 with the panel they changed, so htmx swaps it in at once; the websocket push
 that follows the commit brings every other open page up to date.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
 import threading
@@ -28,7 +29,7 @@ from trading import dashboard
 from trading.events import publish_on_commit, send_now
 from trading.models import Alert, Position, Strategy
 from trading.orders.requests import ExitRefused, refuse_unless_exitable, request_exit, request_kill_all
-from trading.services import save_strategy
+from trading.services import set_strategy_enabled
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,11 @@ def _page(request, template: str, panels: tuple[str, ...], extra: dict | None = 
     for name in panels:
         context.update(dashboard.panel_context(name, extra, account=_account()))
     context.update(extra or {})
-    live = [f"chain-{context['chain']['underlying']}" if name == "chain" else name for name in panels]
+    live = [name for name in panels if name != "chain"]
+    if "chain" in panels:
+        chain = context["chain"]
+        wanted = chain["wanted_expiry"]
+        live.append(f"chain-{chain['underlying']}" + (f"@{wanted.isoformat()}" if wanted else ""))
     context["live_panels"] = ",".join(live)
     return render(request, template, context)
 
@@ -94,12 +99,18 @@ def analytics(request):
 def chain(request):
     underlying = request.GET.get("underlying", dashboard.UNDERLYINGS[0])
     if underlying not in dashboard.UNDERLYINGS:
-        return HttpResponse(f"Unknown underlying {underlying!r}.", status=400)
+        return HttpResponse(f"Unknown underlying {underlying!r}.", status=400, content_type="text/plain")
+    expiry = request.GET.get("expiry") or None
+    if expiry is not None:
+        try:
+            dt.date.fromisoformat(expiry)
+        except ValueError:
+            return HttpResponse("expiry must be a date (YYYY-MM-DD).", status=400, content_type="text/plain")
     return _page(
         request,
         "trading/chain.html",
         ("chain",),
-        {"underlying": underlying, "underlyings": dashboard.UNDERLYINGS},
+        {"underlying": underlying, "underlyings": dashboard.UNDERLYINGS, "expiry_wanted": expiry},
     )
 
 
@@ -119,8 +130,9 @@ def panel(request, name: str):
     if name == "chain":
         underlying = request.GET.get("underlying", dashboard.UNDERLYINGS[0])
         if underlying not in dashboard.UNDERLYINGS:
-            return HttpResponse(f"Unknown underlying {underlying!r}.", status=400)
+            return HttpResponse(f"Unknown underlying {underlying!r}.", status=400, content_type="text/plain")
         data["underlying"] = underlying
+        data["expiry_wanted"] = request.GET.get("expiry") or None
     return HttpResponse(dashboard.render_panel(name, data, request=request, account=_account()))
 
 
@@ -215,8 +227,8 @@ def acknowledge_alert(request, pk: int):
 def toggle_strategy(request, pk: int):
     _require(request, "trading.toggle_strategy")
     strategy = get_object_or_404(Strategy, pk=pk)
-    strategy.enabled = not strategy.enabled
-    save_strategy(strategy, actor=f"user:{request.user.get_username()}", changed=["enabled"])
+    # The same write (and audit action, strategy.enabled / strategy.disabled) as the API's.
+    set_strategy_enabled(strategy, not strategy.enabled, actor=f"user:{request.user.get_username()}")
     send_now("strategy", {"id": pk, "enabled": strategy.enabled}, account=_account())
     return HttpResponse(dashboard.render_panel("scorecards", request=request, account=_account()))
 

@@ -541,3 +541,83 @@ def test_kill_all_flattens_and_returns_its_summary(trader, demo_market):
     assert TradingState.objects.get(account="default").state == TradingState.State.HALTED
     started = AuditRecord.objects.get(action="kill_all.started")
     assert started.actor == "user:trader1" and started.payload == {"reason": "desk drill"}
+
+
+# --- the schema's promises (what a schema fuzz found) ---------------------------------------
+
+
+def test_times_of_day_carry_their_offset_and_are_accepted_back(risk_manager):
+    client = client_for(risk_manager)
+    body = client.get(f"{V1}risk/limits/").json()
+    assert body["entry_cutoff"] == "15:00:00+05:30"
+    body = {k: v for k, v in body.items() if k not in ("id", "version", "updated_at", "updated_by")}
+    body["entry_cutoff"] = "09:00:00+00:00"  # 14:30 IST
+    response = client.put(f"{V1}risk/limits/", body, format="json")
+    assert response.status_code == 200, response.json()
+    assert response.json()["entry_cutoff"] == "14:30:00+05:30"
+
+
+def test_put_on_the_limits_needs_every_field_and_refuses_unknown_ones(risk_manager):
+    client = client_for(risk_manager)
+    before = RiskLimits.active().version
+    empty = client.put(f"{V1}risk/limits/", {}, format="json")
+    assert empty.status_code == 400 and empty["Content-Type"].startswith("application/json")
+    partial = client.put(f"{V1}risk/limits/", {"daily_loss_cap": "1000.00"}, format="json")
+    assert partial.status_code == 400 and "max_lots_per_signal" in partial.json()
+    unknown = client.patch(f"{V1}risk/limits/", {"daily_loss_cap": "1000.00", "bogus": 1}, format="json")
+    assert unknown.status_code == 400 and unknown.json() == {"bogus": ["Unknown field."]}
+    assert RiskLimits.active().version == before
+
+
+def test_page_size_must_be_a_whole_number(trader):
+    client = client_for(trader)
+    for bad in ("null", "abc", "0", "501", "-1"):
+        response = client.get(f"{V1}orders/", {"page_size": bad})
+        assert response.status_code == 400, bad
+        assert "page_size" in response.json()
+    assert client.get(f"{V1}orders/", {"page_size": "5"}).status_code == 200
+
+
+def test_a_toggle_takes_json_only_and_moves_updated_at(risk_manager):
+    strategy = Strategy.objects.create(key="probe", name="Probe", enabled=False)
+    before = Strategy.objects.get(pk=strategy.pk).updated_at
+    client = client_for(risk_manager)
+    garbage = client.post(f"{V1}strategies/{strategy.pk}/toggle/", {"x": "y"}, format="multipart")
+    assert garbage.status_code == 415 and "detail" in garbage.json()
+    assert client.post(f"{V1}strategies/{strategy.pk}/toggle/", {"enabled": None}, format="json").status_code == 400
+    assert client.post(f"{V1}strategies/{strategy.pk}/toggle/", {"on": True}, format="json").status_code == 400
+    flipped = client.post(f"{V1}strategies/{strategy.pk}/toggle/")
+    assert flipped.status_code == 200 and flipped.json()["strategy"]["enabled"] is True
+    assert Strategy.objects.get(pk=strategy.pk).updated_at > before
+    assert AuditRecord.objects.filter(action="strategy.enabled", actor="user:risk1").exists()
+
+
+def test_no_html_error_page_anywhere_under_api(trader):
+    client = client_for(trader)
+    for path in (f"{V1}positions/abc/exit/", f"{V1}strategies/x/toggle/", f"{V1}nothing/", "/api/v2/", f"{V1}orders"):
+        response = client.post(path) if "exit" in path or "toggle" in path else client.get(path)
+        assert response.status_code == 404, path
+        assert response["Content-Type"] == "application/json" and response.json() == {"detail": "Not found."}
+
+
+def test_the_summary_gives_money_in_two_decimals_and_times_in_ist(trader, demo_market):
+    from trading.models import Trade
+
+    inst = Instrument.objects.filter(kind="CE").first()
+    now = timezone.now()
+    Trade.objects.create(
+        instrument=inst,
+        direction="LONG",
+        quantity=65,
+        entry_price=Decimal("100"),
+        exit_price=Decimal("110"),
+        opened_at=now - dt.timedelta(minutes=5),
+        closed_at=now,
+        gross_pnl=Decimal("650"),
+        charges=Decimal("41.39"),
+        net_pnl=Decimal("608.61"),
+    )
+    body = client_for(trader).get(f"{V1}summary/").json()
+    assert body["charges"] == "41.39" and body["net_pnl"] == "608.61"
+    assert all(t.endswith("+05:30") for t, _ in body["equity"])
+    assert all(v.count(".") == 1 and len(v.split(".")[1]) == 2 for _, v in body["equity"])

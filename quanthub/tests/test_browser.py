@@ -207,6 +207,58 @@ def test_a_trader_watches_the_book_live_and_kill_all_takes_it_flat(browser, serv
     context.close()
 
 
+LIVE_PAGES = [
+    ("/", "overview"),
+    ("/trading/positions/", "positions"),
+    ("/trading/strategies/", "strategies"),
+    ("/trading/chain/", "option-chain"),
+    ("/trading/chain/?underlying=BANKNIFTY", "option-chain-banknifty"),
+    ("/trading/analytics/", "latency-and-alpha-decay"),
+    ("/trading/alerts/", "alerts"),
+    ("/trading/backtests/", "backtests"),
+]
+
+
+def test_no_page_logs_a_console_error_through_a_minute_of_live_updates(browser, served):
+    """Every page, for 8 s each (over a minute in all) while the engine pushes: no
+    console error (htmx logs a pushed panel the page does not show as
+    htmx:oobErrorNoTarget), no uncaught exception, no failed request."""
+    context, page = _login(browser, served, "trader")
+    problems: list[str] = []
+    page.on(
+        "console", lambda m: problems.append(f"{page.url} console {m.type}: {m.text}") if m.type == "error" else None
+    )
+    page.on("pageerror", lambda e: problems.append(f"{page.url} pageerror: {e}"))
+    page.on(
+        "requestfailed",
+        # Leaving a page aborts what it still had in flight: that is not a failure.
+        lambda r: (
+            problems.append(f"{page.url} request failed: {r.url} {r.failure}")
+            if "ERR_ABORTED" not in (r.failure or "")
+            else None
+        ),
+    )
+    frames = []
+    page.on("websocket", lambda ws: ws.on("framereceived", lambda payload: frames.append(len(payload))))
+    began = time.monotonic()
+    for path, _ in LIVE_PAGES:
+        page.goto(served["url"] + path)
+        page.wait_for_selector("#connection[data-state=open]") if path != "/trading/backtests/" else None
+        page.wait_for_timeout(8000)
+    assert time.monotonic() - began >= 60
+    assert frames, "no live update arrived"
+    assert problems == []
+    # The same at tablet width, where the panels stack.
+    page.set_viewport_size({"width": 820, "height": 1180})
+    for path, name in LIVE_PAGES[:4]:
+        page.goto(served["url"] + path)
+        page.wait_for_timeout(2500)
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 820 or name.startswith("option-chain")
+        _shot(page, f"{name}-tablet")
+    assert problems == []
+    context.close()
+
+
 def test_releasing_kill_all_early_does_nothing(browser, served):
     context, page = _login(browser, served, "risk")
     posts = []
@@ -272,9 +324,13 @@ def test_a_compliance_user_downloads_a_verified_audit_export(browser, served, tm
         timeout=60,
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    # Compliance sees the dashboards but no trading controls.
+    # Compliance sees the dashboards without trading controls: not rendered at all.
     page.goto(served["url"] + "/")
-    assert not page.locator("[data-testid=kill-all]").is_visible()
+    page.wait_for_timeout(1500)  # pushed panels too
+    assert page.locator("[data-testid=kill-all]").count() == 0
+    # A forced press is refused, and the page says so.
+    page.evaluate("""() => htmx.ajax('POST', '/trading/kill-all/', {target: '#panel-killall', swap: 'outerHTML'})""")
+    expect(page.locator("#toast")).to_contain_text("Refused", timeout=10_000)
     context.close()
 
 

@@ -109,3 +109,35 @@ def test_seed_demo_creates_one_user_per_role_with_printed_passwords(db, capsys):
 
     call_command("seed_demo", "--no-instruments")
     assert "(unchanged" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("role", "expected"),
+    [
+        (TRADER, {"Orders", "Fills", "Positions", "Trades", "Risk limits"}),
+        (COMPLIANCE, {"Audit records", "Orders", "Fills", "Trades"}),
+    ],
+)
+def test_the_admin_shows_each_role_the_models_of_the_readme(client, make_user, role, expected):
+    import re
+
+    user = make_user(f"admin-{role}", role)
+    user.is_staff = True
+    user.save()
+    client.force_login(user)
+    html = client.get(reverse("admin:index")).content.decode()
+    shown = set(re.findall(r"<th scope=\"row\"[^>]*>\s*<a href=\"[^\"]+\">([^<]+)</a>", html))
+    assert shown == expected
+    # A model outside the role's list is refused by URL too.
+    assert client.get(reverse("admin:trading_strategy_changelist")).status_code == 403
+
+
+def test_a_risk_manager_sees_what_they_manage_in_the_admin(client, risk_manager):
+    risk_manager.is_staff = True
+    risk_manager.save()
+    client.force_login(risk_manager)
+    html = client.get(reverse("admin:index")).content.decode()
+    for name in ("Strategies", "Risk limits", "Trading states", "Event days", "Reconciliation breaks"):
+        assert name in html
+    assert "Audit records" not in html
+    assert client.get(reverse("admin:trading_strategy_changelist")).status_code == 200

@@ -66,6 +66,25 @@
     armAll(document);
     setInterval(tick, 1000);
   });
+  // An expiry picker (or any select marked data-autosubmit) submits its form on change.
+  document.addEventListener("change", function (e) {
+    if (e.target.matches && e.target.matches("select[data-autosubmit]") && e.target.form) e.target.form.submit();
+  });
+  // A refused action (403, 404, 409 …) says so instead of doing nothing.
+  function toast(text) {
+    var el = document.getElementById("toast");
+    if (!el) return;
+    el.textContent = text;
+    el.hidden = false;
+    clearTimeout(el._timer);
+    el._timer = setTimeout(function () { el.hidden = true; }, 8000);
+  }
+  document.addEventListener("htmx:responseError", function (e) {
+    var xhr = e.detail.xhr;
+    var text = (xhr.responseText || "").replace(/<[^>]*>/g, " ").replace(/\s+/g, " ").trim();
+    toast((xhr.status === 403 ? "Refused: " : "Failed (" + xhr.status + "): ") + (text || xhr.statusText).slice(0, 200));
+  });
+  document.addEventListener("htmx:sendError", function () { toast("The server could not be reached."); });
   document.addEventListener("htmx:load", function (e) { armAll(e.target); });
   document.addEventListener("htmx:oobAfterSwap", function (e) { armAll(e.target); });
   document.addEventListener("htmx:afterSwap", function (e) { armAll(e.target); });

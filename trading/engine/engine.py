@@ -52,7 +52,7 @@ from trading.engine.outages import (
     is_database_error,
     is_outside_error,
 )
-from trading.events import asend_now, publish_on_commit
+from trading.events import asend_now, chain_fact, publish_on_commit
 from trading.models import EngineHeartbeat, FlattenRequest, Order, Position, Signal, Strategy
 from trading.orders import flatten
 from trading.orders.accounting import mark_to_market
@@ -756,9 +756,10 @@ class Engine:
             )
 
     async def _push(self, now: dt.datetime) -> None:
-        """Dashboard pushes, called at most once a wall-clock second: the panels every
-        time, the broker's funds every 5 s, latency and alpha decay every 10 s. Each
-        push re-renders its panels once for all pages."""
+        """Dashboard facts, published at most once a wall-clock second: the heartbeat
+        (the book moved: marks, P&L, orders) every time, the broker's funds every 5 s,
+        "analytics" every 10 s. The engine renders nothing and reads nothing for the
+        dashboards: the web tier renders each panel once per fact."""
         wall = time.monotonic()
         if wall - self._pushed.get("funds", -1e9) >= 5.0:
             self._pushed["funds"] = wall
@@ -766,11 +767,12 @@ class Engine:
             funds = await self._outside(self.broker.funds, where="funds")
             if funds is not None:
                 self._funds = {k: str(getattr(funds, k)) for k in ("available", "utilised", "total")}
+                self._funds["as_of"] = now.isoformat()  # the risk panel says how old its margin is
                 metrics.funds(self._funds, self._limits.margin_utilisation_cap_pct)
         await asend_now("heartbeat", {"engine": self.engine_id, "at": now.isoformat()}, account=self.account)
         if wall - self._pushed.get("analytics", -1e9) >= 10.0:
             self._pushed["analytics"] = wall
-            await asend_now("analytics", {}, account=self.account)
+            await asend_now("analytics", {"at": now.isoformat()}, account=self.account)
 
     async def _push_chain(self, snapshot: ChainSnapshot) -> None:
         key = f"chain:{snapshot.underlying}"
@@ -778,11 +780,7 @@ class Engine:
         if wall - self._pushed.get(key, -1e9) < 3.0:
             return
         self._pushed[key] = wall
-        from trading.dashboard import chain_rows
-
-        await asend_now(
-            "chain", {"underlying": snapshot.underlying, "rows": chain_rows(snapshot)}, account=self.account
-        )
+        await asend_now("chain", chain_fact(snapshot), account=self.account)
 
     def _second_reads(self, now: dt.datetime) -> tuple[list[Order], Decimal | None]:
         live = self.oms.live_orders()

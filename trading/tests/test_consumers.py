@@ -12,8 +12,18 @@ from trading.events import asend_now
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def _communicator(user, origin: bytes = b"http://localhost"):
-    communicator = WebsocketCommunicator(DashboardConsumer.as_asgi(), "/ws/dashboard/", headers=[(b"origin", origin)])
+@pytest.fixture(autouse=True)
+def _fresh_render_cache():
+    """The render cache is per process; a rendering from another test's database must not be reused."""
+    from trading.consumers import CACHE
+
+    CACHE.clear()
+    yield
+    CACHE.clear()
+
+
+def _communicator(user, origin: bytes = b"http://localhost", path: str = "/ws/dashboard/"):
+    communicator = WebsocketCommunicator(DashboardConsumer.as_asgi(), path, headers=[(b"origin", origin)])
     communicator.scope["user"] = user
     return communicator
 
@@ -43,23 +53,85 @@ async def test_an_anonymous_websocket_through_the_full_stack_is_refused():
     assert not connected and code == 4403
 
 
-async def test_a_trader_gets_the_current_panels_then_every_push(trader, demo_market):
+async def test_a_trader_gets_the_current_panels_then_only_what_changed(trader, demo_market):
     communicator = _communicator(trader)
     connected, _ = await communicator.connect()
     assert connected
     first = await communicator.receive_from(timeout=10)
     for panel in ("overview", "killall", "risk", "positions", "scorecards", "alerts", "chain-NIFTY"):
         assert f'id="panel-{panel}"' in first
+    # A heartbeat on an unchanged book changes no panel's content: nothing is sent.
     await asend_now("heartbeat", {"engine": "test"})
-    pushed = await communicator.receive_from(timeout=10)
-    assert 'id="panel-overview"' in pushed and 'id="panel-positions"' in pushed
-    # An alert raised and committed elsewhere arrives as the re-rendered alerts panel.
+    assert await communicator.receive_nothing(timeout=1)
+    # An alert raised and committed elsewhere arrives as the re-rendered alerts and
+    # overview panels (its open-alert count), and nothing else.
     from trading.alerts import raise_alert
 
     await database_sync_to_async(raise_alert)("CRITICAL", "oms", "Order rejected: margin")
     pushed = await communicator.receive_from(timeout=10)
     assert 'id="panel-alerts"' in pushed and "Order rejected: margin" in pushed
+    assert 'id="panel-overview"' in pushed and 'id="panel-positions"' not in pushed
     await communicator.disconnect()
+
+
+async def test_a_book_change_reaches_the_page_on_the_next_heartbeat(trader, oms, book, demo_market):
+    from risk.tests.test_killswitch import _open_legs
+
+    communicator = _communicator(trader, path="/ws/dashboard/?panels=positions,alerts")
+    await communicator.connect()
+    await communicator.receive_from(timeout=10)
+    await _open_legs(oms, book, 2)
+    await asend_now("heartbeat", {"engine": "test"})
+    pushed = await communicator.receive_from(timeout=10)
+    assert 'id="panel-positions"' in pushed and "2 open" in pushed
+    assert 'id="panel-overview"' not in pushed and 'id="panel-alerts"' not in pushed
+    await communicator.disconnect()
+
+
+async def test_a_fact_is_rendered_once_for_every_page_watching(trader, demo_market):
+    from trading.consumers import CACHE
+
+    pages = [_communicator(trader, path="/ws/dashboard/?panels=overview,risk") for _ in range(5)]
+    for page in pages:
+        assert (await page.connect())[0]
+        await page.receive_from(timeout=10)
+    before = CACHE.renders
+    from trading.alerts import raise_alert
+
+    await database_sync_to_async(raise_alert)("WARNING", "feed", "Feed stale: NIFTY")
+    for page in pages:
+        pushed = await page.receive_from(timeout=10)
+        assert 'id="panel-overview"' in pushed and 'id="panel-risk"' not in pushed
+    # The alert changes the overview and the alerts panel; no page shows alerts, but the
+    # overview was rendered once for all five pages.
+    assert CACHE.renders - before == 1
+    for page in pages:
+        await page.disconnect()
+
+
+async def test_a_pushed_chain_reaches_only_the_pages_showing_that_underlying(trader, demo_market):
+    from marketdata.feeds.base import ChainSnapshot
+    from marketdata.feeds.simulator import SimulatorFeed
+    from trading.events import chain_fact
+
+    feed = SimulatorFeed(seed=7, underlyings=("NIFTY",))
+    snapshot = next(item for item in feed.run_sync() if isinstance(item, ChainSnapshot))
+    nifty = _communicator(trader, path="/ws/dashboard/?panels=chain-NIFTY")
+    bank = _communicator(trader, path="/ws/dashboard/?panels=chain-BANKNIFTY")
+    other_expiry = _communicator(trader, path="/ws/dashboard/?panels=chain-NIFTY@2099-01-01")
+    for page in (nifty, bank, other_expiry):
+        await page.connect()
+        await page.receive_from(timeout=10)
+    await asend_now("chain", chain_fact(snapshot))
+    pushed = await nifty.receive_from(timeout=10)
+    assert 'id="panel-chain-NIFTY"' in pushed and 'data-testid="atm"' in pushed and "PCR" in pushed
+    assert await bank.receive_nothing(timeout=0.5)
+    assert await other_expiry.receive_nothing(timeout=0.5)
+    # The same chain again: same content, nothing sent.
+    await asend_now("chain", chain_fact(snapshot))
+    assert await nifty.receive_nothing(timeout=0.5)
+    for page in (nifty, bank, other_expiry):
+        await page.disconnect()
 
 
 async def test_kill_all_progress_reaches_the_page(trader):
@@ -97,3 +169,45 @@ async def test_a_page_gets_only_the_panels_it_shows_on_connect(trader, demo_mark
     assert 'id="panel-risk"' in first and 'id="panel-chain-BANKNIFTY"' in first
     assert 'id="panel-overview"' not in first and "bogus" not in first
     await communicator.disconnect()
+
+
+async def test_a_published_fact_is_small_and_costs_the_publisher_no_query(trader, demo_market):
+    from unittest import mock
+
+    from channels.layers import get_channel_layer
+
+    from trading.events import group_name
+
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(group_name(), channel)
+    refuse = mock.Mock(side_effect=AssertionError("the publisher must not read or render"))
+    with (
+        mock.patch("trading.dashboard.render_panel", refuse),
+        mock.patch("django.db.models.query.QuerySet._fetch_all", refuse),
+    ):
+        assert await asend_now("heartbeat", {"engine": "e1", "at": "2026-12-01T10:00:00+05:30"})
+    message = await layer.receive(channel)
+    assert not refuse.called
+    assert message["type"] == "dashboard.fact" and message["kind"] == "heartbeat" and "html" not in message
+    assert message["data"] == {"engine": "e1", "at": "2026-12-01T10:00:00+05:30"} and message["v"]
+    # A kind no page shows is not sent at all.
+    assert not await asend_now("fill", {"id": 1})
+    await layer.group_discard(group_name(), channel)
+
+
+async def test_pushed_panels_carry_only_the_controls_the_viewer_may_use(trader, compliance_user, demo_market):
+    from trading.alerts import raise_alert
+
+    desk = _communicator(trader, path="/ws/dashboard/?panels=killall,alerts")
+    audit = _communicator(compliance_user, path="/ws/dashboard/?panels=killall,alerts")
+    for page in (desk, audit):
+        await page.connect()
+    assert 'id="kill-all-button"' in await desk.receive_from(timeout=10)
+    assert 'id="kill-all-button"' not in await audit.receive_from(timeout=10)
+    await database_sync_to_async(raise_alert)("CRITICAL", "oms", "Order rejected: margin")
+    assert "Acknowledge</button>" in await desk.receive_from(timeout=10)
+    pushed = await audit.receive_from(timeout=10)
+    assert "Order rejected: margin" in pushed and "Acknowledge</button>" not in pushed
+    for page in (desk, audit):
+        await page.disconnect()

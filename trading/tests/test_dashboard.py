@@ -41,7 +41,8 @@ def test_every_page_renders_its_live_panels_for_a_trader(client, trader, demo_ma
     assert response.status_code == 200
     html = response.content.decode()
     assert 'ws-connect="/ws/dashboard/?panels=' in html
-    assert "can-kill_all" in html  # the trader may press Kill All
+    if name in ("dashboard", "trading:positions"):
+        assert 'id="kill-all-button"' in html  # the trader may press Kill All
     assert 'id="panel-' in html
 
 
@@ -58,7 +59,9 @@ def test_the_overview_shows_every_panel(client, trader, demo_market):
 def test_compliance_sees_the_dashboards_without_trading_controls(client, compliance_user):
     client.force_login(compliance_user)
     html = client.get(reverse("dashboard")).content.decode()
-    assert "can-kill_all" not in html and "can-exit_position" not in html
+    # Controls compliance may not use are not rendered at all (not merely hidden).
+    assert 'id="kill-all-button"' not in html and "Hold 2 s to Kill All" not in html
+    assert reverse("trading:kill_all") not in html and "Acknowledge</button>" not in html
     assert reverse("audit:compliance") in html  # the nav leads to the compliance page
     assert client.post(reverse("trading:kill_all"), HTTP_HX_REQUEST="true").status_code == 403
 
@@ -118,7 +121,9 @@ def test_only_a_risk_manager_switches_a_strategy_and_the_engine_sees_a_new_versi
     strategy.refresh_from_db()
     assert strategy.enabled is not enabled and strategy.version == version + 1
     assert ("Enable" if enabled else "Disable") in html
-    assert AuditRecord.objects.filter(action="strategy.changed", subject="strategy:vol_oi").exists()
+    # The same action as the API's and the admin's switch, under the user's actor.
+    action = "strategy.disabled" if enabled else "strategy.enabled"
+    assert AuditRecord.objects.filter(action=action, subject="strategy:vol_oi", actor="user:risk1").exists()
 
 
 @pytest.mark.django_db

@@ -4,6 +4,7 @@ their passwords unless --reset-passwords is given."""
 
 from __future__ import annotations
 
+import getpass
 import secrets
 
 from django.contrib.auth import get_user_model
@@ -46,7 +47,7 @@ class Command(BaseCommand):
                     lines.append(f"  {role:<13} {username:<11} (unchanged; --reset-passwords for a new one)")
             if options["enable_strategy"]:
                 strategy = Strategy.objects.get(key="vol_oi")
-                services.set_strategy_enabled(strategy, True, actor="seed_demo")
+                services.set_strategy_enabled(strategy, True, actor=f"cli:{getpass.getuser()}")
         if not options["no_instruments"]:
             from marketdata.demo import ensure_demo_instruments
 
