@@ -150,5 +150,14 @@ async def enforce_daily_loss(*, broker, oms, net_pnl, cap, now: dt.datetime, acc
     return summary
 
 
+def session_open_after(now: dt.datetime) -> dt.datetime:
+    """The first session open strictly after ``now`` (today's, before 09:15 on a weekday)."""
+    today = now.astimezone(IST)
+    opening = dt.datetime.combine(today.date(), SESSION_OPEN, tzinfo=IST)
+    if today.weekday() < 5 and now < opening:
+        return opening
+    return next_session_open(now)
+
+
 def now() -> dt.datetime:
     return timezone.now()

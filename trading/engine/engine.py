@@ -31,12 +31,13 @@ from marketdata.models import Instrument
 from marketdata.validation import ChainValidator, FeedHealth
 from quanthub.clock import Clock
 from quanthub.sql import Prepared
-from risk.breakers import VixMonitor, enforce_daily_loss
+from risk.breakers import VixMonitor, enforce_daily_loss, session_open_after
 from risk.breakers import clear as clear_breaker
 from risk.breakers import trip as trip_breaker
 from risk.context import GateBasis, daily_net_pnl
 from risk.gate import RiskGate, record_refusal
 from risk.models import RiskLimits
+from risk.services import roll_over_session
 from trading.brokers.ratelimit import RateLimiter
 from trading.events import asend_now, publish_on_commit
 from trading.models import EngineHeartbeat, Order, Position, Signal, Strategy
@@ -139,6 +140,7 @@ class Engine:
         self._beat_created = False
         self._config_queries: tuple[Prepared, Prepared] | None = None
         self._last_beat_wall: float | None = None
+        self._next_open: dt.datetime | None = None  # the next session open, for the HALT rollover
         self.started = asyncio.Event()
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -155,6 +157,7 @@ class Engine:
         counts = await self.oms.recover()
         result = await reconcile(self.broker, account=self.account)
         log.info("engine started", extra={"engine": self.engine_id, "recovered": counts, "breaks": len(result.breaks)})
+        await self._roll_over(self.clock.now())
         await _db(self._beat)("ACTIVE")
         self.started.set()
 
@@ -317,7 +320,18 @@ class Engine:
         elif verdict == "clear":
             await _db(clear_breaker)("vix", at=tick.exchange_time, actor="breaker:vix", account=self.account)
 
+    async def _roll_over(self, now: dt.datetime) -> None:
+        """At start and at each session's open: an expired daily-loss HALT returns to ACTIVE
+        (``risk.services.roll_over_session``; an open reconciliation break keeps it)."""
+        kept = await _db(roll_over_session)(account=self.account, now=now)
+        if kept:
+            log.info("HALT kept at session open", extra={"account": self.account, "why": kept})
+        self._loss_handled = False  # a new session: its own daily loss check
+        self._next_open = session_open_after(now)
+
     async def _every_second(self, now: dt.datetime) -> None:
+        if self._next_open is not None and now >= self._next_open:
+            await self._roll_over(now)
         # Exits requested from outside (the API, the dashboard) go out from here, so their fills
         # reach the strategies. Looked for once a wall-clock second, not once a simulated one.
         if time.monotonic() - self._exits_checked >= 1.0:
