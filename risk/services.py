@@ -86,7 +86,10 @@ def set_trading_state(
         old_state = current.state
         if expected is not None and old_state != expected:
             return False
-        if old_state == new_state and halted_until is None:
+        # The same state again is a no-op, except that a HALT without an end replaces a
+        # timed one (a risk manager's or Kill All's HALT over the daily loss breaker's):
+        # it must not be lifted when the timed one would have been.
+        if old_state == new_state and halted_until is None and current.halted_until is None:
             return False
         TradingState.objects.filter(pk=current.pk, state=old_state).update(
             state=new_state,

@@ -132,4 +132,3 @@ class DhanHistoryServer:
 
 def ist(day: dt.date, hour: int, minute: int) -> dt.datetime:
     return dt.datetime.combine(day, dt.time(hour, minute), tzinfo=IST)
-
