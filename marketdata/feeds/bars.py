@@ -91,7 +91,7 @@ def strategy_params_for_bars(params: dict) -> dict:
 @dataclass(frozen=True)
 class BarFillModel:
     spread_ticks: int = 2
-    spread_pct: float = 0.5
+    spread_pct: float = 0.15
 
     def half_spread(self, close: Decimal, tick: Decimal) -> Decimal:
         spread = max(tick * self.spread_ticks, close * Decimal(str(self.spread_pct)) / 100)

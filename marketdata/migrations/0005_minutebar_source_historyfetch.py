@@ -4,40 +4,50 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('marketdata', '0004_prune_schedule'),
+        ("marketdata", "0004_prune_schedule"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='minutebar',
-            name='iv',
-            field=models.FloatField(blank=True, help_text='Implied volatility (%), when the source gives it', null=True),
+            model_name="minutebar",
+            name="iv",
+            field=models.FloatField(
+                blank=True, help_text="Implied volatility (%), when the source gives it", null=True
+            ),
         ),
         migrations.AddField(
-            model_name='minutebar',
-            name='source',
-            field=models.CharField(blank=True, default='', max_length=24),
+            model_name="minutebar",
+            name="source",
+            field=models.CharField(blank=True, default="", max_length=24),
         ),
         migrations.AddField(
-            model_name='minutebar',
-            name='spot_paise',
-            field=models.BigIntegerField(blank=True, help_text="Underlying at the bar's close, options only", null=True),
+            model_name="minutebar",
+            name="spot_paise",
+            field=models.BigIntegerField(
+                blank=True, help_text="Underlying at the bar's close, options only", null=True
+            ),
         ),
         migrations.CreateModel(
-            name='HistoryFetch',
+            name="HistoryFetch",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('source', models.CharField(max_length=24)),
-                ('key', models.CharField(help_text='What was asked for, e.g. NIFTY:ATM+1:CALL or 13:IDX_I', max_length=80)),
-                ('date_from', models.DateField()),
-                ('date_to', models.DateField()),
-                ('bars', models.PositiveIntegerField(default=0)),
-                ('fetched_at', models.DateTimeField(auto_now_add=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("source", models.CharField(max_length=24)),
+                (
+                    "key",
+                    models.CharField(help_text="What was asked for, e.g. NIFTY:ATM+1:CALL or 13:IDX_I", max_length=80),
+                ),
+                ("date_from", models.DateField()),
+                ("date_to", models.DateField()),
+                ("bars", models.PositiveIntegerField(default=0)),
+                ("fetched_at", models.DateTimeField(auto_now_add=True)),
             ],
             options={
-                'constraints': [models.UniqueConstraint(fields=('source', 'key', 'date_from', 'date_to'), name='historyfetch_range_uniq')],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("source", "key", "date_from", "date_to"), name="historyfetch_range_uniq"
+                    )
+                ],
             },
         ),
     ]

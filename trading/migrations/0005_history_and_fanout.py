@@ -5,47 +5,84 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('trading', '0004_position_average_four_places'),
+        ("trading", "0004_position_average_four_places"),
     ]
 
     operations = [
         migrations.AddField(
-            model_name='backtestrun',
-            name='options',
-            field=models.JSONField(blank=True, default=dict, help_text='source, minutes, strategies, grid, workers'),
+            model_name="backtestrun",
+            name="options",
+            field=models.JSONField(blank=True, default=dict, help_text="source, minutes, strategies, grid, workers"),
         ),
         migrations.AddField(
-            model_name='backtestrun',
-            name='status',
-            field=models.CharField(choices=[('PENDING', 'Pending'), ('RUNNING', 'Running'), ('DONE', 'Done'), ('FAILED', 'Failed'), ('CANCELLED', 'Cancelled')], default='DONE', max_length=10),
+            model_name="backtestrun",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("PENDING", "Pending"),
+                    ("RUNNING", "Running"),
+                    ("DONE", "Done"),
+                    ("FAILED", "Failed"),
+                    ("CANCELLED", "Cancelled"),
+                ],
+                default="DONE",
+                max_length=10,
+            ),
         ),
         migrations.AddField(
-            model_name='backtestrun',
-            name='tasks_total',
+            model_name="backtestrun",
+            name="tasks_total",
             field=models.PositiveIntegerField(default=0),
         ),
         migrations.CreateModel(
-            name='BacktestTask',
+            name="BacktestTask",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('day', models.DateField()),
-                ('day_index', models.PositiveIntegerField(help_text='Position of the day in the run: the seed is seed + index')),
-                ('param_index', models.PositiveIntegerField(default=0)),
-                ('params', models.JSONField(blank=True, default=dict, help_text='Strategy parameters this task overrides')),
-                ('state', models.CharField(choices=[('PENDING', 'Pending'), ('RUNNING', 'Running'), ('DONE', 'Done'), ('FAILED', 'Failed'), ('CANCELLED', 'Cancelled')], default='PENDING', max_length=10)),
-                ('attempts', models.PositiveIntegerField(default=0)),
-                ('result', models.JSONField(blank=True, default=dict)),
-                ('decision_hash', models.CharField(blank=True, max_length=64)),
-                ('error', models.TextField(blank=True)),
-                ('started_at', models.DateTimeField(blank=True, null=True)),
-                ('finished_at', models.DateTimeField(blank=True, null=True)),
-                ('run', models.ForeignKey(on_delete=django.db.models.deletion.CASCADE, related_name='tasks', to='trading.backtestrun')),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("day", models.DateField()),
+                (
+                    "day_index",
+                    models.PositiveIntegerField(help_text="Position of the day in the run: the seed is seed + index"),
+                ),
+                ("param_index", models.PositiveIntegerField(default=0)),
+                (
+                    "params",
+                    models.JSONField(blank=True, default=dict, help_text="Strategy parameters this task overrides"),
+                ),
+                (
+                    "state",
+                    models.CharField(
+                        choices=[
+                            ("PENDING", "Pending"),
+                            ("RUNNING", "Running"),
+                            ("DONE", "Done"),
+                            ("FAILED", "Failed"),
+                            ("CANCELLED", "Cancelled"),
+                        ],
+                        default="PENDING",
+                        max_length=10,
+                    ),
+                ),
+                ("attempts", models.PositiveIntegerField(default=0)),
+                ("result", models.JSONField(blank=True, default=dict)),
+                ("decision_hash", models.CharField(blank=True, max_length=64)),
+                ("error", models.TextField(blank=True)),
+                ("started_at", models.DateTimeField(blank=True, null=True)),
+                ("finished_at", models.DateTimeField(blank=True, null=True)),
+                (
+                    "run",
+                    models.ForeignKey(
+                        on_delete=django.db.models.deletion.CASCADE, related_name="tasks", to="trading.backtestrun"
+                    ),
+                ),
             ],
             options={
-                'ordering': ['param_index', 'day'],
-                'constraints': [models.UniqueConstraint(fields=('run', 'day', 'param_index'), name='backtesttask_run_day_params_uniq')],
+                "ordering": ["param_index", "day"],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("run", "day", "param_index"), name="backtesttask_run_day_params_uniq"
+                    )
+                ],
             },
         ),
     ]
