@@ -40,7 +40,8 @@ def backtest_task(self, task_id: int) -> str:
     """
     from trading.backtest import fanout
 
-    outcome = fanout.run_task(task_id)
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))  # its worker died mid-task
+    outcome = fanout.run_task(task_id, recover=redelivered)
     if outcome == "failed" and fanout.retryable(task_id):
         raise self.retry(countdown=1)
     return outcome

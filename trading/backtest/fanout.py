@@ -268,8 +268,12 @@ def execute(task_id: int, *, attempt: int, cancelled: Callable[[], bool] | None 
     return out
 
 
-def claim(task_id: int) -> int | None:
-    """PENDING or FAILED → RUNNING, once; returns the attempt number, None if not ours to run."""
+def claim(task_id: int, *, recover: bool = False) -> int | None:
+    """PENDING or FAILED → RUNNING, once; returns the attempt number, None if not ours to run.
+
+    ``recover``: the queue redelivered the task because the worker running it died, so a
+    RUNNING task is taken over too (as a new attempt, in a fresh namespace).
+    """
     task = BacktestTask.objects.filter(pk=task_id).values("run__status", "attempts", "state").first()
     if task is None:
         return None
@@ -280,9 +284,10 @@ def claim(task_id: int) -> int | None:
         return None
     if task["attempts"] >= MAX_ATTEMPTS:
         return None
-    updated = BacktestTask.objects.filter(
-        pk=task_id, state__in=[State.PENDING, State.FAILED], attempts=task["attempts"]
-    ).update(state=State.RUNNING, attempts=F("attempts") + 1, started_at=timezone.now(), error="")
+    claimable = [State.PENDING, State.FAILED, State.RUNNING] if recover else [State.PENDING, State.FAILED]
+    updated = BacktestTask.objects.filter(pk=task_id, state__in=claimable, attempts=task["attempts"]).update(
+        state=State.RUNNING, attempts=F("attempts") + 1, started_at=timezone.now(), error=""
+    )
     return task["attempts"] + 1 if updated else None
 
 
@@ -302,9 +307,9 @@ def record(task_id: int, outcome: dict | None, error: str = "") -> None:
         maybe_finish(run_id)
 
 
-def run_task(task_id: int) -> str:
+def run_task(task_id: int, *, recover: bool = False) -> str:
     """Claim, run and record one task in this process's database (Celery workers, inline)."""
-    attempt = claim(task_id)
+    attempt = claim(task_id, recover=recover)
     if attempt is None:
         return "skipped"
     try:
@@ -367,15 +372,17 @@ def create_run(
 
 
 def prepare(run: BacktestRun) -> None:
-    """Load every simulated day's instrument master once, in day order, before any task runs
-    (tasks never load masters: two loads at once would fight over the same rows)."""
+    """Create every simulated day's instruments before any task runs (tasks never load a
+    master: two loads at once would fight over the same rows). A day whose instruments all
+    exist is skipped; tasks use their day's rows whether active or not."""
     from marketdata.demo import ensure_demo_instruments
 
     if run.options.get("source") != "sim":
         return
-    # In day order, so the master is left as a sequential run leaves it (the last day's).
     for day in sorted(set(run.tasks.values_list("day", flat=True))):
-        ensure_demo_instruments(day)
+        ids = instrument_ids("sim", day) or []
+        if Instrument.objects.filter(security_id__in=ids).count() < len(set(ids)):
+            ensure_demo_instruments(day)
 
 
 def progress(run_id: int) -> dict[str, int]:

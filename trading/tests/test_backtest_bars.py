@@ -166,3 +166,21 @@ def test_a_month_of_imported_history_backtests_from_the_page_with_progress_and_a
     assert f"Compare {run.pk}.0 with {run.pk}.1".encode() in compare.content
     assert report["param_sets"][0]["net_pnl"].encode() in compare.content
     assert report["param_sets"][1]["net_pnl"].encode() in compare.content
+
+
+@pytest.mark.django_db
+def test_only_traders_and_risk_managers_start_runs_and_bad_forms_say_why(client, make_user, monkeypatch):
+    from quanthub.roles import COMPLIANCE, RISK_MANAGER
+
+    Strategy.objects.get_or_create(key="vol_oi", defaults={"name": "Volume-OI", "params": {}})
+    monkeypatch.setattr(fanout, "launch", lambda run, workers: pytest.fail("nothing may start"))
+    client.force_login(make_user("compliance1", COMPLIANCE))
+    assert b"Start backtest" not in client.get(reverse("trading:backtests")).content
+    form = {"date_from": "2026-11-23", "date_to": "2026-11-24", "source": "sim", "strategy": "vol_oi"}
+    assert client.post(reverse("trading:backtest_start"), form).status_code == 403
+    client.force_login(make_user("risk1", RISK_MANAGER))
+    bad = client.post(reverse("trading:backtest_start"), {**form, "grid": "no_such_param=1,2", "workers": "99"})
+    assert bad.status_code == 400
+    assert b"Workers must be between 0 and 64" in bad.content
+    assert not BacktestRun.objects.exists()
+    assert client.get(reverse("trading:backtest_compare"), {"a": "999", "b": "998"}).status_code == 404
