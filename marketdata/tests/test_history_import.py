@@ -163,3 +163,14 @@ def test_the_pacer_spaces_calls_within_dhans_limit_and_stops_at_the_daily_budget
         pacer.wait()
     with pytest.raises(ValueError):
         Pacer(5.5)
+
+
+def test_retention_ages_out_recorded_bars_but_keeps_imported_history():
+    from marketdata.retention import prune
+
+    old = dt.datetime(2021, 8, 2, 4, 0, tzinfo=dt.UTC)
+    common = {"minute": old, "open_paise": 100, "high_paise": 100, "low_paise": 100, "close_paise": 100}
+    MinuteBar.objects.create(security_id="1001", **common)  # recorded from our own feed
+    MinuteBar.objects.create(security_id="H13210805C15800", source=SOURCE_OPTIONS, **common)
+    prune(dt.datetime(2026, 12, 1, 4, 0, tzinfo=dt.UTC))
+    assert list(MinuteBar.objects.values_list("security_id", flat=True)) == ["H13210805C15800"]
