@@ -167,6 +167,11 @@ class MinuteBar(models.Model):
     close_paise = models.BigIntegerField()
     volume = models.BigIntegerField(default=0)
     oi = models.BigIntegerField(default=0)
+    # Where the bar came from: "" for bars this installation recorded from its own
+    # feed, "dhan:rollingoption" / "dhan:intraday" for imported history.
+    source = models.CharField(max_length=24, blank=True, default="")
+    iv = models.FloatField(null=True, blank=True, help_text="Implied volatility (%), when the source gives it")
+    spot_paise = models.BigIntegerField(null=True, blank=True, help_text="Underlying at the bar's close, options only")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["security_id", "minute"], name="minutebar_security_minute")]
@@ -187,3 +192,23 @@ class DerivedMetric(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name}[{self.key}] = {self.value}"
+
+
+class HistoryFetch(models.Model):
+    """One completed request range of a history import: what makes an import
+    resumable (a re-run skips ranges already fetched, empty ones included)."""
+
+    source = models.CharField(max_length=24)
+    key = models.CharField(max_length=80, help_text="What was asked for, e.g. NIFTY:ATM+1:CALL or 13:IDX_I")
+    date_from = models.DateField()
+    date_to = models.DateField()
+    bars = models.PositiveIntegerField(default=0)
+    fetched_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["source", "key", "date_from", "date_to"], name="historyfetch_range_uniq")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.source} {self.key} {self.date_from}–{self.date_to}"

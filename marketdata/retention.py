@@ -45,7 +45,10 @@ def prune(now: dt.datetime, *, dry_run: bool = False) -> dict[str, int]:
     else:
         counts["chain_rows"] = _delete_sqlite(ChainQuote._meta.db_table, "received_at", limits["raw"], dry_run)
         counts["ltp_rows"] = _delete_sqlite(LtpQuote._meta.db_table, "received_at", limits["raw"], dry_run)
-    counts["minute_bars"] = _delete_orm(MinuteBar.objects.filter(minute__lt=limits["bars"]), dry_run)
+    # Only the bars recorded from our own feed age out; imported history (a source set) is
+    # what backtests of past years run on, and it costs a re-import to get back.
+    recorded = MinuteBar.objects.filter(minute__lt=limits["bars"], source="")
+    counts["minute_bars"] = _delete_orm(recorded, dry_run)
     counts["derived_metrics"] = _delete_orm(DerivedMetric.objects.filter(ts__lt=limits["metrics"]), dry_run)
     log.info("market data pruned", extra={"counts": counts, "dry_run": dry_run})
     return counts

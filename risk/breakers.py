@@ -182,5 +182,14 @@ def previous_session_vix(before: dt.datetime) -> list[tuple[dt.datetime, float]]
     return [(ts.astimezone(IST), paise / 100.0) for ts, paise in rows.values_list("ts", "ltp_paise") if paise > 0]
 
 
+def session_open_after(now: dt.datetime) -> dt.datetime:
+    """The first session open strictly after ``now`` (today's, before 09:15 on a weekday)."""
+    today = now.astimezone(IST)
+    opening = dt.datetime.combine(today.date(), SESSION_OPEN, tzinfo=IST)
+    if today.weekday() < 5 and now < opening:
+        return opening
+    return next_session_open(now)
+
+
 def now() -> dt.datetime:
     return timezone.now()

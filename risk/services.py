@@ -11,8 +11,9 @@ from django.forms.models import model_to_dict
 from django.utils import timezone
 
 from audit.chain import append as audit_append
-from risk.models import RiskLimits, TradingState
+from risk.models import BreakerTrip, RiskLimits, TradingState
 from trading.events import publish_on_commit
+from trading.models import ReconciliationBreak
 
 _UNAUDITED = {"id", "updated_at", "updated_by", "version"}
 
@@ -89,7 +90,10 @@ def set_trading_state(
         old_state = current.state
         if expected is not None and old_state != expected:
             return False
-        if old_state == new_state and halted_until is None:
+        # The same state again is a no-op, except that a HALT without an end replaces a
+        # timed one (a risk manager's or Kill All's HALT over the daily loss breaker's):
+        # it must not be lifted when the timed one would have been.
+        if old_state == new_state and halted_until is None and current.halted_until is None:
             return False
         TradingState.objects.filter(pk=current.pk, state=old_state).update(
             state=new_state,
@@ -112,3 +116,48 @@ def set_trading_state(
         )
         publish_on_commit("trading_state", {"state": new_state}, account=account)
     return True
+
+
+ROLLOVER_ACTOR = "session_rollover"
+
+
+def roll_over_session(*, account: str = "default", now: dt.datetime) -> str | None:
+    """At a session's open: lift a HALT whose ``halted_until`` has passed.
+
+    Only the daily loss breaker writes ``halted_until`` (until the next session's
+    open); every other HALT — Kill All, a risk manager's, reconciliation — is written
+    with none and is never lifted here. A HALT whose time has come stays while any
+    reconciliation break of the account is open. Returns why it stayed, or None when
+    it was lifted or there was nothing to lift. The change is a conditional update on
+    the HALT it read (state and ``halted_until``), so a risk manager's HALT set in
+    between wins; the lift is audited and clears the daily loss breaker's trip.
+    """
+    with transaction.atomic():
+        current = TradingState.objects.select_for_update().filter(account=account).first()
+        if current is None or current.state != TradingState.State.HALTED or current.halted_until is None:
+            return None
+        if current.halted_until > now:
+            return "halted until a later session"
+        breaks = ReconciliationBreak.objects.filter(account=account, resolved_at__isnull=True).count()
+        if breaks:
+            return f"{breaks} open reconciliation break(s)"
+        reason = f"session open: the HALT until {current.halted_until.isoformat()} has expired"
+        updated = TradingState.objects.filter(
+            pk=current.pk, state=TradingState.State.HALTED, halted_until=current.halted_until
+        ).update(
+            state=TradingState.State.ACTIVE, actor=ROLLOVER_ACTOR, reason=reason, changed_at=now, halted_until=None
+        )
+        if not updated:
+            return None
+        BreakerTrip.objects.filter(account=account, breaker="daily_loss", cleared_at__isnull=True).update(
+            cleared_at=now, cleared_by=ROLLOVER_ACTOR
+        )
+        audit_append(
+            "trading_state.changed",
+            actor=ROLLOVER_ACTOR,
+            subject=f"account:{account}",
+            payload={"old": TradingState.State.HALTED, "new": TradingState.State.ACTIVE, "reason": reason},
+            at=now,
+        )
+        publish_on_commit("trading_state", {"state": TradingState.State.ACTIVE}, account=account)
+    return None

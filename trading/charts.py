@@ -238,3 +238,54 @@ def scatter(
         )
     parts.append("</svg>")
     return mark_safe("".join(parts))  # noqa: S308 -- numbers only, text escaped
+
+
+def heatmap(
+    xs: Sequence,
+    ys: Sequence,
+    values: Sequence[Sequence[float | None]],
+    *,
+    x_name: str = "",
+    y_name: str = "",
+    title: str = "",
+    cell: int = 64,
+) -> SafeString:
+    """A grid of cells, ``values[row][column]`` for ``ys[row]`` × ``xs[column]``,
+    green for gains and red for losses, the shade by size against the largest."""
+    finite = [float(v) for row in values for v in row if v is not None and math.isfinite(float(v))]
+    width, height = _LEFT + cell * max(len(xs), 1) + _RIGHT, _TOP + cell * max(len(ys), 1) + _BOTTOM + 14
+    if not finite or not xs or not ys:
+        return _empty(width, height, title, "heatmap")
+    top = max(abs(v) for v in finite) or 1.0
+    parts = _open(width, height, title, "heatmap")
+    for r, (y, row) in enumerate(zip(ys, values, strict=True)):
+        cy = _TOP + r * cell
+        parts.append(
+            f'<text class="qh-axis" x="{_LEFT - 4}" y="{cy + cell / 2 + 4}" text-anchor="end" font-size="10">'
+            f"{escape(str(y))}</text>"
+        )
+        for c, value in enumerate(row):
+            cx = _LEFT + c * cell
+            if value is None or not math.isfinite(float(value)):
+                fill, label, opacity = "#999", "—", 0.2
+            else:
+                v = float(value)
+                fill, label, opacity = ("#2e8b57" if v >= 0 else "#d9534f"), _label(v), 0.15 + 0.85 * abs(v) / top
+            parts.append(
+                f'<rect class="qh-cell" x="{cx}" y="{cy}" width="{cell - 2}" height="{cell - 2}" '
+                f'fill="{fill}" fill-opacity="{_fmt(opacity)}"/>'
+                f'<text x="{cx + cell / 2 - 1}" y="{cy + cell / 2 + 4}" text-anchor="middle" font-size="10">'
+                f"{escape(label)}</text>"
+            )
+    for c, x in enumerate(xs):
+        parts.append(
+            f'<text class="qh-axis" x="{_LEFT + c * cell + cell / 2}" y="{_TOP + len(ys) * cell + 12}" '
+            f'text-anchor="middle" font-size="10">{escape(str(x))}</text>'
+        )
+    parts.append(
+        f'<text class="qh-axis" x="{_LEFT + cell * len(xs) / 2}" y="{height - 4}" text-anchor="middle" '
+        f'font-size="10">{escape(x_name)} →</text>'
+        f'<text class="qh-axis" x="4" y="{_TOP - 6}" font-size="10">↓ {escape(y_name)}</text>'
+    )
+    parts.append("</svg>")
+    return mark_safe("".join(parts))  # noqa: S308 -- numbers only, text escaped

@@ -359,6 +359,13 @@ class ReconciliationBreak(models.Model):
 
 
 class BacktestRun(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "PENDING", "Pending"
+        RUNNING = "RUNNING", "Running"
+        DONE = "DONE", "Done"
+        FAILED = "FAILED", "Failed"
+        CANCELLED = "CANCELLED", "Cancelled"
+
     started_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     date_from = models.DateField()
@@ -368,12 +375,49 @@ class BacktestRun(models.Model):
     report = models.JSONField(default=dict, blank=True)
     decision_hash = models.CharField(max_length=64, blank=True)
     report_path = models.CharField(max_length=300, blank=True)
+    # Fan-out runs (one task per day and parameter set); a sequential run keeps the defaults.
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DONE)
+    options = models.JSONField(default=dict, blank=True, help_text="source, minutes, strategies, grid, workers")
+    tasks_total = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-started_at"]
 
     def __str__(self) -> str:
         return f"Backtest {self.date_from}–{self.date_to} seed {self.seed}"
+
+
+class BacktestTask(models.Model):
+    """One (day, parameter set) of a fan-out run, under its own account namespace."""
+
+    class State(models.TextChoices):
+        PENDING = "PENDING", "Pending"
+        RUNNING = "RUNNING", "Running"
+        DONE = "DONE", "Done"
+        FAILED = "FAILED", "Failed"
+        CANCELLED = "CANCELLED", "Cancelled"
+
+    run = models.ForeignKey(BacktestRun, on_delete=models.CASCADE, related_name="tasks")
+    day = models.DateField()
+    day_index = models.PositiveIntegerField(help_text="Position of the day in the run: the seed is seed + index")
+    param_index = models.PositiveIntegerField(default=0)
+    params = models.JSONField(default=dict, blank=True, help_text="Strategy parameters this task overrides")
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    result = models.JSONField(default=dict, blank=True)
+    decision_hash = models.CharField(max_length=64, blank=True)
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["param_index", "day"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "day", "param_index"], name="backtesttask_run_day_params_uniq")
+        ]
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} {self.day} params #{self.param_index}"
 
 
 # --- Paper broker account: lives in the database so a restart sees the same book.

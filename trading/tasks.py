@@ -28,3 +28,20 @@ def deliver_alert(self, alert_id: int, sink: str) -> str:
     if outcome == RETRY:
         raise self.retry(countdown=delays[retries])
     return outcome
+
+
+@shared_task(bind=True, name="trading.backtest_task", acks_late=True, max_retries=None)
+def backtest_task(self, task_id: int) -> str:
+    """One (day, parameter set) of a fan-out backtest (``trading.backtest.fanout``).
+
+    A failed attempt is recorded on the task and retried, each attempt under a
+    fresh account namespace, up to ``fanout.MAX_ATTEMPTS``; the last task to
+    finish aggregates the run's report.
+    """
+    from trading.backtest import fanout
+
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))  # its worker died mid-task
+    outcome = fanout.run_task(task_id, recover=redelivered)
+    if outcome == "failed" and fanout.retryable(task_id):
+        raise self.retry(countdown=1)
+    return outcome

@@ -19,5 +19,8 @@ urlpatterns = [
     path("preflight/", views.preflight, name="preflight"),
     path("panels/<slug:name>/", views.panel, name="panel"),
     path("backtests/", views_backtest.backtest_list, name="backtests"),
+    path("backtests/start/", views_backtest.backtest_start, name="backtest_start"),
+    path("backtests/compare/", views_backtest.backtest_compare, name="backtest_compare"),
     path("backtests/<int:pk>/", views_backtest.backtest_detail, name="backtest_detail"),
+    path("backtests/<int:pk>/cancel/", views_backtest.backtest_cancel, name="backtest_cancel"),
 ]

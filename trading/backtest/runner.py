@@ -41,7 +41,7 @@ from trading.orders.root import build_order_path
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("auto", "replay", "sim")
+SOURCES = ("auto", "replay", "sim", "bars")
 
 
 def account_for(run_id: int) -> str:
@@ -256,6 +256,10 @@ class Plan:
     strategies: tuple[str, ...]
     source: str = "auto"
     minutes: int | None = None
+    # Fan-out tasks (trading.backtest.fanout): the engine class (with the task's parameters
+    # bound) and whether the caller already loaded the day's instruments.
+    engine_factory: Any = None
+    prepared: bool = False
 
 
 def _source_for(day: dt.date, wanted: str) -> str:
@@ -267,10 +271,6 @@ def _source_for(day: dt.date, wanted: str) -> str:
 def _build_day(
     plan: Plan, day: dt.date, index: int, states: dict, order_ids, params: dict | None = None
 ) -> tuple[BacktestEngine, str, int]:
-    from marketdata.demo import ensure_demo_instruments
-    from marketdata.feeds.replay import ReplayFeed
-    from marketdata.feeds.simulator import SimulatorFeed
-
     source = _source_for(day, plan.source)
     # Day i of the range runs on seed + i: a one-day backtest with --seed N sees
     # the same market as ``run_engine --seed N --date D``, and days differ.
@@ -282,29 +282,12 @@ def _build_day(
         else dt.datetime.combine(day, SESSION_CLOSE, tzinfo=IST)
     )
     clock = SimulatedClock(start - dt.timedelta(seconds=1))
-    if source == "sim":
-        # As run_engine does: the simulator's instruments for that day (expiries move with the date).
-        ensure_demo_instruments(day)
-        holidays = tuple(nse_holidays(day - dt.timedelta(days=60), day + dt.timedelta(days=60)))
-        feed: Feed = SimulatorFeed(
-            clock=clock,
-            seed=seed,
-            speed="max",
-            scenario=plan.scenario,
-            trading_day=day,
-            start_time=start.time(),
-            end_time=end.time(),
-            holidays=holidays,
-        )
-    else:
-        feed = ReplayFeed(date=day, clock=clock, speed="max")
-        if plan.minutes:
-            feed = _Until(feed, end)
+    feed = _feed_for(plan, day, source, seed, clock, start, end)
     book = QuoteBook()
     account = account_for(plan.run_id)
     # A backtest's account is its own: nothing else sends for it, so its window stays in-process.
     orders = build_order_path(account, clock=clock, book=book, broker_name="paper", seed=seed, shared=False)
-    engine = BacktestEngine(
+    engine = (plan.engine_factory or BacktestEngine)(
         run_id=plan.run_id,
         strategies=plan.strategies,
         states=states,
@@ -327,6 +310,36 @@ def _frozen_params(keys) -> dict[str, dict]:
     from trading.models import Strategy
 
     return {row.key: dict(row.params or {}) for row in Strategy.objects.filter(key__in=list(keys))}
+
+
+def _feed_for(
+    plan: Plan, day: dt.date, source: str, seed: int, clock: SimulatedClock, start: dt.datetime, end: dt.datetime
+) -> Feed:
+    """The day's market: the simulator, a recorded day (replay) or stored minute bars."""
+    from marketdata.demo import ensure_demo_instruments
+    from marketdata.feeds.bars import BarFeed
+    from marketdata.feeds.replay import ReplayFeed
+    from marketdata.feeds.simulator import SimulatorFeed
+
+    if source == "sim":
+        if not plan.prepared:
+            # As run_engine does: the simulator's instruments for that day (expiries move with the date).
+            ensure_demo_instruments(day)
+        holidays = tuple(nse_holidays(day - dt.timedelta(days=60), day + dt.timedelta(days=60)))
+        return SimulatorFeed(
+            clock=clock,
+            seed=seed,
+            speed="max",
+            scenario=plan.scenario,
+            trading_day=day,
+            start_time=start.time(),
+            end_time=end.time(),
+            holidays=holidays,
+        )
+    if source == "bars":
+        return BarFeed(date=day, clock=clock, until=end if plan.minutes else None)
+    feed: Feed = ReplayFeed(date=day, clock=clock, speed="max")
+    return _Until(feed, end) if plan.minutes else feed
 
 
 def _closing_state(account: str) -> tuple[int, str]:

@@ -117,6 +117,14 @@ class PaperBroker(Broker):
             self._specs[security_id] = spec
         return spec
 
+    def know(self, instruments) -> None:
+        """Trade these instruments even when the master no longer lists them as active
+        (a backtest of expired contracts, or of a day whose master another day replaced)."""
+        for i in instruments:
+            self._specs[i.security_id] = _Spec(
+                i.security_id, i.kind, i.lot_size, i.freeze_quantity, i.underlying.security_id
+            )
+
     def _account(self) -> PaperAccount:
         account, _ = PaperAccount.objects.get_or_create(account=self.account, defaults={"cash": self._capital})
         return account

@@ -34,13 +34,14 @@ from marketdata.validation import ChainValidator, FeedHealth
 from quanthub import metrics
 from quanthub.clock import Clock
 from quanthub.sql import Prepared
-from risk.breakers import VixMonitor, previous_session_vix
+from risk.breakers import VixMonitor, previous_session_vix, session_open_after
 from risk.breakers import clear as clear_breaker
 from risk.breakers import trip as trip_breaker
 from risk.checks import RiskDecision
 from risk.context import GateBasis, daily_net_pnl
 from risk.gate import RiskGate, record_refusal
 from risk.models import RiskLimits
+from risk.services import roll_over_session
 from trading.brokers.base import AuthExpired
 from trading.brokers.safety import apply_pnl_exit, basket_margin_per_lot
 from trading.engine.outages import (
@@ -172,6 +173,7 @@ class Engine:
         self._last_rest_sync = -1e9
         self._pnl_exit: dict | None = None  # the broker-side P&L exit as last read back, for the risk panel
         self._safety_due = True  # set the broker-side P&L exit at start and whenever the limits change
+        self._next_open: dt.datetime | None = None  # the next session open, for the HALT rollover
         self.started = asyncio.Event()
         self.outages = Outages(account)
         self._resync_needed = True  # recovery and reconciliation have not succeeded yet
@@ -193,6 +195,7 @@ class Engine:
         await self._resync("start")
         await self.broker.start(self.oms)
         await self._safety_net()
+        await self._roll_over(self.clock.now())
         try:
             await _db(self._beat)("ACTIVE")
         except Exception as exc:
@@ -615,7 +618,18 @@ class Engine:
         elif verdict == "clear":
             await _db(clear_breaker)("vix", at=tick.exchange_time, actor="breaker:vix", account=self.account)
 
+    async def _roll_over(self, now: dt.datetime) -> None:
+        """At start and at each session's open: an expired daily-loss HALT returns to ACTIVE
+        (``risk.services.roll_over_session``; an open reconciliation break keeps it)."""
+        kept = await _db(roll_over_session)(account=self.account, now=now)
+        if kept:
+            log.info("HALT kept at session open", extra={"account": self.account, "why": kept})
+        self._loss_handled = False  # a new session: its own daily loss check
+        self._next_open = session_open_after(now)
+
     async def _every_second(self, now: dt.datetime) -> None:
+        if self._next_open is not None and now >= self._next_open:
+            await self._roll_over(now)
         # Exits requested from outside (the API, the dashboard) go out from here, so their fills
         # reach the strategies. Looked for once a wall-clock second, not once a simulated one.
         if time.monotonic() - self._exits_checked >= 1.0:

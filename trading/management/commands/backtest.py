@@ -1,11 +1,17 @@
 """manage.py backtest --from YYYY-MM-DD --to YYYY-MM-DD [--scenario FILE|default|none] [--seed N]
-[--json PATH] [--minutes N] [--source auto|replay|sim] [--strategy KEY ...]
+[--json PATH] [--minutes N] [--source auto|replay|sim|bars] [--strategy KEY ...]
+[--grid KEY=V1,V2 ...] [--workers N]
 
 Runs the trading engine over every trading day of the range (weekends and
 NSE holidays skipped): on the recorded chains of a day when there are any,
 on the seeded simulator otherwise, with the paper broker at full speed,
 under an account of its own. Writes the report to the BacktestRun row and
 to VAR_DIR/backtests/<id>.json. Every flag is checked before anything runs.
+
+With ``--grid`` or ``--workers`` (and always with ``--source bars``) the run fans
+out: one task per (day, parameter set), each day an independent session under
+its own account, on Celery with ``REDIS_URL`` or a local pool of N processes
+(``trading.backtest.fanout``).
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from marketdata.scenarios import Scenario, ScenarioError
-from trading.backtest import runner
+from quanthub.progress import ProgressBar
+from trading.backtest import fanout, runner
 from trading.backtest.report import build_report
 from trading.models import BacktestRun, Strategy
 
@@ -62,6 +69,19 @@ class Command(BaseCommand):
             default=None,
             help="Strategy key to run (repeatable). Default: the enabled strategies.",
         )
+        parser.add_argument(
+            "--grid",
+            action="append",
+            default=None,
+            help="Parameter grid, repeatable: KEY=V1,V2 (one task per day and combination).",
+        )
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=None,
+            help="Fan out over N local processes (embedded default; 0 = one after another here). "
+            "With REDIS_URL the Celery workers run the tasks.",
+        )
 
     def handle(self, *args, **options):
         date_from = _date("--from", options["date_from"])
@@ -83,11 +103,29 @@ class Command(BaseCommand):
             missing = [d.isoformat() for d in days if not runner.has_recorded_chains(d)]
             if missing:
                 raise CommandError(f"--source replay: no recorded option chains for {', '.join(missing)}")
+        if options["source"] == "bars":
+            from marketdata.history import has_bars
+
+            days = [d for d in days if has_bars(d)]
+            if not days:
+                raise CommandError(f"--source bars: no imported minute bars between {date_from} and {date_to}")
         strategies = self._strategies(options["strategies"])
         json_path = Path(options["json_path"]) if options["json_path"] else None
         if json_path is not None and json_path.is_dir():
             raise CommandError(f"--json {json_path} is a directory; give a file path")
         seed = options["seed"] if options["seed"] is not None else settings.QUANTHUB_SEED
+        workers = options["workers"]
+        if workers is not None and workers < 0:
+            raise CommandError(f"--workers must be 0 or more, got {workers}")
+        if options["grid"] or workers is not None or options["source"] == "bars":
+            if options["source"] == "auto":
+                options["source"] = "sim"
+            try:
+                param_sets = fanout.parse_grid(options["grid"] or [])
+                fanout.check_params(param_sets, strategies, options["source"])
+            except fanout.GridError as exc:
+                raise CommandError(str(exc)) from None
+            return self._fan_out(days, seed, strategies, options, param_sets, workers or 0, scenario_source, json_path)
 
         run = BacktestRun.objects.create(
             date_from=date_from,
@@ -133,6 +171,55 @@ class Command(BaseCommand):
             f"max drawdown ₹{report.get('max_drawdown', '0.00')}; decision hash {report['decision_hash'][:16]}…; "
             f"report {path}"
         )
+
+    def _fan_out(self, days, seed, strategies, options, param_sets, workers, scenario_source, json_path):
+        run = fanout.create_run(
+            date_from=days[0],
+            date_to=days[-1],
+            days=days,
+            seed=seed,
+            strategies=strategies,
+            source=options["source"],
+            scenario=scenario_source,
+            minutes=options["minutes"],
+            param_sets=param_sets,
+            workers=workers,
+        )
+        where = (
+            "Celery workers" if settings.REDIS_URL else (f"{workers} local process(es)" if workers else "this process")
+        )
+        self.stdout.write(
+            f"Backtest {run.pk}: {len(days)} day(s) × {len(param_sets)} parameter set(s) = {run.tasks_total} task(s) "
+            f"on {where}, source {options['source']}, seed {seed}, strategies {', '.join(strategies)}."
+        )
+        bar = ProgressBar(run.tasks_total, stream=self.stdout, label=f"backtest {run.pk}")
+
+        def show(state):
+            bar.update(state["finished"], note=f"{state['FAILED']} failed" if state["FAILED"] else "")
+
+        try:
+            fanout.run(run, workers=workers, on_progress=show)
+            run = fanout.wait(run.pk, on_progress=show)
+        except KeyboardInterrupt:
+            fanout.cancel(run)
+            raise CommandError(f"Backtest {run.pk} cancelled") from None
+        bar.finish()
+        report = run.report
+        if json_path is not None:
+            self._write(json_path, report)
+        for item in report["param_sets"]:
+            label = ", ".join(f"{k}={v}" for k, v in item["params"].items()) or "parameters as configured"
+            self.stdout.write(
+                f"  [{item['index']}] {label}: {item['trades']} trades, net ₹{item['net_pnl']}, "
+                f"max drawdown ₹{item['max_drawdown']}, {len(item['days'])} day(s)"
+                + (f", failed {', '.join(item['failed_days'])}" if item["failed_days"] else "")
+            )
+        self.stdout.write(
+            f"Backtest {run.pk} {run.status.lower()}: {report['tasks']} task(s), {report['failed_tasks']} failed; "
+            f"decision hash {report['decision_hash'][:16]}…; report {run.report_path}"
+        )
+        if run.status == BacktestRun.Status.FAILED:
+            raise CommandError(f"Backtest {run.pk}: {report['failed_tasks']} task(s) failed after retries")
 
     @staticmethod
     async def _run(plan):

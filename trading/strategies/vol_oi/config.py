@@ -15,6 +15,9 @@ class VolOiConfig(StrategyConfig):
     )
     volume_spike_multiple: float = bounded(5.0, minimum=1.0, help="… and above this multiple of the 1-minute average")
     volume_window_s: int = bounded(60, minimum=10, maximum=900)
+    interval_s: int = bounded(
+        3, minimum=1, maximum=60, help="Seconds between the chain snapshots the baselines count in (60 on minute bars)"
+    )
     jump_pct: float = bounded(0.15, minimum=0.01, maximum=20.0, help="Mid-price jump, percent")
     jump_window_s: int = bounded(2, minimum=1, maximum=30)
     oi_sigma: float = bounded(1.5, minimum=0.1, help="OI confirmation threshold in σ")

@@ -75,6 +75,7 @@ class VolOiDetector:
             c = self.config
             baselines = ChainBaselines(
                 volume_window_s=c.volume_window_s,
+                interval_s=c.interval_s,
                 jump_window_s=c.jump_window_s,
                 oi_window_s=c.oi_window_s,
                 volume_sigma=c.volume_spike_sigma,
