@@ -6,7 +6,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("trading", "0004_position_average_four_places"),
+        ("trading", "0005_heartbeat_feed_state"),
     ]
 
     operations = [
