@@ -122,7 +122,7 @@ class PaperBroker(Broker):
         (a backtest of expired contracts, or of a day whose master another day replaced)."""
         for i in instruments:
             self._specs[i.security_id] = _Spec(
-                i.security_id, i.kind, i.lot_size, i.freeze_quantity, i.underlying.security_id
+                i.security_id, i.kind, i.lot_size, i.freeze_quantity, i.underlying.security_id, i.tick_size
             )
 
     def _account(self) -> PaperAccount:
