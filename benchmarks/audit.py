@@ -56,6 +56,10 @@ def child(records: int, chain_length: int) -> None:
     from django.db import connection, transaction
 
     call_command("migrate", verbosity=0)
+    if connection.vendor == "postgresql":
+        # A run stopped halfway leaves its chain (under its own key) behind: start empty.
+        with connection.cursor() as cursor:
+            cursor.execute("TRUNCATE audit_auditrecord, audit_auditchainhead")
     from audit.chain import append
     from audit.checkpoints import write_head
     from audit.models import AuditChainHead
