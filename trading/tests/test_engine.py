@@ -60,7 +60,9 @@ async def test_an_engine_killed_mid_trade_resumes_it_without_a_duplicate_entry(e
     held = await Position.objects.select_related("instrument").aget(instrument__security_id=trade["security_id"])
     assert held.net_quantity > 0 and held.last_price and held.unrealised_pnl is not None
     assert 0 < held.delta < 1 and held.gamma > 0 and held.theta < 0 and held.vega > 0
-    average = trade["cost"] / trade["held"]  # the exits act on the strategy's own average
+    average = (
+        float(trade["cost"]) / trade["held"]
+    )  # the exits act on the strategy's own average (cost saved exactly, as a string)
     assert float(held.stop_price) == pytest.approx(average * 0.75, abs=0.05)
     assert float(held.target_price) == pytest.approx(average * 1.40, abs=0.05)
     assert held.ttl_seconds == 600
