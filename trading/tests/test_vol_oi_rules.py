@@ -12,11 +12,10 @@ from hypothesis import strategies as st
 
 from marketdata.baselines import ChainBaselines
 from marketdata.feeds.base import ChainSnapshot
+from quanthub.clock import IST
 from trading.strategies.vol_oi.detector import Pending, VolOiDetector
 from trading.strategies.vol_oi.trader import SignalTrade, exit_reason
 from trading.tests.test_vol_oi import FUTURE, OPTION, T0, _detection, _fill, _strategy
-
-from quanthub.clock import IST  # noqa: I001
 
 AT = dt.datetime(2026, 11, 23, 9, 20, tzinfo=IST)
 
