@@ -106,7 +106,7 @@ def all_greeks(s, k, t, r, sigma, is_call) -> Greeks:
     d1, d2, s, k, t, r, sigma = _d1_d2(s, k, t, r, sigma)
     disc = np.exp(-r * t)
     nd1, nd2, pdf1 = ndtr(d1), ndtr(d2), _pdf(d1)
-    sqrt_t = np.sqrt(t)
+    sqrt_t = np.sqrt(np.maximum(t, 0.0))
     call = s * nd1 - k * disc * nd2
     put = call - s + k * disc  # put-call parity
     with np.errstate(divide="ignore", invalid="ignore"):

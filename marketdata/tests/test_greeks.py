@@ -6,6 +6,7 @@ Greek letters example of chapter 19 (S=49, K=50, r=5 %, σ=20 %, T=20 weeks:
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -75,3 +76,27 @@ def test_implied_vol_reports_prices_outside_no_arbitrage_bounds():
     assert list(result.status) == [g.IV_BELOW_INTRINSIC, g.IV_ABOVE_MAX, g.IV_OK, g.IV_NO_TIME]
     assert np.isnan(result.iv[[0, 1, 3]]).all()
     assert 0.05 < result.iv[2] < 1.0
+
+
+def test_at_expiry_the_greeks_are_their_limits_not_nan():
+    import warnings
+
+    from marketdata import greeks as g
+
+    s, k = 24500.0, np.array([24400.0, 24500.0, 24600.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for t in (0.0, -1e-9):
+            calls = g.all_greeks(s, k, t, 0.065, 0.15, np.array([True] * 3))
+            puts = g.all_greeks(s, k, t, 0.065, 0.15, np.array([False] * 3))
+            assert calls.delta.tolist() == [1.0, 0.5, 0.0] and puts.delta.tolist() == [0.0, -0.5, -1.0]
+            for greek in (calls, puts):
+                assert greek.gamma.tolist() == [0.0] * 3 and greek.theta.tolist() == [0.0] * 3
+                assert greek.vega.tolist() == [0.0] * 3
+            assert calls.price.tolist() == pytest.approx([100.0, 0.0, 0.0])
+            assert g.delta(s, k, t, 0.065, 0.15, True).tolist() == [1.0, 0.5, 0.0]
+            assert g.gamma(s, k, t, 0.065, 0.15).tolist() == [0.0] * 3
+            assert g.theta(s, k, t, 0.065, 0.15, False).tolist() == [0.0] * 3
+    # Just before expiry they tend to the same limits.
+    near = g.all_greeks(s, k, 1e-9, 0.065, 0.15, np.array([True] * 3))
+    assert near.delta[0] == pytest.approx(1.0) and near.delta[2] == pytest.approx(0.0, abs=1e-12)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from marketdata.baselines import ChainBaselines
 from marketdata.feeds.base import ChainSnapshot
-from quanthub.clock import IST  # noqa: I001
+from quanthub.clock import IST
 from trading.strategies.vol_oi.detector import Pending, VolOiDetector
 from trading.strategies.vol_oi.trader import SignalTrade, exit_reason
 from trading.tests.test_vol_oi import FUTURE, OPTION, T0, _detection, _fill, _strategy
