@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from marketdata.baselines import ChainBaselines
 from marketdata.feeds.base import ChainSnapshot
 from quanthub.clock import IST
+from trading.strategies.base import BookOrder
 from trading.strategies.vol_oi.detector import Pending, VolOiDetector
 from trading.strategies.vol_oi.trader import SignalTrade, exit_reason
 from trading.tests.test_vol_oi import FUTURE, OPTION, T0, _detection, _fill, _strategy
@@ -56,8 +57,15 @@ def test_cost_is_exact_over_many_fills_and_survives_a_restart():
     for price in ("100.05", "100.10", "100.15"):
         strategy.on_fill(_fill(trade, "BUY", 65, price, T0))
     assert trade.cost == Decimal("19519.50") and isinstance(trade.cost, Decimal)
+    # A restart keeps the timers from the saved state and rebuilds the cost from the book:
+    # the three filled entries, exactly.
     restarted = _strategy()
     restarted.set_state(strategy.get_state())
+    book = [
+        BookOrder(trade.key, OPTION, "NIFTY", "CE", "BUY", "ENTRY", "FILLED", 65, 65, Decimal(price), T0, T0)
+        for price in ("100.05", "100.10", "100.15")
+    ]
+    restarted.rebuild_from_book(book)
     assert restarted.active()[0].cost == Decimal("19519.50")
 
 
