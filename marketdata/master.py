@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import json
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -21,7 +22,6 @@ from pathlib import Path
 
 from django.db import transaction
 
-from audit.chain import append as audit_append
 from marketdata.models import Instrument, Underlying
 
 REQUIRED = (
@@ -184,6 +184,27 @@ def _parse_row(number, row, instrument, segment, problems) -> ParsedInstrument |
     )
 
 
+def _load_note() -> Path:
+    from django.conf import settings
+
+    return Path(settings.VAR_DIR) / "instrument_master.json"
+
+
+def record_load(path: Path, **counts: int) -> None:
+    note = _load_note()
+    note.parent.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(tz=dt.UTC).isoformat()
+    note.write_text(json.dumps({"loaded_at": stamp, "file": path.name, **counts}), encoding="utf-8")
+
+
+def last_loaded_at() -> dt.datetime | None:
+    """When the instrument master was last loaded on this host (None: never)."""
+    try:
+        return dt.datetime.fromisoformat(json.loads(_load_note().read_text(encoding="utf-8"))["loaded_at"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def tick_rupees(raw: str) -> Decimal:
     """SEM_TICK_SIZE in rupees. Dhan writes derivatives' ticks in paise (``5.0000``)
     and indices' in rupees (``0.0500``). No NSE tick is below one paisa, so a value
@@ -285,11 +306,6 @@ def load(
             stale = [i.pk for i in existing.values() if i.is_active]
             Instrument.objects.filter(pk__in=stale).update(is_active=False)
             created, updated, deactivated = created + len(new_rows), updated + len(changed), deactivated + len(stale)
-        # The pre-flight judges the master's age by this record.
-        audit_append(
-            "instruments.loaded",
-            actor="master",
-            subject="instruments",
-            payload={"created": created, "updated": updated, "deactivated": deactivated, "file": path.name},
-        )
+    # The pre-flight judges the master's age by this note (written once the load has committed).
+    record_load(path, created=created, updated=updated, deactivated=deactivated)
     return LoadResult(created, updated, deactivated, skipped, tuple(sorted(by_underlying)))

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -118,23 +119,34 @@ def chain_from_response(underlying: UnderlyingFeed, data: dict, *, now: dt.datet
 
 
 class ChainPacer:
-    """At least ``gap_s`` between the starts of two requests for the same key (underlying, expiry)."""
+    """At least ``gap_s`` between the starts of two requests for the same key (underlying, expiry).
+
+    ``acquire`` waits on the loop for most of the gap; ``started`` runs in the
+    worker thread just before the request leaves and sleeps off whatever the
+    thread's own start-up delay left, so the gap holds where the request is sent."""
 
     def __init__(self, gap_s: float = 3.0, *, monotonic: Callable[[], float] = time.monotonic):
         self.gap_s = gap_s
         self.monotonic = monotonic
         self._last: dict[tuple, float] = {}
+        self._lock = threading.Lock()
 
     def wait_s(self, key: tuple) -> float:
         last = self._last.get(key)
         return 0.0 if last is None else max(last + self.gap_s - self.monotonic(), 0.0)
 
     async def acquire(self, key: tuple) -> None:
-        # Claimed before the sleep: a second caller for the same key waits a further gap.
         delay = self.wait_s(key)
-        self._last[key] = self.monotonic() + delay
         if delay > 0:
             await asyncio.sleep(delay)
+
+    def started(self, key: tuple) -> None:
+        """In the worker thread, right before the request: the gap, to the end."""
+        with self._lock:
+            delay = self.wait_s(key)
+            if delay > 0:
+                time.sleep(delay)
+            self._last[key] = self.monotonic()
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,9 +446,16 @@ class DhanFeed(Feed):
         return ticks
 
     async def poll_chain(self, underlying: UnderlyingFeed) -> ChainSnapshot | None:
-        await self.pacer.acquire((underlying.symbol, underlying.expiry))
+        key = (underlying.symbol, underlying.expiry)
+        await self.pacer.acquire(key)
+
+        def paced(*args):
+            self.pacer.started(key)
+            return self.client.option_chain(*args)
+
+        paced.__name__ = "option_chain"
         data = await self._call(
-            self.client.option_chain, int(underlying.security_id), "IDX_I", underlying.expiry.isoformat(), call="chain"
+            paced, int(underlying.security_id), "IDX_I", underlying.expiry.isoformat(), call="chain"
         )
         if data is None or not isinstance(_inner(data), dict) or "oc" not in _inner(data):
             return None

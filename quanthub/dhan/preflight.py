@@ -10,7 +10,7 @@ data plan          an option-chain request answers (806: no data plan)
 kill switch        ``GET /killswitch`` says it is off (on, every order is refused)
 P&L exit           ``GET /pnlExit`` reports an active exit (the engine sets it at start)
 funds              ``GET /fundlimit`` answers with money available
-instrument master  loaded within the last day (``manage.py load_instruments``)
+instrument master  loaded within the last day on this host (``manage.py load_instruments``)
 clock skew         our clock is within 2 s of the Date header of Dhan's answers
 =================  ==================================================================
 
@@ -160,7 +160,7 @@ def gather(*, client=None, now: dt.datetime | None = None) -> list[Line]:
     from django.conf import settings
     from django.utils import timezone
 
-    from audit.models import AuditRecord
+    from marketdata.master import last_loaded_at
     from marketdata.models import Instrument
     from quanthub.dhan.session import dhan_client
     from quanthub.dhan.tokens import current_token
@@ -170,12 +170,7 @@ def gather(*, client=None, now: dt.datetime | None = None) -> list[Line]:
     if not settings.DHAN_CLIENT_ID or not token:
         return [Line("token", False, "DHAN_CLIENT_ID and an access token are needed (or manage.py refresh_dhan_token)")]
     client = client or dhan_client(settings.DHAN_CLIENT_ID, token)
-    loaded = (
-        AuditRecord.objects.filter(action="instruments.loaded")
-        .order_by("-seq")
-        .values_list("created_at", flat=True)
-        .first()
-    )
+    loaded = last_loaded_at()
     option = (
         Instrument.objects.filter(kind__in=["CE", "PE"], is_active=True, expiry__gte=now.astimezone(IST).date())
         .exclude(underlying__security_id="")
