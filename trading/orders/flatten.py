@@ -493,21 +493,25 @@ async def _exit_broker_net(oms, instrument, net: int, ours: list[Position], read
     )
 
 
+LABELS = {"KILL_ALL": "Kill All", "EXIT": "Exit", "DAILY_LOSS": "Daily-loss flatten"}
+
+
 async def _finish(result: FlattenResult, account: str, clock, alerts: Alerts, *, subject: str) -> None:
     """One audit record with the result, and the alerts the result calls for."""
+    label = LABELS.get(result.kind, result.kind)
     for leg in result.detail:
         if leg["rejected"]:
             await alerts.once(
                 f"rejected:{leg['security_id']}",
                 "WARNING",
-                f"{'Kill All' if result.kind == 'KILL_ALL' else 'Exit'} leg {leg['symbol']} rejected",
+                f"{label} leg {leg['symbol']} rejected",
                 "; ".join(leg["why"]),
             )
     if not result.flat:
         await alerts.once(
             "not_flat",
             "CRITICAL",
-            f"{'Kill All' if result.kind == 'KILL_ALL' else 'Exit'} NOT flat after {result.elapsed_s:.1f} s",
+            f"{label} NOT flat after {result.elapsed_s:.1f} s",
             "Still open: "
             + (", ".join(result.still_open) or "unknown (no position report)")
             + ". "
