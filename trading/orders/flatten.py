@@ -202,6 +202,21 @@ async def _resend(oms, order: Order, why: str, alerts: Alerts) -> None:
     )
 
 
+async def _round(oms, broker, order_ids: set[int], alerts: Alerts, result: FlattenResult) -> None:
+    """One round of work on the flatten's exits: match, sync, follow the touch. A broker
+    or database failure here is noted and the next round tries again: a flatten ends at
+    flat or at its deadline, never on an exception."""
+    try:
+        await broker.on_market_data()
+        await oms.sync(drain=False)  # the engine's strategies hear the fills at its next second
+        await follow_touch(oms, await _db(_working)(set(order_ids)), alerts)
+    except Exception as exc:
+        note = f"round: {exc!r}"[:200]
+        if note not in result.errors:
+            result.errors.append(note)
+        log.warning("flatten round failed", extra={"error": repr(exc)})
+
+
 def _orders(ids) -> list[Order]:
     return list(Order.objects.filter(pk__in=list(ids)).select_related("instrument", "strategy", "signal"))
 
@@ -443,9 +458,7 @@ async def kill_all(
             result.sent_s = round(time.monotonic() - began, 4)
         if late:
             break
-        await broker.on_market_data()
-        await oms.sync(drain=False)  # the engine's strategies hear the fills at its next second
-        await follow_touch(oms, await _db(_working)(set(order_ids)), alerts)
+        await _round(oms, broker, order_ids, alerts, result)
         await report("working")
         await asyncio.sleep(ROUND_S)
 
@@ -584,8 +597,11 @@ async def exit_position(path, position_id: int, *, actor: str, deadline_s: float
         )
     )()
     for order in others:  # a scale-up still working would re-open what the exit closes
-        done = await oms.cancel(order, reason=reason)
-        result.cancelled += done.state == Order.State.CANCELLED
+        try:
+            done = await oms.cancel(order, reason=reason)
+            result.cancelled += done.state == Order.State.CANCELLED
+        except Exception as exc:  # the exit goes on; the claim still caps what it sells
+            result.errors.append(f"cancel {order.client_order_id}: {exc!r}"[:200])
     order_ids: set[int] = set()
     ids = [p.pk for p in targets]
     left: dict[str, int] = {}
@@ -610,22 +626,24 @@ async def exit_position(path, position_id: int, *, actor: str, deadline_s: float
             side = exit_side(p.net_quantity)
             need = abs(p.net_quantity) - await _db(working_exit_quantity)(account, p.instrument_id, side)
             if need > 0:
-                sent = await send_exit(
-                    oms,
-                    p.instrument,
-                    side,
-                    need,
-                    purpose=Order.Purpose.EXIT,
-                    reason=reason,
-                    strategy=p.strategy,
-                    signal=p.signal,
-                )
+                try:
+                    sent = await send_exit(
+                        oms,
+                        p.instrument,
+                        side,
+                        need,
+                        purpose=Order.Purpose.EXIT,
+                        reason=reason,
+                        strategy=p.strategy,
+                        signal=p.signal,
+                    )
+                except Exception as exc:  # the next round sends again
+                    result.errors.append(f"exit {p.instrument.trading_symbol}: {exc!r}"[:200])
+                    continue
                 order_ids.update(o.pk for o in sent)
         if result.sent_s is None and order_ids:
             result.sent_s = round(time.monotonic() - began, 4)
-        await broker.on_market_data()
-        await oms.sync(drain=False)  # the engine's strategies hear the fills at its next second
-        await follow_touch(oms, await _db(_working)(set(order_ids)), alerts)
+        await _round(oms, broker, order_ids, alerts, result)
         await asyncio.sleep(ROUND_S)
     result.elapsed_s = round(time.monotonic() - began, 4)
     await _db(_tally)(result, legs, order_ids, left)
