@@ -410,7 +410,20 @@ async def kill_all(
     positions = None
     polled = -1e9
     open_orders = True
+    inflight: dict[str, asyncio.Task] = {}
+
+    def harvest() -> None:
+        for sid, task in list(inflight.items()):
+            if not task.done():
+                continue
+            del inflight[sid]
+            if task.exception() is not None:
+                result.errors.append(f"exit {sid}: {task.exception()!r}"[:200])
+            else:
+                order_ids.update(o.pk for o in task.result())
+
     while True:
+        harvest()
         now = time.monotonic()
         late = now - began >= deadline_s
         if now - polled >= POSITIONS_EVERY_S or late:
@@ -431,7 +444,6 @@ async def kill_all(
                 if missing:
                     instruments.update(await _db(_instruments)(missing))
                 ours = await _db(_ours)(account)
-                sends = []
                 for sid, net in positions.items():
                     instrument = instruments.get(sid)
                     if sid not in legs:
@@ -440,21 +452,20 @@ async def kill_all(
                         if "unknown instrument" not in legs[sid].why:
                             legs[sid].why.append("unknown instrument: not in the instrument master")
                         continue
-                    sends.append(_exit_broker_net(oms, instrument, net, ours.get(sid, []), read_at, purpose, reason))
-                # All legs at once: the limiter's priority lane orders them, and one leg whose
-                # outcome is being looked up (unknown) holds up no other.
-                for sent in await asyncio.gather(*sends, return_exceptions=True):
-                    if isinstance(sent, BaseException):
-                        result.errors.append(f"exit: {sent!r}"[:200])
-                    else:
-                        order_ids.update(o.pk for o in sent)
-                if positions == {} and not open_orders and not await _db(_any_live)(set(order_ids)):
+                    if sid in inflight:
+                        continue  # that leg's last send (perhaps an unknown outcome being looked up) is not done
+                    # Every leg on its own task: the limiter's priority lane orders them, and a leg
+                    # whose outcome is being looked up holds up neither the others nor the polling.
+                    inflight[sid] = asyncio.ensure_future(
+                        _exit_broker_net(oms, instrument, net, ours.get(sid, []), read_at, purpose, reason)
+                    )
+                if positions == {} and not open_orders and not inflight and not await _db(_any_live)(set(order_ids)):
                     result.flat = True
                     result.flat_s = round(time.monotonic() - began, 4)
                     break
                 if open_orders:
                     result.cancelled += await _cancel_everything(path, order_ids, result)
-        if result.sent_s is None and order_ids:
+        if result.sent_s is None and order_ids and not inflight:
             result.sent_s = round(time.monotonic() - began, 4)
         if late:
             break
@@ -462,6 +473,9 @@ async def kill_all(
         await report("working")
         await asyncio.sleep(ROUND_S)
 
+    if inflight:  # sends still in flight at the deadline finish (each is bounded by its timeouts)
+        await asyncio.gather(*inflight.values(), return_exceptions=True)
+        harvest()
     if result.flat and activate_kill_switch:
         try:
             result.kill_switch = bool(await broker.kill_switch(True))
