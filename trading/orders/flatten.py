@@ -462,6 +462,8 @@ async def kill_all(
                 if positions == {} and not open_orders and not inflight and not await _db(_any_live)(set(order_ids)):
                     result.flat = True
                     result.flat_s = round(time.monotonic() - began, 4)
+                    if result.sent_s is None:
+                        result.sent_s = result.flat_s if order_ids else 0.0
                     break
                 if open_orders:
                     result.cancelled += await _cancel_everything(path, order_ids, result)
