@@ -3,8 +3,6 @@ come from the instrument master, never from literals in trading logic."""
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 from django.db import models
 
 
@@ -43,7 +41,9 @@ class Instrument(models.Model):
     strike = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
     expiry = models.DateField(null=True, blank=True)
     lot_size = models.PositiveIntegerField()
-    tick_size = models.DecimalField(max_digits=8, decimal_places=2, default=Decimal("0.05"))
+    tick_size = models.DecimalField(
+        max_digits=8, decimal_places=2, help_text="From the master (SEM_TICK_SIZE); every price is put on it."
+    )
     freeze_quantity = models.PositiveIntegerField(help_text="Largest quantity NSE accepts in one order.")
     exchange_segment = models.CharField(max_length=12, default="NSE_FNO")
     security_id = models.CharField("Dhan security id", max_length=20)

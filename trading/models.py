@@ -1,7 +1,7 @@
 """Strategies, signals, orders, fills, positions and round-trip trades.
 
-Money is exact: prices and P&L are Decimal with two places (the ₹0.05 tick
-fits), quantities are integers in units (lots × lot size). Greeks are floats:
+Money is exact: prices and P&L are Decimal with two places (every instrument's
+tick fits), quantities are integers in units (lots × lot size). Greeks are floats:
 they are analytics, not accounting.
 """
 

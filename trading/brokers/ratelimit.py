@@ -137,7 +137,7 @@ PRIORITY_HOLD_S = 0.05  # how long a waiting priority send holds normal sends ba
 # A claimed send reaches the broker a little later (a database round trip, a busy
 # event loop); counting each claim for this much longer than a second keeps what
 # the broker sees within the rate too.
-GUARD_S = 0.1
+GUARD_S = 0.25
 
 
 class DatabaseWindow:
@@ -193,12 +193,16 @@ class SharedRateLimiter(RateLimiter):
         super().__init__(rate, **kw)
         self.account = account
         self.window = window or DatabaseWindow(account)
+        self._claiming = asyncio.Lock()
 
     async def acquire(self, *, priority: bool = False) -> float:
         granted = await super().acquire(priority=priority)
         claim = sync_to_async(self.window.claim, thread_sensitive=True)
-        while True:
-            wait = await claim(self.rate, priority)
-            if wait <= 0:
-                return granted
-            await asyncio.sleep(min(wait, 0.25))
+        # One claimant of this process at a time (in lane order: priority first): the
+        # others wait here rather than each polling the database while the window is full.
+        async with self._claiming:
+            while True:
+                wait = await claim(self.rate, priority)
+                if wait <= 0:
+                    return granted
+                await asyncio.sleep(min(wait, 0.25))

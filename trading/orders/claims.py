@@ -47,14 +47,17 @@ def _lock(instrument_id: int) -> None:
 
 
 def working_exit_quantity(account: str, instrument_id: int, side: str) -> int:
-    """Units still to be sold (or bought) by the exits working on the instrument."""
+    """Units still to be sold (or bought) by the exits on the instrument: the live ones'
+    remainder, and the part of a FILLED one whose fills are not booked yet (the
+    acknowledgement can say FILLED a moment before the fills reach the position)."""
     return (
         Order.objects.filter(
             account=account,
             instrument_id=instrument_id,
             side=side,
             purpose__in=EXIT_PURPOSES,
-            state__in=Order.LIVE_STATES,
+            state__in=[*Order.LIVE_STATES, Order.State.FILLED],
+            filled_quantity__lt=F("quantity"),
         ).aggregate(q=Sum(F("quantity") - F("filled_quantity")))["q"]
         or 0
     )

@@ -204,6 +204,21 @@ async def _resend(oms, order: Order, why: str, alerts: Alerts) -> None:
     )
 
 
+async def _round(oms, broker, order_ids: set[int], alerts: Alerts, result: FlattenResult) -> None:
+    """One round of work on the flatten's exits: match, sync, follow the touch. A broker
+    or database failure here is noted and the next round tries again: a flatten ends at
+    flat or at its deadline, never on an exception."""
+    try:
+        await broker.on_market_data()
+        await oms.sync(drain=False)  # the engine's strategies hear the fills at its next second
+        await follow_touch(oms, await _db(_working)(set(order_ids)), alerts)
+    except Exception as exc:
+        note = f"round: {exc!r}"[:200]
+        if note not in result.errors:
+            result.errors.append(note)
+        log.warning("flatten round failed", extra={"error": repr(exc)})
+
+
 def _orders(ids) -> list[Order]:
     return list(Order.objects.filter(pk__in=list(ids)).select_related("instrument", "strategy", "signal"))
 
@@ -399,7 +414,20 @@ async def kill_all(
     positions = None
     polled = -1e9
     open_orders = True
+    inflight: dict[str, asyncio.Task] = {}
+
+    def harvest() -> None:
+        for sid, task in list(inflight.items()):
+            if not task.done():
+                continue
+            del inflight[sid]
+            if task.exception() is not None:
+                result.errors.append(f"exit {sid}: {task.exception()!r}"[:200])
+            else:
+                order_ids.update(o.pk for o in task.result())
+
     while True:
+        harvest()
         now = time.monotonic()
         late = now - began >= deadline_s
         if now - polled >= POSITIONS_EVERY_S or late:
@@ -420,7 +448,6 @@ async def kill_all(
                 if missing:
                     instruments.update(await _db(_instruments)(missing))
                 ours = await _db(_ours)(account)
-                sends = []
                 for sid, net in positions.items():
                     instrument = instruments.get(sid)
                     if sid not in legs:
@@ -429,30 +456,32 @@ async def kill_all(
                         if "unknown instrument" not in legs[sid].why:
                             legs[sid].why.append("unknown instrument: not in the instrument master")
                         continue
-                    sends.append(_exit_broker_net(oms, instrument, net, ours.get(sid, []), read_at, purpose, reason))
-                # All legs at once: the limiter's priority lane orders them, and one leg whose
-                # outcome is being looked up (unknown) holds up no other.
-                for sent in await asyncio.gather(*sends, return_exceptions=True):
-                    if isinstance(sent, BaseException):
-                        result.errors.append(f"exit: {sent!r}"[:200])
-                    else:
-                        order_ids.update(o.pk for o in sent)
-                if positions == {} and not open_orders and not await _db(_any_live)(set(order_ids)):
+                    if sid in inflight:
+                        continue  # that leg's last send (perhaps an unknown outcome being looked up) is not done
+                    # Every leg on its own task: the limiter's priority lane orders them, and a leg
+                    # whose outcome is being looked up holds up neither the others nor the polling.
+                    inflight[sid] = asyncio.ensure_future(
+                        _exit_broker_net(oms, instrument, net, ours.get(sid, []), read_at, purpose, reason)
+                    )
+                if positions == {} and not open_orders and not inflight and not await _db(_any_live)(set(order_ids)):
                     result.flat = True
                     result.flat_s = round(time.monotonic() - began, 4)
+                    if result.sent_s is None:
+                        result.sent_s = result.flat_s if order_ids else 0.0
                     break
                 if open_orders:
                     result.cancelled += await _cancel_everything(path, order_ids, result)
-        if result.sent_s is None and order_ids:
+        if result.sent_s is None and order_ids and not inflight:
             result.sent_s = round(time.monotonic() - began, 4)
         if late:
             break
-        await broker.on_market_data()
-        await oms.sync(drain=False)  # the engine's strategies hear the fills at its next second
-        await follow_touch(oms, await _db(_working)(set(order_ids)), alerts)
+        await _round(oms, broker, order_ids, alerts, result)
         await report("working")
         await asyncio.sleep(ROUND_S)
 
+    if inflight:  # sends still in flight at the deadline finish (each is bounded by its timeouts)
+        await asyncio.gather(*inflight.values(), return_exceptions=True)
+        harvest()
     if result.flat and activate_kill_switch:
         try:
             result.kill_switch = bool(await broker.kill_switch(True))
@@ -503,21 +532,25 @@ async def _exit_broker_net(oms, instrument, net: int, ours: list[Position], read
     )
 
 
+LABELS = {"KILL_ALL": "Kill All", "EXIT": "Exit", "DAILY_LOSS": "Daily-loss flatten"}
+
+
 async def _finish(result: FlattenResult, account: str, clock, alerts: Alerts, *, subject: str) -> None:
     """One audit record with the result, and the alerts the result calls for."""
+    label = LABELS.get(result.kind, result.kind)
     for leg in result.detail:
         if leg["rejected"]:
             await alerts.once(
                 f"rejected:{leg['security_id']}",
                 "WARNING",
-                f"{'Kill All' if result.kind == 'KILL_ALL' else 'Exit'} leg {leg['symbol']} rejected",
+                f"{label} leg {leg['symbol']} rejected",
                 "; ".join(leg["why"]),
             )
     if not result.flat:
         await alerts.once(
             "not_flat",
             "CRITICAL",
-            f"{'Kill All' if result.kind == 'KILL_ALL' else 'Exit'} NOT flat after {result.elapsed_s:.1f} s",
+            f"{label} NOT flat after {result.elapsed_s:.1f} s",
             "Still open: "
             + (", ".join(result.still_open) or "unknown (no position report)")
             + ". "
@@ -590,8 +623,11 @@ async def exit_position(path, position_id: int, *, actor: str, deadline_s: float
         )
     )()
     for order in others:  # a scale-up still working would re-open what the exit closes
-        done = await oms.cancel(order, reason=reason)
-        result.cancelled += done.state == Order.State.CANCELLED
+        try:
+            done = await oms.cancel(order, reason=reason)
+            result.cancelled += done.state == Order.State.CANCELLED
+        except Exception as exc:  # the exit goes on; the claim still caps what it sells
+            result.errors.append(f"cancel {order.client_order_id}: {exc!r}"[:200])
     order_ids: set[int] = set()
     ids = [p.pk for p in targets]
     left: dict[str, int] = {}
@@ -616,22 +652,24 @@ async def exit_position(path, position_id: int, *, actor: str, deadline_s: float
             side = exit_side(p.net_quantity)
             need = abs(p.net_quantity) - await _db(working_exit_quantity)(account, p.instrument_id, side)
             if need > 0:
-                sent = await send_exit(
-                    oms,
-                    p.instrument,
-                    side,
-                    need,
-                    purpose=Order.Purpose.EXIT,
-                    reason=reason,
-                    strategy=p.strategy,
-                    signal=p.signal,
-                )
+                try:
+                    sent = await send_exit(
+                        oms,
+                        p.instrument,
+                        side,
+                        need,
+                        purpose=Order.Purpose.EXIT,
+                        reason=reason,
+                        strategy=p.strategy,
+                        signal=p.signal,
+                    )
+                except Exception as exc:  # the next round sends again
+                    result.errors.append(f"exit {p.instrument.trading_symbol}: {exc!r}"[:200])
+                    continue
                 order_ids.update(o.pk for o in sent)
         if result.sent_s is None and order_ids:
             result.sent_s = round(time.monotonic() - began, 4)
-        await broker.on_market_data()
-        await oms.sync(drain=False)  # the engine's strategies hear the fills at its next second
-        await follow_touch(oms, await _db(_working)(set(order_ids)), alerts)
+        await _round(oms, broker, order_ids, alerts, result)
         await asyncio.sleep(ROUND_S)
     result.elapsed_s = round(time.monotonic() - began, 4)
     await _db(_tally)(result, legs, order_ids, left)
