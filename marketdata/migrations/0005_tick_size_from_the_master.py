@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('marketdata', '0004_prune_schedule'),
+        ('marketdata', '0005_minutebar_source_historyfetch'),
     ]
 
     operations = [
