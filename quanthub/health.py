@@ -132,9 +132,9 @@ class StateCollector:
     def collect(self):
         # The apps' modules load after quanthub's (health is imported by the URLconf).
         from audit.models import AuditRecord
+        from quanthub.dhan.tokens import current_token
         from risk.models import RiskLimits
         from trading import events, selectors
-        from trading.brokers.tokens import current_token
         from trading.models import Order
         from trading.orders.reconcile import open_breaks
 

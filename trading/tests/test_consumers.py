@@ -75,12 +75,12 @@ async def test_a_trader_gets_the_current_panels_then_only_what_changed(trader, d
 
 
 async def test_a_book_change_reaches_the_page_on_the_next_heartbeat(trader, oms, book, demo_market):
-    from risk.tests.test_killswitch import _open_legs
+    from trading.conftest import open_legs
 
     communicator = _communicator(trader, path="/ws/dashboard/?panels=positions,alerts")
     await communicator.connect()
     await communicator.receive_from(timeout=10)
-    await _open_legs(oms, book, 2)
+    await open_legs(oms, book, 2)
     await asend_now("heartbeat", {"engine": "test"})
     pushed = await communicator.receive_from(timeout=10)
     assert 'id="panel-positions"' in pushed and "2 open" in pushed

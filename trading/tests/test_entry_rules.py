@@ -10,10 +10,10 @@ from asgiref.sync import sync_to_async
 from audit.models import AuditRecord
 from marketdata.feeds.simulator import SimulatorFeed
 from risk.models import RiskLimits
+from trading.conftest import quote
 from trading.engine.engine import Engine
 from trading.models import Order
-from trading.tests.conftest import quote
-from trading.tests.test_oms import submit
+from trading.orders.tests.test_manager import submit
 
 pytestmark = pytest.mark.django_db(transaction=True)
 S = Order.State

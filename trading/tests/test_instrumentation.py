@@ -7,13 +7,14 @@ import datetime as dt
 from decimal import Decimal
 
 import pytest
+from asgiref.sync import sync_to_async
 from prometheus_client import REGISTRY
 
-from risk.killswitch import kill_all
-from risk.tests.test_killswitch import _open_legs
+from trading.conftest import open_legs, quote
 from trading.models import Order
-from trading.tests.conftest import quote
-from trading.tests.test_oms import submit
+from trading.orders import flatten
+from trading.orders.root import build_order_path
+from trading.orders.tests.test_manager import submit
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -47,9 +48,10 @@ async def test_an_acknowledged_order_is_timed_from_its_snapshot(oms, book, clock
 
 
 async def test_kill_all_records_its_duration_and_whether_it_ended_flat(oms, book, demo_market):
-    await _open_legs(oms, book, 2)
+    await open_legs(oms, book, 2)
     runs = value("quanthub_kill_all_duration_seconds_count")
-    summary = await kill_all(broker=oms.broker, oms=oms, actor="risk1", reason="test", timeout_s=10)
+    path = await sync_to_async(build_order_path)("default", clock=oms.clock, book=book, broker=oms.broker)
+    summary = await flatten.kill_all(path, actor="risk1", reason="test", deadline_s=10)
     assert summary.flat
     assert value("quanthub_kill_all_duration_seconds_count") == runs + 1
     assert value("quanthub_kill_all_not_flat") == 0

@@ -23,10 +23,10 @@ from trading import checkpoints
 from trading.brokers.base import Throttled, Unknown
 from trading.brokers.paper import PaperBroker
 from trading.brokers.ratelimit import RateLimiter
+from trading.conftest import quote
 from trading.models import Fill, Order, PaperAccount, PaperOrder, PaperPosition, PaperTrade, Position
 from trading.orders.manager import OrderManager
 from trading.orders.reconcile import reconcile
-from trading.tests.conftest import quote
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -12,9 +12,9 @@ import pytest
 from audit.models import AuditRecord
 from trading.brokers.base import AuthExpired, BrokerStatus, Throttled, Unknown
 from trading.brokers.ratelimit import RateLimiter
+from trading.conftest import quote
 from trading.models import Alert, Fill, Order, PaperOrder
 from trading.orders.manager import OrderManager
-from trading.tests.conftest import quote
 
 pytestmark = pytest.mark.django_db(transaction=True)
 S = Order.State

@@ -13,9 +13,9 @@ from django.db.models import Sum
 from audit.models import AuditRecord
 from risk.models import TradingState
 from trading.brokers.base import OrderType, PlaceRequest, Side
+from trading.conftest import quote
 from trading.models import Alert, Fill, Order, PaperPosition, Position, ReconciliationBreak
 from trading.orders.reconcile import CLEARED_REASON, reconcile
-from trading.tests.conftest import quote
 
 pytestmark = pytest.mark.django_db(transaction=True)
 S = Order.State

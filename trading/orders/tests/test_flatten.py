@@ -62,7 +62,7 @@ async def test_a_leg_the_broker_keeps_rejecting_is_reported_open_with_a_critical
     result = await flatten.kill_all(path, actor="risk1", reason="drill", deadline_s=2.0)
 
     assert result.flat is False and result.kill_switch is False
-    assert result.still_open == [f"{future.trading_symbol} +{2 * future.lot_size}"]
+    assert result.still_open == [f"{future.display} +{2 * future.lot_size}"]
     leg = next(d for d in result.detail if d["security_id"] == future.security_id)
     assert leg["rejected"] >= 2 and leg["filled"] == 0
     assert any("price band" in why for why in leg["why"]), leg["why"]
@@ -70,10 +70,10 @@ async def test_a_leg_the_broker_keeps_rejecting_is_reported_open_with_a_critical
     record = await AuditRecord.objects.filter(action="kill_all.finished").alatest("seq")
     assert record.payload["flat"] is False and record.payload["still_open"] == result.still_open
     critical = await Alert.objects.aget(level="CRITICAL", title__contains="NOT flat")
-    assert future.trading_symbol in critical.message
-    assert await Alert.objects.filter(level="WARNING", title__contains=f"{future.trading_symbol} rejected").aexists()
+    assert future.display in critical.message
+    assert await Alert.objects.filter(level="WARNING", title__contains=f"{future.display} rejected").aexists()
     panel = await sync_to_async(render_panel)("killall", {"stage": "done", **result.as_dict()})
-    assert "NOT flat" in panel and future.trading_symbol in panel
+    assert "NOT flat" in panel and future.display in panel
 
 
 async def test_rejects_throttles_unknowns_and_5xx_are_retried_at_the_touch_until_flat(
@@ -140,10 +140,10 @@ async def test_a_rejected_exit_shows_rejected_and_why_on_the_row_and_raises_an_a
     result = await flatten.exit_position(path, position.pk, actor="user:trader1", deadline_s=1.5)
     assert result.flat is False and result.rejected >= 1
     [row] = [r for r in await sync_to_async(selectors.open_positions)() if r.position.pk == position.pk]
-    assert row.exit_state.startswith("rejected: DH-906")
+    assert row.exit_state["state"] == "rejected:" and row.exit_state["detail"].startswith("DH-906")
     html = await sync_to_async(render_panel)("positions")
-    assert "rejected: DH-906" in html
-    assert await Alert.objects.filter(title__contains=f"leg {future.trading_symbol} rejected").aexists()
+    assert "rejected:" in html and "DH-906" in html
+    assert await Alert.objects.filter(title__contains=f"leg {future.display} rejected").aexists()
     assert await Alert.objects.filter(level="CRITICAL", title__startswith="Exit NOT flat").aexists()
 
 
