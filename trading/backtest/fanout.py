@@ -157,7 +157,8 @@ class TaskEngine(runner.BacktestEngine):
             return
         for loaded in self.strategies:
             cls = type(loaded.strategy._inner)
-            base = loaded.row.params if loaded.row is not None else {}
+            # The run's frozen parameters (read once when it started), else the row's.
+            base = self.frozen_params.get(loaded.key) or (loaded.row.params if loaded.row is not None else {})
             loaded.strategy.configure(cls.config_class.from_params({**(base or {}), **self.params}))
 
     async def run(self):

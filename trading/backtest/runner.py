@@ -150,10 +150,10 @@ class BacktestEngine(Engine):
         states: dict[str, dict],
         order_ids: Callable[[], str],
         day: dt.date,
-        params: dict[str, dict] | None = None,
+        frozen_params: dict[str, dict] | None = None,
         **kwargs,
     ):
-        self.frozen_params = params or {}  # read before the first day: the same on every day
+        self.frozen_params = frozen_params or {}  # read before the first day: the same on every day
         super().__init__(**kwargs)
         self.run_id = run_id
         self.chosen = set(strategies)
@@ -293,7 +293,7 @@ def _build_day(
         states=states,
         order_ids=order_ids,
         day=day,
-        params=params,
+        frozen_params=params,
         feed=feed,
         broker=orders.broker,
         clock=clock,
