@@ -9,8 +9,9 @@ import pytest
 from asgiref.sync import sync_to_async
 from rest_framework.test import APIClient
 
+from quanthub.clock import IST
 from trading.models import Order, PaperPosition, Position
-from trading.tests.test_engine import _engine, enabled  # noqa: F401  (shared fixture)
+from trading.tests.test_engine import DAY, _engine, enabled  # noqa: F401  (shared fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -19,6 +20,8 @@ async def test_an_exit_requested_mid_trade_is_sent_by_the_engine_and_never_repea
     first, clock = await sync_to_async(_engine)(dt.time(9, 15), dt.time(9, 17, 30))
     await first.run()  # stops at 09:17:30 with the 09:16:30 probe open
     engine, _ = await sync_to_async(_engine)(dt.time(9, 17, 31), dt.time(9, 24), clock=clock)
+    # A restart carries the market on where it stood (the informed flow under way goes on).
+    engine.feed.resume(dt.datetime.combine(DAY, dt.time(9, 17, 31), tzinfo=IST), first.feed.get_state())
     await engine.start()  # a fresh ACTIVE heartbeat: the API leaves the sending to this engine
 
     option = await Position.objects.select_related("instrument", "signal").aget(
