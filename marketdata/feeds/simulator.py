@@ -192,6 +192,7 @@ class SimulatorFeed(Feed):
         self._gap_until: dt.datetime | None = None
         self._seq = 0
         self._at: dt.datetime | None = None  # the last second fully generated
+        self._grid = self.start  # chains every 3 s from here
         self._applied_until: dt.datetime | None = None  # scenario events up to here are in the state
 
     @classmethod
@@ -253,8 +254,8 @@ class SimulatorFeed(Feed):
     # --- resuming a session -------------------------------------------------------
 
     def _chain_due(self, now: dt.datetime) -> bool:
-        # On the session's own 3-second grid, wherever a (resumed) stream starts.
-        return int((now - self.session_open).total_seconds()) % CHAIN_EVERY_S == 0
+        # On the stream's own 3-second grid: a resumed stream keeps the one it had.
+        return int((now - self._grid).total_seconds()) % CHAIN_EVERY_S == 0
 
     def _events_from(self, start: dt.datetime) -> list[Event]:
         """Scenario events still to come: one at or before the state's last second
@@ -276,6 +277,7 @@ class SimulatorFeed(Feed):
 
         return {
             "at": self._at.isoformat(),
+            "grid": self._grid.isoformat(),
             "seed": self.seed,
             "day": self.trading_day.isoformat(),
             "vix": self.vix,
@@ -320,7 +322,7 @@ class SimulatorFeed(Feed):
             at = max(at, self._at + dt.timedelta(seconds=1))
             start = self._at + dt.timedelta(seconds=1)
         else:
-            start = self.session_open
+            start = self._grid = self.session_open
         if start < at:
             for _ in self._generate(start, at - dt.timedelta(seconds=1)):
                 pass
@@ -334,6 +336,7 @@ class SimulatorFeed(Feed):
             g.bit_generator.state = {**saved, "state": {"state": int(inner["state"]), "inc": int(inner["inc"])}}
 
         self._at = dt.datetime.fromisoformat(state["at"])
+        self._grid = dt.datetime.fromisoformat(state.get("grid", self.session_open.isoformat()))
         self.vix = float(state["vix"])
         self._vix_extra = float(state["vix_extra"])
         self._vix_decay_s = float(state["vix_decay_s"])

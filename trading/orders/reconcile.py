@@ -34,7 +34,7 @@ from risk.models import TradingState
 from risk.services import set_trading_state
 from trading.brokers.base import Broker, BrokerOrder, BrokerTrade, Unavailable
 from trading.models import Fill, Order, Position, ReconciliationBreak
-from trading.orders.manager import FROM_BROKER, settle
+from trading.orders.states import FROM_BROKER, settle
 
 log = logging.getLogger(__name__)
 K = ReconciliationBreak.Kind

@@ -98,9 +98,13 @@ async def restart_and_check() -> dict:
     result = await reconcile(oms.broker)
 
     def check() -> dict:
-        stuck = Order.objects.filter(state__in=["NEW", "SUBMITTING", "UNKNOWN"]).count()
+        stuck = Order.objects.filter(state__in=["NEW", "SUBMITTING"]).count()
         ours = set(Order.objects.exclude(broker_order_id=None).values_list("client_order_id", flat=True))
         theirs = set(PaperOrder.objects.values_list("correlation_id", flat=True))
+        # An order the broker never got stays pending (UNKNOWN, looked up, never resent)
+        # for its grace window; one the broker has must have been resolved.
+        pending = set(Order.objects.filter(state="UNKNOWN").values_list("client_order_id", flat=True))
+        unresolved = len(pending & theirs)
         duplicates = PaperOrder.objects.values("correlation_id").annotate(n=Count("id")).filter(n__gt=1).count()
         orphans_at_broker = len(theirs - set(Order.objects.values_list("client_order_id", flat=True)))
         lost = len(ours - theirs)
@@ -109,6 +113,7 @@ async def restart_and_check() -> dict:
         our_net = Position.objects.aggregate(n=Sum("net_quantity"))["n"] or 0
         return {
             "stuck": stuck,
+            "unresolved": unresolved,
             "duplicates": duplicates,
             "orphans": orphans_at_broker,
             "lost": lost,
@@ -166,7 +171,7 @@ def main() -> None:
             by_point[point] += 1
         SyncToAsync.single_thread_executor = ThreadPoolExecutor(max_workers=1)
         state = asyncio.run(restart_and_check())
-        for key in ("stuck", "duplicates", "orphans", "lost", "unfilled_trades", "position_gap", "breaks"):
+        for key in ("stuck", "unresolved", "duplicates", "orphans", "lost", "unfilled_trades", "position_gap", "breaks"):
             worst[key] = max(worst[key], abs(state[key]))
     final = asyncio.run(restart_and_check())
     print(

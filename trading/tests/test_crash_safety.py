@@ -46,7 +46,8 @@ def _drop(base, name):
 
 
 @pytest.mark.slow
-def test_200_kills_leave_no_duplicate_orphan_or_unknown_order(tmp_path):
+@pytest.mark.timeout(900)
+def test_200_kills_leave_no_duplicate_orphan_or_unresolved_order(tmp_path):
     url, cleanup = _database_for_harness(tmp_path)
     env = {**os.environ, "DATABASE_URL": url, "QUANTHUB_VAR_DIR": str(tmp_path), "LOG_LEVEL": "error"}
     env.pop("REDIS_URL", None)
@@ -73,6 +74,7 @@ def test_200_kills_leave_no_duplicate_orphan_or_unknown_order(tmp_path):
     }
     assert result["worst"] == {
         "stuck": 0,
+        "unresolved": 0,
         "duplicates": 0,
         "orphans": 0,
         "lost": 0,

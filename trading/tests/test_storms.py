@@ -50,7 +50,7 @@ class Stormy:
             raise self.error()
 
     async def renew_session(self) -> bool:
-        if self.renews and self.clock.now().astimezone(IST).time() >= dt.time(9, 18):
+        if self.renews:  # the new token works from the next call on
             self.renewed += 1
             return True
         return False
