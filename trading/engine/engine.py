@@ -25,6 +25,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.chain import append as audit_append
+from marketdata.anomaly.training import live_scorers, live_versions
 from marketdata.book import QuoteBook
 from marketdata.feeds.base import ChainSnapshot, LtpTick
 from marketdata.models import Instrument
@@ -37,6 +38,7 @@ from risk.breakers import trip as trip_breaker
 from risk.context import GateBasis, daily_net_pnl
 from risk.gate import RiskGate, record_refusal
 from risk.models import RiskLimits
+from trading.alerts import raise_alert
 from trading.brokers.ratelimit import RateLimiter
 from trading.events import asend_now, publish_on_commit
 from trading.models import EngineHeartbeat, Order, Position, Signal, Strategy
@@ -139,6 +141,7 @@ class Engine:
         self._beat_created = False
         self._config_queries: tuple[Prepared, Prepared] | None = None
         self._last_beat_wall: float | None = None
+        self._anomaly_versions: dict[str, int] | None = None
         self.started = asyncio.Event()
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -152,6 +155,7 @@ class Engine:
     async def start(self) -> None:
         await _db(self._load_instruments)()
         await _db(self._load_strategies)()
+        await _db(self._load_anomaly_models)()
         counts = await self.oms.recover()
         result = await reconcile(self.broker, account=self.account)
         log.info("engine started", extra={"engine": self.engine_id, "recovered": counts, "breaks": len(result.breaks)})
@@ -207,6 +211,20 @@ class Engine:
             strategy.set_state(row.state or {})
             strategy.entries_enabled = row.enabled
             self.strategies.append(Loaded(row.pk, row.key, row.version, row.enabled, strategy, row=row))
+
+    def _load_anomaly_models(self) -> None:
+        """Give the strategies the live anomaly model of each underlying, verified
+        against its recorded hash; again whenever the live versions change (nightly
+        training, a pin or a rollback in the admin): one small query otherwise."""
+        versions = live_versions()
+        if versions == self._anomaly_versions:
+            return
+        self._anomaly_versions = versions
+        scorers, errors = live_scorers()
+        for error in errors:
+            raise_alert("WARNING", "anomaly", "Anomaly model refused", error, account=self.account)
+        for loaded in self.strategies:
+            loaded.strategy.set_anomaly_scorers(scorers)
 
     def _refresh_config(self) -> None:
         """Pick up admin changes at every snapshot: strategy params and the enabled
@@ -361,6 +379,7 @@ class Engine:
         if self._last_reconcile is None or (now - self._last_reconcile).total_seconds() >= self.reconcile_every_s:
             self._last_reconcile = now
             await reconcile(self.broker, account=self.account)
+            await _db(self._load_anomaly_models)()
             if self.writer is not None and self.writer.pending:
                 await _db(self.writer.flush)()
             await _db(self._persist_states)()
