@@ -7,7 +7,9 @@ from quanthub.logging import JsonFormatter
 
 
 def _format(**extra) -> dict:
-    record = logging.LogRecord("trading.orders.manager", logging.WARNING, __file__, 1, "order %s rejected", ("QH1",), None)
+    record = logging.LogRecord(
+        "trading.orders.manager", logging.WARNING, __file__, 1, "order %s rejected", ("QH1",), None
+    )
     for key, value in extra.items():
         setattr(record, key, value)
     return json.loads(JsonFormatter().format(record))
