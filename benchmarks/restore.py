@@ -59,14 +59,14 @@ def child(minutes: int) -> None:
     validator = ChainValidator()
     writer = SnapshotWriter()
     metrics: list[DerivedMetric] = []
-    last_minute = None
+    seen: set = set()
     fill_started = time.perf_counter()
     for item in feed.run_sync():
         if isinstance(item, ChainSnapshot):
             report_ = validator.validate(item, item.received_at)
             minute = item.exchange_time.replace(second=0, microsecond=0)
-            if (minute, item.underlying) != last_minute:
-                last_minute = (minute, item.underlying)
+            if (minute, item.underlying) not in seen:
+                seen.add((minute, item.underlying))
                 metrics.append(
                     DerivedMetric(ts=minute, name="chain_quality", key=item.underlying, value=float(item.quality))
                 )
