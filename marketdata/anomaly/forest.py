@@ -44,7 +44,8 @@ class CompiledForest:
     n_features: int
     n_trees: int
     max_samples: int
-    keys: np.ndarray  # every split as (feature << 32 | ordered float32 threshold), ascending
+    thresholds: list[np.ndarray]  # per feature: its split thresholds, ascending
+    offsets: np.ndarray  # per feature: its first row in ``prefix_and``
     prefix_and: np.ndarray  # (splits + features, trees): per feature, the AND of its first k splits' masks
     leaf_values: np.ndarray  # (trees × leaf bits,): path length of leaf i of tree t at t * bits + i
 
@@ -91,22 +92,24 @@ class CompiledForest:
                     continue
                 lo, n = int(first_leaf[left[node]]), int(leaf_count[left[node]])
                 splits[int(tree.feature[node])].append((float(tree.threshold[node]), t, full ^ (((1 << n) - 1) << lo)))
-        keys, tables = [], []
-        for f, per_feature in enumerate(splits):
+        thresholds, tables, offsets, start = [], [], [], 0
+        for per_feature in splits:
             per_feature.sort(key=lambda s: s[0])
             table = np.full((len(per_feature) + 1, len(trees)), full, dtype=word)
             row = table[0].copy()
             for k, (_, t, mask) in enumerate(per_feature, start=1):
                 row[t] &= word(mask)
                 table[k] = row
-            threshold = np.array([s[0] for s in per_feature], dtype=np.float64)
-            keys.append((np.uint64(f) << np.uint64(32)) | _ordered(_floor32(threshold)).astype(np.uint64))
+            thresholds.append(np.array([s[0] for s in per_feature], dtype=np.float64))
             tables.append(table)
+            offsets.append(start)
+            start += len(table)
         return cls(
             n_features,
             len(trees),
             int(forest.max_samples_),
-            np.concatenate(keys),
+            thresholds,
+            np.array(offsets, dtype=np.intp),
             np.concatenate(tables),
             leaf_values.ravel(),
         )
@@ -117,19 +120,15 @@ class CompiledForest:
 
     def path_lengths(self, X: np.ndarray) -> np.ndarray:
         """Mean path length of each row over the trees."""
-        n, features = np.shape(X)
-        # A split sends a row right when x > threshold: exactly the splits with
-        # threshold < x, a prefix of its feature's sorted splits. One search
-        # over every feature's keys at once finds them all.
-        key = _ordered(np.asarray(X, dtype=np.float32)).astype(np.uint64)
-        key |= np.arange(features, dtype=np.uint64) << np.uint64(32)
-        # Feature f's table starts f rows after its splits do (one extra row each).
-        row = np.searchsorted(self.keys, key.ravel(), side="left").reshape(n, features)
-        row += np.arange(features, dtype=np.intp)
+        # scikit-learn's trees compare float32 inputs with float64 thresholds.
+        X = np.asarray(X, dtype=np.float32).astype(np.float64)
         table = self.prefix_and
-        bits = table.take(row[:, 0], axis=0)
-        for f in range(1, features):
-            np.bitwise_and(bits, table.take(row[:, f], axis=0), out=bits)
+        bits = None
+        for f in range(self.n_features):
+            # A split sends a row right when x > threshold: exactly the splits with
+            # threshold < x, a prefix of this feature's sorted splits.
+            rows = table.take(np.searchsorted(self.thresholds[f], X[:, f], side="left") + self.offsets[f], axis=0)
+            bits = rows if bits is None else np.bitwise_and(bits, rows, out=bits)
         # The lowest leaf still standing: count the trailing zeros.
         leaf = np.bitwise_count(~bits & (bits - bits.dtype.type(1))).astype(np.intp)
         leaf += np.arange(self.n_trees, dtype=np.intp) * self.leaf_bits
@@ -142,17 +141,3 @@ class CompiledForest:
             return np.ones(len(X))
         return np.power(2.0, -self.path_lengths(X) / c)
 
-
-def _floor32(values: np.ndarray) -> np.ndarray:
-    """The largest float32 at or below each float64. For a float32 x,
-    x > t exactly when x > floor32(t), so float32 keys decide float64 splits."""
-    rounded = values.astype(np.float32)
-    above = rounded.astype(np.float64) > values
-    return np.where(above, np.nextafter(rounded, np.float32(-np.inf)), rounded)
-
-
-def _ordered(values: np.ndarray) -> np.ndarray:
-    """float32 to uint32 keeping the order (negative zero counts as zero)."""
-    bits = (np.asarray(values, dtype=np.float32) + np.float32(0.0)).view(np.uint32)
-    negative = (bits >> np.uint32(31)).astype(bool)
-    return np.where(negative, ~bits, bits | np.uint32(0x80000000))
