@@ -140,4 +140,3 @@ class CompiledForest:
         if c == 0:
             return np.ones(len(X))
         return np.power(2.0, -self.path_lengths(X) / c)
-
