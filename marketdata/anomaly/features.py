@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from marketdata.baselines import BaselineSignals, ChainBaselines, _Window
+from marketdata.baselines import BaselineSignals, ChainBaselines, _Window  # the same ring buffers, same room
 from marketdata.feeds.base import ChainSnapshot
 
 FEATURES = ("volume_z", "volume_ratio", "mid_change_pct", "oi_z", "spread_pct_rel", "iv_change")
