@@ -212,3 +212,44 @@ class HistoryFetch(models.Model):
 
     def __str__(self) -> str:
         return f"{self.source} {self.key} {self.date_from}–{self.date_to}"
+
+
+class AnomalyModel(models.Model):
+    """One trained Isolation Forest of one underlying (marketdata.anomaly).
+
+    The artefact is a file under ``VAR_DIR/anomaly``; ``sha256`` is checked
+    before it is loaded, so a replaced or corrupted file is never unpickled.
+    At most one version per underlying is ``live``: the newest, unless an
+    operator pinned an older one (admin: pin, unpin, roll back).
+    """
+
+    underlying = models.CharField(max_length=16)
+    trained_for = models.DateField(help_text="The session after whose close it was trained")
+    window_start = models.DateField(help_text="First session in the training window")
+    window_end = models.DateField(help_text="Last session in the training window")
+    sessions = models.PositiveSmallIntegerField()
+    samples = models.PositiveIntegerField(help_text="Contract snapshots trained on")
+    contamination = models.FloatField()
+    n_estimators = models.PositiveSmallIntegerField()
+    max_samples = models.PositiveSmallIntegerField()
+    score_quantiles = models.JSONField(
+        help_text="Raw Isolation Forest scores of the training rows: p50, p90, p99, p99.9"
+    )
+    artefact = models.CharField(max_length=255, help_text="Path under VAR_DIR")
+    sha256 = models.CharField(max_length=64)
+    train_seconds = models.FloatField(default=0.0)
+    live = models.BooleanField(default=False)
+    pinned = models.BooleanField(default=False, help_text="Kept live: nightly training does not replace it")
+    retired = models.BooleanField(default=False, help_text="Rolled back: never made live again by a rollback")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["underlying", "-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["underlying"], condition=models.Q(live=True), name="anomalymodel_one_live_per_underlying"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.underlying} v{self.pk} ({self.trained_for:%Y-%m-%d})"

@@ -139,7 +139,9 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
-CELERY_BROKER_URL = REDIS_URL or "memory://"
+# The Celery queue may live on a Redis of its own with AOF on (docker/compose.yaml), so a
+# Redis restart loses no queued task; the channel layer's Redis may stay ephemeral.
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL or "memory://"
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
 CELERY_TASK_EAGER_PROPAGATES = True
@@ -297,6 +299,23 @@ STORAGES = {
 }
 WHITENOISE_USE_FINDERS = DEBUG or TESTING
 ARTIFACTS_DIR = BASE_DIR / "artifacts"
+
+# --- Anomaly models and backups (docs/operations.md) --------------------------------
+# Nightly Isolation Forest: artefacts under this directory, trained on the last N sessions.
+QUANTHUB_ANOMALY_DIR = env_str("QUANTHUB_ANOMALY_DIR", str(VAR_DIR / "anomaly"))
+QUANTHUB_ANOMALY_SESSIONS = env_int("QUANTHUB_ANOMALY_SESSIONS", 5, minimum=1, maximum=30)
+QUANTHUB_ANOMALY_CONTAMINATION = float(env_str("QUANTHUB_ANOMALY_CONTAMINATION", "0.001"))
+# Backups: a timestamped, checksummed file per run in this directory, the newest N kept;
+# also uploaded to S3-compatible storage when a bucket is named (credentials: boto3's usual
+# AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or their _FILE variants read here).
+QUANTHUB_BACKUP_DIR = env_str("QUANTHUB_BACKUP_DIR", str(VAR_DIR / "backups"))
+QUANTHUB_BACKUP_KEEP = env_int("QUANTHUB_BACKUP_KEEP", 14, minimum=1, maximum=1000)
+QUANTHUB_BACKUP_S3_BUCKET = env_str("QUANTHUB_BACKUP_S3_BUCKET")
+QUANTHUB_BACKUP_S3_PREFIX = env_str("QUANTHUB_BACKUP_S3_PREFIX", "quanthub/")
+QUANTHUB_BACKUP_S3_ENDPOINT = env_str("QUANTHUB_BACKUP_S3_ENDPOINT")
+QUANTHUB_BACKUP_S3_REGION = env_str("QUANTHUB_BACKUP_S3_REGION", "ap-south-1")
+QUANTHUB_BACKUP_S3_ACCESS_KEY = env_secret("AWS_ACCESS_KEY_ID")
+QUANTHUB_BACKUP_S3_SECRET_KEY = env_secret("AWS_SECRET_ACCESS_KEY")
 
 # --- REST API ----------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -26,6 +26,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.chain import append as audit_append
+from marketdata.anomaly.training import live_scorers, live_versions
 from marketdata.book import QuoteBook
 from marketdata.feeds.base import ChainSnapshot, LtpTick, QuoteSnapshot
 from marketdata.models import Instrument
@@ -42,6 +43,7 @@ from risk.context import GateBasis, daily_net_pnl
 from risk.gate import RiskGate, record_refusal
 from risk.models import RiskLimits
 from risk.services import roll_over_session
+from trading.alerts import raise_alert
 from trading.brokers.base import AuthExpired
 from trading.brokers.safety import apply_pnl_exit, basket_margin_per_lot
 from trading.engine.outages import (
@@ -174,6 +176,7 @@ class Engine:
         self._pnl_exit: dict | None = None  # the broker-side P&L exit as last read back, for the risk panel
         self._safety_due = True  # set the broker-side P&L exit at start and whenever the limits change
         self._next_open: dt.datetime | None = None  # the next session open, for the HALT rollover
+        self._anomaly_versions: dict[str, int] | None = None
         self.started = asyncio.Event()
         self.outages = Outages(account)
         self._resync_needed = True  # recovery and reconciliation have not succeeded yet
@@ -208,6 +211,8 @@ class Engine:
         self.strategies = []
         self._load_instruments()
         self._load_strategies()
+        self._anomaly_versions = None  # the strategies are new: give them the live models again
+        self._load_anomaly_models()
 
     async def _until_database(self, fn) -> None:
         while True:
@@ -432,6 +437,20 @@ class Engine:
             strategy.set_state(row.state or {})
             strategy.entries_enabled = row.enabled
             self.strategies.append(Loaded(row.pk, row.key, row.version, row.enabled, strategy, row=row))
+
+    def _load_anomaly_models(self) -> None:
+        """Give the strategies the live anomaly model of each underlying, verified
+        against its recorded hash; again whenever the live versions change (nightly
+        training, a pin or a rollback in the admin): one small query otherwise."""
+        versions = live_versions()
+        if versions == self._anomaly_versions:
+            return
+        self._anomaly_versions = versions
+        scorers, errors = live_scorers()
+        for error in errors:
+            raise_alert("WARNING", "anomaly", "Anomaly model refused", error, account=self.account)
+        for loaded in self.strategies:
+            loaded.strategy.set_anomaly_scorers(scorers)
 
     def _refresh_config(self) -> None:
         """Pick up admin changes at every snapshot: strategy params and the enabled
@@ -687,6 +706,7 @@ class Engine:
             )
             if result is not None and result.repaired:
                 await self._rebuild_strategies("repair")
+            await _db(self._load_anomaly_models)()
             if self.writer is not None and self.writer.pending:
                 await _db(self.writer.flush)()
             await _db(self._persist_states)()

@@ -134,6 +134,10 @@ class Strategy(abc.ABC):
         """Apply a (new) validated config; called at start and on every admin change."""
         self.config = config
 
+    def set_anomaly_scorers(self, scorers: dict[str, Any]) -> None:  # noqa: B027  (optional hook)
+        """The live anomaly model of each underlying (``marketdata.anomaly``), verified by
+        the engine; called at start and whenever an operator pins or rolls back."""
+
     def warm_up(self, history: Iterable[Any]) -> None:  # noqa: B027  (optional hook)
         """Feed stored snapshots so baselines are ready before trading."""
 

@@ -32,6 +32,13 @@ class VolOiConfig(StrategyConfig):
     time_stop_s: int = bounded(600, minimum=10, maximum=22500)
     max_open_signals: int = bounded(3, minimum=1, maximum=50)
     cooldown_s: int = bounded(120, minimum=0, maximum=3600, help="Per contract, after a signal closes")
+    min_anomaly_score: float = bounded(
+        0.0,
+        minimum=0.0,
+        maximum=1.0,
+        help="Enter only when the live anomaly model scores the snapshot at least this percentile "
+        "(0.99: more unusual than 99 % of its training snapshots); 0 = off. Without a live model, no entry.",
+    )
 
     def validate(self) -> None:
         errors = []

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from marketdata.anomaly.features import FeatureTracker
 from marketdata.baselines import Z_CAP, ChainBaselines
 from marketdata.feeds.base import ChainSnapshot
 from trading.strategies.vol_oi.config import VolOiConfig
@@ -58,6 +59,12 @@ class VolOiDetector:
         self.config = config
         self.baselines: dict[str, ChainBaselines] = {}
         self.spikes: dict[str, Pending] = {}  # security id -> the signal awaiting OI confirmation
+        self.scorers: dict = {}  # underlying -> the live anomaly model (marketdata.anomaly.model.AnomalyScorer)
+        self.trackers: dict[str, FeatureTracker] = {}
+
+    def set_scorers(self, scorers: dict) -> None:
+        """The live anomaly models, by underlying (the engine loads and verifies them)."""
+        self.scorers = dict(scorers)
 
     def configure(self, config: VolOiConfig) -> None:
         self.config = config
@@ -100,12 +107,16 @@ class VolOiDetector:
         baselines = self._baselines(snapshot.underlying)
         confirmations = self._confirmations(snapshot, baselines)
         s = baselines.update(snapshot)
+        anomaly = self._anomaly(snapshot, s)
         strikes = np.unique(snapshot.strike)
         step = float(np.min(np.diff(strikes))) if len(strikes) > 1 else 0.0
         near = np.abs(snapshot.strike - snapshot.underlying_ltp) <= (self.config.max_strike_offset + 0.5) * step
         found: list[Detection] = []
         entries = s.volume_spike & s.jump & (s.mid_change_pct > 0) & near & (s.mid >= self.config.min_premium)
         for i in np.flatnonzero(entries).tolist():
+            score = anomaly(i)
+            if self.config.min_anomaly_score > 0 and (score is None or score < self.config.min_anomaly_score):
+                continue
             sid = str(snapshot.security_id[i])
             self.spikes[sid] = Pending(snapshot.exchange_time, float(snapshot.oi[i]))
             found.append(self._detection("entry", snapshot, s, i))
@@ -153,8 +164,27 @@ class VolOiDetector:
                 del self.spikes[sid]
         return out
 
-    @staticmethod
-    def _detection(kind: str, snapshot: ChainSnapshot, s, i: int, extra: dict | None = None) -> Detection:
+    def _anomaly(self, snapshot: ChainSnapshot, s):
+        """Feed the underlying's feature tracker (it needs every snapshot) and
+        return a look-up of row i's score, computed only for rows asked about."""
+        scorer = self.scorers.get(snapshot.underlying)
+        if scorer is None:
+            return lambda i: None
+        tracker = self.trackers.get(snapshot.underlying)
+        if tracker is None:
+            tracker = self.trackers[snapshot.underlying] = FeatureTracker()
+        features = tracker.update(snapshot, s)
+
+        def score(i: int) -> float | None:
+            if not features.usable[i]:
+                return None
+            return round(float(scorer.score(features.matrix[i : i + 1])[0]), 4)
+
+        return score
+
+    def _detection(
+        self, kind: str, snapshot: ChainSnapshot, s, i: int, score: float | None = None, extra: dict | None = None
+    ) -> Detection:
         features = {
             "volume_delta": float(s.volume_delta[i]),
             "volume_mean": round(float(s.volume_mean[i]), 4),
@@ -165,6 +195,10 @@ class VolOiDetector:
             "underlying_ltp": snapshot.underlying_ltp,
             **(extra or {}),
         }
+        scorer = self.scorers.get(snapshot.underlying)
+        if scorer is not None:
+            features["anomaly_score"] = score
+            features["anomaly_model"] = scorer.version
         return Detection(
             kind,
             snapshot.underlying,

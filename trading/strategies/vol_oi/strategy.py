@@ -56,6 +56,9 @@ class VolOiStrategy(Strategy):
     def set_instruments(self, lot_sizes: dict[str, int], futures: dict[str, tuple[str, int]]) -> None:
         self.lot_sizes, self.futures = dict(lot_sizes), dict(futures)
 
+    def set_anomaly_scorers(self, scorers: dict) -> None:
+        self.detector.set_scorers(scorers)
+
     def warm_up(self, history) -> None:
         for snapshot in history:
             self.detector.on_snapshot(snapshot)
