@@ -195,9 +195,11 @@ def test_a_restart_resumes_the_market_where_it_stood_and_replays_no_earlier_even
     first = SimulatorFeed(seed=3, trading_day=day, scenario=scenario, end_time=_dt.time(9, 20))
     cut = _dt.datetime.combine(day, _dt.time(9, 18), tzinfo=IST)
     before, after, state = [], [], None
+    # Each second's items (the one-second quotes come half a second after it) belong to that second.
+    done = cut + _dt.timedelta(seconds=1)
     for item in first.run_sync():
-        (before if item.received_at <= cut else after).append(item)
-        if item.received_at <= cut:
+        (before if item.received_at < done else after).append(item)
+        if item.received_at < done:
             state = first.get_state()
     # A plain restart with the stored state, and one without any: both carry on with the same market.
     for saved in (state, None):

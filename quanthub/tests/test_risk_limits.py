@@ -95,7 +95,7 @@ def test_a_risk_manager_edits_limits_in_the_admin_and_it_is_audited(client, risk
     assert response.status_code == 302, response.context["adminform"].form.errors if response.context else ""
     assert RiskLimits.active().max_lots_per_signal == 8
     record = AuditRecord.objects.filter(action="risk_limits.changed").last()
-    assert record.actor == risk_manager.username
+    assert record.actor == f"user:{risk_manager.username}"
     assert record.payload["changes"]["max_lots_per_signal"] == {"old": 10, "new": 8}
 
 

@@ -10,7 +10,7 @@ import pytest
 from marketdata.book import Quote
 from risk.checks import Limits
 from risk.tests.test_gate import NOW, ctx, gate
-from trading.orders.manager import check_slippage
+from risk.slippage import check_slippage
 from trading.strategies.base import OrderIntent
 
 
@@ -61,7 +61,7 @@ def test_a_hedge_has_its_own_margin_cap():
 def test_the_spread_rule_compares_the_unrounded_spread(bid, ask, ok):
     limits = dataclasses.replace(Limits(), max_slippage_per_leg=Decimal("1"))
     quote = Quote("1", float(bid), float(ask), 6500, 6500, float(bid), NOW)
-    verdict = check_slippage("BUY", 65, quote, limits)
+    verdict = check_slippage("BUY", 65, quote, limits, tick=Decimal("0.05"))
     assert verdict.ok is ok
     if not ok:
         assert "0.3005% of mid exceeds 0.300%" in verdict.reason

@@ -14,6 +14,7 @@ from decimal import Decimal
 from django.db import transaction
 
 from audit.chain import append as audit_append
+from quanthub import metrics
 from trading.brokers.base import BrokerOrder, BrokerStatus
 from trading.checkpoints import checkpoint
 from trading.events import publish_on_commit
@@ -117,6 +118,7 @@ def settle(
                         at=now,
                     )
                     publish_on_commit("order", {"id": order_id, "state": target}, account=account)
+                    metrics.order_state(target, fields.get("reject_code"))
         elif fields:
             Order.objects.filter(pk=order_id).update(**fields)
     return events, changed
@@ -144,6 +146,7 @@ def _transition_row(order: Order, new: str, now: dt.datetime, account: str, *, a
         )
     if updated:
         publish_on_commit("order", {"id": order.pk, "state": new}, account=account)
+        metrics.order_state(new, fields.get("reject_code"))
     return bool(updated)
 
 
