@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.management import call_command
+from django.utils import timezone
 
 from audit.models import AuditRecord
 from marketdata.ticks import is_on_tick
@@ -22,7 +23,7 @@ from trading.conftest import open_legs
 from trading.dashboard import render_panel
 from trading.models import Alert, Order, PaperAccount, PaperPosition, Position, Signal, Strategy, Trade
 from trading.orders import flatten
-from trading.orders.root import build_order_path
+from trading.orders.root import _CarriedClock, build_order_path
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -81,8 +82,12 @@ async def test_rejects_throttles_unknowns_and_5xx_are_retried_at_the_touch_until
 ):
     await open_legs(oms, book, 6, futures=True)
     broker = ChaosBroker(paper, fault_rate=0.5, seed=3)
-    path = await _path(broker, clock, book)
+    # The engine's market time carried on at wall speed, as a standalone Kill All writes.
+    path = await _path(broker, _CarriedClock(clock.now(), timezone.now()), book)
     path.oms.unknown_resolve_s = 0.3
+    # An unknown outcome the broker has not listed stays pending for the grace window (never
+    # resent blind); here the window is short so the leg is re-sent within the deadline.
+    path.oms.not_found_grace_s = 0.5
     result = await flatten.kill_all(path, actor="risk1", reason="drill", deadline_s=20.0)
     assert sum(broker.injected.values()) >= 3, broker.injected
     assert result.flat, result.summary()
