@@ -21,8 +21,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 async def test_an_exit_requested_mid_trade_is_worked_by_the_engine_and_never_repeated(enabled, trader):
     first, clock = await sync_to_async(sim_engine)(dt.time(9, 15), dt.time(9, 17, 30))
     await first.run()  # stops at 09:17:30 with the 09:16:30 probe open
-    engine, _ = await sync_to_async(sim_engine)(dt.time(9, 17, 31), dt.time(9, 24), clock=clock)
-    engine.feed.speed = 50.0  # ~50 simulated seconds per wall second: the API's request meets a live engine
+    engine, _ = await sync_to_async(sim_engine)(dt.time(9, 17, 31), dt.time(9, 21), clock=clock)
+    engine.feed.speed = 5.0  # ~5 simulated seconds per wall second: the request meets the open trade
     await engine.start()  # a fresh ACTIVE heartbeat: the API hands the exit to this engine
 
     option = await Position.objects.select_related("instrument", "signal").aget(
