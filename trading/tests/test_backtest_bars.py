@@ -58,6 +58,7 @@ def test_each_bar_reaches_the_strategy_at_its_close_with_minute_deltas(demo_mark
         strike=Decimal("24500"),
         expiry=DAY,
         lot_size=template.lot_size,
+        tick_size=template.tick_size,
         freeze_quantity=template.freeze_quantity,
         security_id="H13251125C24500",
         trading_symbol="h",
