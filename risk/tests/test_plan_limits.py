@@ -9,8 +9,8 @@ import pytest
 
 from marketdata.book import Quote
 from risk.checks import Limits
-from risk.tests.test_gate import NOW, ctx, gate
 from risk.slippage import check_slippage
+from risk.tests.test_gate import NOW, ctx, gate
 from trading.strategies.base import OrderIntent
 
 

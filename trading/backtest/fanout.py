@@ -145,10 +145,9 @@ class TaskEngine(runner.BacktestEngine):
         else:
             # Exactly the day's instruments, active or not: other tasks (other days) may
             # load another day's master meanwhile, and expired contracts are inactive.
-            rows = list(Instrument.objects.filter(security_id__in=self.instrument_ids).select_related("underlying"))
-            self.instruments = {i.security_id: i for i in rows}
-            self.underlying_ids = {i.underlying.symbol: i.underlying.security_id for i in rows}
-            self.validator.strike_steps = {i.underlying.symbol: float(i.underlying.strike_step) for i in rows}
+            self._use_instruments(
+                list(Instrument.objects.filter(security_id__in=self.instrument_ids).select_related("underlying"))
+            )
         self.broker.know(self.instruments.values())
 
     def _load_strategies(self) -> None:

@@ -416,7 +416,11 @@ class Engine:
     # --- set-up from the database ----------------------------------------------------------
 
     def _load_instruments(self) -> None:
-        rows = Instrument.objects.filter(is_active=True).select_related("underlying")
+        self._use_instruments(list(Instrument.objects.filter(is_active=True).select_related("underlying")))
+
+    def _use_instruments(self, rows: list[Instrument]) -> None:
+        """The instruments this engine trades: their ticks go into the book (its one-tick
+        spread around an LTP), their strike steps into the validator."""
         self.instruments = {i.security_id: i for i in rows}
         self.book.ticks.update({sid: float(i.tick_size) for sid, i in self.instruments.items()})
         self.underlying_ids = {i.underlying.symbol: i.underlying.security_id for i in rows}
