@@ -163,12 +163,13 @@ def _load(day: dt.date, until: dt.datetime | None):
             i.tick_size,
             i.exchange_segment,
         )
-    index_ids = {
-        sid: symbol
-        for symbol, sid in Instrument.objects.filter(kind=Instrument.Kind.INDEX).values_list(
-            "underlying__symbol", "underlying__security_id"
-        )
-    }
+    index_ids = {}
+    for symbol, sid, tick in Instrument.objects.filter(kind=Instrument.Kind.INDEX).values_list(
+        "underlying__symbol", "underlying__security_id", "tick_size"
+    ):
+        index_ids[sid] = symbol
+        # The index's own bars, on its tick from the master.
+        contracts.setdefault(sid, _Contract(sid, symbol, "INDEX", None, None, 1, tick, "IDX_I"))
     return bars, contracts, index_ids
 
 
@@ -210,8 +211,6 @@ class BarFeed(Feed):
             spots: dict[str, float] = {}
             for _, sid, close, volume, oi, iv, spot, _high, _low in by_minute[minute]:
                 c = contracts.get(sid)
-                if c is None and sid in index_ids:
-                    c = _Contract(sid, index_ids[sid], "INDEX", None, None, 1, Decimal("0.05"), "IDX_I")
                 if c is None:
                     continue
                 cumulative[sid] += int(volume)

@@ -287,7 +287,13 @@ def test_prometheus_scrapes_the_engine_and_the_web_tier_and_answers_queries(tmp_
         # The web tier's: the database's view of the engine and its own request latency.
         up = _wait(lambda: query('quanthub_engine_up{job="quanthub-web"} == 1'), 90, "engine up from the web tier")
         assert up[0]["metric"]["account"] == "default"
-        assert query('quanthub_http_request_duration_seconds_count{route="health/metrics"}')
+        # A scrape's own request is counted once it has answered: the next scrape shows it.
+        _wait(
+            lambda: query('quanthub_http_request_duration_seconds_count{route="health/metrics"}'),
+            90,
+            "web request latency",
+            prometheus,
+        )
         assert query('quanthub_host_cpu_ratio{job="quanthub-web"}')
         # The alert rules load, and the engine-down rule is quiet while it trades.
         rules = requests.get(f"{api}/rules", timeout=5).json()["data"]["groups"]

@@ -33,7 +33,6 @@ from risk.models import BreakerTrip, GateRefusal
 from trading.backtest.runner import RunResult, order_id_prefix, signal_prefix
 from trading.models import Fill, Order, Position, Signal, Trade
 
-TICK = Decimal("0.05")
 ZERO = Decimal("0")
 RANDOM_IDS = ("broker_order_id", "trade_id", "correlation_id", "client_order_id")
 MAX_SERIES = 5000  # points kept per distribution in the stored report
@@ -273,19 +272,22 @@ def slippage(account: str) -> dict[str, Any]:
     legs: dict[str, list[float]] = defaultdict(list)
     rupees: dict[str, list[float]] = defaultdict(list)
     unreferenced = 0
-    for o in Order.objects.filter(account=account, filled_quantity__gt=0).order_by("pk"):
+    ticks: set[str] = set()
+    for o in Order.objects.filter(account=account, filled_quantity__gt=0).select_related("instrument").order_by("pk"):
         reference = o.first_price or o.limit_price
         if reference is None or o.average_price is None:
             unreferenced += 1
             continue
         diff = o.average_price - reference if o.side == Order.Side.BUY else reference - o.average_price
-        legs[o.purpose].append(float(diff / TICK))
+        tick = o.instrument.tick_size  # each leg in its own instrument's ticks (options ₹0.05, futures more)
+        ticks.add(str(tick))
+        legs[o.purpose].append(float(diff / tick))
         rupees[o.purpose].append(float(diff))
     per_leg = {
         purpose: {"ticks": distribution(legs[purpose]), "rupees": distribution(rupees[purpose], digits=2)}
         for purpose in sorted(legs)
     }
-    return {"per_leg": per_leg, "without_reference": unreferenced, "tick_size": str(TICK)}
+    return {"per_leg": per_leg, "without_reference": unreferenced, "tick_size": ", ".join(sorted(ticks))}
 
 
 def latency(account: str, result: RunResult) -> dict[str, Any]:

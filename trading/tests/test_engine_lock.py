@@ -198,7 +198,7 @@ def test_a_lost_lock_is_noticed(locks):
     assert other.held or other.acquire()
 
 
-def test_a_lock_whose_session_ended_with_nobody_else_waiting_is_taken_again(locks):
+def test_a_lock_whose_session_ended_with_nobody_else_waiting_is_taken_again(locks, db):
     lock = locks("acct-retake")
     if not settings.IS_POSTGRES:
         pytest.skip("a file lock has no session to lose")
