@@ -66,7 +66,6 @@ log = logging.getLogger(__name__)
 S = Order.State
 
 
-
 class OrderRefused(Exception):
     """The OMS refused to send (slippage, modification or requote cap); the reason is recorded."""
 
@@ -110,6 +109,7 @@ class OrderManager:
         self.id_factory = id_factory
         self.call_timeout_s = call_timeout_s
         self.unknown_resolve_s = unknown_resolve_s
+        self.exit_not_found_grace_s = float(settings.QUANTHUB_EXIT_NOT_FOUND_GRACE_S)
         self.not_found_grace_s = (
             float(settings.QUANTHUB_NOT_FOUND_GRACE_S) if not_found_grace_s is None else not_found_grace_s
         )
@@ -588,14 +588,23 @@ class OrderManager:
         """A pending order past its grace window becomes NOT_AT_BROKER (never resent;
         reconciliation still adopts it if it shows up). Sync."""
         since = order.unknown_at or order.sent_at or order.created_at
-        if since is None or (now - since).total_seconds() < self.not_found_grace_s:
+        # A way out cannot wait a minute: an exit or Kill All leg the broker has not listed
+        # within the short exit window is given up, so the flatten re-sends it at the touch
+        # (a late listing is still adopted by reconciliation, and the flatten works to the
+        # broker's position, so an over-sell is closed too).
+        grace = (
+            min(self.not_found_grace_s, self.exit_not_found_grace_s)
+            if order.purpose in EXIT_PURPOSES
+            else (self.not_found_grace_s)
+        )
+        if since is None or (now - since).total_seconds() < grace:
             return False
         return self._transition(
             order.pk,
             {S.UNKNOWN},
             S.REJECTED,
             reject_code=NOT_AT_BROKER,
-            reason=f"the broker has no order with this correlation id after {self.not_found_grace_s:g} s",
+            reason=f"the broker has no order with this correlation id after {grace:g} s",
         )
 
     def live_orders(self) -> list[Order]:
