@@ -10,6 +10,7 @@ versions and change keys, never for money or anything shown to a person.
 
 from __future__ import annotations
 
+from asgiref.sync import sync_to_async
 from django.db import connections
 from django.db.models import QuerySet
 
@@ -27,3 +28,8 @@ class Prepared:
     def exists(self) -> bool:
         """For a query sliced to one row (``[:1]``): whether it found anything."""
         return bool(self.rows())
+
+
+def on_db_thread(fn):
+    """``fn`` as an awaitable run on the one database thread (short ORM work from async code)."""
+    return sync_to_async(fn, thread_sensitive=True)

@@ -26,13 +26,13 @@ import logging
 import time
 from decimal import Decimal
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from audit.chain import append as audit_append
 from quanthub.clock import IST
 from quanthub.dhan.streams import OrderUpdateStream
 from quanthub.dhan.tokens import current_token, on_renewal
+from quanthub.sql import on_db_thread as _db
 from trading.brokers.base import BrokerError, BrokerOrder, BrokerStatus, OrderType, Side
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,6 @@ STATUSES = {
     "EXPIRED": BrokerStatus.EXPIRED,
 }
 TERMINAL = (BrokerStatus.TRADED, BrokerStatus.CANCELLED, BrokerStatus.REJECTED, BrokerStatus.EXPIRED)
-
-
-def _db(fn):
-    return sync_to_async(fn, thread_sensitive=True)
 
 
 def _decimal(value) -> Decimal | None:

@@ -20,17 +20,13 @@ import logging
 from dataclasses import dataclass
 from decimal import Decimal
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 
 from audit.chain import append as audit_append
+from quanthub.sql import on_db_thread as _db
 from trading.brokers.base import BrokerError, MarginLeg, Side
 
 log = logging.getLogger(__name__)
-
-
-def _db(fn):
-    return sync_to_async(fn, thread_sensitive=True)
 
 
 async def _alert(level: str, title: str, message: str, account: str) -> None:

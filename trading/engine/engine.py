@@ -35,6 +35,7 @@ from marketdata.validation import ChainValidator, FeedHealth
 from quanthub import metrics
 from quanthub.clock import Clock
 from quanthub.sql import Prepared
+from quanthub.sql import on_db_thread as _db
 from risk.breakers import VixMonitor, previous_session_vix, session_open_after
 from risk.breakers import clear as clear_breaker
 from risk.breakers import trip as trip_breaker
@@ -71,10 +72,6 @@ from trading.strategies.vol_oi.strategy import VolOiStrategy
 
 log = logging.getLogger(__name__)
 PHASES = {p: p for p in Signal.Phase.values}
-
-
-def _db(fn):
-    return sync_to_async(fn, thread_sensitive=True)
 
 
 @dataclass

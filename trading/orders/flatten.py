@@ -32,7 +32,6 @@ import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from asgiref.sync import sync_to_async
 from django.db.models import Q
 from django.utils import timezone
 
@@ -40,6 +39,7 @@ from audit.chain import append as audit_append
 from marketdata.models import Instrument
 from marketdata.ticks import marketable
 from quanthub import metrics
+from quanthub.sql import on_db_thread as _db
 from risk.breakers import next_session_open
 from risk.breakers import trip as trip_breaker
 from risk.checks import freeze_slices
@@ -58,10 +58,6 @@ POSITIONS_EVERY_S = 0.5  # the broker's positions are polled at most twice a sec
 ROUND_S = 0.1  # one round of syncing and re-pricing
 OPEN_AT_BROKER = (BrokerStatus.TRANSIT, BrokerStatus.PENDING, BrokerStatus.PART_TRADED)
 WORKING = (Order.State.OPEN, Order.State.PARTIAL)
-
-
-def _db(fn):
-    return sync_to_async(fn, thread_sensitive=True)
 
 
 # --- the shared pieces -------------------------------------------------------------------
@@ -286,9 +282,7 @@ def _tally(result: FlattenResult, legs: dict[str, Leg], order_ids: set[int], ope
     """Fill the result in from the orders' and positions' actual states."""
     orders = _orders(order_ids)
     for order in orders:
-        leg = legs.setdefault(
-            order.instrument.security_id, Leg(order.instrument.security_id, order.instrument.display)
-        )
+        leg = legs.setdefault(order.instrument.security_id, Leg(order.instrument.security_id, order.instrument.display))
         leg.sent += order.state != Order.State.NEW
         leg.filled += order.state == Order.State.FILLED
         if order.state == Order.State.REJECTED:

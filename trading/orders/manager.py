@@ -28,7 +28,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from decimal import Decimal
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
@@ -38,6 +37,7 @@ from marketdata.ticks import price_on_tick
 from quanthub import metrics
 from quanthub.clock import Clock, RealClock
 from quanthub.sql import Prepared
+from quanthub.sql import on_db_thread as _db
 from risk.models import RiskLimits
 from risk.slippage import check_slippage
 from trading.brokers.base import (
@@ -73,10 +73,6 @@ class OrderRefused(Exception):
 def default_client_order_id() -> str:
     # ≤ 25 characters of [A-Z0-9]: safe as Dhan's correlationId.
     return "QH" + secrets.token_hex(9).upper()
-
-
-def _db(fn):
-    return sync_to_async(fn, thread_sensitive=True)
 
 
 LOOKUP_FAILED = object()  # the broker could not be asked; not the same as "it has no such order"
