@@ -21,8 +21,11 @@ from django.conf import settings
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-DAY = "2026-11-23"  # a Monday: the default scenario's informed flow starts at 09:16:30
+DAY = "2026-11-23"  # a Monday
 SPEED = "3"
+# Informed flow every three simulated minutes, each position held to its time exit: a
+# held position is on the book whichever order the tests run in.
+SCENARIO = Path(__file__).with_name("browser_scenario.json")
 SHOTS = Path(settings.ARTIFACTS_DIR) / "screenshots"
 
 pytestmark = [
@@ -82,7 +85,21 @@ def served(tmp_path_factory):
     port = _free_port()
     log = open(var / "server.log", "wb")  # noqa: SIM115  (closed at teardown)
     process = subprocess.Popen(
-        [*manage, "run_engine", "--serve", "--port", str(port), "--speed", SPEED, "--date", DAY, "--seed", "7"],
+        [
+            *manage,
+            "run_engine",
+            "--serve",
+            "--port",
+            str(port),
+            "--speed",
+            SPEED,
+            "--date",
+            DAY,
+            "--seed",
+            "7",
+            "--scenario",
+            str(SCENARIO),
+        ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -154,6 +171,10 @@ def _press(page, milliseconds: int, *, leave_after: int | None = None) -> None:
     page.mouse.up()
 
 
+def _server_log_tail(served, lines: int = 40) -> str:
+    return "\n".join((served["var"] / "server.log").read_text(errors="replace").splitlines()[-lines:])
+
+
 def _shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
@@ -161,7 +182,10 @@ def _shot(page, name: str) -> None:
 def test_a_trader_watches_the_book_live_and_kill_all_takes_it_flat(browser, served):
     context, page = _login(browser, served, "trader")
     # Positions and P&L arrive over the websocket: the page is never reloaded.
-    expect(page.get_by_test_id("open-positions")).not_to_have_text("0", timeout=180_000)
+    try:
+        expect(page.get_by_test_id("open-positions")).not_to_have_text("0", timeout=180_000)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\nthe served engine's log ends:\n{_server_log_tail(served)}") from None
     first_pnl = _text(page, "net-pnl")
     expect(page.get_by_test_id("net-pnl")).not_to_have_text(first_pnl, timeout=60_000)
     _shot(page, "overview")
