@@ -132,8 +132,9 @@ class Order(models.Model):
     requote_count = models.PositiveSmallIntegerField(default=0)
     modification_count = models.PositiveSmallIntegerField(default=0)
 
-    # Row meta (wall clock); committed_at and the state stamps below are on the engine's clock.
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # On the engine's clock (the order manager writes it), like committed_at and the state
+    # stamps below: the simulated one in the demo and in replays. updated_at is row meta.
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
     submitting_at = models.DateTimeField(null=True, blank=True)
     open_at = models.DateTimeField(null=True, blank=True)
     partial_at = models.DateTimeField(null=True, blank=True)

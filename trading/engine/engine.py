@@ -308,7 +308,7 @@ class Engine:
         log.info("strategy state rebuilt from the book", extra={"why": why, "engine": self.engine_id})
 
     def _book_orders(self) -> dict[str, list[BookOrder]]:
-        since = timezone.now() - dt.timedelta(days=1)
+        since = self.clock.now() - dt.timedelta(days=1)  # orders carry the engine's clock
         rows = (
             Order.objects.filter(account=self.account, created_at__gte=since, strategy__isnull=False)
             .select_related("strategy", "signal", "instrument__underlying")

@@ -164,7 +164,7 @@ class OrderManager:
                     quantity=values["quantity"],
                     broker_net=claim,
                 )
-            order = Order.objects.create(account=self.account, committed_at=now, **values)
+            order = Order.objects.create(account=self.account, created_at=now, committed_at=now, **values)
             audit_append(
                 "order.intent",
                 actor="oms",

@@ -67,9 +67,12 @@ def _order_side(o: BrokerOrder) -> dict:
     }
 
 
-async def reconcile(broker: Broker, *, account: str = "default", clock=None) -> ReconcileResult:
+async def reconcile(broker: Broker, *, clock, account: str = "default") -> ReconcileResult:
     """Broker errors on the order and trade books propagate (typed): the caller
-    degrades and tries again. A missing position report is a break, never flat."""
+    degrades and tries again. A missing position report is a break, never flat.
+
+    ``clock``: the clock of the engine acting for the account (orders are stamped
+    on it, so "today's orders" and every repair, break and audit record are on it too)."""
     broker_orders = await broker.order_book()
     broker_trades = await broker.trade_book()
     try:
@@ -78,21 +81,22 @@ async def reconcile(broker: Broker, *, account: str = "default", clock=None) -> 
     except Unavailable as exc:
         broker_positions, position_report = [], False
         log.warning("no position report from the broker", extra={"error": str(exc)})
-    now = clock.now() if clock is not None else timezone.now()
+    now = clock.now()
     repaired = await sync_to_async(repair, thread_sensitive=True)(broker_orders, broker_trades, account, now)
     result = await sync_to_async(_compare, thread_sensitive=True)(
-        broker_orders, broker_positions, position_report, account
+        broker_orders, broker_positions, position_report, account, now
     )
     return ReconcileResult(result.breaks, result.halted, repaired)
 
 
-def _today(account: str):
-    since = timezone.now() - timezone.timedelta(days=1)
+def _today(account: str, now):
+    # Orders are stamped on the engine's clock: "today" is on it too (the demo's simulated day).
+    since = now - timezone.timedelta(days=1)
     return Order.objects.filter(account=account, created_at__gte=since)
 
 
-def _today_fills(account: str):
-    since = timezone.now() - timezone.timedelta(days=1)
+def _today_fills(account: str, now):
+    since = now - timezone.timedelta(days=1)
     return Fill.objects.filter(order__account=account, order__created_at__gte=since)
 
 
@@ -108,7 +112,7 @@ def repair(broker_orders: list[BrokerOrder], broker_trades: list[BrokerTrade], a
     trades: dict[str, list[BrokerTrade]] = defaultdict(list)
     for trade in broker_trades:
         trades[trade.correlation_id].append(trade)
-    ours = {o.client_order_id: o for o in _today(account).filter(client_order_id__in=list(theirs))}
+    ours = {o.client_order_id: o for o in _today(account, now).filter(client_order_id__in=list(theirs))}
     stored = set(Fill.objects.filter(order__in=[o.pk for o in ours.values()]).values_list("broker_trade_id", flat=True))
     changed = 0
     for cid, order in ours.items():
@@ -148,12 +152,12 @@ def repair(broker_orders: list[BrokerOrder], broker_trades: list[BrokerTrade], a
     return changed
 
 
-def _compare(broker_orders, broker_positions, position_report: bool, account: str) -> ReconcileResult:
+def _compare(broker_orders, broker_positions, position_report: bool, account: str, now) -> ReconcileResult:
     found: list[tuple[str, str, dict, dict]] = []
-    ours = {o.client_order_id: o for o in _today(account)}
+    ours = {o.client_order_id: o for o in _today(account, now)}
     theirs = {o.correlation_id: o for o in broker_orders if o.correlation_id}
     fills_by_order = dict(
-        _today_fills(account).values("order_id").annotate(q=Sum("quantity")).values_list("order_id", "q")
+        _today_fills(account, now).values("order_id").annotate(q=Sum("quantity")).values_list("order_id", "q")
     )
     for cid, remote in theirs.items():
         order = ours.get(cid)
@@ -210,10 +214,10 @@ def _compare(broker_orders, broker_positions, position_report: bool, account: st
             mine, theirs_net = our_net.get(security_id, 0), broker_net.get(security_id, 0)
             if mine != theirs_net:
                 found.append((K.POSITION_MISMATCH, security_id, {"net_quantity": mine}, {"net_quantity": theirs_net}))
-    return _record(found, account)
+    return _record(found, account, now)
 
 
-def _record(found, account: str) -> ReconcileResult:
+def _record(found, account: str, now) -> ReconcileResult:
     with transaction.atomic():
         keys = {(kind, key) for kind, key, _, _ in found}
         open_breaks = {
@@ -225,13 +229,14 @@ def _record(found, account: str) -> ReconcileResult:
         for (kind, key), item in open_breaks.items():
             if (kind, key) not in keys and kind != K.EXTRA_AT_BROKER:
                 cleared += ReconciliationBreak.objects.filter(pk=item.pk, resolved_at__isnull=True).update(
-                    resolved_at=timezone.now(), resolved_by=RECONCILE_ACTOR, resolution="agrees again"
+                    resolved_at=now, resolved_by=RECONCILE_ACTOR, resolution="agrees again"
                 )
                 audit_append(
                     "reconciliation.cleared",
                     actor=RECONCILE_ACTOR,
                     subject=f"{kind}:{key}",
                     payload={"ours": item.ours, "broker": item.broker},
+                    at=now,
                 )
         breaks = []
         for kind, key, ours, broker_side in found:
@@ -245,6 +250,7 @@ def _record(found, account: str) -> ReconcileResult:
                     actor=RECONCILE_ACTOR,
                     subject=f"{kind}:{key}",
                     payload={"ours": ours, "broker": broker_side},
+                    at=now,
                 )
                 log.warning("reconciliation break", extra={"kind": kind, "key": key})
             breaks.append(existing)
@@ -256,16 +262,17 @@ def _record(found, account: str) -> ReconcileResult:
                     actor=RECONCILE_ACTOR,
                     reason=f"reconciliation: {len(breaks)} open break(s)",
                     account=account,
+                    at=now,
                 )
                 or True
             )
         elif cleared and not ReconciliationBreak.objects.filter(account=account, resolved_at__isnull=True).exists():
-            _all_clear(account)
+            _all_clear(account, now)
     metrics.reconciled(len(breaks))
     return ReconcileResult(breaks, halted)
 
 
-def _all_clear(account: str) -> None:
+def _all_clear(account: str, now) -> None:
     """Every break cleared: say so where the gate's state is shown, and resume when allowed."""
     from trading.alerts import raise_alert
 
@@ -279,8 +286,9 @@ def _all_clear(account: str) -> None:
             reason="reconciliation: every break has cleared (automatic resume allowed)",
             account=account,
             expected=TradingState.State.HALTED,
+            at=now,
         )
-        raise_alert("INFO", "reconciliation", "Reconciliation clean: trading resumed", account=account)
+        raise_alert("INFO", "reconciliation", "Reconciliation clean: trading resumed", account=account, at=now)
         return
     TradingState.objects.filter(pk=state.pk, state=TradingState.State.HALTED, actor=RECONCILE_ACTOR).update(
         reason=CLEARED_REASON
@@ -291,6 +299,7 @@ def _all_clear(account: str) -> None:
         "Reconciliation clean: a risk manager may resume trading",
         "Every break has cleared; the account stays HALTED until a risk manager resumes it.",
         account=account,
+        at=now,
     )
 
 

@@ -95,7 +95,7 @@ async def restart_and_check() -> dict:
     oms, _ = await sync_to_async(make_oms)()
     await oms.recover()
     await oms.sync()
-    result = await reconcile(oms.broker)
+    result = await reconcile(oms.broker, clock=oms.clock)
 
     def check() -> dict:
         stuck = Order.objects.filter(state__in=["NEW", "SUBMITTING"]).count()

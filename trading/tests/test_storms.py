@@ -86,7 +86,7 @@ def enabled(db):
 
 
 async def _books_agree(broker):
-    result = await reconcile(broker.inner)
+    result = await reconcile(broker.inner, clock=broker.inner.clock)
     fills = set(await sync_to_async(list)(Fill.objects.values_list("broker_trade_id", flat=True)))
     trades = set(await sync_to_async(list)(PaperTrade.objects.values_list("trade_id", flat=True)))
     ours = (await Position.objects.aaggregate(n=Sum("net_quantity")))["n"] or 0

@@ -21,16 +21,17 @@ def check_restored() -> dict:
     """Run against the restored database (a child process with its DATABASE_URL)."""
     from audit.verify import verify
     from marketdata.book import QuoteBook
-    from quanthub.clock import RealClock
     from trading.brokers import build_broker
     from trading.orders.reconcile import reconcile
+    from trading.orders.root import account_clock
 
     result = verify()
     account = settings.QUANTHUB_ACCOUNT
-    broker = build_broker(settings.QUANTHUB_BROKER, account=account, clock=RealClock(), book=QuoteBook())
+    clock = account_clock(account)  # the time line the account's engine wrote on (simulated in the demo)
+    broker = build_broker(settings.QUANTHUB_BROKER, account=account, clock=clock, book=QuoteBook())
     # A dry run: the breaks it would record are counted, then rolled back.
     with transaction.atomic():
-        recon = async_to_sync(reconcile)(broker, account=account)
+        recon = async_to_sync(reconcile)(broker, account=account, clock=clock)
         transaction.set_rollback(True)
     return {
         "verify_ok": result.ok,

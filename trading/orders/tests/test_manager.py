@@ -5,6 +5,7 @@ from decimal import Decimal
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.utils import timezone
 
 from audit.models import AuditRecord
 from risk.models import RiskLimits
@@ -80,6 +81,20 @@ async def test_a_fill_opens_a_position_and_a_round_trip_closes_a_trade(oms, book
     trade = await Trade.objects.aget(instrument=option)
     assert trade.gross_pnl == Decimal("10.00") * option.lot_size
     assert (await Position.objects.aget(instrument=option)).net_quantity == 0
+
+
+async def test_every_stamp_of_an_order_and_its_fill_is_on_the_engines_clock(oms, book, clock, option):
+    """The demo's simulated clock runs days behind the wall: an order stamped by the wall
+    would fall outside "today's orders" of reconciliation and of a restart's rebuild."""
+    quote(book, clock, option, "99.95", "100.00")
+    order = await submit(oms, option)
+    now = clock.now()
+    assert order.created_at == order.committed_at <= now
+    assert (now - order.created_at).total_seconds() < 1
+    position = await Position.objects.aget(instrument=option)
+    record = await AuditRecord.objects.filter(action="order.intent").afirst()
+    assert position.opened_at <= now and record.created_at == order.committed_at
+    assert abs((order.created_at - timezone.now()).total_seconds()) > 3600  # the simulated clock, not the wall
 
 
 async def test_a_reject_is_recorded_with_code_and_reason(oms, book, clock, option):

@@ -22,7 +22,7 @@ async def _state():
 async def test_agreeing_books_give_no_breaks(oms, paper, book, clock, option):
     quote(book, clock, option, "99.95", "100.00")
     await oms.submit(instrument=option, side="BUY", quantity=option.lot_size, limit_price=Decimal("100.00"))
-    result = await reconcile(paper)
+    result = await reconcile(paper, clock=clock)
     assert result.clean
 
 
@@ -41,13 +41,13 @@ async def test_an_order_placed_outside_is_a_break_that_halts_until_adopted(
             Decimal("99.00"),
         )
     )
-    result = await reconcile(paper)
+    result = await reconcile(paper, clock=clock)
     assert [b.kind for b in result.breaks] == [K.EXTRA_AT_BROKER]
     assert result.breaks[0].broker["correlation_id"] == "MANUAL1"
     assert await _state() == TradingState.State.HALTED
     order = await sync_to_async(adopt_external_order)(result.breaks[0], actor=risk_manager.username)
     assert order.purpose == Order.Purpose.EXTERNAL
-    assert (await reconcile(paper)).clean
+    assert (await reconcile(paper, clock=clock)).clean
 
 
 async def test_a_position_difference_is_recorded_with_both_sides(oms, paper, book, clock, option):
@@ -56,7 +56,7 @@ async def test_a_position_difference_is_recorded_with_both_sides(oms, paper, boo
     from trading.models import Position
 
     await Position.objects.filter(instrument=option).aupdate(net_quantity=0)
-    result = await reconcile(paper)
+    result = await reconcile(paper, clock=clock)
     breaks = {b.kind: b for b in result.breaks}
     assert breaks[K.POSITION_MISMATCH].ours == {"net_quantity": 0}
     assert breaks[K.POSITION_MISMATCH].broker == {"net_quantity": option.lot_size}
@@ -64,7 +64,7 @@ async def test_a_position_difference_is_recorded_with_both_sides(oms, paper, boo
     assert not await ReconciliationBreak.objects.filter(resolved_at__isnull=True, kind=K.POSITION_MISMATCH).aexists()
 
 
-async def test_a_missing_position_report_is_not_flat(paper):
+async def test_a_missing_position_report_is_not_flat(paper, clock):
     class NoReport:
         async def order_book(self):
             return []
@@ -75,12 +75,12 @@ async def test_a_missing_position_report_is_not_flat(paper):
         async def positions(self):
             raise Unavailable("positions endpoint timed out")
 
-    result = await reconcile(NoReport())
+    result = await reconcile(NoReport(), clock=clock)
     assert [b.kind for b in result.breaks] == [K.NO_POSITION_REPORT]
     assert await _state() == TradingState.State.HALTED
 
 
-async def test_repeated_runs_do_not_duplicate_breaks(paper):
+async def test_repeated_runs_do_not_duplicate_breaks(paper, clock):
     class NoReport:
         async def order_book(self):
             return []
@@ -91,6 +91,6 @@ async def test_repeated_runs_do_not_duplicate_breaks(paper):
         async def positions(self):
             raise Unavailable("down")
 
-    await reconcile(NoReport())
-    await reconcile(NoReport())
+    await reconcile(NoReport(), clock=clock)
+    await reconcile(NoReport(), clock=clock)
     assert await ReconciliationBreak.objects.acount() == 1
