@@ -193,3 +193,37 @@ def session_open_after(now: dt.datetime) -> dt.datetime:
 
 def now() -> dt.datetime:
     return timezone.now()
+
+
+@dataclass(frozen=True, slots=True)
+class LossVerdict:
+    """Whether today's loss trips the daily-loss breaker, and on whose figure."""
+
+    trip: bool
+    ours: object  # Decimal: our books' net P&L
+    broker: object | None  # Decimal: the broker's net figure (its gross less our charges), None unknown
+    why: str
+
+
+def confirm_daily_loss(*, ours_net, ours_charges, broker_gross, cap) -> LossVerdict:
+    """The daily-loss rule with broker truth: the breaker trips when the broker's
+    figure confirms the loss, never on our books alone while the broker disagrees.
+
+    ``broker_gross``: the broker's P&L for the day before charges (realised plus
+    the open quantity marked at our book), or None when the broker could not say
+    (then our books decide: the cap is a hard limit and an outage must not lift it).
+    Charges are ours (the broker's P&L reports are before charges).
+    """
+    if ours_net > -cap:
+        return LossVerdict(False, ours_net, None, "below the cap")
+    if broker_gross is None:
+        return LossVerdict(True, ours_net, None, "the broker's P&L is unavailable: our books decide")
+    broker_net = broker_gross - ours_charges
+    if broker_net <= -cap:
+        return LossVerdict(True, ours_net, broker_net, "the broker's P&L confirms the loss")
+    return LossVerdict(
+        False,
+        ours_net,
+        broker_net,
+        f"our books say ₹{ours_net}, the broker's figure is ₹{broker_net}: not a loss the broker confirms",
+    )

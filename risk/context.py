@@ -303,3 +303,18 @@ def build_context(
         feed_stale=feed_stale,
         orders_last_second=orders_last_second,
     )
+
+
+def daily_charges(account: str, now: dt.datetime) -> Decimal:
+    """Today's charges in our books: closed trades' and open positions' (the part of
+    ``daily_net_pnl`` that a broker's P&L report leaves out)."""
+    from django.db.models import Sum
+
+    start = dt.datetime.combine(now.astimezone(IST).date(), dt.time(0), tzinfo=IST)
+    closed = Trade.objects.filter(account=account, closed_at__gte=start).aggregate(c=Sum("charges"))["c"]
+    open_ = (
+        Position.objects.filter(account=account, opened_at__gte=start)
+        .exclude(net_quantity=0)
+        .aggregate(c=Sum("charges"))["c"]
+    )
+    return _money(closed) + _money(open_)

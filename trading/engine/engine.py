@@ -61,6 +61,7 @@ from trading.models import EngineHeartbeat, FlattenRequest, Order, Position, Sig
 from trading.orders import flatten
 from trading.orders.accounting import mark_to_market
 from trading.orders.claims import ExitClaimed
+from trading.orders.daily_loss import DailyLossGuard
 from trading.orders.manager import OrderRefused
 from trading.orders.reconcile import reconcile
 from trading.orders.requests import take_pending
@@ -147,7 +148,7 @@ class Engine:
         self.engine_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.reconcile_every_s = reconcile_every_s
         self._stopping = False
-        self._loss_handled = False
+        self.loss_guard = DailyLossGuard(self.orders, self._spawn)  # the daily-loss breaker, with broker truth
         self._last_second: dt.datetime | None = None
         self._last_reconcile: dt.datetime | None = None
         self._pushed: dict[str, float] = {}
@@ -644,7 +645,7 @@ class Engine:
         kept = await _db(roll_over_session)(account=self.account, now=now)
         if kept:
             log.info("HALT kept at session open", extra={"account": self.account, "why": kept})
-        self._loss_handled = False  # a new session: its own daily loss check
+        self.loss_guard.new_session()  # a new session: its own daily loss check
         self._next_open = session_open_after(now)
 
     async def _every_second(self, now: dt.datetime) -> None:
@@ -819,7 +820,7 @@ class Engine:
 
     def _second_reads(self, now: dt.datetime) -> tuple[list[Order], Decimal | None]:
         live = self.oms.live_orders()
-        if live or self._loss_handled:
+        if live or self.loss_guard.handled:
             return live, None  # sync may book fills: the P&L is read after it
         return live, daily_net_pnl(self.account, now)
 
@@ -828,15 +829,14 @@ class Engine:
 
         ``pnl``: today's net P&L when the caller has just read it.
         """
-        if self._loss_handled:
+        if self.loss_guard.handled:
             return
         if pnl is None:
             pnl = await _db(daily_net_pnl)(self.account, now)
         metrics.daily_pnl(pnl, self._limits.daily_loss_cap)
-        if pnl <= -self._limits.daily_loss_cap:
-            self._loss_handled = True
-            # Beside the loop, as a Kill All is: the flatten works while the feed keeps the book live.
-            self._spawn(flatten.daily_loss_flatten(self.orders, net_pnl=pnl, cap=self._limits.daily_loss_cap))
+        # Past the cap the broker's own figure decides (trading.orders.daily_loss); the
+        # flatten then runs beside the loop, as a Kill All does.
+        await self.loss_guard.check(now, pnl, self._limits.daily_loss_cap)
 
     async def _on_chain(self, snapshot: ChainSnapshot, now: dt.datetime) -> None:
         report = self.validator.validate(snapshot, now)

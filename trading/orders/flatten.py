@@ -674,7 +674,9 @@ async def exit_position(path, position_id: int, *, actor: str, deadline_s: float
 # --- the daily-loss breaker ------------------------------------------------------------------------
 
 
-async def daily_loss_flatten(path, *, net_pnl: Decimal, cap: Decimal, deadline_s: float = 60.0) -> FlattenResult | None:
+async def daily_loss_flatten(
+    path, *, net_pnl: Decimal, cap: Decimal, deadline_s: float = 60.0, verdict: str = ""
+) -> FlattenResult | None:
     """Past the daily net loss cap: the breaker trips (REDUCING, audited, alerted),
     everything is flattened by Kill All's flatten (without the broker's kill switch:
     the next session trades again), and the account is HALTED until the next
@@ -684,7 +686,8 @@ async def daily_loss_flatten(path, *, net_pnl: Decimal, cap: Decimal, deadline_s
     account, clock = path.account, path.clock
     now = clock.now()
     reason = f"daily net loss ₹{-net_pnl} reached the cap of ₹{cap}"
-    await _db(trip_breaker)("daily_loss", reason, at=now, account=account, details={"net_pnl": str(net_pnl)})
+    details = {"net_pnl": str(net_pnl), **({"verdict": verdict} if verdict else {})}
+    await _db(trip_breaker)("daily_loss", reason, at=now, account=account, details=details)
     result = await kill_all(
         path,
         actor="breaker:daily_loss",
