@@ -7,10 +7,14 @@ themselves are driven in test_entry_points.py.)"""
 from __future__ import annotations
 
 import asyncio
+import io
+import threading
 import time
 from decimal import Decimal
+from unittest import mock
 
 import pytest
+from django.db import connection, connections
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +26,7 @@ from trading.brokers.chaos import ChaosBroker
 from trading.brokers.paper import PaperBroker
 from trading.brokers.ratelimit import DatabaseWindow, SharedRateLimiter
 from trading.conftest import quotes_for
-from trading.models import Order, PaperPosition, Position
+from trading.models import FlattenRequest, Order, PaperPosition, Position
 from trading.orders import flatten, root
 from trading.orders.claims import ExitClaimed
 from trading.orders.root import build_order_path
@@ -202,3 +206,104 @@ def test_two_processes_share_one_window():
     claimed.sort()
     worst = max(sum(1 for t in claimed if start <= t <= start + 1.0) for start in claimed)
     assert len(claimed) == 24 and worst <= 9
+
+
+@pytest.mark.skipif(
+    connection.vendor != "postgresql",
+    reason="each entry point on its own thread and database connection: SQLite's in-memory test database "
+    "locks its tables across them; CI runs this on PostgreSQL",
+)
+@settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    lots=st.lists(st.integers(1, 3), min_size=2, max_size=4),
+    senders=st.lists(st.sampled_from(["api", "dashboard", "cli"]), min_size=2, max_size=3),
+    engine_exits=st.booleans(),
+)
+def test_kill_all_pressed_at_once_on_the_api_the_dashboard_and_the_cli_stays_under_the_limit(
+    demo_market, make_user, lots, senders, engine_exits
+):
+    """The real entry points, each on its own thread as a web worker or a shell would
+    be, pressed at the same moment (with no engine running, so each may work its
+    request standalone), while the engine's strategies send their exits: never more
+    orders at the broker in one second than the limit, never two exits for one
+    quantity, and every press hears a result."""
+    from django.core.management import call_command
+    from django.test import Client, override_settings
+    from rest_framework.test import APIClient
+
+    from quanthub.roles import TRADER
+    from trading import views
+
+    account = f"press{time.monotonic_ns() % 10**9}"
+    instruments = list(
+        Instrument.objects.select_related("underlying")
+        .filter(kind__in=["CE", "PE"], is_active=True)
+        .order_by("underlying__symbol", "strike", "kind")[: len(lots)]
+    )
+    _open(account, instruments, lots)
+    book = root.stored_book(instruments)
+    quotes_for(instruments, book, RealClock().now())  # stored too: the standalone paths price from them
+    recorder = Recorder(book)
+    limit = RiskLimits.active().order_rate_per_s
+    user = make_user(f"trader-{account}", TRADER)
+    barrier = threading.Barrier(len(senders) + int(engine_exits))
+    heard: list[object] = []
+
+    def press(who: str) -> None:
+        try:
+            barrier.wait(10)
+            if who == "api":
+                client = APIClient()
+                client.force_authenticate(user)
+                response = client.post("/api/v1/risk/kill-all/", {"reason": "press", "timeout_s": 20}, format="json")
+                heard.append(response.status_code)
+            elif who == "dashboard":
+                client = Client()
+                client.force_login(user)
+                heard.append(client.post("/trading/kill-all/").status_code)
+            else:
+                out = io.StringIO()
+                call_command("kill_all", "--account", account, "--reason", "press", "--timeout", "20", stdout=out)
+                heard.append(out.getvalue())
+        finally:
+            connections.close_all()
+
+    def strategy_exits() -> None:
+        try:
+            barrier.wait(10)
+            _engine_exits(account, instruments, book)
+        finally:
+            connections.close_all()
+
+    with override_settings(QUANTHUB_ACCOUNT=account), mock.patch.object(root, "build_broker", recorder.build):
+        original = root.build_order_path
+
+        def recorded_path(acct, *, broker=None, **kw):
+            # The engine's path too: every broker any sender uses is timed.
+            if broker is None:
+                broker = recorder.build("paper", account=acct, clock=kw["clock"], book=kw["book"])
+            return original(acct, broker=broker, **kw)
+
+        with (
+            mock.patch.object(root, "build_order_path", recorded_path),
+            mock.patch(f"{__name__}.build_order_path", recorded_path),
+        ):
+            threads = [threading.Thread(target=press, args=(who,)) for who in senders]
+            if engine_exits:
+                threads.append(threading.Thread(target=strategy_exits))
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            views.wait_for_jobs(60)  # the dashboard works its press on a thread of its own
+    assert len(heard) == len(senders)
+    assert all(h == 200 for h in heard if isinstance(h, int)), heard
+    assert all("Kill All (" in h for h in heard if isinstance(h, str)), heard
+    assert sum(len(b.calls) for b in recorder.brokers) >= len(instruments)  # every send was timed
+    assert recorder.most_in_one_second() <= limit
+    for inst, n in zip(instruments, lots, strict=True):
+        position = PaperPosition.objects.get(account=account, security_id=inst.security_id)
+        assert position.net_quantity == 0, (inst.trading_symbol, position.net_quantity)
+        sold = sum(o.filled_quantity for o in Order.objects.filter(account=account, instrument=inst, side="SELL"))
+        assert sold == inst.lot_size * n
+    assert not FlattenRequest.objects.filter(account=account).exclude(state=FlattenRequest.State.DONE).exists()
