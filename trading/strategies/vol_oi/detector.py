@@ -119,9 +119,9 @@ class VolOiDetector:
                 continue
             sid = str(snapshot.security_id[i])
             self.spikes[sid] = Pending(snapshot.exchange_time, float(snapshot.oi[i]))
-            found.append(self._detection("entry", snapshot, s, i))
+            found.append(self._detection("entry", snapshot, s, i, score))
         for i, features in confirmations:
-            found.append(self._detection("confirm", snapshot, s, i, features))
+            found.append(self._detection("confirm", snapshot, s, i, anomaly(i), features))
         horizon = dt.timedelta(seconds=self.config.oi_window_s)
         for sid, pending in list(self.spikes.items()):
             if snapshot.exchange_time - pending.at > horizon:
