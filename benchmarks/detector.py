@@ -1,6 +1,7 @@
 """The Volume-OI detector and strategy on seeded simulated sessions it was not tuned on.
 
     python benchmarks/detector.py [--json PATH] [--seed N] [--minutes M] [--calm-days D]
+                                  [--oi-sigma S] [--vix-sigma S]
 
 The benchmark writes its own scenario file (``var/bench/detector_scenario.json``)
 from ``--seed``: informed flow at random times on both underlyings, CE and PE,
@@ -23,7 +24,18 @@ Metrics:
   from each session's previous one);
 * ``option_lots_per_signal`` — option lots held per signal that scaled (least);
 * ``hedge_delta_error_lots_max`` — |net delta| in futures lots after each
-  option fill's hedge.
+  option fill's hedge;
+* ``noise_confirm_floor`` — what the confirmation rule itself gives on pure
+  noise: the share of Gaussian random walks that cross ``oi_sigma`` × the
+  exact σ of their elapsed horizon at one of the window's looks (240 s / 3 s =
+  80), by Monte Carlo. No estimate of σ can bring ``noise_confirm_rate`` below it;
+* ``vix_noise_trips_floor`` — what the VIX rule itself gives on the same number
+  of calm sessions: the breaker (same thresholds) on Gaussian random walks of
+  VIX, each seeded from one of its own, expected trips.
+
+The thresholds are the product's (``VolOiConfig``, the defaults of
+``RiskLimits``); ``--oi-sigma`` and ``--vix-sigma`` replace them to show what
+another threshold would give.
 """
 
 from __future__ import annotations
@@ -80,28 +92,27 @@ def write_scenarios(seed: int, minutes: int, folder: Path) -> tuple[Path, Path]:
     return main, calm
 
 
-def run_session(scenario: Path, seed: int, minutes: int, probe_every_s: int = 0):
+def run_session(scenario: Path, seed: int, minutes: int, config, vix_monitor, probe_every_s: int = 0):
     """Detector + strategy over one session, orders filled at their price at once."""
     from marketdata import synthetic
     from marketdata.feeds.base import ChainSnapshot, LtpTick, QuoteSnapshot
     from marketdata.feeds.simulator import SimulatorFeed
     from marketdata.validation import ChainValidator
-    from risk.breakers import VixMonitor
     from trading.strategies.base import FillEvent
-    from trading.strategies.vol_oi.config import VolOiConfig
+    from trading.strategies.vol_oi.detector import Pending
     from trading.strategies.vol_oi.strategy import VolOiStrategy
 
     end = (dt.datetime.combine(DAY, dt.time(9, 15)) + dt.timedelta(minutes=minutes)).time()
     feed = SimulatorFeed(seed=seed, scenario=str(scenario), trading_day=DAY, end_time=end)
     strategy = VolOiStrategy()
-    strategy.configure(VolOiConfig())
+    strategy.configure(config)
     contracts = synthetic.build_master(DAY)
     strategy.set_instruments(
         {c.security_id: c.lot_size for c in contracts if c.kind in ("CE", "PE")},
         {c.underlying: (c.security_id, c.lot_size) for c in contracts if c.kind == "FUT"},
     )
     validator = ChainValidator(strike_steps={"NIFTY": 50, "BANKNIFTY": 100})
-    vix = VixMonitor()
+    vix = vix_monitor()
     vix.seed(feed.previous_session_vix())
     entries, confirms, trips, errors = [], [], [], []
     probes: dict[str, dt.datetime] = {}  # pseudo-signals on pure noise: security id -> when
@@ -126,8 +137,6 @@ def run_session(scenario: Path, seed: int, minutes: int, probe_every_s: int = 0)
             and snapshot.exchange_time.second % probe_every_s == 0
             and snapshot.exchange_time.minute % 2 == 0
         ):
-            from trading.strategies.vol_oi.detector import Pending
-
             near = np.argsort(np.abs(snapshot.strike - snapshot.underlying_ltp))[:14]
             for i in near.tolist():
                 sid = str(snapshot.security_id[i])
@@ -195,19 +204,45 @@ def _decimal(value: float):
     return Decimal(str(value))
 
 
-def calm_vix_trips(seeds: list[int]) -> int:
+def calm_vix_trips(seeds: list[int], vix_monitor) -> int:
     """Full calm sessions, VIX only (the breaker seeded from each one's previous session)."""
     from marketdata.feeds.simulator import SimulatorFeed
-    from risk.breakers import VixMonitor
 
     trips = 0
     for seed in seeds:
         feed = SimulatorFeed(seed=seed, trading_day=DAY)
-        monitor = VixMonitor()
+        monitor = vix_monitor()
         monitor.seed(feed.previous_session_vix())
         for at, value in feed.vix_path():
             trips += monitor.observe(at, value) == "trip"
     return trips
+
+
+def confirm_floor(sigma: float, looks: int, seed: int, paths: int = 20_000) -> float:
+    """Share of zero-drift Gaussian random walks whose change since the start exceeds
+    ``sigma`` × its exact σ (σ₁·√k after k steps) at one of ``looks`` steps."""
+    rng = np.random.default_rng(seed)
+    walks = rng.standard_normal((paths, looks)).cumsum(axis=1)
+    crossed = (walks > sigma * np.sqrt(np.arange(1, looks + 1))).any(axis=1)
+    return float(crossed.mean())
+
+
+def vix_trips_floor(vix_monitor, sessions: int, seed: int, simulated: int = 10) -> float:
+    """Expected trips over ``sessions`` calm sessions of VIX as a Gaussian random walk (one
+    tick a second, 09:15-15:30), the breaker seeded from one such session before each."""
+    from quanthub.clock import IST
+
+    rng = np.random.default_rng(seed)
+    opening = dt.datetime.combine(DAY, dt.time(9, 15), tzinfo=IST)
+    seconds = [opening + dt.timedelta(seconds=s) for s in range(int(6.25 * 3600) + 1)]
+    before = [t - dt.timedelta(days=1) for t in seconds]
+    trips = 0
+    for _ in range(simulated):
+        monitor = vix_monitor()
+        monitor.seed(zip(before, (13.0 + np.cumsum(rng.normal(0, 0.0045, len(seconds)))).tolist(), strict=True))
+        path = 13.0 + np.cumsum(rng.normal(0, 0.0045, len(seconds)))
+        trips += sum(monitor.observe(t, v) == "trip" for t, v in zip(seconds, path.tolist(), strict=True))
+    return trips / simulated * sessions
 
 
 def main() -> None:
@@ -215,13 +250,43 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=20261201, help="seed of the scenario and the sessions")
     p.add_argument("--minutes", type=int, default=120, help="length of each simulated session")
     p.add_argument("--calm-days", type=int, default=3, help="calm full sessions for the VIX breaker")
+    p.add_argument("--oi-sigma", type=float, help="OI confirmation threshold in σ (default: the strategy's)")
+    p.add_argument("--vix-sigma", type=float, help="VIX breaker threshold in σ (default: RiskLimits')")
     args = p.parse_args()
+    if args.calm_days < 1:
+        p.error("--calm-days must be at least 1")
+    if args.vix_sigma is not None and not args.vix_sigma > 0:
+        p.error("--vix-sigma must be above 0")
     setup_django()
+    from risk.breakers import VixMonitor
+    from risk.models import RiskLimits
+    from trading.strategies.config import StrategyConfigError
+    from trading.strategies.vol_oi.config import VolOiConfig
+
+    try:
+        config = VolOiConfig.from_params({} if args.oi_sigma is None else {"oi_sigma": args.oi_sigma})
+    except StrategyConfigError as exc:
+        p.error(f"--oi-sigma: {exc}")
+    limits = RiskLimits()  # the product's defaults (unsaved: no database)
+
+    def vix_monitor() -> VixMonitor:
+        sigma = float(limits.vix_breaker_sigma) if args.vix_sigma is None else args.vix_sigma
+        return VixMonitor(
+            sigma=sigma,
+            normalise_minutes=float(limits.vix_normalise_minutes),
+            window_s=float(limits.vix_change_window_s),
+            min_samples=int(limits.vix_min_samples),
+        )
+
     started = time.monotonic()
     folder = ROOT / "var" / "bench"
     main_file, noise_file = write_scenarios(args.seed, args.minutes, folder)
+    if '"vix_spike"' not in main_file.read_text():
+        p.error(f"--minutes {args.minutes} is too short for the fifth flow, the one after the VIX spike (try 75)")
 
-    feed, entries, confirms, trips, errors, max_lots, _ = run_session(main_file, args.seed, args.minutes)
+    feed, entries, confirms, trips, errors, max_lots, _ = run_session(
+        main_file, args.seed, args.minutes, config, vix_monitor
+    )
     flows = [e for e in feed.injected if e.type == "informed_flow"]
     detected = 0
     matched = set()
@@ -238,15 +303,16 @@ def main() -> None:
     spike = next(e.at for e in feed.injected if e.type == "vix_spike")
     after = [t for t in trips if t >= spike]
     delay = (after[0] - spike).total_seconds() if after else float("inf")
-    scaled = [lots for key, lots in max_lots.items() if lots > strategy_probe_lots()]
+    scaled = [lots for key, lots in max_lots.items() if lots > config.probe_lots]
 
     noise_feed, noise_entries, noise_confirms, _, _, _, probes = run_session(
-        noise_file, args.seed + 1, args.minutes, probe_every_s=30
+        noise_file, args.seed + 1, args.minutes, config, vix_monitor, probe_every_s=30
     )
     noise_flows = [e for e in noise_feed.injected if e.type == "informed_flow"]
     noise_signals = {sid for _, sid in noise_entries}
 
-    calm_trips = calm_vix_trips([args.seed + 100 + i for i in range(args.calm_days)])
+    calm_trips = calm_vix_trips([args.seed + 100 + i for i in range(args.calm_days)], vix_monitor)
+    looks = int(round(config.oi_window_s / config.interval_s))
     metrics = {
         "events_detected_ratio": round(detected / len(flows), 4) if flows else 0.0,
         "false_signals": false_signals,
@@ -259,6 +325,10 @@ def main() -> None:
         "vix_noise_trips": calm_trips,
         "option_lots_per_signal": min(scaled) if scaled else 0,
         "hedge_delta_error_lots_max": round(max(errors), 4) if errors else 0.0,
+        "noise_confirm_floor": round(confirm_floor(config.oi_sigma, looks, args.seed), 4),
+        "vix_noise_trips_floor": round(vix_trips_floor(vix_monitor, args.calm_days, args.seed), 2),
+        "oi_sigma": config.oi_sigma,
+        "vix_sigma": vix_monitor().sigma,
         "flows_injected": len(flows),
         "noise_flows_injected": len(noise_flows),
         "noise_signals": len(noise_signals),
@@ -266,12 +336,6 @@ def main() -> None:
     }
     print(f"scenario: {main_file} (seed {args.seed}); noise: {noise_file}\n")
     report("detector", metrics, args.json)
-
-
-def strategy_probe_lots() -> int:
-    from trading.strategies.vol_oi.config import VolOiConfig
-
-    return VolOiConfig().probe_lots
 
 
 if __name__ == "__main__":

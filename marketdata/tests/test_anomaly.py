@@ -209,7 +209,7 @@ class _FixedScorer:
         return np.full(len(matrix), self.value)
 
 
-def _detections(config, scorers):
+def _detections(config, scorers, kind="entry"):
     detector = VolOiDetector(config)
     detector.set_scorers(scorers)
     feed = SimulatorFeed(seed=5, scenario="default", trading_day=DAY, end_time=dt.time(9, 25))
@@ -217,14 +217,9 @@ def _detections(config, scorers):
     for item in feed.run_sync():
         if isinstance(item, ChainSnapshot):
             found.extend(detector.on_snapshot(item))
-    return [d for d in found if d.kind == "entry"]
+    return [d for d in found if d.kind == kind]
 
 
-@pytest.mark.xfail(
-    reason="known defect: with the horizon-matched baselines the feature tracker finds no usable row, so "
-    "entries carry no anomaly score (open)",
-    strict=False,
-)
 def test_signals_carry_the_live_models_score():
     entries = _detections(VolOiConfig(), {"NIFTY": _FixedScorer(0.997), "BANKNIFTY": _FixedScorer(0.5)})
     assert entries
@@ -233,6 +228,16 @@ def test_signals_carry_the_live_models_score():
         # None only where the contract's features are not usable yet (too little history).
         assert d.features["anomaly_score"] in ((0.997 if d.underlying == "NIFTY" else 0.5), None)
     assert any(d.features["anomaly_score"] == 0.997 for d in entries)
+
+
+def test_confirmations_carry_the_score_and_the_build_that_confirmed():
+    confirms = _detections(VolOiConfig(), {"NIFTY": _FixedScorer(0.997), "BANKNIFTY": _FixedScorer(0.5)}, "confirm")
+    assert confirms
+    for d in confirms:
+        assert d.features["anomaly_model"] == 41
+        assert d.features["anomaly_score"] == (0.997 if d.underlying == "NIFTY" else 0.5)
+        assert d.features["oi_build"] > 0 and 0 < d.features["oi_horizon_s"] <= 240
+        assert d.features["oi_build_z"] > VolOiConfig().oi_sigma
 
 
 def test_a_minimum_score_keeps_out_entries_below_it_and_without_a_model():

@@ -14,7 +14,7 @@ from marketdata.baselines import ChainBaselines
 from marketdata.feeds.base import ChainSnapshot
 from quanthub.clock import IST
 from trading.strategies.base import BookOrder
-from trading.strategies.vol_oi.detector import Pending, VolOiDetector
+from trading.strategies.vol_oi.detector import MIN_INDEPENDENT_CHANGES, Pending, VolOiDetector
 from trading.strategies.vol_oi.trader import SignalTrade, exit_reason
 from trading.tests.test_vol_oi import FUTURE, OPTION, T0, _detection, _fill, _strategy
 
@@ -188,15 +188,26 @@ def test_a_normal_interval_after_a_gap_is_not_a_spike():
     assert s.ready[0] and not s.volume_spike[0]
 
 
-def _confirm_detector(step: int) -> tuple[VolOiDetector, ChainBaselines, dt.datetime, int, int]:
-    """A contract whose OI moved ±step each 3 s, alternating in 2-interval runs, all session."""
+def _confirm_detector(step: int, minutes: int = 30) -> tuple[VolOiDetector, ChainBaselines, dt.datetime, int, int]:
+    """A contract whose OI moved ±step each 3 s, alternating in 2-interval runs, for ``minutes``."""
     from trading.strategies.vol_oi.config import VolOiConfig
 
     detector = VolOiDetector(VolOiConfig(underlyings=("NIFTY",)))
     baselines = detector._baselines("NIFTY")
     pattern = (step, step, -step, -step)
-    at, volume, oi = _warm(baselines, AT + dt.timedelta(minutes=30), oi_step=lambda i: pattern[i % 4])
+    at, volume, oi = _warm(baselines, AT + dt.timedelta(minutes=minutes), oi_step=lambda i: pattern[i % 4])
     return detector, baselines, at, volume, oi
+
+
+def _horizon(baselines: ChainBaselines, k: int) -> tuple[float, float, float]:
+    slot = baselines.slots(np.array(["C1"]))
+    return tuple(float(v[0]) for v in baselines.oi_horizon_stats(slot, np.array([k])))
+
+
+def _build_around(threshold: float, extra: int) -> int:
+    """A build in whole contracts: one below, at (the largest not above) or one above the threshold."""
+    assert threshold != int(threshold)  # "at" is then unambiguous: floor(threshold) is not above it
+    return int(np.floor(threshold)) + extra
 
 
 @pytest.mark.parametrize(("extra", "confirmed"), [(-1, False), (0, False), (1, True)])
@@ -204,14 +215,31 @@ def test_oi_confirmation_is_the_build_since_the_signal_against_sigma_of_that_hor
     detector, baselines, at, volume, oi = _confirm_detector(650)
     detector.spikes["C1"] = Pending(at - dt.timedelta(seconds=30), float(oi))
     k = 10
-    slot = baselines.slots(np.array(["C1"]))
-    mean, std, _ = (float(v[0]) for v in baselines.oi_horizon_stats(slot, np.array([k])))
+    mean, std, n = _horizon(baselines, k)
+    assert n >= MIN_INDEPENDENT_CHANGES * k  # half an hour of 30-s changes: their own σ
     threshold = mean + detector.config.oi_sigma * std  # the build that is exactly 1.5σ of 30-s changes
-    build = int(np.floor(threshold)) if extra <= 0 else int(np.floor(threshold)) + 1
-    if extra < 0:
-        build -= 1
-    if extra == 0 and threshold != int(threshold):
-        build = int(np.floor(threshold))  # at the threshold in whole contracts: not above it
+    build = _build_around(threshold, extra)
+    found = detector.on_snapshot(_chain(at, volume=volume + 715, oi=oi + build, bid=99.95, ask=100.05))
+    confirms = [d for d in found if d.kind == "confirm"]
+    assert bool(confirms) is confirmed
+    if confirmed:
+        assert confirms[0].features["oi_build"] == build and confirms[0].features["oi_horizon_s"] == 30
+
+
+@pytest.mark.parametrize(("extra", "confirmed"), [(-1, False), (0, False), (1, True)])
+def test_early_in_the_session_a_horizons_sigma_is_the_one_interval_sigma_scaled(extra, confirmed):
+    # Two minutes in, the 30 overlapping 30-s changes are about three independent ones: their
+    # own spread (±1,300 or 0 here) is too narrow to trust, so the build is judged against
+    # σ₁·√k, a random walk's spread over k intervals.
+    detector, baselines, at, volume, oi = _confirm_detector(650, minutes=2)
+    detector.spikes["C1"] = Pending(at - dt.timedelta(seconds=30), float(oi))
+    k = 10
+    mean_k, std_k, n = _horizon(baselines, k)
+    assert n < MIN_INDEPENDENT_CHANGES * k
+    mean1, std1, _ = _horizon(baselines, 1)
+    threshold = mean1 * k + detector.config.oi_sigma * std1 * k**0.5
+    assert mean_k + detector.config.oi_sigma * std_k < threshold - 1000  # the narrow one would confirm far below
+    build = _build_around(threshold, extra)
     found = detector.on_snapshot(_chain(at, volume=volume + 715, oi=oi + build, bid=99.95, ask=100.05))
     assert any(d.kind == "confirm" for d in found) is confirmed
 

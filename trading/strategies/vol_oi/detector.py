@@ -13,7 +13,12 @@ option's OI change since the signal (a build-up: OI up) exceeds ``oi_sigma`` σ
 of that option's OI changes over the same elapsed horizon on the session so
 far. Scoring the cumulative build against its own horizon's spread is what
 makes it mean something: each 3-second change scored alone would cross 1.5σ
-by chance within 80 tries for almost every signal.
+by chance within 80 tries for almost every signal. A horizon's σ is its own
+once enough independent changes of that horizon lie behind it
+(``MIN_INDEPENDENT_CHANGES``), a random walk's σ₁·√k before. Even with the
+exact σ, a calm random walk crosses 1.5σ at one of the 80 looks of 240 s for
+about 36 % of signals: that is the rule's own false-confirmation rate
+(``benchmarks/detector.py`` reports it as ``noise_confirm_floor``).
 """
 
 from __future__ import annotations
@@ -28,7 +33,13 @@ from marketdata.baselines import Z_CAP, ChainBaselines
 from marketdata.feeds.base import ChainSnapshot
 from trading.strategies.vol_oi.config import VolOiConfig
 
-MIN_HORIZON_SAMPLES = 10  # k-interval changes needed before their own σ is used (else σ₁·√k)
+# Independent changes behind a σ. The session's k-interval changes overlap (consecutive
+# ones share k - 1 intervals), so n of them carry only about n / k independent ones: early
+# in the session their own spread is far too narrow (ten 80-interval changes are nearly the
+# same number) and pure noise "confirmed". A horizon's own σ is used once it rests on this
+# many independent changes (n ≥ this × k); before that, σ₁·√k (a random walk's spread over
+# k intervals, from the one-interval changes).
+MIN_INDEPENDENT_CHANGES = 10
 
 
 @dataclass(slots=True)
@@ -119,9 +130,9 @@ class VolOiDetector:
                 continue
             sid = str(snapshot.security_id[i])
             self.spikes[sid] = Pending(snapshot.exchange_time, float(snapshot.oi[i]))
-            found.append(self._detection("entry", snapshot, s, i))
+            found.append(self._detection("entry", snapshot, s, i, score))
         for i, features in confirmations:
-            found.append(self._detection("confirm", snapshot, s, i, features))
+            found.append(self._detection("confirm", snapshot, s, i, anomaly(i), features))
         horizon = dt.timedelta(seconds=self.config.oi_window_s)
         for sid, pending in list(self.spikes.items()):
             if snapshot.exchange_time - pending.at > horizon:
@@ -151,9 +162,9 @@ class VolOiDetector:
             k = max(int(round(elapsed.total_seconds() / baselines.interval_s)), 1)
             slot = baselines.slots(np.array([sid]))
             mean, std, n = (float(v[0]) for v in baselines.oi_horizon_stats(slot, np.array([k])))
-            if n < MIN_HORIZON_SAMPLES:  # early in the session: a random walk's √k scaling of σ₁
+            if n < MIN_INDEPENDENT_CHANGES * k:  # too few independent k-interval changes yet
                 mean1, std1, n1 = (float(v[0]) for v in baselines.oi_horizon_stats(slot, np.array([1])))
-                if n1 < MIN_HORIZON_SAMPLES:
+                if n1 < MIN_INDEPENDENT_CHANGES:
                     continue
                 mean, std = mean1 * k, std1 * k**0.5
             z = (change - mean) / std if std > 0 else (Z_CAP if change > mean else 0.0)
