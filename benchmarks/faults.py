@@ -23,8 +23,10 @@ than once at the broker), ``orphans`` (broker orders we have no row for),
 ``lost_fills`` (broker trades missing from our fills), ``position_mismatches``
 (instruments whose net quantity differs), ``unrepaired_breaks`` (reconciliation
 breaks still open), ``engine_exits_on_db_outage``, ``orders_sent_twice_on_throttle``
-(sends for a correlation id the broker already had). Bounded in time; talks to
-127.0.0.1 only.
+(sends for a correlation id the broker already had), ``trades_exit_before_entry``
+and ``pnl_contradicted`` (the day's net P&L in our books more than ₹1 from the
+broker's own figure: its realised P&L plus its open quantity at our marks, less
+our charges). Bounded in time; talks to 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from decimal import Decimal
 from pathlib import Path
 
 from _common import ROOT, parser, report
@@ -198,7 +201,7 @@ def check_books(url: str) -> dict[str, int]:
     from django.db.models import Count, Sum
 
     from marketdata.book import QuoteBook
-    from quanthub.clock import RealClock
+    from risk.context import daily_charges, daily_net_pnl
     from trading.brokers.paper import PaperBroker
     from trading.brokers.ratelimit import RateLimiter
     from trading.models import (
@@ -213,11 +216,13 @@ def check_books(url: str) -> dict[str, int]:
     )
     from trading.orders.manager import OrderManager
     from trading.orders.reconcile import reconcile
+    from trading.orders.root import account_clock
+
+    clock = account_clock("default")  # the engine's time line (simulated), carried on
 
     async def restart():
         from asgiref.sync import sync_to_async
 
-        clock = RealClock()
         broker = await sync_to_async(PaperBroker)(clock=clock, book=QuoteBook())
         oms = OrderManager(broker, RateLimiter(rate=1000), clock=clock)
         await oms.recover()
@@ -241,6 +246,22 @@ def check_books(url: str) -> dict[str, int]:
         r["security_id"]: r["n"] for r in PaperPosition.objects.values("security_id").annotate(n=Sum("net_quantity"))
     }
     mismatches = sum(1 for s in set(our_net) | set(broker_net) if our_net.get(s, 0) != broker_net.get(s, 0))
+    # The day's net P&L in our books against the broker's: its realised P&L plus its open
+    # quantity at our marks, less our charges (the broker's figure is before charges).
+    now = clock.now()
+    marks = {
+        r["instrument__security_id"]: r["last_price"]
+        for r in Position.objects.exclude(net_quantity=0).values("instrument__security_id", "last_price")
+    }
+    broker_gross = sum(
+        (
+            p.realised_pnl + ((marks.get(p.security_id) or p.average_price) - p.average_price) * p.net_quantity
+            for p in PaperPosition.objects.all()
+        ),
+        Decimal("0"),
+    )
+    ours_pnl = daily_net_pnl("default", now)
+    broker_pnl = broker_gross - daily_charges("default", now)
     return {
         "duplicates": sum(r["n"] - 1 for r in entered),
         "orphans": sum(1 for cid in theirs if cid not in ours),
@@ -253,6 +274,9 @@ def check_books(url: str) -> dict[str, int]:
         "fills": len(fills),
         "stuck_in_flight": Order.objects.filter(state__in=["NEW", "SUBMITTING"]).count(),
         "trades_exit_before_entry": sum(1 for t in Trade.objects.all() if t.closed_at < t.opened_at),
+        "pnl_contradicted": int(abs(ours_pnl - broker_pnl) > 1),  # more than ₹1 apart (rounding of fills)
+        "daily_net_pnl": float(ours_pnl),
+        "broker_daily_net_pnl": float(broker_pnl),
     }
 
 
@@ -394,6 +418,9 @@ def main() -> None:
         "fills": books["fills"],
         "stuck_in_flight": books["stuck_in_flight"],
         "trades_exit_before_entry": books["trades_exit_before_entry"],
+        "pnl_contradicted": books["pnl_contradicted"],
+        "daily_net_pnl": books["daily_net_pnl"],
+        "broker_daily_net_pnl": books["broker_daily_net_pnl"],
         "tracebacks_in_engine_logs": engines.tracebacks(),
         "wall_s": round(time.monotonic() - started, 1),
     }

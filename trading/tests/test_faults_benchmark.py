@@ -58,6 +58,7 @@ def test_kills_and_outages_lose_no_fill_and_never_end_the_engine(tmp_path):
         "engine_exits_on_redis_outage",
         "stuck_in_flight",
         "trades_exit_before_entry",
+        "pnl_contradicted",
     ):
         assert metrics[name] == 0, (name, metrics)
     # How much trades in two kills depends on the machine's speed; the books must agree however much.
