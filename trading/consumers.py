@@ -102,7 +102,8 @@ class PanelCache:
                 self._entries[(account, variant, entry.key)] = entry
         entries = [self._entries[(account, variant, key)] for key in keys]
         for task in {id(e.task): e.task for e in entries}.values():
-            await asyncio.shield(task)
+            if not task.done():  # every page but the first finds it rendered
+                await asyncio.shield(task)
         return entries
 
     async def get(self, account: str, key: str, version: str, data: dict | None, can: dict | None = None) -> Rendered:
@@ -196,8 +197,14 @@ class ProcessFanout:
                 continue
             if event.get("type") != "dashboard.fact":
                 continue
-            pages = list(members.pages)
-            results = await asyncio.gather(*(page.take(event) for page in pages), return_exceptions=True)
+            # Which panels the fact changes, once for every page; only the pages showing
+            # one of them are handed it.
+            data = event.get("data") or {}
+            keys = dashboard.panel_keys(event.get("kind"), data)
+            pages = [page for page in members.pages if any(page._shows(key, data) for key in keys)]
+            if not pages:
+                continue
+            results = await asyncio.gather(*(page.take(event, keys) for page in pages), return_exceptions=True)
             for page, result in zip(pages, results, strict=True):
                 if isinstance(result, Exception):  # a page that went away loses its frame, no one else's
                     log.info(
@@ -274,11 +281,11 @@ class DashboardConsumer(AsyncWebsocketConsumer):
             self.joined = False
             await FANOUT.leave(self)
 
-    async def take(self, event) -> None:
-        """A fact handed over by this process's member of the group."""
+    async def take(self, event, keys: list[str]) -> None:
+        """A fact handed over by this process's member of the group, with the panel keys it changes."""
         if getattr(self, "joined", False):
             async with self._turn:
-                await self.dashboard_fact(event)
+                await self.dashboard_fact(event, keys)
 
     async def receive(self, text_data=None, bytes_data=None):
         # The ws extension sends form values on hx-ws="send"; the dashboards use
@@ -291,9 +298,9 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         expiry = self.wanted[key]
         return expiry is None or data.get("expiry") == expiry
 
-    async def dashboard_fact(self, event):
+    async def dashboard_fact(self, event, keys: list[str] | None = None):
         kind, data, version = event.get("kind"), event.get("data") or {}, event.get("v", "")
-        keys = [key for key in dashboard.panel_keys(kind, data) if self._shows(key, data)]
+        keys = [key for key in (dashboard.panel_keys(kind, data) if keys is None else keys) if self._shows(key, data)]
         if not keys:
             return
         parts = []
