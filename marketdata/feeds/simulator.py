@@ -552,10 +552,11 @@ class SimulatorFeed(Feed):
         # when the spread is an odd number of ticks) is within half a tick of the model.
         bid = np.maximum(_round_tick(theo * multiplier - spread_ticks * TICK / 2.0), TICK)
         ask = _round_tick(bid + spread_ticks * TICK)
-        # An informed flow moves a contract's price off the smile: its IV and Greeks are
-        # those of the price quoted (the mid of bid and ask), so the chain's IV prices
-        # what it shows. Only the few contracts under a flow are solved.
-        moved = np.flatnonzero(multiplier != 1.0)
+        # An informed flow moves a contract's price off the smile, and a far option worth
+        # less than a tick is still quoted a tick bid: their IV and Greeks are those of
+        # the price quoted (the mid of bid and ask), so the chain's IV prices what it
+        # shows. Only those few contracts are solved.
+        moved = np.flatnonzero(np.abs((bid + ask) / 2.0 - g.price) > TICK / 2.0 + 1e-9)
         if len(moved):
             solved = greeks.implied_vol(
                 (bid[moved] + ask[moved]) / 2.0, market.spot, k[moved], years, RATE, is_call[moved]
