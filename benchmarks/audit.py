@@ -80,7 +80,7 @@ def child(records: int, chain_length: int) -> None:
         with transaction.atomic():
             # A decision's transaction: the append is what it adds to it…
             start = time.perf_counter()
-            append("order.intent", actor="engine", subject=f"order:{i}", payload=payload)
+            append("order.intent", actor="engine:benchmark", subject=f"order:{i}", payload=payload)
             inside.append(time.perf_counter() - start)
         with_commit.append(time.perf_counter() - began)  # …and this includes the commit it shares.
     # Verification is measured on a longer chain, filled in large transactions.
@@ -88,7 +88,7 @@ def child(records: int, chain_length: int) -> None:
     while filled < chain_length:
         with transaction.atomic():
             for i in range(filled, min(filled + 10_000, chain_length)):
-                append("order.intent", actor="engine", subject=f"order:{i}", payload=payload)
+                append("order.intent", actor="engine:benchmark", subject=f"order:{i}", payload=payload)
         filled = min(filled + 10_000, chain_length)
     ms = np.array(inside[100:]) * 1000
     commit_ms = np.array(with_commit[100:]) * 1000

@@ -253,12 +253,17 @@ def server_command(server: str, port: int) -> list[str]:
     raise SystemExit(f"unknown server {server!r}: daphne or uvicorn")
 
 
-def start_server(server: str, env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, int]:
+def start_server(
+    server: str, env: dict[str, str], log_path: Path, profile: Path | None = None
+) -> tuple[subprocess.Popen, int]:
     port = free_port()
     log = log_path.open("w")
     # The application with the benchmark's marker (benchmarks/fanout_asgi.py) on the path.
     env = {**env, "PYTHONPATH": os.pathsep.join([str(ROOT / "benchmarks"), str(ROOT)])}
-    proc = subprocess.Popen(server_command(server, port), env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+    command = server_command(server, port)
+    if profile is not None:  # cProfile writes its file when the server stops on SIGTERM
+        command = [sys.executable, "-m", "cProfile", "-o", str(profile), *command]
+    proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -528,13 +533,17 @@ def run_configuration(
     tmp: Path,
     chains: list[dict[str, Any]],
     book: bool,
+    profile: Path | None = None,
 ) -> dict[str, float]:
     label = f"{'book-' if book else ''}{server}-{clients}"
     account = f"fanout-{label}-{os.getpid()}"
     position_ids = build_book(account) if book else []
     before_ms = rendering_cost(account) if book else math.nan
     server_env = {**env, "QUANTHUB_ACCOUNT": account}
-    servers = [start_server(server, server_env, tmp / f"{label}-{k}.log") for k in range(web)]
+    servers = [
+        start_server(server, server_env, tmp / f"{label}-{k}.log", profile and profile / f"{label}-{k}.prof")
+        for k in range(web)
+    ]
     ctx = mp.get_context("spawn")
     ready, results, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
     procs = max(procs, web)
@@ -672,7 +681,15 @@ def main() -> None:
         default=0,
         help=f"Client processes (default: one per {CLIENTS_PER_PROCESS} clients).",
     )
+    args.add_argument(
+        "--profile",
+        default="",
+        help="Run each web process under cProfile, writing DIR/<configuration>-<n>.prof (slower: compare runs with it).",
+    )
     options = args.parse_args()
+    profile = Path(options.profile).resolve() if options.profile else None
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
     counts = [int(n) for n in options.clients.split(",") if n]
     servers = [s.strip() for s in options.servers.split(",") if s.strip()]
     books = [tuple(int(x) for x in item.split(":")) for item in options.book.split(",") if item]
@@ -712,12 +729,12 @@ def main() -> None:
         for server in servers:
             for count in counts:
                 result = run_configuration(
-                    server, count, 1, options.seconds, procs_for(count), env, cookie, tmp, chains, False
+                    server, count, 1, options.seconds, procs_for(count), env, cookie, tmp, chains, False, profile
                 )
                 metrics.setdefault(server, {}).update(result)
         for count, web in books:
             result = run_configuration(
-                "daphne", count, web, options.seconds, procs_for(count), env, cookie, tmp, chains, True
+                "daphne", count, web, options.seconds, procs_for(count), env, cookie, tmp, chains, True, profile
             )
             metrics.setdefault("book", {}).update(result)
     finally:

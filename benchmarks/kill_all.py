@@ -107,7 +107,7 @@ def main() -> None:
 
         async def go():
             await open_legs(opener, legs, sliced=fault_rate > 0)
-            return await kill_all(path, actor="benchmark", reason="benchmark", deadline_s=DEADLINE_S)
+            return await kill_all(path, actor="cli:benchmark", reason="benchmark", deadline_s=DEADLINE_S)
 
         return asyncio.run(go()), broker
 

@@ -12,6 +12,7 @@ import logging
 
 from django.db import transaction
 
+from audit import actors
 from audit.chain import append as audit_append
 from risk.checks import RULES, GateContext, RiskDecision, freeze_slices
 from risk.models import GateRefusal
@@ -62,7 +63,7 @@ def record_refusal(intent, decision: RiskDecision, ctx: GateContext, *, account:
         )
         audit_append(
             "gate.refused",
-            actor="risk_gate",
+            actor=actors.component(),
             subject=f"intent:{intent.security_id}",
             payload={
                 "rule": decision.rule,

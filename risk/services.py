@@ -10,6 +10,7 @@ from django.db import transaction
 from django.forms.models import model_to_dict
 from django.utils import timezone
 
+from audit import actors
 from audit.chain import append as audit_append
 from risk.models import BreakerTrip, RiskLimits, TradingState
 from trading.events import publish_on_commit
@@ -118,9 +119,6 @@ def set_trading_state(
     return True
 
 
-ROLLOVER_ACTOR = "session_rollover"
-
-
 def roll_over_session(*, account: str = "default", now: dt.datetime) -> str | None:
     """At a session's open: lift a HALT whose ``halted_until`` has passed.
 
@@ -132,6 +130,7 @@ def roll_over_session(*, account: str = "default", now: dt.datetime) -> str | No
     the HALT it read (state and ``halted_until``), so a risk manager's HALT set in
     between wins; the lift is audited and clears the daily loss breaker's trip.
     """
+    actor = actors.component()  # the engine at its session open
     with transaction.atomic():
         current = TradingState.objects.select_for_update().filter(account=account).first()
         if current is None or current.state != TradingState.State.HALTED or current.halted_until is None:
@@ -144,17 +143,15 @@ def roll_over_session(*, account: str = "default", now: dt.datetime) -> str | No
         reason = f"session open: the HALT until {current.halted_until.isoformat()} has expired"
         updated = TradingState.objects.filter(
             pk=current.pk, state=TradingState.State.HALTED, halted_until=current.halted_until
-        ).update(
-            state=TradingState.State.ACTIVE, actor=ROLLOVER_ACTOR, reason=reason, changed_at=now, halted_until=None
-        )
+        ).update(state=TradingState.State.ACTIVE, actor=actor, reason=reason, changed_at=now, halted_until=None)
         if not updated:
             return None
         BreakerTrip.objects.filter(account=account, breaker="daily_loss", cleared_at__isnull=True).update(
-            cleared_at=now, cleared_by=ROLLOVER_ACTOR
+            cleared_at=now, cleared_by=actor
         )
         audit_append(
             "trading_state.changed",
-            actor=ROLLOVER_ACTOR,
+            actor=actor,
             subject=f"account:{account}",
             payload={"old": TradingState.State.HALTED, "new": TradingState.State.ACTIVE, "reason": reason},
             at=now,

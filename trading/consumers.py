@@ -7,8 +7,9 @@ services publish facts (``trading.events``); this module turns each fact into
 the panels it changes, renders each of them once per process for every page
 watching the account (``PanelCache``: keyed by account, panel and the fact's
 version), and sends a page only the panels it shows whose content changed since
-its last frame (a content hash per panel and connection). The consumer never
-writes.
+its last frame (a content hash per panel and connection). A fact crosses the
+channel layer once per web process, not once per page (``ProcessFanout``). The
+consumer never writes.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ class PanelCache:
                 self._entries[(account, variant, entry.key)] = entry
         entries = [self._entries[(account, variant, key)] for key in keys]
         for task in {id(e.task): e.task for e in entries}.values():
-            await asyncio.shield(task)
+            if not task.done():  # every page but the first finds it rendered
+                await asyncio.shield(task)
         return entries
 
     async def get(self, account: str, key: str, version: str, data: dict | None, can: dict | None = None) -> Rendered:
@@ -127,6 +129,90 @@ class PanelCache:
 
 
 CACHE = PanelCache()
+
+# channels-redis forgets a group member after a day (its group_expiry); the process's
+# membership is renewed well before that.
+REJOIN_S = 3600.0
+
+
+@dataclass(eq=False)
+class _Members:
+    layer: object
+    loop: asyncio.AbstractEventLoop
+    channel: str
+    pages: set = field(default_factory=set)
+    joined_at: float = -1e18
+    task: asyncio.Task | None = None
+
+
+class ProcessFanout:
+    """One channel-layer member per web process and account group.
+
+    Each page joining the group itself would make the publisher serialise every fact
+    once per page, Redis carry it once per page and this process read it back once
+    per page: for a chain fact at 200 pages, megabytes a push. Instead the process
+    joins the group with one channel of its own, reads each fact once, and hands it
+    to every page it serves, in the order the facts arrive.
+    """
+
+    def __init__(self) -> None:
+        self._groups: dict[str, _Members] = {}
+
+    async def join(self, page: DashboardConsumer) -> None:
+        layer, loop = page.channel_layer, asyncio.get_running_loop()
+        members = self._groups.get(page.group)
+        if members is None or members.layer is not layer or members.loop is not loop or members.task.done():
+            members = _Members(layer, loop, await layer.new_channel())
+            members.task = loop.create_task(self._pump(page.group, members))
+            self._groups[page.group] = members
+        members.pages.add(page)
+        await self._renew(page.group, members)
+
+    async def leave(self, page: DashboardConsumer) -> None:
+        members = self._groups.get(page.group)
+        if members is None:
+            return
+        members.pages.discard(page)
+        if not members.pages and self._groups.get(page.group) is members:
+            del self._groups[page.group]
+            members.task.cancel()
+            await members.layer.group_discard(page.group, members.channel)
+
+    async def _renew(self, group: str, members: _Members) -> None:
+        if time.monotonic() - members.joined_at > REJOIN_S:
+            members.joined_at = time.monotonic()
+            await members.layer.group_add(group, members.channel)
+
+    async def _pump(self, group: str, members: _Members) -> None:
+        while True:
+            try:
+                event = await members.layer.receive(members.channel)
+                await self._renew(group, members)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis gone: the pages wait, the process keeps its place
+                log.warning("dashboard fan-out receive failed", extra={"group": group, "error": repr(exc)})
+                members.joined_at = -1e18
+                await asyncio.sleep(1.0)
+                continue
+            if event.get("type") != "dashboard.fact":
+                continue
+            # Which panels the fact changes, once for every page; only the pages showing
+            # one of them are handed it.
+            data = event.get("data") or {}
+            keys = dashboard.panel_keys(event.get("kind"), data)
+            pages = [page for page in members.pages if any(page._shows(key, data) for key in keys)]
+            if not pages:
+                continue
+            results = await asyncio.gather(*(page.take(event, keys) for page in pages), return_exceptions=True)
+            for page, result in zip(pages, results, strict=True):
+                if isinstance(result, Exception):  # a page that went away loses its frame, no one else's
+                    log.info(
+                        "dashboard push to a page failed", extra={"page": page.channel_name, "error": repr(result)}
+                    )
+
+
+FANOUT = ProcessFanout()
 
 
 def wanted_panels(query_string: bytes) -> dict[str, str | None]:
@@ -164,10 +250,16 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self.group = group_name(self.account)
         self.wanted = wanted_panels(self.scope.get("query_string", b""))
         self.sent: dict[str, str] = {}  # panel key -> digest of the content last sent
-        await self.channel_layer.group_add(self.group, self.channel_name)
-        await self.accept()
-        metrics.WS_CONNECTIONS.inc()
-        await self.send(text_data=await self._current())
+        # Facts arriving while the current panels are rendered wait for them, then
+        # are compared with what was sent.
+        self._turn = asyncio.Lock()
+        async with self._turn:
+            self.joined = True
+            await FANOUT.join(self)
+            await self.accept()
+            metrics.WS_CONNECTIONS.inc()
+            self.counted = True
+            await self.send(text_data=await self._current())
 
     async def _current(self) -> str:
         parts = []
@@ -182,10 +274,18 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         return "".join(parts)
 
     async def disconnect(self, code):
-        group = getattr(self, "group", None)
-        if group is not None:
+        if getattr(self, "counted", False):
+            self.counted = False
             metrics.WS_CONNECTIONS.dec()
-            await self.channel_layer.group_discard(group, self.channel_name)
+        if getattr(self, "joined", False):
+            self.joined = False
+            await FANOUT.leave(self)
+
+    async def take(self, event, keys: list[str]) -> None:
+        """A fact handed over by this process's member of the group, with the panel keys it changes."""
+        if getattr(self, "joined", False):
+            async with self._turn:
+                await self.dashboard_fact(event, keys)
 
     async def receive(self, text_data=None, bytes_data=None):
         # The ws extension sends form values on hx-ws="send"; the dashboards use
@@ -198,9 +298,9 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         expiry = self.wanted[key]
         return expiry is None or data.get("expiry") == expiry
 
-    async def dashboard_fact(self, event):
+    async def dashboard_fact(self, event, keys: list[str] | None = None):
         kind, data, version = event.get("kind"), event.get("data") or {}, event.get("v", "")
-        keys = [key for key in dashboard.panel_keys(kind, data) if self._shows(key, data)]
+        keys = [key for key in (dashboard.panel_keys(kind, data) if keys is None else keys) if self._shows(key, data)]
         if not keys:
             return
         parts = []

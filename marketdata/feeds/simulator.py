@@ -548,8 +548,24 @@ class SimulatorFeed(Feed):
         # Near the money NIFTY and BANKNIFTY options trade one or two ticks wide;
         # spreads widen with moneyness, premium and a fast market.
         spread_ticks = np.maximum(np.rint((1.0 + 0.25 * np.abs(m) + mid * 0.0004) * fast), 1).astype(np.int64)
-        bid = np.maximum(_round_tick(mid - spread_ticks * TICK / 2.0), TICK)
+        # Centred on the unrounded price, not on its tick: the quote's mid (a half tick
+        # when the spread is an odd number of ticks) is within half a tick of the model.
+        bid = np.maximum(_round_tick(theo * multiplier - spread_ticks * TICK / 2.0), TICK)
         ask = _round_tick(bid + spread_ticks * TICK)
+        # An informed flow moves a contract's price off the smile, and a far option worth
+        # less than a tick is still quoted a tick bid: their IV and Greeks are those of
+        # the price quoted (the mid of bid and ask), so the chain's IV prices what it
+        # shows. Only those few contracts are solved.
+        moved = np.flatnonzero(np.abs((bid + ask) / 2.0 - g.price) > TICK / 2.0 + 1e-9)
+        if len(moved):
+            solved = greeks.implied_vol(
+                (bid[moved] + ask[moved]) / 2.0, market.spot, k[moved], years, RATE, is_call[moved]
+            )
+            moved, sigma = moved[np.isfinite(solved.iv)], solved.iv[np.isfinite(solved.iv)]
+            iv[moved] = sigma
+            fresh = greeks.all_greeks(market.spot, k[moved], years, RATE, sigma, is_call[moved])
+            for name in ("price", "delta", "gamma", "theta", "vega"):
+                getattr(g, name)[moved] = getattr(fresh, name)
         return k, iv, g, bid, ask
 
     def _quotes(self, at: dt.datetime) -> list[QuoteSnapshot]:

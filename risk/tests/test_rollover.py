@@ -6,11 +6,12 @@ import datetime as dt
 
 import pytest
 
+from audit import actors
 from audit.models import AuditRecord
 from quanthub.clock import IST
 from risk.breakers import next_session_open, session_open_after, trip
 from risk.models import BreakerTrip, TradingState
-from risk.services import ROLLOVER_ACTOR, roll_over_session, set_trading_state
+from risk.services import roll_over_session, set_trading_state
 from trading.models import ReconciliationBreak
 
 pytestmark = pytest.mark.django_db
@@ -38,12 +39,14 @@ def test_the_next_session_open_skips_the_weekend():
 
 def test_an_expired_daily_loss_halt_returns_to_active_with_an_audit_record():
     halt_for_daily_loss()
-    assert roll_over_session(account="default", now=MONDAY_OPEN) is None
+    with actors.acting_as(actors.engine("e1")):  # the engine's session-open check
+        assert roll_over_session(account="default", now=MONDAY_OPEN) is None
     state = TradingState.objects.get(account="default")
-    assert (state.state, state.actor, state.halted_until) == ("ACTIVE", ROLLOVER_ACTOR, None)
-    record = AuditRecord.objects.filter(action="trading_state.changed", actor=ROLLOVER_ACTOR).get()
+    assert (state.state, state.actor, state.halted_until) == ("ACTIVE", "engine:e1", None)
+    assert state.reason.startswith("session open: ")
+    record = AuditRecord.objects.filter(action="trading_state.changed", actor="engine:e1").get()
     assert record.subject == "account:default" and record.payload["old"] == "HALTED"
-    assert BreakerTrip.objects.get(breaker="daily_loss").cleared_by == ROLLOVER_ACTOR
+    assert BreakerTrip.objects.get(breaker="daily_loss").cleared_by == "engine:e1"
 
 
 def test_before_its_time_the_halt_stays():
@@ -57,7 +60,7 @@ def test_an_open_reconciliation_break_keeps_the_halt():
     ReconciliationBreak.objects.create(account="default", kind="POSITION_MISMATCH", key="1001")
     assert roll_over_session(now=MONDAY_OPEN) == "1 open reconciliation break(s)"
     assert TradingState.objects.get(account="default").state == "HALTED"
-    assert not AuditRecord.objects.filter(actor=ROLLOVER_ACTOR).exists()
+    assert not AuditRecord.objects.filter(action="trading_state.changed", payload__new="ACTIVE").exists()
 
 
 def test_a_risk_managers_halt_is_never_lifted_by_the_clock():

@@ -179,9 +179,15 @@ def decision_log(run_id: int, account: str) -> dict[str, list]:
         for b in BreakerTrip.objects.filter(account=account).order_by("tripped_at", "pk")
     ]
     # The audit trail of this run's orders and signals, in chain order, without
-    # the record times (some are wall clock) and with ids mapped.
+    # the record times (some are wall clock) and with ids mapped: the engine's id
+    # (its run and day) is left out of its actor.
     audit = [
-        {"action": a.action, "actor": a.actor, "subject": ids.subject(a.subject), "payload": ids.clean(a.payload)}
+        {
+            "action": a.action,
+            "actor": "engine" if a.actor.startswith("engine:") else a.actor,
+            "subject": ids.subject(a.subject),
+            "payload": ids.clean(a.payload),
+        }
         for a in AuditRecord.objects.filter(
             Q(subject__startswith=f"order:{order_id_prefix(run_id)}") | Q(subject__startswith=f"signal:{prefix}")
         ).order_by("seq")

@@ -28,6 +28,7 @@ from decimal import Decimal
 
 from django.conf import settings
 
+from audit import actors
 from audit.chain import append as audit_append
 from quanthub.clock import IST
 from quanthub.dhan.streams import OrderUpdateStream
@@ -236,9 +237,10 @@ class OrderStreamBridge:
 
         audit_append(
             "order.stream_latency",
-            actor="broker:dhan",
+            actor=actors.component(),
             subject=f"order:{order['client_order_id']}",
             payload={
+                "broker": "dhan",
                 "status": str(remote.status),
                 "ack_ms": ms(order["acked_at"]),
                 "first_fill_ms": ms(order["first_fill_at"]),

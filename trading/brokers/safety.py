@@ -22,6 +22,7 @@ from decimal import Decimal
 
 from django.conf import settings
 
+from audit import actors
 from audit.chain import append as audit_append
 from quanthub.sql import on_db_thread as _db
 from trading.brokers.base import BrokerError, MarginLeg, Side
@@ -62,7 +63,9 @@ async def apply_pnl_exit(broker, limits, *, account: str, at: dt.datetime) -> di
             f"Setting the broker-side loss exit at ₹{wanted} failed: {exc}",
             account,
         )
-        await _db(audit_append)("broker.pnl_exit", actor="engine", subject=f"account:{account}", payload=state, at=at)
+        await _db(audit_append)(
+            "broker.pnl_exit", actor=actors.component(), subject=f"account:{account}", payload=state, at=at
+        )
         return state
     ok = read is not None and read.active and read.loss == wanted and read.kill_switch
     state = {
@@ -74,7 +77,9 @@ async def apply_pnl_exit(broker, limits, *, account: str, at: dt.datetime) -> di
         "error": "",
         "at": at.isoformat(),
     }
-    await _db(audit_append)("broker.pnl_exit", actor="engine", subject=f"account:{account}", payload=state, at=at)
+    await _db(audit_append)(
+        "broker.pnl_exit", actor=actors.component(), subject=f"account:{account}", payload=state, at=at
+    )
     if not ok:
         await _alert(
             "CRITICAL",

@@ -25,6 +25,7 @@ from asgiref.sync import sync_to_async
 from django.db import transaction
 from django.utils import timezone
 
+from audit import actors
 from audit.chain import append as audit_append
 from marketdata.anomaly.training import live_scorers, live_versions
 from marketdata.book import QuoteBook
@@ -191,6 +192,7 @@ class Engine:
         """Load, recover, reconcile, rebuild the strategies from the book. A database
         that is not there yet is waited for; a broker that fails leaves the engine
         REDUCING, retrying recovery with back-off from the loop."""
+        actors.enter_engine(self.engine_id)  # what the engine's parts record is the engine's (audit.actors)
         await self._until_database(self._load)
         await self._seed_vix()
         await self._resync("start")
@@ -365,6 +367,7 @@ class Engine:
         """One feed item, never ended by the outside world: while the database is
         gone only the book moves (retrying after the back-off); a broker or
         database failure opens an outage instead of raising."""
+        actors.enter_engine(self.engine_id)
         if DATABASE in self.outages.open and (not self.outages.due(DATABASE) or not await self._database_back()):
             self._book_only(item)
             return
@@ -385,6 +388,7 @@ class Engine:
             self.book.update_chain(item)
 
     async def shutdown(self) -> None:
+        actors.enter_engine(self.engine_id)
         if self._flattens:  # a flatten in progress finishes (each has its own deadline)
             await asyncio.gather(*list(self._flattens), return_exceptions=True)
         await self.feed.close()
@@ -536,6 +540,7 @@ class Engine:
     # --- the loop ------------------------------------------------------------------------
 
     async def tick(self, item) -> None:
+        actors.enter_engine(self.engine_id)
         now = self.clock.now()
         if isinstance(item, LtpTick):
             ok = self.validator.validate_ltp(item, now, stale_after_s=self.health.ltp_stale_s)
@@ -615,7 +620,7 @@ class Engine:
     def _append_requote(self, order: Order, old_price, now: dt.datetime) -> None:
         audit_append(
             "order.requoted",
-            actor="engine",
+            actor=actors.engine(self.engine_id),
             subject=f"order:{order.client_order_id}",
             payload={
                 "from": old_price,
@@ -1015,9 +1020,9 @@ class Engine:
                 )
                 audit_append(
                     "signal.detected",
-                    actor=f"strategy:{loaded.key}",
+                    actor=actors.engine(self.engine_id),
                     subject=f"signal:{signal.key}",
-                    payload={"features": intent.features, "instrument": option.security_id},
+                    payload={"strategy": loaded.key, "features": intent.features, "instrument": option.security_id},
                     at=self.clock.now(),
                 )
                 publish_on_commit("signal", {"key": signal.key}, account=self.account)
@@ -1048,9 +1053,9 @@ class Engine:
                     Signal.objects.filter(key=t.signal_key).update(**fields)
                 audit_append(
                     "signal.transition",
-                    actor=f"strategy:{loaded.key}",
+                    actor=actors.engine(self.engine_id),
                     subject=f"signal:{t.signal_key}",
-                    payload={"from": t.old, "to": t.new, "reason": t.reason},
+                    payload={"strategy": loaded.key, "from": t.old, "to": t.new, "reason": t.reason},
                     at=t.at,
                 )
             log.info(

@@ -25,6 +25,7 @@ from asgiref.sync import sync_to_async
 from django.db import Error as DatabaseErrors
 from django.db import connections
 
+from audit import actors
 from risk.models import TradingState
 from risk.services import get_trading_state, set_trading_state
 from trading.alerts import raise_alert
@@ -33,7 +34,6 @@ from trading.brokers.base import BrokerError
 log = logging.getLogger(__name__)
 
 BROKER, DATABASE = "broker", "database"
-OUTAGE_ACTOR = "engine:outage"
 # What the outside world raises at us. Anything else is a bug and is not hidden.
 OUTSIDE_ERRORS = (BrokerError, TimeoutError, ConnectionError, OSError)
 
@@ -195,17 +195,17 @@ class Outages:
             causes = ", ".join(sorted(self.open)) or "outside world"
             self.reduced = set_trading_state(
                 TradingState.State.REDUCING,
-                actor=OUTAGE_ACTOR,
+                actor=actors.component(),
                 reason=f"outage ({causes}): entries stop until it passes",
                 account=self.account,
                 expected=TradingState.State.ACTIVE,
             )
         if resume and self.reduced:
             state = get_trading_state(self.account)
-            if state.state == TradingState.State.REDUCING and state.actor == OUTAGE_ACTOR:
+            if state.state == TradingState.State.REDUCING and state.reason.startswith("outage ("):
                 set_trading_state(
                     TradingState.State.ACTIVE,
-                    actor=OUTAGE_ACTOR,
+                    actor=actors.component(),
                     reason="outage over: the broker and the database answer again",
                     account=self.account,
                     expected=TradingState.State.REDUCING,

@@ -32,6 +32,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 
+from audit import actors
 from audit.chain import append as audit_append
 from marketdata.ticks import price_on_tick
 from quanthub import metrics
@@ -136,7 +137,7 @@ class OrderManager:
                 order = Order.objects.get(pk=order_id)
                 audit_append(
                     f"order.{new.lower()}",
-                    actor="oms",
+                    actor=actors.component(),
                     subject=f"order:{order.client_order_id}",
                     payload={
                         "state": new,
@@ -167,7 +168,7 @@ class OrderManager:
             order = Order.objects.create(account=self.account, created_at=now, committed_at=now, **values)
             audit_append(
                 "order.intent",
-                actor="oms",
+                actor=actors.component(),
                 subject=f"order:{order.client_order_id}",
                 payload={
                     "instrument": order.instrument.security_id,

@@ -27,6 +27,7 @@ from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
+from audit import actors
 from audit.chain import append as audit_append
 from marketdata.models import Instrument
 from quanthub import metrics
@@ -38,7 +39,6 @@ from trading.orders.states import FROM_BROKER, settle
 
 log = logging.getLogger(__name__)
 K = ReconciliationBreak.Kind
-RECONCILE_ACTOR = "reconciliation"
 
 
 CLEARED_REASON = "reconciliation: every break has cleared; a risk manager may resume trading"
@@ -128,14 +128,14 @@ def repair(broker_orders: list[BrokerOrder], broker_trades: list[BrokerTrade], a
         if order.state in (Order.State.FILLED, Order.State.CANCELLED) and remote.is_open:
             continue  # done here, resting there: not explained
         before = {"state": order.state, "filled": order.filled_quantity, "code": order.reject_code}
-        _, moved = settle(order.pk, remote, missing, now=now, account=account, repair=True, actor=RECONCILE_ACTOR)
+        _, moved = settle(order.pk, remote, missing, now=now, account=account, repair=True, actor=actors.component())
         if not moved:
             continue
         changed += 1
         after = Order.objects.get(pk=order.pk)
         audit_append(
             "reconciliation.repaired",
-            actor=RECONCILE_ACTOR,
+            actor=actors.component(),
             subject=f"order:{cid}",
             payload={
                 "ours_before": before,
@@ -229,11 +229,11 @@ def _record(found, account: str, now) -> ReconcileResult:
         for (kind, key), item in open_breaks.items():
             if (kind, key) not in keys and kind != K.EXTRA_AT_BROKER:
                 cleared += ReconciliationBreak.objects.filter(pk=item.pk, resolved_at__isnull=True).update(
-                    resolved_at=now, resolved_by=RECONCILE_ACTOR, resolution="agrees again"
+                    resolved_at=now, resolved_by=actors.component(), resolution="agrees again"
                 )
                 audit_append(
                     "reconciliation.cleared",
-                    actor=RECONCILE_ACTOR,
+                    actor=actors.component(),
                     subject=f"{kind}:{key}",
                     payload={"ours": item.ours, "broker": item.broker},
                     at=now,
@@ -247,7 +247,7 @@ def _record(found, account: str, now) -> ReconcileResult:
                 )
                 audit_append(
                     "reconciliation.break",
-                    actor=RECONCILE_ACTOR,
+                    actor=actors.component(),
                     subject=f"{kind}:{key}",
                     payload={"ours": ours, "broker": broker_side},
                     at=now,
@@ -259,7 +259,7 @@ def _record(found, account: str, now) -> ReconcileResult:
             halted = (
                 set_trading_state(
                     TradingState.State.HALTED,
-                    actor=RECONCILE_ACTOR,
+                    actor=actors.component(),
                     reason=f"reconciliation: {len(breaks)} open break(s)",
                     account=account,
                     at=now,
@@ -277,12 +277,13 @@ def _all_clear(account: str, now) -> None:
     from trading.alerts import raise_alert
 
     state = TradingState.objects.filter(account=account).first()
-    if state is None or state.state != TradingState.State.HALTED or state.actor != RECONCILE_ACTOR:
+    # Reconciliation's HALT is known by its reason: the actor is the engine (audit.actors).
+    if state is None or state.state != TradingState.State.HALTED or not state.reason.startswith("reconciliation:"):
         return  # halted by someone else (Kill All, the loss cap, a risk manager): theirs to lift
     if settings.QUANTHUB_RECONCILE_AUTO_RESUME:
         set_trading_state(
             TradingState.State.ACTIVE,
-            actor=RECONCILE_ACTOR,
+            actor=actors.component(),
             reason="reconciliation: every break has cleared (automatic resume allowed)",
             account=account,
             expected=TradingState.State.HALTED,
@@ -290,7 +291,7 @@ def _all_clear(account: str, now) -> None:
         )
         raise_alert("INFO", "reconciliation", "Reconciliation clean: trading resumed", account=account, at=now)
         return
-    TradingState.objects.filter(pk=state.pk, state=TradingState.State.HALTED, actor=RECONCILE_ACTOR).update(
+    TradingState.objects.filter(pk=state.pk, state=TradingState.State.HALTED, reason=state.reason).update(
         reason=CLEARED_REASON
     )
     raise_alert(

@@ -30,6 +30,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.utils import timezone
 
+from audit import actors
 from quanthub.clock import Clock
 from trading.engine.lock import engine_lock
 from trading.models import EngineHeartbeat, FlattenRequest, Position
@@ -175,7 +176,8 @@ def run_standalone(row: FlattenRequest) -> dict:
             finally:
                 await path.close()
 
-        return asyncio.run(go())
+        with actors.acting_as(row.actor):  # no engine: the order path records the requester
+            return asyncio.run(go())
     finally:
         if held:
             lock.release()

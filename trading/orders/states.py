@@ -13,6 +13,7 @@ from decimal import Decimal
 
 from django.db import transaction
 
+from audit import actors
 from audit.chain import append as audit_append
 from quanthub import metrics
 from trading.brokers.base import BrokerOrder, BrokerStatus
@@ -72,7 +73,7 @@ def settle(
     now: dt.datetime,
     account: str,
     repair: bool = False,
-    actor: str = "oms",
+    actor: str | None = None,  # None: audit.actors.component()
 ) -> tuple[list[FillEvent], bool]:
     """Bring one order to the broker's truth in ONE transaction: every trade of it
     the broker lists that we have not stored (a broker trade is stored once: its
@@ -105,7 +106,7 @@ def settle(
                     changed = True
                     audit_append(
                         "order.repaired",
-                        actor=actor,
+                        actor=actor or actors.component(),
                         subject=f"order:{order.client_order_id}",
                         payload={
                             "ours": {"state": order.state, "filled": order.filled_quantity, "code": order.reject_code},
@@ -124,7 +125,9 @@ def settle(
     return events, changed
 
 
-def _transition_row(order: Order, new: str, now: dt.datetime, account: str, *, actor: str = "oms", **fields) -> bool:
+def _transition_row(
+    order: Order, new: str, now: dt.datetime, account: str, *, actor: str | None = None, **fields
+) -> bool:
     """A conditional state change inside the caller's transaction, audited."""
     if new in STAMP:
         fields.setdefault(STAMP[new], now)
@@ -133,7 +136,7 @@ def _transition_row(order: Order, new: str, now: dt.datetime, account: str, *, a
         fresh = Order.objects.get(pk=order.pk)
         audit_append(
             f"order.{new.lower()}",
-            actor=actor,
+            actor=actor or actors.component(),
             subject=f"order:{fresh.client_order_id}",
             payload={
                 "state": new,
@@ -181,7 +184,7 @@ def record_trades(order_id: int, trades, *, account: str) -> list[FillEvent]:
             )
             audit_append(
                 "order.fill",
-                actor="oms",
+                actor=actors.component(),
                 subject=f"order:{order.client_order_id}",
                 payload={
                     "trade_id": trade.trade_id,

@@ -228,6 +228,9 @@ def test_a_daily_loss_halt_is_lifted_at_the_next_session_open_in_a_backtest(vol_
     result = asyncio.run(runner.run(plan))
     assert result.days[0].trading_state == "ACTIVE"
     state = TradingState.objects.get(account=account)
-    assert state.actor == "session_rollover" and state.halted_until is None
-    record = AuditRecord.objects.filter(subject=f"account:{account}", actor="session_rollover").get()
+    engine = f"engine:backtest-{run.pk}-{day:%Y%m%d}"
+    assert state.actor == engine and state.reason.startswith("session open: ") and state.halted_until is None
+    record = AuditRecord.objects.filter(
+        subject=f"account:{account}", actor=engine, payload__reason__startswith="session open"
+    ).get()
     assert record.payload["old"] == "HALTED" and record.payload["new"] == "ACTIVE"

@@ -211,3 +211,27 @@ async def test_pushed_panels_carry_only_the_controls_the_viewer_may_use(trader, 
     assert "Order rejected: margin" in pushed and "Acknowledge</button>" not in pushed
     for page in (desk, audit):
         await page.disconnect()
+
+
+async def test_a_fact_crosses_the_channel_layer_once_for_all_pages_of_a_process(trader, demo_market):
+    from channels.layers import get_channel_layer
+
+    from trading.events import group_name
+
+    layer = get_channel_layer()
+    pages = [_communicator(trader, path="/ws/dashboard/?panels=overview") for _ in range(3)]
+    for page in pages:
+        assert (await page.connect())[0]
+        await page.receive_from(timeout=10)
+    assert len(layer.groups[group_name("default")]) == 1  # one member: the process, not three pages
+    from trading.alerts import raise_alert
+
+    await database_sync_to_async(raise_alert)("WARNING", "feed", "Feed stale: NIFTY")
+    for page in pages:
+        assert 'id="panel-overview"' in await page.receive_from(timeout=10)
+    await pages[0].disconnect()
+    await database_sync_to_async(raise_alert)("WARNING", "feed", "Feed stale: BANKNIFTY")
+    for page in pages[1:]:
+        assert 'id="panel-overview"' in await page.receive_from(timeout=10)  # two open alerts now
+        await page.disconnect()
+    assert not layer.groups.get(group_name("default"))  # the last page out takes the process out

@@ -15,6 +15,7 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from audit import actors
 from audit.chain import append as audit_append
 from risk.calendars import CalendarError, parse_rows
 from risk.models import EventDay
@@ -56,7 +57,7 @@ class Command(BaseCommand):
                 updated += not was_created
             audit_append(
                 "risk.event_days_loaded",
-                actor="manage.py load_event_days",
+                actor=actors.cli(),
                 subject="event_days",
                 payload={"file": path.name, "created": created, "updated": updated},
             )

@@ -8,10 +8,9 @@ exits 1 when not flat.
 
 from __future__ import annotations
 
-import getpass
+from django.core.management.base import BaseCommand, CommandError
 
-from django.core.management.base import BaseCommand
-
+from audit import actors
 from trading.orders.requests import request_kill_all
 
 
@@ -19,13 +18,18 @@ class Command(BaseCommand):
     help = "HALT, cancel open orders, exit every position, and when flat activate the broker's kill switch."
 
     def add_arguments(self, parser):
-        parser.add_argument("--actor", default=None, help="Who is pressing it (default: the OS user).")
+        parser.add_argument(
+            "--actor", default=None, help="Who is pressing it: recorded as cli:NAME (default: the OS user)."
+        )
         parser.add_argument("--reason", default="manage.py kill_all")
         parser.add_argument("--account", default="default")
         parser.add_argument("--timeout", type=float, default=15.0, help="Seconds to keep working towards flat.")
 
     def handle(self, *args, **options):
-        actor = options["actor"] or f"cli:{getpass.getuser()}"
+        name = options["actor"]
+        actor = actors.cli() if not name else name if name.startswith(("cli:", "user:")) else f"cli:{name}"
+        if not actors.is_valid(actor):
+            raise CommandError(f"--actor {options['actor']!r}: a name without spaces or colons, like $USER")
         result = request_kill_all(actor, options["reason"], options["account"], deadline_s=options["timeout"])
         self.stdout.write(f"Kill All ({result.get('worked_by') or 'nobody'}): {describe(result)}")
         for leg in result.get("detail", []):

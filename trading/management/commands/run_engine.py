@@ -45,6 +45,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
+from audit import actors
 from audit import checkpoints as audit_checkpoints
 from marketdata.management.commands._feedargs import parse_date, parse_speed
 from quanthub import metrics
@@ -279,7 +280,7 @@ class Command(BaseCommand):
             raise CommandError(f"pre-flight failed ({summary}); fix it, or start with --force (audited)")
         audit_append(
             "engine.preflight_forced",
-            actor="operator",
+            actor=actors.cli(),
             subject=f"account:{settings.QUANTHUB_ACCOUNT}",
             payload={"failed": [line.as_dict() for line in failed]},
         )
