@@ -448,6 +448,11 @@ class LocalDhan:
 
 def _handler(local: LocalDhan):
     class Handler(BaseHTTPRequestHandler):
+        # Keep-alive, as Dhan's servers do: a client's requests reuse one connection
+        # (every answer carries its Content-Length).
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
+
         def log_message(self, format, *args):  # noqa: A002 (the base class's name)
             return  # quiet: a request line may carry query parameters
 
