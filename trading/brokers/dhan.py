@@ -151,6 +151,34 @@ def parse_trade(item: dict, correlation_id: str = "") -> BrokerTrade:
     )
 
 
+def parse_pnl_exit(data: Any) -> PnlExit:
+    """``GET /pnlExit`` as Dhan v2 documents it — ``pnlExitStatus``, ``profit``,
+    ``loss``, ``segments``, ``enable_kill_switch`` — not the names of the request
+    that set it (``profitValue``, ``lossValue``, ``productType``,
+    ``enableKillSwitch``), which are read only as a fallback."""
+    if not isinstance(data, dict):
+        return PnlExit(active=False)
+    status = str(data.get("pnlExitStatus") or data.get("status") or "").upper()
+    loss = _decimal(_first(data, "loss", "lossValue"))
+    active = status in ("ACTIVE", "ENABLED", "TRUE") or (not status and loss is not None)
+    products = _first(data, "segments", "productType") or []
+    switch = _first(data, "enable_kill_switch", "enableKillSwitch")
+    return PnlExit(
+        active=active,
+        loss=abs(loss) if loss is not None else None,  # a loss level, whichever sign it is reported with
+        profit=_decimal(_first(data, "profit", "profitValue")),
+        kill_switch=switch is True or str(switch).lower() == "true",
+        products=tuple(products if isinstance(products, list) else [products]),
+    )
+
+
+def _first(data: dict, *names: str) -> Any:
+    for name in names:
+        if data.get(name) not in (None, ""):
+            return data[name]
+    return None
+
+
 def _money(data: dict, *names: str) -> Decimal:
     for name in names:
         if name in data and data[name] not in (None, ""):
@@ -474,20 +502,7 @@ class DhanBroker(Broker):
         return await self.pnl_exit()
 
     async def pnl_exit(self) -> PnlExit:
-        data = await self._call(self.client.get_pnl_exit)
-        if not isinstance(data, dict):
-            return PnlExit(active=False)
-        status = str(data.get("pnlExitStatus") or data.get("status") or "").upper()
-        loss = _decimal(data.get("lossValue", data.get("loss")))
-        active = status in ("ACTIVE", "ENABLED", "TRUE") or (not status and loss is not None)
-        products = data.get("productType") or []
-        return PnlExit(
-            active=active,
-            loss=loss,
-            profit=_decimal(data.get("profitValue", data.get("profit"))),
-            kill_switch=bool(data.get("enableKillSwitch")),
-            products=tuple(products if isinstance(products, list) else [products]),
-        )
+        return parse_pnl_exit(await self._call(self.client.get_pnl_exit))
 
     async def stop_pnl_exit(self) -> None:
         await self._call(self.client.stop_pnl_exit, writes=True)
