@@ -113,7 +113,7 @@ async def _books_agree(dhan) -> bool:
     # The engine closed its broker at the session's end: a fresh one reads Dhan's books.
     broker = DhanBroker(client=dhan_client(dhan.exchange.client_id, dhan.exchange.token, base_url=API), timeout_s=2.0)
     try:
-        result = await reconcile(broker)
+        result = await reconcile(broker, clock=dhan.clock)
     finally:
         await broker.close()
     ours_fills = set(await sync_to_async(list)(Fill.objects.values_list("broker_trade_id", flat=True)))
