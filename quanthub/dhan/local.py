@@ -316,11 +316,16 @@ class LocalDhan:
             }
         if route == "/margincalculator/multi":
             total = sum(float(s["price"]) * int(s["quantity"]) for s in body.get("scripList", []))
+            # Dhan v2 answers this one in snake_case, amounts as strings.
             return 200, {
-                "total_margin": round(total, 2),
-                "span_margin": 0.0,
-                "exposure_margin": 0.0,
-                "hedge_benefit": 0.0,
+                "total_margin": f"{total:.2f}",
+                "span_margin": "0.00",
+                "exposure_margin": "0.00",
+                "equity_margin": "0.00",
+                "fo_margin": f"{total:.2f}",
+                "commodity_margin": "0.00",
+                "currency": "INR",
+                "hedge_benefit": "0.00",
             }
         if route == "/margincalculator":
             total = float(body.get("price", 0)) * int(body.get("quantity", 0))
@@ -332,12 +337,13 @@ class LocalDhan:
             }
         if route == "/pnlExit":
             if method == "POST" or method == "PUT":
+                # Read back in GET /pnlExit's own names (Dhan v2), not the request's.
                 self.pnl_exit = {
                     "pnlExitStatus": "ACTIVE",
-                    "profitValue": body.get("profitValue"),
-                    "lossValue": body.get("lossValue"),
-                    "productType": body.get("productType"),
-                    "enableKillSwitch": body.get("enableKillSwitch"),
+                    "profit": f"{float(body.get('profitValue') or 0):.2f}",
+                    "loss": f"{float(body.get('lossValue') or 0):.2f}",
+                    "segments": body.get("productType") or [],
+                    "enable_kill_switch": bool(body.get("enableKillSwitch")),
                 }
                 return 200, {"pnlExitStatus": "ACTIVE", "message": "P&L based exit configured successfully"}
             if method == "DELETE":
@@ -448,6 +454,11 @@ class LocalDhan:
 
 def _handler(local: LocalDhan):
     class Handler(BaseHTTPRequestHandler):
+        # Keep-alive, as Dhan's servers do: a client's requests reuse one connection
+        # (every answer carries its Content-Length).
+        protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
+
         def log_message(self, format, *args):  # noqa: A002 (the base class's name)
             return  # quiet: a request line may carry query parameters
 

@@ -115,9 +115,11 @@ def run(client, *, now: dt.datetime, master_loaded_at: dt.datetime | None, under
     def pnl_exit():
         data = get("/pnlExit") or {}
         status = str(data.get("pnlExitStatus") or data.get("status") or "").upper()
-        loss = data.get("lossValue") or data.get("loss")
+        # Dhan v2's GET /pnlExit: pnlExitStatus, profit, loss, segments, enable_kill_switch.
+        loss = data.get("loss") or data.get("lossValue")
+        switch = data.get("enable_kill_switch", data.get("enableKillSwitch"))
         if status in ("ACTIVE", "ENABLED") or (not status and loss):
-            return True, f"active at ₹{loss}" + (" with the kill switch" if data.get("enableKillSwitch") else "")
+            return True, f"active at ₹{loss}" + (" with the kill switch" if switch in (True, "true") else "")
         return False, "not set: the engine sets it at start; until then the broker would not flatten a runaway loss"
 
     def funds():

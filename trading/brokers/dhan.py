@@ -27,6 +27,7 @@ What the libraries' source shows, and how it is contained (``quanthub.dhan``):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -49,6 +50,8 @@ from quanthub.dhan.errors import (
 )
 from quanthub.dhan.http import error_of
 from quanthub.dhan.session import contain_client, contained_tradehull, dhan_client
+from quanthub.dhan.tokens import TokenRefreshError, current_token, on_renewal, refresh
+from quanthub.sql import on_db_thread
 from trading.brokers.base import (
     AuthExpired,
     BasketMargin,
@@ -148,6 +151,34 @@ def parse_trade(item: dict, correlation_id: str = "") -> BrokerTrade:
     )
 
 
+def parse_pnl_exit(data: Any) -> PnlExit:
+    """``GET /pnlExit`` as Dhan v2 documents it — ``pnlExitStatus``, ``profit``,
+    ``loss``, ``segments``, ``enable_kill_switch`` — not the names of the request
+    that set it (``profitValue``, ``lossValue``, ``productType``,
+    ``enableKillSwitch``), which are read only as a fallback."""
+    if not isinstance(data, dict):
+        return PnlExit(active=False)
+    status = str(data.get("pnlExitStatus") or data.get("status") or "").upper()
+    loss = _decimal(_first(data, "loss", "lossValue"))
+    active = status in ("ACTIVE", "ENABLED", "TRUE") or (not status and loss is not None)
+    products = _first(data, "segments", "productType") or []
+    switch = _first(data, "enable_kill_switch", "enableKillSwitch")
+    return PnlExit(
+        active=active,
+        loss=abs(loss) if loss is not None else None,  # a loss level, whichever sign it is reported with
+        profit=_decimal(_first(data, "profit", "profitValue")),
+        kill_switch=switch is True or str(switch).lower() == "true",
+        products=tuple(products if isinstance(products, list) else [products]),
+    )
+
+
+def _first(data: dict, *names: str) -> Any:
+    for name in names:
+        if data.get(name) not in (None, ""):
+            return data[name]
+    return None
+
+
 def _money(data: dict, *names: str) -> Decimal:
     for name in names:
         if name in data and data[name] not in (None, ""):
@@ -167,8 +198,12 @@ class DhanBroker(Broker):
         workers: int = 4,
         margin_cache_s: float | None = None,
         streams: bool = False,
+        tradehull=None,
     ):
         self.client = contain_client(client)
+        # Dhan-Tradehull, when the caller drives its helpers too: its own dhanhq client
+        # (contained) takes every renewed token with ours.
+        self.tradehull = tradehull
         self.account = account
         self.timeout_s = timeout_s
         # The SDK's default HTTP timeout is 60 s: far too long for a trading loop.
@@ -178,11 +213,12 @@ class DhanBroker(Broker):
         self._margins: dict[tuple, tuple[float, BasketMargin]] = {}
         self.streams = streams
         self.bridge = None  # trading.brokers.dhan_stream.OrderStreamBridge once started
+        self._renewing = asyncio.Lock()
+        # A renewal anywhere in this process (the order path, the 08:50 refresh) reaches every call.
+        self._unsubscribe = on_renewal(self.use_token)
 
     @classmethod
     def from_options(cls, *, account="default", clock=None, book=None, client=None, **options) -> DhanBroker:
-        from quanthub.dhan.tokens import current_token, refresh
-
         if client is None:
             token = current_token()
             if not token and settings.DHAN_TOTP_SECRET and settings.DHAN_PIN:
@@ -191,6 +227,57 @@ class DhanBroker(Broker):
                 raise AuthExpired("Dhan needs DHAN_CLIENT_ID and an access token (or run refresh_dhan_token)")
             client = dhan_client(settings.DHAN_CLIENT_ID, token)
         return cls(client=client, account=account, timeout_s=settings.DHAN_HTTP_TIMEOUT_S, streams=True)
+
+    # --- the session -------------------------------------------------------------------------
+
+    @property
+    def token(self) -> str:
+        return self.client.dhan_http.access_token
+
+    def use_token(self, token: str) -> None:
+        """Every later call goes with ``token``: dhanhq's client, and Tradehull's."""
+        if not token:
+            return
+        self.client.dhan_http.set_token(token)
+        if self.tradehull is not None:
+            self.tradehull.token_id = token
+            inner = getattr(self.tradehull, "Dhan", None)
+            if inner is not None and inner is not self.client:
+                contain_client(inner).dhan_http.set_token(token)
+
+    async def renew_session(self) -> bool:
+        """After an expired token: a new one (renewed while valid, else PIN + TOTP), used from the next call on.
+
+        One renewal at a time: calls that failed together wait for it and share
+        its token. A token another process renewed (the 08:50 refresh) is taken
+        from the token file instead of renewing again. A failed renewal raises
+        the CRITICAL alert (``refresh_or_alert``) and returns False; the order
+        path keeps looking orders up before any resend."""
+        stale = self.token
+        async with self._renewing:
+            if self.token != stale:
+                return True  # renewed while this caller waited
+            stored = current_token()
+            if stored and stored != stale:
+                self.use_token(stored)
+                return True
+            loop = asyncio.get_running_loop()
+            try:
+                # The login calls time out on their own (DHAN_HTTP_TIMEOUT_S each); two of them at most.
+                result = await asyncio.wait_for(
+                    loop.run_in_executor(self._pool, refresh), timeout=2 * self.timeout_s + 2.0
+                )
+            except (TokenRefreshError, TimeoutError) as exc:
+                why = str(exc) if isinstance(exc, TokenRefreshError) else "the login calls timed out"
+                log.error("dhan session not renewed", extra={"reason": why})
+                from trading.alerts import raise_alert  # models: the adapter imports before the apps are ready
+
+                with contextlib.suppress(Exception):  # the database may be down too; the log says it
+                    await on_db_thread(raise_alert)("CRITICAL", "token", "Dhan token refresh failed", why)
+                return False
+            log.info("dhan session renewed", extra={"method": result.method, "expiry": result.expiry})
+            self.use_token(result.token)
+            return True
 
     # --- the call path -------------------------------------------------------------------
 
@@ -415,20 +502,7 @@ class DhanBroker(Broker):
         return await self.pnl_exit()
 
     async def pnl_exit(self) -> PnlExit:
-        data = await self._call(self.client.get_pnl_exit)
-        if not isinstance(data, dict):
-            return PnlExit(active=False)
-        status = str(data.get("pnlExitStatus") or data.get("status") or "").upper()
-        loss = _decimal(data.get("lossValue", data.get("loss")))
-        active = status in ("ACTIVE", "ENABLED", "TRUE") or (not status and loss is not None)
-        products = data.get("productType") or []
-        return PnlExit(
-            active=active,
-            loss=loss,
-            profit=_decimal(data.get("profitValue", data.get("profit"))),
-            kill_switch=bool(data.get("enableKillSwitch")),
-            products=tuple(products if isinstance(products, list) else [products]),
-        )
+        return parse_pnl_exit(await self._call(self.client.get_pnl_exit))
 
     async def stop_pnl_exit(self) -> None:
         await self._call(self.client.stop_pnl_exit, writes=True)
@@ -448,6 +522,7 @@ class DhanBroker(Broker):
         await self.bridge.start()
 
     async def close(self) -> None:
+        self._unsubscribe()
         if self.bridge is not None:
             await self.bridge.stop()
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -55,6 +55,8 @@ def apply_fill(
         instrument=order.instrument,
         defaults={"signal": order.signal},
     )
+    # Found by these two: the order's loaded rows spare the round trip's reads of them.
+    position.instrument, position.strategy = order.instrument, order.strategy
     signed = quantity if order.side == Order.Side.BUY else -quantity
     held = position.net_quantity
     realised = ZERO

@@ -718,13 +718,13 @@ class OrderManager:
     async def apply_broker_update(self, remote: BrokerOrder, trades: list | None = None) -> bool:
         """Apply one pushed order update (and the trades it brought), as ``sync`` applies what it polls.
 
-        The order is found by correlation id (our client order id). Fills are
-        recorded first, deduplicated by broker trade id (the REST safety net
-        records the same ids, so a fill counts once whichever path sees it
-        first); then the state follows the broker's with the same conditional
-        update. A TRADED update whose fills are not all in yet moves the order
-        to PARTIAL, so it stays live and the next sync records the rest. An
-        older update arriving late (OPEN after PARTIAL) is refused by the state
+        The order is found by correlation id (our client order id). Its new
+        fills — deduplicated by broker trade id (the REST safety net records
+        the same ids, so a fill counts once whichever path sees it first) — and
+        its state are settled in one transaction, as an acknowledgement is. A
+        TRADED update whose fills are not all in yet moves the order to
+        PARTIAL, so it stays live and the next sync records the rest. An older
+        update arriving late (OPEN after PARTIAL) is refused by the state
         machine. Events for the strategies land in the queue ``sync`` hands
         over. One trip to the database thread. Returns False for an order that
         is not ours.
@@ -732,34 +732,25 @@ class OrderManager:
         return await _db(self._apply_pushed)(remote, list(trades or ()))
 
     def _apply_pushed(self, remote: BrokerOrder, trades: list) -> bool:
-        order = self._find_pushed(remote)
-        if order is None:
+        order_id = self._find_pushed(remote)
+        if order_id is None:
             return False
-        if trades:
-            self._record_trades(order.pk, trades)
-        fresh = Order.objects.select_related("instrument", "strategy", "signal").get(pk=order.pk)
-        state = FROM_BROKER[remote.status]
-        if state == S.FILLED and fresh.filled_quantity < fresh.quantity:
-            state = S.PARTIAL
-        fields = {"broker_order_id": remote.broker_order_id or fresh.broker_order_id}
-        if fresh.acked_at is None:
-            fields["acked_at"] = self.clock.now()
-        if state == S.REJECTED:
-            fields.update(reject_code=remote.reject_code[:40], reason=remote.reason)
-        moved = (state != fresh.state or fresh.state == S.UNKNOWN) and self._transition(
-            order.pk, {fresh.state}, state, **fields
-        )
-        if moved and state in (S.CANCELLED, S.REJECTED):
-            done = Order.objects.select_related("instrument", "strategy", "signal").get(pk=order.pk)
-            self._events.append(self._update(done, state, done.reason))
+        # The fills and the state in one transaction, as for an acknowledgement.
+        events, changed = settle(order_id, remote, trades, now=self.clock.now(), account=self.account)
+        self._events.extend(events)
+        if changed and FROM_BROKER[remote.status] in (S.CANCELLED, S.REJECTED):
+            done = Order.objects.select_related("instrument", "strategy", "signal").get(pk=order_id)
+            if done.state in (S.CANCELLED, S.REJECTED):
+                self._events.append(self._update(done, done.state, done.reason))
         return True
 
-    def _find_pushed(self, remote: BrokerOrder) -> Order | None:
+    def _find_pushed(self, remote: BrokerOrder) -> int | None:
+        """Our order's id for a pushed update: by correlation id, else by the broker's order id."""
         orders = Order.objects.filter(account=self.account)
         if remote.correlation_id:
-            found = orders.filter(client_order_id=remote.correlation_id).first()
+            found = orders.filter(client_order_id=remote.correlation_id).values_list("pk", flat=True).first()
             if found is not None:
                 return found
         if remote.broker_order_id:
-            return orders.filter(broker_order_id=remote.broker_order_id).first()
+            return orders.filter(broker_order_id=remote.broker_order_id).values_list("pk", flat=True).first()
         return None

@@ -89,7 +89,8 @@ def settle(
     with transaction.atomic():
         events = record_trades(order_id, trades, account=account)
         checkpoint("oms.settle_between_fills_and_state")  # a crash here rolls both back
-        order = Order.objects.select_for_update(of=("self",)).get(pk=order_id)
+        # Only what the state change reads: a whole order row costs more to load than the rest of this.
+        order = Order.objects.select_for_update(of=("self",)).only(*_SETTLE_FIELDS).get(pk=order_id)
         target = FROM_BROKER[remote.status]
         if target in Order.TERMINAL_STATES and order.filled_quantity < remote.filled_quantity:
             target = S.PARTIAL  # the broker's trade book lags its order book: keep looking
@@ -133,17 +134,18 @@ def _transition_row(
         fields.setdefault(STAMP[new], now)
     updated = Order.objects.filter(pk=order.pk, state=order.state).update(state=new, **fields)
     if updated and new not in (S.SUBMITTING, S.OPEN, S.PARTIAL):
-        fresh = Order.objects.get(pk=order.pk)
+        # The row is locked (select_for_update) and read after its fills: it and the
+        # fields just written are what the database holds, without reading it again.
         audit_append(
             f"order.{new.lower()}",
             actor=actor or actors.component(),
-            subject=f"order:{fresh.client_order_id}",
+            subject=f"order:{order.client_order_id}",
             payload={
                 "state": new,
-                "filled": fresh.filled_quantity,
-                "reason": fresh.reason,
-                "code": fresh.reject_code,
-                "broker_order_id": fresh.broker_order_id,
+                "filled": order.filled_quantity,
+                "reason": fields.get("reason", order.reason),
+                "code": fields.get("reject_code", order.reject_code),
+                "broker_order_id": fields.get("broker_order_id", order.broker_order_id),
             },
             at=now,
         )
@@ -153,10 +155,25 @@ def _transition_row(
     return bool(updated)
 
 
+# The order fields settle and _transition_row read.
+_SETTLE_FIELDS = (
+    "id",
+    "state",
+    "filled_quantity",
+    "broker_order_id",
+    "acked_at",
+    "reason",
+    "reject_code",
+    "client_order_id",
+)
+
+
 def record_trades(order_id: int, trades, *, account: str) -> list[FillEvent]:
     """Store the broker trades of one order that are not stored yet (sync, atomic)."""
     from trading.orders.accounting import apply_fill
 
+    if not trades:
+        return []  # most updates carry none: no need to read the order's stored trade ids
     known = set(Fill.objects.filter(order_id=order_id).values_list("broker_trade_id", flat=True))
     events = []
     for trade in sorted(trades, key=lambda t: (t.traded_at, t.trade_id)):

@@ -313,9 +313,29 @@ async def test_the_pnl_exit_is_set_read_back_and_stopped(dhan, api):
     state = await dhan.set_pnl_exit(loss=Decimal("27000"))
     body = json.loads(api.calls[0].request.body)
     assert body["lossValue"] == 27000.0 and body["enableKillSwitch"] is True and body["productType"] == ["INTRADAY"]
+    # Read back in GET /pnlExit's documented names: profit, loss, segments, enable_kill_switch.
     assert state.active and state.loss == Decimal("27000.00") and state.kill_switch
+    assert state.profit == Decimal("1200000.00") and state.products == ("INTRADAY",)
     await dhan.stop_pnl_exit()
     assert api.calls[-1].request.method == "DELETE"
+
+
+def test_a_pnl_exit_read_in_the_request_names_or_with_a_signed_loss_means_the_same():
+    from trading.brokers.dhan import parse_pnl_exit
+
+    documented = parse_pnl_exit(fixture("pnl_exit.json"))
+    echoed = parse_pnl_exit(
+        {
+            "pnlExitStatus": "ACTIVE",
+            "profitValue": 1200000.0,
+            "lossValue": -27000.0,
+            "productType": ["INTRADAY"],
+            "enableKillSwitch": True,
+        }
+    )
+    assert documented == echoed
+    assert not parse_pnl_exit({**fixture("pnl_exit.json"), "enable_kill_switch": False}).kill_switch
+    assert not parse_pnl_exit(fixture("pnl_exit_stopped.json")).active
 
 
 async def test_the_kill_switch_status_is_read(dhan, api):

@@ -58,7 +58,7 @@ async def limits(cap="25000"):
 async def test_the_pnl_exit_is_the_loss_cap_plus_the_buffer_read_back_and_audited(dhan, api, settings, clock):
     settings.DHAN_PNL_EXIT_BUFFER = Decimal("2000")
     api.post(f"{API}/pnlExit", json=fixture("pnl_exit_set.json"))
-    api.get(f"{API}/pnlExit", json=fixture("pnl_exit.json"))  # lossValue 27000, kill switch on
+    api.get(f"{API}/pnlExit", json=fixture("pnl_exit.json"))  # loss 27000, kill switch on
     state = await apply_pnl_exit(dhan, await limits("25000"), account="default", at=clock.now())
     assert state["ok"] and state["wanted"] == "27000.00" and state["loss"] == "27000.00"
     assert json.loads(api.calls[0].request.body)["lossValue"] == 27000.0
@@ -70,7 +70,7 @@ async def test_the_pnl_exit_is_the_loss_cap_plus_the_buffer_read_back_and_audite
 async def test_a_read_back_that_differs_is_an_alert(dhan, api, settings, clock):
     settings.DHAN_PNL_EXIT_BUFFER = Decimal("2000")
     api.post(f"{API}/pnlExit", json=fixture("pnl_exit_set.json"))
-    api.get(f"{API}/pnlExit", json={**fixture("pnl_exit.json"), "lossValue": "50000.00"})
+    api.get(f"{API}/pnlExit", json={**fixture("pnl_exit.json"), "loss": "50000.00"})
     state = await apply_pnl_exit(dhan, await limits("30000"), account="default", at=clock.now())
     assert not state["ok"] and state["wanted"] == "32000.00" and state["loss"] == "50000.00"
     alert = await Alert.objects.aget(title="Broker P&L exit mismatch")

@@ -54,7 +54,7 @@ async def test_a_session_trades_through_the_streams_and_survives_a_drop_and_a_re
     try:
         await asyncio.wait_for(engine.started.wait(), 10)
         assert await until(lambda: broker.push_healthy and feed.market_feed.healthy)
-        assert local.pnl_exit and local.pnl_exit["enableKillSwitch"] is True  # the safety net, set at start
+        assert local.pnl_exit and local.pnl_exit["enable_kill_switch"] is True  # the safety net, set at start
 
         async def tick(price: float) -> None:
             await local.push_feed(packets.ticker("IDX_I", index_id, price, int(time.time())))
