@@ -647,16 +647,34 @@ def run_pool(run: BacktestRun, workers: int, on_progress: Callable[[dict], None]
     maybe_finish(run.pk)
 
 
-def run(run: BacktestRun, *, workers: int, on_progress: Callable[[dict], None] | None = None) -> str:
-    """Execute a run where this installation runs tasks; returns how ("celery", "pool", "inline")."""
+def run(run: BacktestRun, *, workers: int | None, on_progress: Callable[[dict], None] | None = None) -> str:
+    """Execute a run; returns how ("celery", "pool", "inline").
+
+    ``workers=0`` always runs the tasks here, one after another, Redis or not: it is the
+    caller asking for this process, and it needs no Celery worker to be listening (with
+    Redis, queued tasks would wait for a worker of this database, and a worker started for
+    another database would not find them). Otherwise the installation decides: Celery with
+    ``REDIS_URL``, else a local pool of ``workers`` processes (None: one after another here).
+    """
+    if workers == 0:
+        run_inline(run, on_progress)
+        return "inline"
     if settings.REDIS_URL:
         run_celery(run)
         return "celery"
-    if workers <= 0:
+    if not workers:
         run_inline(run, on_progress)
         return "inline"
     run_pool(run, workers, on_progress)
     return "pool"
+
+
+def celery_workers(timeout_s: float = 1.0) -> list[str]:
+    """The names of the Celery workers answering a ping now (empty: nobody would run the tasks)."""
+    from quanthub.celery import app
+
+    replies = app.control.ping(timeout=timeout_s) or []
+    return sorted(name for reply in replies for name in reply)
 
 
 def wait(run_id: int, *, on_progress: Callable[[dict], None] | None = None, poll_s: float = 0.5) -> BacktestRun:
