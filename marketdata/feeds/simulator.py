@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import functools
 import math
 import time
 from collections.abc import AsyncIterator
@@ -55,6 +56,14 @@ def _intraday_shape(minutes_from_open: float) -> float:
     """Volatility and volume are high at the open, low at midday, up into the close."""
     x = minutes_from_open / 375.0
     return 0.75 + 0.9 * math.exp(-x / 0.06) + 0.45 * x**4
+
+
+@functools.lru_cache(maxsize=16)
+def _previous_session_vix(seed: int, trading_day: dt.date, underlyings: tuple[str, ...]) -> tuple:
+    day = trading_day - dt.timedelta(days=1)
+    while day.weekday() >= 5:
+        day -= dt.timedelta(days=1)
+    return tuple(SimulatorFeed(seed=seed + 1_000_003, trading_day=day, underlyings=underlyings).vix_path())
 
 
 def _mean_of(n: int):
@@ -372,12 +381,9 @@ class SimulatorFeed(Feed):
         """The calm session before this one (its own seed), India VIX once a second.
 
         Only what VIX needs is stepped (the indices, for realised volatility), so
-        this costs a fraction of a second."""
-        day = self.trading_day - dt.timedelta(days=1)
-        while day.weekday() >= 5:
-            day -= dt.timedelta(days=1)
-        before = SimulatorFeed(seed=self.seed + 1_000_003, trading_day=day, underlyings=tuple(self.markets))
-        return before.vix_path()
+        this costs a fraction of a second, once per process for a (seed, day): the
+        tasks of a parameter grid share their day's."""
+        return list(_previous_session_vix(self.seed, self.trading_day, tuple(self.markets)))
 
     def vix_path(self) -> list[tuple[dt.datetime, float]]:
         """India VIX once a second over the session, stepping only what VIX needs (the

@@ -240,3 +240,12 @@ def test_the_vix_path_is_the_second_by_second_step_exactly(underlyings):
             b.last_return,
             b.rng.random(),
         )
+
+
+def test_the_previous_session_is_the_calm_day_before_on_its_own_seed_and_each_caller_gets_its_own_copy():
+    feed = _feed(seed=12)  # Monday 23 November: the session before is Friday's
+    friday = SimulatorFeed(seed=12 + 1_000_003, trading_day=dt.date(2026, 11, 20)).vix_path()
+    first = feed.previous_session_vix()
+    assert first == friday and first[0][0] == dt.datetime(2026, 11, 20, 9, 15, tzinfo=IST)
+    first.clear()
+    assert _feed(seed=12).previous_session_vix() == friday  # a grid's next task of the day: the same path
