@@ -17,6 +17,25 @@ Metrics: ``days_10_workers_1_s``, ``days_10_workers_2_s``,
 (the same tasks one after another in this process) and
 ``hashes_match_sequential`` (1 when every (day, parameter set) decision hash of
 both Celery runs equals the sequential run's).
+
+On a shared machine the ratio says more about the neighbours than about the
+code, so the time spent outside the simulation is measured directly, from each
+task's ``timings`` (``trading.backtest.fanout.execute``) and the tasks' start
+and finish times:
+
+* ``task_fixed_s_mean`` / ``task_session_s_mean``: a task's fixed cost (loading
+  it and its day's instruments, the engine's start-up and wind-down, its report,
+  claiming and recording it) and its engine session, averaged over the tasks of
+  both Celery runs; ``task_fixed_fraction``: fixed over fixed + session;
+* ``workers_N_dispatch_s``: queueing the run until the first task starts
+  (nothing runs meanwhile); ``workers_N_aggregate_s``: the last task recorded
+  until the run's report is seen; ``workers_N_serial_fraction``: both over the
+  run's time;
+* ``workers_N_outside_session_fraction``: 1 − (the tasks' session time) / (N ×
+  the run's time): every worker-second not spent simulating (fixed costs, the
+  serial part, and a worker idle at the end while the other finishes).
+
+``load_average_1m`` is the machine's load when the benchmark ends.
 """
 
 from __future__ import annotations
@@ -115,6 +134,28 @@ def _hashes(run) -> dict[str, str]:
     return {f"{t.param_index}:{t.day}": t.decision_hash for t in run.tasks.all()}
 
 
+def _outside(run, workers: int, queued_at, seen_at, wall_s: float) -> tuple[dict[str, float], list[dict]]:
+    """The run's serial part and its tasks' time outside the simulation (see the docstring)."""
+    tasks = list(run.tasks.all())
+    timings = [
+        dict((t.result or {}).get("timings") or {}, recorded_s=_seconds(t.started_at, t.finished_at)) for t in tasks
+    ]
+    dispatch = _seconds(queued_at, min(t.started_at for t in tasks))
+    aggregate = _seconds(max(t.finished_at for t in tasks), seen_at)
+    session = sum(t.get("session_s", 0.0) for t in timings)
+    prefix = f"workers_{workers}"
+    return {
+        f"{prefix}_dispatch_s": round(dispatch, 3),
+        f"{prefix}_aggregate_s": round(aggregate, 3),
+        f"{prefix}_serial_fraction": round((dispatch + aggregate) / wall_s, 4),
+        f"{prefix}_outside_session_fraction": round(1 - session / (workers * wall_s), 4),
+    }, timings
+
+
+def _seconds(start, end) -> float:
+    return max((end - start).total_seconds(), 0.0)
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--minutes", type=int, default=10, help="Minutes of each simulated session (default 10).")
@@ -162,12 +203,15 @@ def main() -> None:
     sequential_s = time.perf_counter() - t0
     reference = _hashes(sequential)
 
+    from django.utils import timezone
+
     logs = Path(var_dir)
-    timings, matches = {}, []
+    timings, matches, outside, per_task = {}, [], {}, []
     for workers in (1, 2):
         procs = _start_workers(workers, env, logs)
         try:
             run = new_run(f"{workers} worker(s)")
+            queued_at = timezone.now()
             t0 = time.perf_counter()
             fanout.run_celery(run)
             deadline = time.monotonic() + WAIT_LIMIT_S
@@ -176,8 +220,12 @@ def main() -> None:
                     raise SystemExit(f"run {run.pk} did not finish; worker logs in {logs}")
                 time.sleep(0.2)
             timings[workers] = time.perf_counter() - t0
+            seen_at = timezone.now()
             run.refresh_from_db()
             matches.append(_hashes(run) == reference and run.status == "DONE")
+            figures, tasks = _outside(run, workers, queued_at, seen_at, timings[workers])
+            outside.update(figures)
+            per_task += tasks
         finally:
             _stop_workers(procs)
 
@@ -189,6 +237,17 @@ def main() -> None:
         "hashes_match_sequential": int(all(matches)),
         "minutes_per_day": args.minutes,
     }
+    fixed = sum(t.get("fixed_s", 0.0) + t["recorded_s"] - t.get("total_s", 0.0) for t in per_task)
+    session = sum(t.get("session_s", 0.0) for t in per_task)
+    metrics.update(
+        {
+            "task_fixed_s_mean": round(fixed / len(per_task), 3),
+            "task_session_s_mean": round(session / len(per_task), 3),
+            "task_fixed_fraction": round(fixed / (fixed + session), 4),
+            **outside,
+            "load_average_1m": round(os.getloadavg()[0], 2),
+        }
+    )
     report("backtest_scale", metrics, args.json)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import functools
 import math
 import time
 from collections.abc import AsyncIterator
@@ -55,6 +56,23 @@ def _intraday_shape(minutes_from_open: float) -> float:
     """Volatility and volume are high at the open, low at midday, up into the close."""
     x = minutes_from_open / 375.0
     return 0.75 + 0.9 * math.exp(-x / 0.06) + 0.45 * x**4
+
+
+@functools.lru_cache(maxsize=16)
+def _previous_session_vix(seed: int, trading_day: dt.date, underlyings: tuple[str, ...]) -> tuple:
+    day = trading_day - dt.timedelta(days=1)
+    while day.weekday() >= 5:
+        day -= dt.timedelta(days=1)
+    return tuple(SimulatorFeed(seed=seed + 1_000_003, trading_day=day, underlyings=underlyings).vix_path())
+
+
+def _mean_of(n: int):
+    """``np.mean`` of n floats, bit for bit (numpy adds a0 + (a1 + a2 + …) for short rows)."""
+    if n == 1:
+        return lambda values: values[0]
+    if n == 2:
+        return lambda values: (values[0] + values[1]) / 2
+    return lambda values: float(np.mean(values))
 
 
 @dataclass(slots=True)
@@ -363,26 +381,61 @@ class SimulatorFeed(Feed):
         """The calm session before this one (its own seed), India VIX once a second.
 
         Only what VIX needs is stepped (the indices, for realised volatility), so
-        this costs a fraction of a second."""
-        day = self.trading_day - dt.timedelta(days=1)
-        while day.weekday() >= 5:
-            day -= dt.timedelta(days=1)
-        before = SimulatorFeed(seed=self.seed + 1_000_003, trading_day=day, underlyings=tuple(self.markets))
-        return before.vix_path()
+        this costs a fraction of a second, once per process for a (seed, day): the
+        tasks of a parameter grid share their day's."""
+        return list(_previous_session_vix(self.seed, self.trading_day, tuple(self.markets)))
 
     def vix_path(self) -> list[tuple[dt.datetime, float]]:
         """India VIX once a second over the session, stepping only what VIX needs (the
         scenario's VIX spikes included). Consumes the feed: use a fresh one."""
         events = [e for e in self.scenario.events if e.type == "vix_spike"]
-        out = []
+        seconds, values = [], []
         second = self.start
+        # ``_step`` for every second, unrolled with local state: the same operations in the
+        # same order on the same random streams, so the same values, at a fraction of the
+        # cost (every backtest day steps a whole previous session to seed its VIX breaker).
+        markets = list(self.markets.values())
+        rngs = [m.rng for m in markets]
+        multipliers = [IV_MULTIPLIER[m.symbol] for m in markets]
+        spots = [m.spot for m in markets]
+        variances = [m.realised_var for m in markets]
+        returns = [m.last_return for m in markets]
+        mean = _mean_of(len(markets))
+        dt_years = 1.0 / TRADING_SECONDS_PER_YEAR
+        root_dt = math.sqrt(dt_years)
+        jump_p = JUMPS_PER_DAY / 22500.0
+        vix, normal, exp, sqrt = self.vix, self._rng.normal, math.exp, math.sqrt
+        opened = self.session_open
+        one = dt.timedelta(seconds=1)
+        decay = exp(-1.0 / self._vix_decay_s)
         while second <= self.end:
             while events and dt.datetime.combine(self.trading_day, events[0].at, tzinfo=IST) <= second:
                 self._apply(events.pop(0), second)
-            self._step(second)
-            out.append((second, round(self.vix + self._vix_extra, 2)))
-            second += dt.timedelta(seconds=1)
-        return out
+                decay = exp(-1.0 / self._vix_decay_s)
+            shape = _intraday_shape(max((second - opened).total_seconds() / 60.0, 0.0))
+            vols = []
+            for i, rng in enumerate(rngs):
+                sigma = (vix / 100.0) * multipliers[i] * shape * 0.8
+                ret = sigma * root_dt * rng.standard_normal() - 0.5 * sigma * sigma * dt_years
+                if rng.random() < jump_p:
+                    ret += rng.normal(0.0, 0.0025)
+                spots[i] *= exp(ret)
+                returns[i] = ret
+                cap = 16.0 * sigma * sigma * dt_years
+                variances[i] = 0.995 * variances[i] + 0.005 * min(ret * ret, cap) / (shape * shape)
+                vols.append(sqrt(variances[i] * TRADING_SECONDS_PER_YEAR) / (multipliers[i] * 0.8))
+            target = min(max(100 * mean(vols), 9.0), 60.0)
+            self._vix_extra *= decay
+            vix += (target - vix) / 900.0 + float(normal(0, 0.004))
+            vix = max(vix, 8.0)
+            seconds.append(second)
+            values.append(vix + self._vix_extra)
+            second += one
+        for i, m in enumerate(markets):
+            m.spot, m.realised_var, m.last_return = spots[i], variances[i], returns[i]
+        self.vix = vix
+        # np.round, as ``round`` of the numpy float that ``_step`` leaves VIX as.
+        return list(zip(seconds, np.round(np.array(values), 2).tolist(), strict=True))
 
     # --- market dynamics --------------------------------------------------------
 

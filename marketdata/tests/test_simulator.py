@@ -213,3 +213,39 @@ def test_a_restart_resumes_the_market_where_it_stood_and_replays_no_earlier_even
     older = SimulatorFeed(seed=3, trading_day=day, scenario=scenario, end_time=_dt.time(9, 20))
     older.resume(cut + _dt.timedelta(seconds=61), state)
     assert next(iter(older.run_sync())).received_at == cut + _dt.timedelta(seconds=61)
+
+
+@pytest.mark.parametrize("underlyings", [("NIFTY", "BANKNIFTY"), ("BANKNIFTY",)])
+def test_the_vix_path_is_the_second_by_second_step_exactly(underlyings):
+    """The fast VIX path (what seeds every backtest day's VIX breaker) gives the values,
+    and leaves the market, exactly as stepping the simulator one second at a time."""
+    scenario = {"events": [{"time": "09:20", "type": "vix_spike", "points": 4, "decay_minutes": 3}]}
+    fast, slow = (_feed(seed=11, minutes=12, scenario=scenario, underlyings=underlyings) for _ in range(2))
+    events = [e for e in slow.scenario.events if e.type == "vix_spike"]
+    expected, second = [], slow.start
+    while second <= slow.end:
+        while events and dt.datetime.combine(DAY, events[0].at, tzinfo=IST) <= second:
+            slow._apply(events.pop(0), second)
+        slow._step(second)
+        expected.append((second, round(slow.vix + slow._vix_extra, 2)))
+        second += dt.timedelta(seconds=1)
+    path = fast.vix_path()
+    assert path == expected and len(path) == 12 * 60 + 1
+    assert max(v for _, v in path) - path[0][1] > 3  # the spike is in it
+    assert (fast.vix, fast._vix_extra) == (slow.vix, slow._vix_extra)
+    for a, b in zip(fast.markets.values(), slow.markets.values(), strict=True):
+        assert (a.spot, a.realised_var, a.last_return, a.rng.random()) == (
+            b.spot,
+            b.realised_var,
+            b.last_return,
+            b.rng.random(),
+        )
+
+
+def test_the_previous_session_is_the_calm_day_before_on_its_own_seed_and_each_caller_gets_its_own_copy():
+    feed = _feed(seed=12)  # Monday 23 November: the session before is Friday's
+    friday = SimulatorFeed(seed=12 + 1_000_003, trading_day=dt.date(2026, 11, 20)).vix_path()
+    first = feed.previous_session_vix()
+    assert first == friday and first[0][0] == dt.datetime(2026, 11, 20, 9, 15, tzinfo=IST)
+    first.clear()
+    assert _feed(seed=12).previous_session_vix() == friday  # a grid's next task of the day: the same path

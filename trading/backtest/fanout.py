@@ -133,11 +133,20 @@ def namespace(run_id: int, task_id: int, attempt: int) -> str:
 class TaskEngine(runner.BacktestEngine):
     """The backtest engine with a task's parameters, its day's instruments and a cancel check."""
 
-    def __init__(self, *, params: dict, instrument_ids: list[str] | None, cancelled: Callable[[], bool], **kwargs):
+    def __init__(
+        self,
+        *,
+        params: dict,
+        instrument_ids: list[str] | None,
+        cancelled: Callable[[], bool],
+        timings: dict[str, float] | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.params = params
         self.instrument_ids = instrument_ids
         self.cancelled = cancelled
+        self.timings = timings if timings is not None else {}
 
     def _load_instruments(self) -> None:
         if self.instrument_ids is None:
@@ -166,6 +175,16 @@ class TaskEngine(runner.BacktestEngine):
             return await super().run()
         finally:
             watcher.cancel()
+
+    # When the session's first item can be taken and when its last was done: what lies
+    # outside is the task's fixed cost (``timings`` in its report).
+    async def start(self) -> None:
+        await super().start()
+        self.timings["session_start"] = time.perf_counter()
+
+    async def shutdown(self) -> None:
+        self.timings.setdefault("session_end", time.perf_counter())
+        await super().shutdown()
 
     async def _watch(self) -> None:
         while True:
@@ -235,7 +254,14 @@ def _compact(report: dict) -> dict:
 
 
 def execute(task_id: int, *, attempt: int, cancelled: Callable[[], bool] | None = None) -> dict:
-    """Run one task in this process's database and return its compact report."""
+    """Run one task in this process's database and return its compact report.
+
+    Its ``timings``: ``session_s``, the engine's session from its first feed item to its
+    last, and ``fixed_s``, everything else the task spent (loading the task and its day's
+    instruments, the engine's start-up and wind-down, the report).
+    """
+    began = time.perf_counter()
+    timings: dict[str, float] = {}
     task = BacktestTask.objects.select_related("run").get(pk=task_id)
     run = task.run
     options = run.options
@@ -247,6 +273,7 @@ def execute(task_id: int, *, attempt: int, cancelled: Callable[[], bool] | None 
         params=strategy_params(task.params, source),
         instrument_ids=instrument_ids(source, task.day),
         cancelled=check,
+        timings=timings,
     )
     scenario = _scenario(options)
     plan = runner.Plan(
@@ -265,6 +292,9 @@ def execute(task_id: int, *, attempt: int, cancelled: Callable[[], bool] | None 
     report = build_report(stub, result, scenario_name=scenario.name, strategies=list(plan.strategies))
     out = _compact(report)
     out["cancelled"] = check()
+    total = time.perf_counter() - began
+    session = timings.get("session_end", began) - timings.get("session_start", began)
+    out["timings"] = {"total_s": round(total, 4), "session_s": round(session, 4), "fixed_s": round(total - session, 4)}
     return out
 
 
@@ -647,16 +677,34 @@ def run_pool(run: BacktestRun, workers: int, on_progress: Callable[[dict], None]
     maybe_finish(run.pk)
 
 
-def run(run: BacktestRun, *, workers: int, on_progress: Callable[[dict], None] | None = None) -> str:
-    """Execute a run where this installation runs tasks; returns how ("celery", "pool", "inline")."""
+def run(run: BacktestRun, *, workers: int | None, on_progress: Callable[[dict], None] | None = None) -> str:
+    """Execute a run; returns how ("celery", "pool", "inline").
+
+    ``workers=0`` always runs the tasks here, one after another, Redis or not: it is the
+    caller asking for this process, and it needs no Celery worker to be listening (with
+    Redis, queued tasks would wait for a worker of this database, and a worker started for
+    another database would not find them). Otherwise the installation decides: Celery with
+    ``REDIS_URL``, else a local pool of ``workers`` processes (None: one after another here).
+    """
+    if workers == 0:
+        run_inline(run, on_progress)
+        return "inline"
     if settings.REDIS_URL:
         run_celery(run)
         return "celery"
-    if workers <= 0:
+    if not workers:
         run_inline(run, on_progress)
         return "inline"
     run_pool(run, workers, on_progress)
     return "pool"
+
+
+def celery_workers(timeout_s: float = 1.0) -> list[str]:
+    """The names of the Celery workers answering a ping now (empty: nobody would run the tasks)."""
+    from quanthub.celery import app
+
+    replies = app.control.ping(timeout=timeout_s) or []
+    return sorted(name for reply in replies for name in reply)
 
 
 def wait(run_id: int, *, on_progress: Callable[[dict], None] | None = None, poll_s: float = 0.5) -> BacktestRun:

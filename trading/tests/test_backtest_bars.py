@@ -9,7 +9,6 @@ from decimal import Decimal
 
 import pytest
 import responses
-from django.conf import settings
 from django.core.management import call_command
 from django.test import override_settings
 from django.urls import reverse
@@ -96,10 +95,6 @@ def test_each_bar_reaches_the_strategy_at_its_close_with_minute_deltas(demo_mark
     assert 0 < first.delta[0] < 1 and first.iv[0] == 13.4
 
 
-@pytest.mark.skipif(
-    settings.DATABASES["default"]["ENGINE"].endswith("postgresql"),
-    reason="known defect: on PostgreSQL the fanned-out run does not finish within the test's wait (open)",
-)
 @pytest.mark.django_db(transaction=True)
 def test_a_month_of_imported_history_backtests_from_the_page_with_progress_and_a_comparison(
     demo_market, client, make_user, var_dir, settings, monkeypatch

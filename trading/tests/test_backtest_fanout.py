@@ -6,7 +6,6 @@ import datetime as dt
 import io
 
 import pytest
-from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
@@ -175,10 +174,6 @@ def test_a_running_task_stops_when_its_run_is_cancelled(vol_oi, var_dir, monkeyp
     assert outcome["day"]["snapshots"] < 60 * 20  # stopped long before an hour of 3-second chains
 
 
-@pytest.mark.skipif(
-    settings.DATABASES["default"]["ENGINE"].endswith("postgresql"),
-    reason="known defect: on PostgreSQL the fanned-out run does not finish within the test's wait (open)",
-)
 @pytest.mark.django_db(transaction=True)
 def test_the_command_fans_out_a_grid_with_a_progress_bar(vol_oi, var_dir, tmp_path):
     out = io.StringIO()
@@ -209,6 +204,24 @@ def test_the_command_fans_out_a_grid_with_a_progress_bar(vol_oi, var_dir, tmp_pa
         call_command(
             "backtest", "--from", "2026-11-23", "--to", "2026-11-23", "--strategy", "vol_oi", "--grid", "nope=1"
         )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_workers_0_runs_here_even_with_redis_and_no_listening_worker_is_a_clear_error(vol_oi, var_dir, monkeypatch):
+    """With Redis, ``--workers 0`` still runs the tasks in this process: queued on Celery they
+    would wait for a worker of this database. Without it, the command asks Celery first and
+    says so when no worker would run the tasks, instead of waiting for ever."""
+    monkeypatch.setattr(fanout, "run_celery", lambda run: pytest.fail("--workers 0 queued on Celery"))
+    monkeypatch.setattr(fanout, "celery_workers", lambda: [])
+    args = ["backtest", "--from", "2026-11-23", "--to", "2026-11-23", "--minutes", "1", "--strategy", "vol_oi"]
+    out = io.StringIO()
+    with override_settings(REDIS_URL="redis://127.0.0.1:6379/15"):
+        call_command(*args, "--workers", "0", stdout=out)
+        assert "1 task(s) on this process" in out.getvalue() and "1/1 100.0%" in out.getvalue()
+        assert BacktestRun.objects.get().status == BacktestRun.Status.DONE
+        with pytest.raises(CommandError, match="No Celery worker answers on REDIS_URL"):
+            call_command(*args, "--grid", "probe_lots=1,2", stdout=io.StringIO())
+    assert BacktestRun.objects.count() == 1  # nothing was queued for nobody
 
 
 @pytest.mark.django_db(transaction=True)

@@ -79,8 +79,8 @@ class Command(BaseCommand):
             "--workers",
             type=int,
             default=None,
-            help="Fan out over N local processes (embedded default; 0 = one after another here). "
-            "With REDIS_URL the Celery workers run the tasks.",
+            help="Fan out over N local processes (embedded default). With REDIS_URL the Celery workers "
+            "run the tasks. 0 = one after another in this process, with or without Redis.",
         )
 
     def handle(self, *args, **options):
@@ -125,7 +125,7 @@ class Command(BaseCommand):
                 fanout.check_params(param_sets, strategies, options["source"])
             except fanout.GridError as exc:
                 raise CommandError(str(exc)) from None
-            return self._fan_out(days, seed, strategies, options, param_sets, workers or 0, scenario_source, json_path)
+            return self._fan_out(days, seed, strategies, options, param_sets, workers, scenario_source, json_path)
 
         run = BacktestRun.objects.create(
             date_from=date_from,
@@ -173,6 +173,12 @@ class Command(BaseCommand):
         )
 
     def _fan_out(self, days, seed, strategies, options, param_sets, workers, scenario_source, json_path):
+        on_celery = bool(settings.REDIS_URL) and workers != 0
+        if on_celery and not fanout.celery_workers():
+            raise CommandError(
+                "No Celery worker answers on REDIS_URL, so nobody would run the tasks: start one "
+                "(celery -A quanthub worker) or pass --workers 0 to run them here, one after another"
+            )
         run = fanout.create_run(
             date_from=days[0],
             date_to=days[-1],
@@ -183,11 +189,9 @@ class Command(BaseCommand):
             scenario=scenario_source,
             minutes=options["minutes"],
             param_sets=param_sets,
-            workers=workers,
+            workers=workers or 0,
         )
-        where = (
-            "Celery workers" if settings.REDIS_URL else (f"{workers} local process(es)" if workers else "this process")
-        )
+        where = "Celery workers" if on_celery else (f"{workers} local process(es)" if workers else "this process")
         self.stdout.write(
             f"Backtest {run.pk}: {len(days)} day(s) × {len(param_sets)} parameter set(s) = {run.tasks_total} task(s) "
             f"on {where}, source {options['source']}, seed {seed}, strategies {', '.join(strategies)}."
