@@ -142,6 +142,8 @@ class NamespacedStrategy:
 class BacktestEngine(Engine):
     """The engine with the isolation described in the module docstring."""
 
+    flatten_beside_the_loop = False  # the daily-loss flatten in place: the same prices on every run
+
     def __init__(
         self,
         *,

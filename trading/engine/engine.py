@@ -149,7 +149,7 @@ class Engine:
         self.engine_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.reconcile_every_s = reconcile_every_s
         self._stopping = False
-        self.loss_guard = DailyLossGuard(self.orders, self._spawn)  # the daily-loss breaker, with broker truth
+        self.loss_guard = DailyLossGuard(self.orders, self._start_flatten)  # the daily-loss breaker, with broker truth
         self._last_second: dt.datetime | None = None
         self._last_reconcile: dt.datetime | None = None
         self._pushed: dict[str, float] = {}
@@ -750,6 +750,18 @@ class Engine:
         task = asyncio.get_running_loop().create_task(coro)
         self._flattens.add(task)
         task.add_done_callback(self._flattens.discard)
+
+    # Live and in the demo a flatten works beside the loop, so the feed keeps the book live
+    # while it does. A backtest at full speed awaits it in place instead: otherwise how far
+    # the replayed market ran on while the flatten waited for the database would set its
+    # prices, and a day's decisions would differ from run to run.
+    flatten_beside_the_loop = True
+
+    async def _start_flatten(self, coro) -> None:
+        if self.flatten_beside_the_loop:
+            self._spawn(coro)
+        else:
+            await coro
 
     def _mark_positions(self) -> None:
         """Open positions at the mid of the live book, with Greeks from the latest

@@ -40,9 +40,11 @@ ACTOR = "breaker:daily_loss"
 
 
 class DailyLossGuard:
-    def __init__(self, path, spawn):
+    def __init__(self, path, start):
         self.path = path
-        self._spawn = spawn  # runs the flatten beside the engine loop, as a Kill All does
+        # Starts the flatten (a coroutine): beside the engine loop live, as a Kill All is;
+        # awaited in place in a backtest, so the replayed market does not move under it.
+        self._start = start
         self.handled = False  # tripped this session
         self.disputed: LossVerdict | None = None
         self._recheck_at = 0.0
@@ -66,7 +68,7 @@ class DailyLossGuard:
         if verdict.trip:
             self.handled, self.disputed = True, None
             log.warning("daily loss cap reached", extra={"ours": str(pnl), "broker": str(verdict.broker)})
-            self._spawn(flatten.daily_loss_flatten(self.path, net_pnl=pnl, cap=cap, verdict=verdict.why))
+            await self._start(flatten.daily_loss_flatten(self.path, net_pnl=pnl, cap=cap, verdict=verdict.why))
             return
         self._recheck_at = time.monotonic() + RECHECK_S
         if self.disputed is None:

@@ -110,6 +110,34 @@ def test_the_same_data_and_seed_give_the_same_decision_hash(vol_oi, var_dir):
     assert other.decision_hash != first.decision_hash
 
 
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_day_the_daily_loss_breaker_flattens_gives_the_same_decisions_on_every_run(vol_oi, var_dir):
+    """The flatten is awaited in place in a backtest: the replayed market does not run on
+    under it, so its exit prices, and the day's hash, are the same on every run."""
+    from risk.models import BreakerTrip, RiskLimits
+    from trading.backtest.runner import account_for
+
+    limits = RiskLimits.active()
+    limits.daily_loss_cap = Decimal("1.00")  # the first losing mark trips it
+    limits.is_active = True
+    limits.save()
+    runs = [backtest("--minutes", "4", "--strategy", "vol_oi", "--seed", "7") for _ in range(2)]
+    for run in runs:
+        trip = BreakerTrip.objects.get(account=account_for(run.pk), breaker="daily_loss")
+        assert "confirms" in trip.details["verdict"]
+    kills = [
+        list(
+            Order.objects.filter(account=account_for(run.pk), purpose=Order.Purpose.KILL)
+            .order_by("pk")
+            .values_list("instrument__security_id", "side", "quantity", "limit_price", "created_at")
+        )
+        for run in runs
+    ]
+    assert kills[0] and kills[0] == kills[1]
+    assert runs[0].decision_hash == runs[1].decision_hash
+
+
 @pytest.mark.django_db(transaction=True)
 def test_it_replays_a_recorded_day_when_there_is_one(vol_oi, var_dir):
     feed = SimulatorFeed(seed=3, scenario=None, trading_day=DAY, end_time=dt.time(9, 17))

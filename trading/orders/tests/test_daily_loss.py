@@ -45,7 +45,7 @@ def test_the_rule_trips_only_on_a_loss_the_broker_confirms_or_cannot_deny(ours, 
 
 
 class Spawned(list):
-    def __call__(self, coro):
+    async def __call__(self, coro):
         self.append(coro)
 
 
