@@ -202,6 +202,7 @@ class CompiledForest:
         np.copyto(exponent.view(np.float64), work, casting="unsafe")
         np.right_shift(exponent, 52, out=exponent)
         np.add(exponent, leaf_base, out=exponent)
+        # Not ``@ ones``: a product this size wakes OpenBLAS's threads, which then spin on the other core.
         return self.leaf_values.take(exponent).sum(axis=1)
 
     def path_lengths(self, X: np.ndarray) -> np.ndarray:
