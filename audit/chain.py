@@ -13,12 +13,13 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import weakref
 from decimal import Decimal
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
 from audit import checkpoints
@@ -37,8 +38,12 @@ def _default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+# One encoder, built once: ``json.dumps`` with options builds a new one per call.
+_canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_default).encode
+
+
 def canonical_json(data: Any) -> str:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_default)
+    return _canonical(data)
 
 
 def normalise_payload(payload: dict[str, Any]) -> dict[str, Any]:
@@ -75,16 +80,37 @@ def compute_hash(prev_hash: str, body: str) -> str:
     return hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
 
 
+@lru_cache(maxsize=4)
+def mac_template(key: str) -> hmac.HMAC:
+    """An HMAC-SHA256 keyed once: each MAC is a copy of it fed one message,
+    half the cost of keying afresh (``hmac.digest``) every time."""
+    return hmac.new(key.encode("utf-8"), digestmod=hashlib.sha256)
+
+
+def keyed_mac(template: hmac.HMAC, message: bytes) -> str:
+    mac = template.copy()
+    mac.update(message)
+    return mac.hexdigest()
+
+
 def compute_mac(record_hash: str, key: str | None = None) -> str:
     key = settings.AUDIT_HMAC_KEY if key is None else key
-    return hmac.digest(key.encode("utf-8"), record_hash.encode("ascii"), "sha256").hex()
+    return keyed_mac(mac_template(key), record_hash.encode("ascii"))
 
 
 def compute_head_mac(seq: int, record_hash: str, key: str | None = None) -> str:
     """The chain head's MAC binds the position to the hash. A record's own MAC
     covers its hash alone, so it cannot be copied onto a head moved back to it."""
     key = settings.AUDIT_HMAC_KEY if key is None else key
-    return hmac.digest(key.encode("utf-8"), f"head|{int(seq)}|{record_hash}".encode("ascii"), "sha256").hex()
+    return keyed_mac(mac_template(key), f"head|{int(seq)}|{record_hash}".encode("ascii"))
+
+
+# The chain head each database connection last wrote: a guess that saves reading
+# the head on every append. It is never trusted: the append moves the head with
+# an UPDATE conditional on exactly this seq and hash, and reads the head only
+# when that matches no row (another process appended, or the transaction that
+# wrote the guess rolled back).
+_last_head: weakref.WeakKeyDictionary[Any, tuple[int, str]] = weakref.WeakKeyDictionary()
 
 
 def append(
@@ -98,37 +124,48 @@ def append(
     """Append one record. Call it inside the transaction of what it records,
     so the decision and its audit record commit together or not at all.
 
-    Three plain statements (lock the chain head, insert, move the head and its
-    MAC) on the driver's own cursor: this runs inside every decision's
-    transaction, so it stays off the ORM's per-object machinery and Django's
-    cursor wrappers (query logging under DEBUG alone cost more than the rest).
-    Database errors still surface as Django's. Without an enclosing
-    transaction it opens its own. Every ``AUDIT_CHECKPOINT_EVERY`` records a
-    signed checkpoint is written outside the database once this commits.
+    Two plain statements (move the chain head and its MAC, insert the record)
+    on the driver's own cursor: this runs inside every decision's transaction,
+    so it stays off the ORM's per-object machinery and Django's cursor wrappers
+    (query logging under DEBUG alone cost more than the rest). Moving the head
+    first takes the lock that serialises appenders (the row lock on PostgreSQL,
+    the write lock on SQLite) before the record is built on it; the head is
+    read only when this connection's last head is not the database's (see
+    ``_last_head``). Database errors still surface as Django's. Without an
+    enclosing transaction it opens its own. Every ``AUDIT_CHECKPOINT_EVERY``
+    records a signed checkpoint is written outside the database once this
+    commits.
     """
-    if not connection.in_atomic_block:
-        with transaction.atomic():
+    conn = connections[DEFAULT_DB_ALIAS]
+    if not conn.in_atomic_block:
+        with transaction.atomic(using=conn.alias):
             return append(action, actor=actor, subject=subject, payload=payload, at=at)
-    payload_json = canonical_json(payload or {})
+    payload_json = _canonical(payload or {})
     created_at = (at or timezone.now()).astimezone(dt.UTC)
     stamp = created_at.isoformat(timespec="microseconds")
     actor, action, subject = actor[:150], action[:60], subject[:200]
-    key = settings.AUDIT_HMAC_KEY.encode("utf-8")
-    postgres = connection.vendor == "postgresql"
-    with connection.wrap_database_errors:
-        cursor = connection.connection.cursor()
+    template = mac_template(settings.AUDIT_HMAC_KEY)
+    postgres = conn.vendor == "postgresql"
+    with conn.wrap_database_errors:
+        cursor = conn.connection.cursor()
         try:
-            cursor.execute(_SELECT_HEAD_PG if postgres else _SELECT_HEAD)
-            row = cursor.fetchone()
-            if row is None:
-                cursor.execute(_CREATE_HEAD_PG if postgres else _CREATE_HEAD, [GENESIS])
-                row = (0, GENESIS)
-            seq, prev_hash = row[0] + 1, row[1]
-            record_hash = hashlib.sha256(
-                (prev_hash + record_body_text(seq, stamp, actor, action, subject, payload_json)).encode("utf-8")
-            ).hexdigest()
-            mac = hmac.digest(key, record_hash.encode("ascii"), "sha256").hex()
-            head_mac = hmac.digest(key, f"head|{seq}|{record_hash}".encode("ascii"), "sha256").hex()
+            guess = _last_head.get(conn)
+            moved = False
+            if guess is not None:
+                seq, prev_hash = guess[0] + 1, guess[1]
+                record_hash, head_mac = _link(seq, prev_hash, stamp, actor, action, subject, payload_json, template)
+                cursor.execute(_ADVANCE_HEAD_PG if postgres else _ADVANCE_HEAD, [seq, record_hash, head_mac, *guess])
+                moved = cursor.rowcount == 1
+            if not moved:
+                cursor.execute(_SELECT_HEAD_PG if postgres else _SELECT_HEAD)
+                row = cursor.fetchone()
+                if row is None:
+                    cursor.execute(_CREATE_HEAD_PG if postgres else _CREATE_HEAD, [GENESIS])
+                    row = (0, GENESIS)
+                seq, prev_hash = row[0] + 1, row[1]
+                record_hash, head_mac = _link(seq, prev_hash, stamp, actor, action, subject, payload_json, template)
+                cursor.execute(_MOVE_HEAD_PG if postgres else _MOVE_HEAD, [seq, record_hash, head_mac])
+            mac = keyed_mac(template, record_hash.encode("ascii"))
             if postgres:
                 cursor.execute(
                     _INSERT_PG,
@@ -141,17 +178,31 @@ def append(
                 naive = f"{stamp[:10]} {stamp[11:26] if created_at.microsecond else stamp[11:19]}"
                 cursor.execute(_INSERT, [seq, naive, actor, action, subject, payload_json, prev_hash, record_hash, mac])
                 record_id = cursor.lastrowid
-            cursor.execute(_MOVE_HEAD_PG if postgres else _MOVE_HEAD, [seq, record_hash, head_mac])
+        except BaseException:
+            _last_head.pop(conn, None)
+            raise
         finally:
             cursor.close()
+    _last_head[conn] = (seq, record_hash)
     if seq % settings.AUDIT_CHECKPOINT_EVERY == 0:
-        transaction.on_commit(partial(checkpoints.write, seq, record_hash, reason="every"), robust=True)
+        transaction.on_commit(
+            partial(checkpoints.write, seq, record_hash, reason="every"), using=conn.alias, robust=True
+        )
     # Positional arguments in field order: the model's fast construction path.
     record = AuditRecord(
         record_id, seq, created_at, actor, action, subject, json.loads(payload_json), prev_hash, record_hash, mac
     )
     record._state.adding = False
     return record
+
+
+def _link(
+    seq: int, prev_hash: str, stamp: str, actor: str, action: str, subject: str, payload_json: str, template
+) -> tuple[str, str]:
+    """The record's hash on ``prev_hash`` and the MAC of the head moved to it."""
+    body = record_body_text(seq, stamp, actor, action, subject, payload_json)
+    record_hash = hashlib.sha256((prev_hash + body).encode("utf-8")).hexdigest()
+    return record_hash, keyed_mac(template, f"head|{seq}|{record_hash}".encode("ascii"))
 
 
 # Table names come from the models' metadata, never from input.
@@ -166,3 +217,5 @@ _INSERT = f"INSERT INTO {_TABLE} {_COLUMNS} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)" 
 _INSERT_PG = f"INSERT INTO {_TABLE} {_COLUMNS} VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s) RETURNING id"  # noqa: S608
 _MOVE_HEAD = f"UPDATE {_HEAD} SET seq = ?, hash = ?, mac = ? WHERE id = 1"  # noqa: S608
 _MOVE_HEAD_PG = _MOVE_HEAD.replace("?", "%s")
+_ADVANCE_HEAD = _MOVE_HEAD + " AND seq = ? AND hash = ?"
+_ADVANCE_HEAD_PG = _ADVANCE_HEAD.replace("?", "%s")

@@ -35,7 +35,7 @@ from django.db.models import TextField
 from django.db.models.functions import Cast
 
 from audit import checkpoints
-from audit.chain import GENESIS, compute_hash, compute_head_mac, record_body
+from audit.chain import GENESIS, compute_hash, compute_head_mac, mac_template, record_body
 from audit.models import AuditChainHead, AuditRecord
 
 FIELDS = ("seq", "created_at", "actor", "action", "subject", "payload", "prev_hash", "hash", "mac")
@@ -63,8 +63,8 @@ def verify_rows(rows: Iterable[tuple], *, key: str, prev_hash: str = GENESIS, pr
     the stored canonical text as it is, and falls back to parsing when that does
     not match (text stored in another but equal form), so both agree on what is
     intact."""
-    key_bytes = key.encode("utf-8")
-    sha256, digest, compare, quote = hashlib.sha256, hmac.digest, hmac.compare_digest, encode_basestring
+    keyed = mac_template(key).copy  # keyed once; each record's MAC is a copy fed its hash
+    sha256, compare, quote = hashlib.sha256, hmac.compare_digest, encode_basestring
     count = 0
     first = None
     for seq, created_at, actor, action, subject, payload, row_prev, row_hash, mac in rows:
@@ -94,7 +94,9 @@ def verify_rows(rows: Iterable[tuple], *, key: str, prev_hash: str = GENESIS, pr
             expected = compute_hash(prev_hash, record_body(seq, when, actor, action, subject, content))
             if expected != row_hash:
                 return VerifyResult(count, seq, "content does not match its hash (edited)", first, prev_seq, prev_hash)
-        if not compare(digest(key_bytes, row_hash.encode("ascii"), "sha256").hex(), mac):
+        record_mac = keyed()
+        record_mac.update(row_hash.encode("ascii"))
+        if not compare(record_mac.hexdigest(), mac):
             return VerifyResult(count, seq, "MAC does not match the audit key (forged)", first, prev_seq, prev_hash)
         prev_hash, prev_seq = row_hash, seq
         count += 1

@@ -10,7 +10,9 @@ ROC AUC of the informed-flow bursts (the injected contract at the snapshot the
 flow starts) against every other usable contract snapshot, over both
 underlyings and both sessions; ``top_percentile_share`` is the share of bursts
 scoring above the 99th percentile. ``score_us_per_snapshot`` is the median
-process time to score a 400-contract snapshot.
+process time to score a 400-contract snapshot, and
+``score_page_faults_per_snapshot`` the minor page faults each of those calls
+took (memory the allocator had handed back and the kernel had to map again).
 
     python benchmarks/anomaly.py [--json PATH] [--minutes N]
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -104,10 +107,12 @@ def child(minutes: int) -> None:
     rows = np.resize(rows, (400, rows.shape[1]))
     scorer = models["NIFTY"]
     timings = []
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(300):
         started = time.process_time()
         scorer.score(rows)
         timings.append(time.process_time() - started)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
     print(
         json.dumps(
             {
@@ -119,6 +124,7 @@ def child(minutes: int) -> None:
                 "train_samples": int(samples),
                 "score_us_per_snapshot": round(float(np.median(timings)) * 1e6, 1),
                 "score_us_per_snapshot_p90": round(float(np.quantile(timings, 0.9)) * 1e6, 1),
+                "score_page_faults_per_snapshot": round(faults / len(timings), 2),
                 "minutes": minutes,
             }
         )

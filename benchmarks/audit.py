@@ -1,9 +1,11 @@
 """Audit chain: append latency (one record, inside its own transaction, the
-way a decision is recorded), verification throughput (the chain split across
-every core, seams linked after) and whether a superuser's truncation of the
-tail is caught (``truncation_detected``: the newest records deleted and the
-head moved back, then ``verify_audit`` run). SQLite (a temporary file) and,
-when DATABASE_URL points at PostgreSQL (or --postgres URL), PostgreSQL.
+way a decision is recorded; wall time, and the process time it used: on a
+shared machine the wall time's tail is mostly the process waiting for a
+core), verification throughput (the chain split across every core, seams
+linked after) and whether a superuser's truncation of the tail is caught
+(``truncation_detected``: the newest records deleted and the head moved back,
+then ``verify_audit`` run). SQLite (a temporary file) and, when DATABASE_URL
+points at PostgreSQL (or --postgres URL), PostgreSQL.
 
     python benchmarks/audit.py [--json PATH] [--postgres URL] [--records N] [--chain N]
 """
@@ -74,14 +76,15 @@ def child(records: int, chain_length: int) -> None:
         "strategy": "vol_oi",
         "signal": "vol_oi:132611240245000:0930",
     }
-    inside, with_commit = [], []
+    inside, with_commit, cpu = [], [], []
     for i in range(records):
         began = time.perf_counter()
         with transaction.atomic():
             # A decision's transaction: the append is what it adds to it…
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             append("order.intent", actor="engine:benchmark", subject=f"order:{i}", payload=payload)
             inside.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
         with_commit.append(time.perf_counter() - began)  # …and this includes the commit it shares.
     # Verification is measured on a longer chain, filled in large transactions.
     filled = records
@@ -91,6 +94,7 @@ def child(records: int, chain_length: int) -> None:
                 append("order.intent", actor="engine:benchmark", subject=f"order:{i}", payload=payload)
         filled = min(filled + 10_000, chain_length)
     ms = np.array(inside[100:]) * 1000
+    cpu_ms = np.array(cpu[100:]) * 1000
     commit_ms = np.array(with_commit[100:]) * 1000
     write_head(reason="close")
     workers = os.cpu_count() or 1
@@ -123,6 +127,8 @@ def child(records: int, chain_length: int) -> None:
                 "append_p50": float(np.percentile(ms, 50)),
                 "append_p99": float(np.percentile(ms, 99)),
                 "commit_p99": float(np.percentile(commit_ms, 99)),
+                "cpu_p50": float(np.percentile(cpu_ms, 50)),
+                "cpu_p99": float(np.percentile(cpu_ms, 99)),
                 "verify_per_s": result.verified / elapsed,
                 "truncation_detected": 0 if truncated.ok else 1,
             }
@@ -143,6 +149,8 @@ def main() -> None:
             append_p50_ms=result["append_p50"],
             append_p99_ms=result["append_p99"],
             append_with_commit_p99_ms=result["commit_p99"],
+            append_cpu_p50_ms=result["cpu_p50"],
+            append_cpu_p99_ms=result["cpu_p99"],
             verify_records_per_s=result["verify_per_s"],
             truncation_detected=result["truncation_detected"],
         )
@@ -154,6 +162,7 @@ def main() -> None:
                 postgres_append_p50_ms=result["append_p50"],
                 postgres_append_p99_ms=result["append_p99"],
                 postgres_append_with_commit_p99_ms=result["commit_p99"],
+                postgres_append_cpu_p99_ms=result["cpu_p99"],
                 postgres_verify_records_per_s=result["verify_per_s"],
                 postgres_truncation_detected=result["truncation_detected"],
             )

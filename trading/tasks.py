@@ -8,7 +8,12 @@ from celery import shared_task
 
 @shared_task(name="trading.refresh_dhan_token")
 def refresh_dhan_token() -> dict:
+    from django.conf import settings
+
     from quanthub.dhan.tokens import refresh_or_alert
+
+    if not settings.DHAN_CLIENT_ID:
+        return {"method": "skipped: no DHAN_CLIENT_ID (no Dhan account to renew for)"}
 
     result = refresh_or_alert()
     return {"method": result.method, "expiry": result.expiry}

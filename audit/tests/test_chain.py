@@ -10,7 +10,7 @@ from django.urls import reverse
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from audit.chain import GENESIS, append, compute_hash, record_body
+from audit.chain import GENESIS, append, compute_hash, compute_head_mac, compute_mac, record_body
 from audit.models import AuditRecord
 from audit.verify import FIELDS, verify, verify_rows
 
@@ -176,3 +176,88 @@ def test_the_compliance_page_verifies_and_downloads(client, compliance_user, tra
     client.force_login(trader)
     assert client.get(reverse("audit:compliance")).status_code == 403
     assert client.get(reverse("audit:export")).status_code == 403
+
+
+@pytest.mark.django_db
+def test_an_append_reads_the_chain_head_only_when_another_writer_moved_it():
+    if connection.vendor != "sqlite":
+        pytest.skip("counts the statements SQLite's driver runs")
+    append("first", payload={})
+    statements: list[str] = []
+    connection.connection.set_trace_callback(statements.append)
+    try:
+        append("second", payload={"i": 2})
+        assert [s.split()[0] for s in statements] == ["UPDATE", "INSERT"]
+        # Another writer moves the head (a record appended elsewhere): the guess
+        # matches no row, so the head is read and the chain continues from it.
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT seq, hash FROM audit_auditchainhead WHERE id = 1")
+            seq, prev = cursor.fetchone()
+            body = record_body(seq + 1, dt.datetime(2026, 11, 24, 4, tzinfo=dt.UTC), "web", "other", "", {})
+            other = compute_hash(prev, body)
+            cursor.execute(
+                "INSERT INTO audit_auditrecord (seq, created_at, actor, action, subject, payload, prev_hash, hash, mac)"
+                " VALUES (%s, '2026-11-24 04:00:00', 'web', 'other', '', '{}', %s, %s, %s)",
+                [seq + 1, prev, other, compute_mac(other)],
+            )
+            cursor.execute(
+                "UPDATE audit_auditchainhead SET seq = %s, hash = %s, mac = %s WHERE id = 1",
+                [seq + 1, other, compute_head_mac(seq + 1, other)],
+            )
+        statements.clear()
+        third = append("third", payload={})
+        assert [s.split()[0] for s in statements] == ["UPDATE", "SELECT", "UPDATE", "INSERT"]
+    finally:
+        connection.connection.set_trace_callback(None)
+    assert (third.seq, third.prev_hash) == (4, other)
+    assert list(AuditRecord.objects.values_list("action", flat=True)) == ["first", "second", "other", "third"]
+    assert verify().ok
+
+
+@pytest.mark.django_db
+def test_a_rolled_back_append_leaves_no_gap_in_the_chain():
+    append("before", payload={})
+    for _ in range(2):  # twice: the second append after a rollback must not build on the first's guess either
+        with pytest.raises(RuntimeError), transaction.atomic():
+            append("decision", payload={"lots": 2})
+            append("decision", payload={"lots": 3})
+            raise RuntimeError("the decision failed")
+    with transaction.atomic():
+        sid = transaction.savepoint()
+        append("inner", payload={})
+        transaction.savepoint_rollback(sid)
+        after = append("after", payload={})
+    assert after.seq == 2
+    assert list(AuditRecord.objects.values_list("seq", "action")) == [(1, "before"), (2, "after")]
+    assert verify().ok
+
+
+@pytest.mark.django_db(transaction=True)
+def test_appenders_on_two_connections_share_one_chain():
+    """Two threads, each with its own connection, alternate appends: each one's
+    guess of the head is stale every time, and the chain stays whole."""
+    import threading
+
+    from django.db import connections
+
+    turns = [threading.Event(), threading.Event()]
+    turns[0].set()
+
+    def writer(me: int) -> None:
+        try:
+            for i in range(5):
+                turns[me].wait(10)
+                turns[me].clear()
+                append("turn", actor=f"writer{me}", payload={"i": i})
+                turns[1 - me].set()
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    actors = list(AuditRecord.objects.values_list("actor", flat=True))
+    assert actors == ["writer0", "writer1"] * 5
+    assert verify().ok

@@ -314,3 +314,15 @@ def test_the_fast_path_and_the_parsed_path_agree(db):
     assert verify_rows([text], key=key).ok
     text[5] = json.dumps({**typed[5], "b": 2})
     assert verify_rows([text], key=key).problem == "content does not match its hash (edited)"
+
+
+def test_the_close_task_checkpoints_the_chain_and_is_scheduled_after_the_close(chain, settings):
+    from django_celery_beat.models import PeriodicTask
+
+    from audit.tasks import checkpoint_close
+
+    assert checkpoint_close() == {"seq": 12, "hash": AuditRecord.objects.get(seq=12).hash}
+    last = json.loads((settings.AUDIT_CHECKPOINT_DIR / checkpoints.FILENAME).read_text().splitlines()[-1])
+    assert (last["seq"], last["reason"]) == (12, "close")
+    task = PeriodicTask.objects.get(task="audit.checkpoint_close")
+    assert task.enabled and (task.crontab.hour, task.crontab.minute, task.crontab.day_of_week) == ("15", "35", "1-5")

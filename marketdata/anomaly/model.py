@@ -101,7 +101,8 @@ def train(underlying: str, matrix: np.ndarray, params: TrainingParams = Training
     return Trained(forest, scorer, len(rows), summary)
 
 
-def _score_in_chunks(compiled: CompiledForest, rows: np.ndarray, chunk: int = 20_000) -> np.ndarray:
+def _score_in_chunks(compiled: CompiledForest, rows: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    # The scorer keeps scratch arrays as large as the largest batch: keep them small.
     return np.concatenate([compiled.score(rows[i : i + chunk]) for i in range(0, len(rows), chunk)])
 
 

@@ -15,7 +15,7 @@ from sklearn.ensemble import IsolationForest
 from marketdata.anomaly import training
 from marketdata.anomaly.features import FEATURES, FeatureTracker
 from marketdata.anomaly.forest import CompiledForest
-from marketdata.anomaly.model import ArtefactError, TrainingParams, train
+from marketdata.anomaly.model import ArtefactError, TrainingParams, dump_artefact, load_artefact, train
 from marketdata.feeds.base import ChainSnapshot
 from marketdata.feeds.simulator import SimulatorFeed
 from marketdata.models import AnomalyModel
@@ -71,6 +71,64 @@ def test_compiled_forest_agrees_on_any_row(values):
 
 
 _FOREST = _forest(seed=3)
+
+
+def test_compiled_forest_agrees_on_the_thresholds_themselves():
+    """Rows on, just below and just above every split threshold, in float64 and in
+    float32: where the rounding of inputs and thresholds decides the branch."""
+    forest, rng = _forest(seed=5)
+    compiled = CompiledForest.from_sklearn(forest)
+    thresholds = np.concatenate([e.tree_.threshold[e.tree_.feature >= 0] for e in forest.estimators_])
+    as32 = thresholds.astype(np.float32)
+    edges = np.concatenate(
+        [
+            thresholds,
+            np.nextafter(thresholds, np.inf),
+            np.nextafter(thresholds, -np.inf),
+            as32,
+            np.nextafter(as32, np.float32(np.inf)),
+            np.nextafter(as32, np.float32(-np.inf)),
+        ]
+    ).astype(np.float64)
+    X = rng.standard_normal((len(edges), 6))
+    for f in range(6):
+        X[:, f] = rng.permutation(edges)
+    np.testing.assert_allclose(compiled.score(X), -forest.score_samples(X), rtol=0, atol=1e-12)
+
+
+def test_the_stored_model_scores_exactly_as_the_forest_it_was_trained_as(tmp_path):
+    """Trained, written, verified and loaded the way the engine loads it: the loaded
+    scorer's raw scores are scikit-learn's, on training-like rows and on wild ones."""
+    rng = np.random.default_rng(9)
+    rows = rng.standard_normal((5000, len(FEATURES))) * [1, 1, 0.2, 1, 0.3, 0.5]
+    trained = train("NIFTY", rows, TrainingParams())
+    path = tmp_path / "model.pkl"
+    digest = dump_artefact(trained, path)
+    scorer = load_artefact(path, digest)
+    X = np.vstack([rng.standard_normal((400, len(FEATURES))), rng.standard_normal((400, len(FEATURES))) * 50])
+    expected = -trained.forest.score_samples(X)
+    np.testing.assert_allclose(scorer.raw(X), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(scorer.raw(X[:42]), expected[:42], rtol=0, atol=1e-12)  # a smaller snapshot after
+    assert ((scorer.score(X) >= 0) & (scorer.score(X) <= 1)).all()
+
+
+def test_compiled_forest_scores_from_several_threads_at_once():
+    """Each thread scores in scratch arrays of its own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    forest, rng = _forest(seed=6)
+    compiled = CompiledForest.from_sklearn(forest)
+    batches = [rng.standard_normal((n, 6)) for n in (400, 42, 400, 7, 250, 400) * 4]
+    with ThreadPoolExecutor(4) as pool:
+        scores = list(pool.map(compiled.score, batches))
+    for X, got in zip(batches, scores, strict=True):
+        np.testing.assert_allclose(got, -forest.score_samples(X), rtol=0, atol=1e-12)
+
+
+def test_compiled_forest_says_what_it_expects():
+    forest, _ = _FOREST
+    with pytest.raises(ValueError, match="rows of 6 features"):
+        CompiledForest.from_sklearn(forest).score(np.zeros((3, 5)))
 
 
 def test_compiled_forest_refuses_trees_it_cannot_hold():

@@ -82,3 +82,12 @@ def test_the_refresh_is_scheduled_at_0850_ist():
 
     task = PeriodicTask.objects.get(task="trading.refresh_dhan_token")
     assert (task.crontab.hour, task.crontab.minute, str(task.crontab.timezone)) == ("8", "50", "Asia/Kolkata")
+
+
+def test_the_nightly_refresh_task_skips_an_installation_without_a_dhan_account(db, settings):
+    from trading.models import Alert
+    from trading.tasks import refresh_dhan_token
+
+    settings.DHAN_CLIENT_ID = ""
+    assert refresh_dhan_token()["method"].startswith("skipped")
+    assert not Alert.objects.exists()

@@ -4,7 +4,9 @@
 
 Every flag is checked before anything starts. With --serve the web app is
 served from the same process and event loop (daphne), on the in-memory
-channel layer: the embedded default the README's run command starts.
+channel layer: the embedded default the README's run command starts. There,
+without REDIS_URL, the periodic jobs Celery beat would send run in a thread
+of this process (``quanthub.scheduler``).
 
 One engine trades an account at a time (``trading.engine.lock``). When
 another engine holds the account's lock this one waits as a standby: it beats
@@ -48,7 +50,7 @@ from django.utils import timezone
 from audit import actors
 from audit import checkpoints as audit_checkpoints
 from marketdata.management.commands._feedargs import parse_date, parse_speed
-from quanthub import metrics
+from quanthub import metrics, scheduler
 
 log = logging.getLogger(__name__)
 
@@ -440,8 +442,15 @@ class Command(BaseCommand):
             task.add_done_callback(done)
 
         reactor.callWhenRunning(start_engine)
-        Server(
-            application=application,
-            endpoints=build_endpoint_description_strings(host=host, port=port),
-            signal_handlers=True,
-        ).run()
+        # The periodic jobs (backups, retention, training after the close, ...) run
+        # in a thread of this process when there is no Celery beat (no REDIS_URL).
+        jobs = scheduler.start_in_process()
+        try:
+            Server(
+                application=application,
+                endpoints=build_endpoint_description_strings(host=host, port=port),
+                signal_handlers=True,
+            ).run()
+        finally:
+            if jobs is not None:
+                jobs.stop()
