@@ -4,6 +4,7 @@ from django.contrib import admin
 
 from risk import services
 from risk.models import BreakerTrip, ChargeRate, EventDay, GateRefusal, RiskLimits, TradingState
+from trading.timeline import account_now
 
 
 @admin.register(RiskLimits)
@@ -154,7 +155,6 @@ class BreakerTripAdmin(admin.ModelAdmin):
     @admin.action(description="Clear the selected breakers (records you and the time, audited)")
     def clear_trips(self, request, queryset):
         from django.contrib import messages
-        from django.utils import timezone
 
         from risk.breakers import clear
 
@@ -163,7 +163,9 @@ class BreakerTripAdmin(admin.ModelAdmin):
             return
         cleared = 0
         for account, breaker in set(queryset.filter(cleared_at__isnull=True).values_list("account", "breaker")):
-            cleared += clear(breaker, at=timezone.now(), actor=f"user:{request.user.get_username()}", account=account)
+            cleared += clear(
+                breaker, at=account_now(account), actor=f"user:{request.user.get_username()}", account=account
+            )
         self.message_user(request, f"{cleared} breaker trip(s) cleared.", messages.SUCCESS)
 
     def has_add_permission(self, request):

@@ -6,15 +6,16 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.forms.models import model_to_dict
-from django.utils import timezone
 
 from audit import actors
 from audit.chain import append as audit_append
 from risk.models import BreakerTrip, RiskLimits, TradingState
 from trading.events import publish_on_commit
 from trading.models import ReconciliationBreak
+from trading.timeline import account_now
 
 _UNAUDITED = {"id", "updated_at", "updated_by", "version"}
 
@@ -52,6 +53,7 @@ def save_risk_limits(limits: RiskLimits, *, actor: str) -> RiskLimits:
             actor=actor,
             subject=f"risk_limits:{limits.pk}",
             payload={"version": limits.version, "changes": changes},
+            at=account_now(settings.QUANTHUB_ACCOUNT),
         )
         publish_on_commit("limits", {"version": limits.version})
     return limits
@@ -75,7 +77,8 @@ def set_trading_state(
     """Move the account to ``new_state``; a conditional update, audited.
 
     ``at``: the clock of whoever acts (the engine's, for the engine and what it
-    works for); the wall clock for a person in the admin.
+    works for); for a person in the admin, the account's time line
+    (``trading.timeline``: the wall clock live, the demo engine's carried on after it).
 
     With ``expected`` the change only happens from that state (returns False
     otherwise), so two callers racing cannot both act on a stale read.
@@ -96,11 +99,12 @@ def set_trading_state(
         # it must not be lifted when the timed one would have been.
         if old_state == new_state and halted_until is None and current.halted_until is None:
             return False
+        at = at or account_now(account)
         TradingState.objects.filter(pk=current.pk, state=old_state).update(
             state=new_state,
             actor=actor[:150],
             reason=reason,
-            changed_at=at or timezone.now(),
+            changed_at=at,
             halted_until=halted_until,
         )
         audit_append(

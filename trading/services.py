@@ -3,12 +3,14 @@ transaction; events for the dashboards go out after commit."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from audit.chain import append as audit_append
 from trading.models import Strategy
+from trading.timeline import account_now
 
 
 def save_strategy(strategy: Strategy, *, actor: str, changed: list[str] | None = None) -> Strategy:
@@ -21,6 +23,7 @@ def save_strategy(strategy: Strategy, *, actor: str, changed: list[str] | None =
                 actor=actor,
                 subject=f"strategy:{strategy.key}",
                 payload={"params": strategy.params, "enabled": strategy.enabled},
+                at=account_now(settings.QUANTHUB_ACCOUNT),
             )
             return strategy
         old = Strategy.objects.select_for_update().get(pk=strategy.pk)
@@ -38,6 +41,7 @@ def save_strategy(strategy: Strategy, *, actor: str, changed: list[str] | None =
             actor=actor,
             subject=f"strategy:{strategy.key}",
             payload={"version": strategy.version, "changes": diff, "fields": changed or sorted(diff)},
+            at=account_now(settings.QUANTHUB_ACCOUNT),
         )
     return strategy
 
@@ -58,6 +62,7 @@ def set_strategy_enabled(strategy: Strategy, enabled: bool, *, actor: str) -> bo
             actor=actor,
             subject=f"strategy:{strategy.key}",
             payload={"enabled": enabled},
+            at=account_now(settings.QUANTHUB_ACCOUNT),
         )
     strategy.refresh_from_db()
     return True

@@ -30,6 +30,7 @@ from trading.events import publish_on_commit, send_now
 from trading.models import Alert, Position, Strategy
 from trading.orders.requests import ExitRefused, refuse_unless_exitable, request_exit, request_kill_all
 from trading.services import set_strategy_enabled
+from trading.timeline import account_now
 
 log = logging.getLogger(__name__)
 
@@ -211,11 +212,12 @@ def acknowledge_alert(request, pk: int):
     _require(request, "trading.acknowledge_alert")
     actor = request.user.get_username()
     with transaction.atomic():
+        at = account_now(_account())  # the alert's own time line (simulated in the demo)
         updated = Alert.objects.filter(pk=pk, account=_account(), acknowledged_at__isnull=True).update(
-            acknowledged_at=timezone.now(), acknowledged_by=actor
+            acknowledged_at=at, acknowledged_by=actor
         )
         if updated:
-            audit_append("alert.acknowledged", actor=f"user:{actor}", subject=f"alert:{pk}", payload={})
+            audit_append("alert.acknowledged", actor=f"user:{actor}", subject=f"alert:{pk}", payload={}, at=at)
             publish_on_commit("alert_acknowledged", {"id": pk}, account=_account())
     if not updated and not Alert.objects.filter(pk=pk, account=_account()).exists():
         raise Http404("No such alert.")

@@ -36,6 +36,7 @@ from risk.services import set_trading_state
 from trading.brokers.base import Broker, BrokerOrder, BrokerTrade, Unavailable
 from trading.models import Fill, Order, Position, ReconciliationBreak
 from trading.orders.states import FROM_BROKER, settle
+from trading.timeline import account_now
 
 log = logging.getLogger(__name__)
 K = ReconciliationBreak.Kind
@@ -310,9 +311,11 @@ def adopt_external_order(item: ReconciliationBreak, *, actor: str) -> Order:
         raise ValueError("Only an open 'at broker, not ours' break can be adopted")
     data = item.broker
     instrument = Instrument.objects.get(security_id=data["security_id"])
+    at = account_now(item.account)
     with transaction.atomic():
         order = Order.objects.create(
             account=item.account,
+            created_at=at,
             client_order_id=(data.get("correlation_id") or f"EXT{data['broker_order_id']}")[:25],
             broker_order_id=data["broker_order_id"],
             instrument=instrument,
@@ -323,18 +326,21 @@ def adopt_external_order(item: ReconciliationBreak, *, actor: str) -> Order:
             reason=f"adopted from the broker by {actor}",
         )
         ReconciliationBreak.objects.filter(pk=item.pk).update(
-            resolved_at=timezone.now(), resolved_by=actor, resolution=f"adopted as order {order.client_order_id}"
+            resolved_at=at, resolved_by=actor, resolution=f"adopted as order {order.client_order_id}"
         )
-        audit_append("reconciliation.adopted", actor=actor, subject=f"order:{order.client_order_id}", payload=data)
+        audit_append(
+            "reconciliation.adopted", actor=actor, subject=f"order:{order.client_order_id}", payload=data, at=at
+        )
     return order
 
 
 def resolve_break(item: ReconciliationBreak, *, actor: str, resolution: str) -> None:
     if not resolution.strip():
         raise ValueError("Say how the break was resolved")
+    at = account_now(item.account)
     with transaction.atomic():
         updated = ReconciliationBreak.objects.filter(pk=item.pk, resolved_at__isnull=True).update(
-            resolved_at=timezone.now(), resolved_by=actor, resolution=resolution
+            resolved_at=at, resolved_by=actor, resolution=resolution
         )
         if updated:
             audit_append(
@@ -342,6 +348,7 @@ def resolve_break(item: ReconciliationBreak, *, actor: str, resolution: str) -> 
                 actor=actor,
                 subject=f"{item.kind}:{item.key}",
                 payload={"resolution": resolution},
+                at=at,
             )
 
 

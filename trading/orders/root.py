@@ -10,7 +10,6 @@ keeps an in-process window.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,16 +18,15 @@ from django.conf import settings
 
 from marketdata.book import Quote, QuoteBook
 from marketdata.models import ChainQuote, Instrument, LtpQuote
-from quanthub.clock import Clock, RealClock
+from quanthub.clock import Clock
 from risk.models import RiskLimits
 from trading.brokers import build_broker
 from trading.brokers.base import Broker
 from trading.brokers.ratelimit import RateLimiter, SharedRateLimiter
-from trading.models import EngineHeartbeat
 from trading.orders.manager import OrderManager
+from trading.timeline import _CarriedClock, account_clock  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-SIMULATED_AFTER_S = 60.0  # a market time this far from the wall clock means the engine ran a simulated clock
 
 
 @dataclass
@@ -87,44 +85,6 @@ def build_order_path(
     )
     oms = OrderManager(broker, limiter, account=account, clock=clock, book=book, limits=limits)
     return OrderPath(account=account, broker=broker, limiter=limiter, oms=oms, clock=clock, book=book)
-
-
-class _CarriedClock(Clock):
-    """The clock of an engine that ran on simulated time, carried on at wall speed
-    from its last market time: what a standalone flatten writes then sorts with
-    what the engine wrote (one clock per account), not hours or days apart."""
-
-    def __init__(self, market_time: dt.datetime, wall: dt.datetime):
-        self._offset = market_time - wall
-        self._real = RealClock()
-
-    def now(self) -> dt.datetime:
-        return self._real.now() + self._offset
-
-    def monotonic(self) -> float:
-        return self._real.monotonic()
-
-
-def account_clock(account: str) -> Clock:
-    """The clock to write with when acting for ``account`` outside the engine.
-
-    Live, that is the real clock. When the account's engine runs (or last ran)
-    on a simulated clock (the demo, a replay), its latest market time carried
-    on at wall speed, so a trade opened by the engine and closed by a Kill All
-    is on one time line.
-    """
-    beat = (
-        EngineHeartbeat.objects.filter(account=account, market_time__isnull=False)
-        .order_by("-beat_at")
-        .values_list("market_time", "beat_at")
-        .first()
-    )
-    if beat is None:
-        return RealClock()
-    market_time, beat_at = beat
-    if abs((market_time - beat_at).total_seconds()) < SIMULATED_AFTER_S:
-        return RealClock()
-    return _CarriedClock(market_time, beat_at)
 
 
 def stored_book(instruments) -> QuoteBook:

@@ -12,6 +12,7 @@ import csv
 import json
 from pathlib import Path
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
@@ -19,6 +20,7 @@ from audit import actors
 from audit.chain import append as audit_append
 from risk.calendars import CalendarError, parse_rows
 from risk.models import EventDay
+from trading.timeline import account_now
 
 
 class Command(BaseCommand):
@@ -60,5 +62,6 @@ class Command(BaseCommand):
                 actor=actors.cli(),
                 subject="event_days",
                 payload={"file": path.name, "created": created, "updated": updated},
+                at=account_now(settings.QUANTHUB_ACCOUNT),
             )
         self.stdout.write(f"{created} event days added, {updated} updated from {path.name}")

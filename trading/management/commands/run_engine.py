@@ -51,6 +51,7 @@ from audit import actors
 from audit import checkpoints as audit_checkpoints
 from marketdata.management.commands._feedargs import parse_date, parse_speed
 from quanthub import metrics, scheduler
+from trading.timeline import account_now
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +286,7 @@ class Command(BaseCommand):
             actor=actors.cli(),
             subject=f"account:{settings.QUANTHUB_ACCOUNT}",
             payload={"failed": [line.as_dict() for line in failed]},
+            at=account_now(settings.QUANTHUB_ACCOUNT),
         )
         log.warning("engine started despite a failing pre-flight (--force)", extra={"failed": summary})
 
