@@ -162,6 +162,7 @@ class Engine:
         self._mark_needed = True  # mark once at the first second: a restart may find positions open
         self._limits_key: tuple | None = None  # (pk, version, updated_at) of the limits held in _limits
         self._limits_fresh = False  # read at this snapshot: the gate may use them as they are
+        self._config_second: dt.datetime | None = None  # the second whose trip last read the config
         self._basis: GateBasis | None = None  # the gate's database reads, for the current snapshot or second
         self._basket = None  # the broker's margin for the intents being gated (trading.brokers.safety)
         self._beat_created = False
@@ -656,6 +657,7 @@ class Engine:
             self._exits_checked = time.monotonic()
             await self._take_requests()
         self._basis, self._limits_fresh = None, False  # a new batch: the gate reads the database again
+        self._config_second = None
         # One trip to the database thread for what every second needs: the live
         # orders and, while nothing is live (most seconds), today's net P&L.
         live, pnl = await _db(self._second_reads)(now)
@@ -818,6 +820,11 @@ class Engine:
         await asend_now("chain", chain_fact(snapshot), account=self.account)
 
     def _second_reads(self, now: dt.datetime) -> tuple[list[Order], Decimal | None]:
+        # Admin changes (strategy params and switches, risk limits) are picked up here,
+        # once a simulated second, in the trip the second makes anyway; a snapshot of
+        # the same second uses what was read (``_on_chain``).
+        self._refresh_config()
+        self._config_second = self._last_second
         live = self.oms.live_orders()
         if live or self._loss_handled:
             return live, None  # sync may book fills: the P&L is read after it
@@ -846,7 +853,9 @@ class Engine:
         await self.broker.on_market_data()
         if self.writer is not None:
             self.writer.add_chain(snapshot)
-        await _db(self._refresh_config)()
+        if self._config_second is None or self._config_second != self._last_second:
+            # Not read yet in this second (a feed of chains alone, or the first item).
+            await _db(self._refresh_config)()
         self._basis = None  # the gate reads the database once for this snapshot, at its first intent
         received = snapshot.received_at
         started = time.perf_counter()  # wall time: the simulated clock stands still within a tick
