@@ -72,6 +72,14 @@ from trading.strategies.vol_oi.strategy import VolOiStrategy
 
 log = logging.getLogger(__name__)
 PHASES = {p: p for p in Signal.Phase.values}
+MARK_COLUMNS = (
+    "net_quantity",
+    "average_price",
+    "opened_at",
+    "instrument__security_id",
+    "instrument__kind",
+    "instrument__tick_size",
+)
 
 
 @dataclass
@@ -757,7 +765,14 @@ class Engine:
                 levels.update(loaded.strategy.exit_levels())
             except Exception:  # a strategy's bug must not stop marking
                 log.exception("exit_levels failed", extra={"strategy": loaded.key})
-        rows = list(Position.objects.filter(account=self.account).exclude(net_quantity=0).select_related("instrument"))
+        # Only the columns marking reads: converting every Decimal column of the
+        # position and its instrument, each second, cost more than the query.
+        rows = list(
+            Position.objects.filter(account=self.account)
+            .exclude(net_quantity=0)
+            .select_related("instrument")
+            .only(*MARK_COLUMNS)
+        )
         self._open_sids = {p.instrument.security_id for p in rows}
         for p in rows:
             sid = p.instrument.security_id
