@@ -501,9 +501,6 @@ class Engine:
         for loaded in self.strategies:
             Strategy.objects.filter(pk=loaded.row_id).update(state=loaded.strategy.get_state())
 
-    def _entered(self, signal_key: str) -> bool:
-        return Order.objects.filter(signal__key=signal_key, purpose=Order.Purpose.ENTRY).exists()
-
     def _beat(self, role: str) -> None:
         # beat_at is wall-clock time (the health check and the dashboards judge
         # liveness by it); market_time is the engine's clock, simulated in replays.
@@ -906,13 +903,14 @@ class Engine:
         intents = list(intents)
         # The broker's margin for the whole basket (legs and hedge) before any entry of it is gated.
         self._basket = await basket_margin_per_lot(self.broker, intents, self.instruments)
+        entered = await self._entry_reads(intents)
         refused_signals = set()
         queue: list[Passed] = []
         duplicates = set()
         for intent in intents:
             if intent.purpose == "HEDGE" and intent.signal_key in refused_signals:
                 continue  # no hedge for an entry that was not sent
-            if intent.purpose == "ENTRY" and intent.signal_key and await _db(self._entered)(intent.signal_key):
+            if intent.purpose == "ENTRY" and intent.signal_key and intent.signal_key in entered:
                 # A restarted or taken-over engine whose strategy state lags the
                 # orders (killed between an order and the next state save) may
                 # detect the same signal again: never enter it twice.
@@ -926,6 +924,9 @@ class Engine:
             self.stats.intents += 1
             if not intent.reduces_exposure and any(p.intent.reduces_exposure for p in queue):
                 await self._send(loaded, queue, snapshot_at)
+                entered.update(
+                    p.intent.signal_key for p in queue if p.intent.purpose == "ENTRY" and p.intent.signal_key
+                )
                 queue, self._basis = [], None
             passed = await self._gate(loaded, intent, self.clock.now(), started)
             if passed is not None:
@@ -940,6 +941,32 @@ class Engine:
             # Save the strategies' state with their orders, not 30 s later: an engine
             # that takes over after a crash then manages the open trades it finds.
             await _db(self._persist_states)()
+
+    async def _entry_reads(self, intents: list) -> set[str]:
+        """The signals of this batch's entries that were entered before, read in one trip
+        together with the gate's basis (which the first entry needs anyway): tick → intent
+        waits for one round trip to the database, not one per entry and one more for the basis."""
+        keys = [i.signal_key for i in intents if i.purpose == "ENTRY" and i.signal_key]
+        if not keys:
+            return set()
+        load_basis = self._basis is None and any(i.security_id in self.instruments for i in intents)
+        funds = await self._outside(self.broker.funds, where="funds") if load_basis else None
+        limits = self._limits if self._limits_fresh else None
+        now = self.clock.now()
+
+        def reads() -> tuple[set[str], GateBasis | None]:
+            entered = set(
+                Order.objects.filter(signal__key__in=keys, purpose=Order.Purpose.ENTRY).values_list(
+                    "signal__key", flat=True
+                )
+            )
+            basis = GateBasis.load(account=self.account, now=now, funds=funds, limits=limits) if load_basis else None
+            return entered, basis
+
+        entered, basis = await _db(reads)()
+        if basis is not None:
+            self._basis = basis
+        return entered
 
     async def _gate(self, loaded: Loaded, intent, intent_at: dt.datetime, started: float) -> Passed | None:
         instrument = self.instruments.get(intent.security_id)
