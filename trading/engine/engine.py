@@ -72,14 +72,7 @@ from trading.strategies.vol_oi.strategy import VolOiStrategy
 
 log = logging.getLogger(__name__)
 PHASES = {p: p for p in Signal.Phase.values}
-MARK_COLUMNS = (
-    "net_quantity",
-    "average_price",
-    "opened_at",
-    "instrument__security_id",
-    "instrument__kind",
-    "instrument__tick_size",
-)
+MARK_COLUMNS = ("net_quantity", "average_price", "opened_at", "instrument")
 
 
 @dataclass
@@ -171,6 +164,8 @@ class Engine:
         self._limits_key: tuple | None = None  # (pk, version, updated_at) of the limits held in _limits
         self._limits_fresh = False  # read at this snapshot: the gate may use them as they are
         self._config_second: dt.datetime | None = None  # the second whose trip last read the config
+        self._positions_sql: tuple[str, tuple] | None = None  # marking's query, compiled once
+        self._instruments_by_pk: dict[int, Instrument] = {}
         self._basis: GateBasis | None = None  # the gate's database reads, for the current snapshot or second
         self._basket = None  # the broker's margin for the intents being gated (trading.brokers.safety)
         self._beat_created = False
@@ -428,6 +423,7 @@ class Engine:
         """The instruments this engine trades: their ticks go into the book (its one-tick
         spread around an LTP), their strike steps into the validator."""
         self.instruments = {i.security_id: i for i in rows}
+        self._instruments_by_pk = {i.pk: i for i in rows}
         self.book.ticks.update({sid: float(i.tick_size) for sid, i in self.instruments.items()})
         self.underlying_ids = {i.underlying.symbol: i.underlying.security_id for i in rows}
         self.validator.strike_steps = {i.underlying.symbol: float(i.underlying.strike_step) for i in rows}
@@ -762,14 +758,7 @@ class Engine:
                 levels.update(loaded.strategy.exit_levels())
             except Exception:  # a strategy's bug must not stop marking
                 log.exception("exit_levels failed", extra={"strategy": loaded.key})
-        # Only the columns marking reads: converting every Decimal column of the
-        # position and its instrument, each second, cost more than the query.
-        rows = list(
-            Position.objects.filter(account=self.account)
-            .exclude(net_quantity=0)
-            .select_related("instrument")
-            .only(*MARK_COLUMNS)
-        )
+        rows = self._open_positions()
         self._open_sids = {p.instrument.security_id for p in rows}
         for p in rows:
             sid = p.instrument.security_id
@@ -792,6 +781,23 @@ class Engine:
                 Position.objects.filter(pk=p.pk, net_quantity=p.net_quantity, average_price=p.average_price).update(
                     **values, updated_at=timezone.now()
                 )
+
+    def _open_positions(self) -> list[Position]:
+        """The account's open positions, with the columns marking reads, each second.
+
+        The statement is compiled once (compiling it cost more than running it) and
+        only the marked columns are converted; the instruments come from the engine's
+        own (a position on one it does not know is read from the database)."""
+        if self._positions_sql is None:
+            query = Position.objects.filter(account=self.account).exclude(net_quantity=0).only(*MARK_COLUMNS)
+            self._positions_sql = query.query.sql_with_params()
+        sql, params = self._positions_sql
+        rows = list(Position.objects.raw(sql, params))
+        for p in rows:
+            instrument = self._instruments_by_pk.get(p.instrument_id)
+            if instrument is not None:
+                p.instrument = instrument
+        return rows
 
     def _keep_greeks(self, snapshot: ChainSnapshot) -> None:
         if not self._open_sids:
