@@ -28,12 +28,18 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def _shown(value) -> str:
+    if isinstance(value, str):
+        return value[:16]  # a hash: its first 16 characters in the table, all of it in the JSON
+    return f"{value:,.3f}" if isinstance(value, float) else f"{value:,}"
+
+
 def report(name: str, metrics: dict[str, float], json_path: str | None) -> None:
     width = max(len(k) for k in metrics)
     print(f"{name}")
     print("-" * (width + 16))
     for key, value in metrics.items():
-        shown = f"{value:,.3f}" if isinstance(value, float) else f"{value:,}"
+        shown = _shown(value)
         print(f"{key:<{width}}  {shown:>12}")
     if json_path:
         Path(json_path).write_text(json.dumps({"benchmark": name, "metrics": metrics}, indent=2) + "\n")

@@ -9,6 +9,7 @@ SQLite (a temporary file) and, when DATABASE_URL points at PostgreSQL (or
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -29,6 +30,36 @@ def run_one(url: str, minutes: int, tmp: str) -> dict:
     if out.returncode:
         raise SystemExit(f"replay benchmark on {url.split('@')[-1]} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def books_hash() -> str:
+    """The decision hash of the session (``trading.backtest.report``), over the default
+    account's books: the same data and seed give the same hash however fast the run."""
+    from audit.chain import canonical_json
+    from audit.models import AuditRecord
+    from trading.backtest.report import _Ids, decision_log
+    from trading.models import Order, Signal
+
+    log = decision_log(0, "default")
+    orders = list(Order.objects.filter(account="default").order_by("pk"))
+    ids = _Ids(0, "default", orders)
+    log["signals"] = [
+        {
+            "key": s.key,
+            "instrument": s.instrument.security_id,
+            "features": s.features,
+            "phase": s.phase,
+            "detected_at": s.detected_at.isoformat(),
+            "confirmed_at": s.confirmed_at and s.confirmed_at.isoformat(),
+            "closed_at": s.closed_at and s.closed_at.isoformat(),
+        }
+        for s in Signal.objects.select_related("instrument").order_by("detected_at", "key")
+    ]
+    log["audit"] = [
+        {"action": a.action, "actor": a.actor, "subject": ids.subject(a.subject), "payload": ids.clean(a.payload)}
+        for a in AuditRecord.objects.filter(subject__regex=r"^(order|signal):").order_by("seq")
+    ]
+    return hashlib.sha256(canonical_json(log).encode("utf-8")).hexdigest()
 
 
 def child(minutes: int) -> None:
@@ -68,6 +99,7 @@ def child(minutes: int) -> None:
     stats = asyncio.run(engine.run())
     elapsed, cpu = time.perf_counter() - began, time.process_time() - began_cpu
     latencies = np.array(stats.tick_to_intent_ms or [0.0])
+    decisions = books_hash()
     print(
         json.dumps(
             {
@@ -78,6 +110,7 @@ def child(minutes: int) -> None:
                 "snapshots_per_s": stats.snapshots / elapsed,
                 "p50": float(np.percentile(latencies, 50)),
                 "p99": float(np.percentile(latencies, 99)),
+                "decision_hash": decisions,
             }
         )
     )
@@ -88,7 +121,7 @@ def main() -> None:
     args_parser.add_argument("--postgres", help="PostgreSQL URL (default: DATABASE_URL if it is one).")
     args_parser.add_argument("--minutes", type=int, default=375, help="Session length (375 = 09:15–15:30).")
     args = args_parser.parse_args()
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float | str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         result = run_one(f"sqlite:///{tmp}/replay.sqlite3", args.minutes, tmp)
         metrics.update(
@@ -98,12 +131,17 @@ def main() -> None:
             tick_to_intent_p50_ms=result["p50"],
             tick_to_intent_p99_ms=result["p99"],
             orders=result["orders"],
+            sqlite_decision_hash=result["decision_hash"],
         )
         url = os.environ.get("DATABASE_URL", "")
         pg = args.postgres or (url if url.startswith("postgres") else "")
         if pg:
             pg_result = run_one(pg, args.minutes, tmp)
-            metrics.update(postgres_session_s=pg_result["session_s"], postgres_cpu_s=pg_result["cpu_s"])
+            metrics.update(
+                postgres_session_s=pg_result["session_s"],
+                postgres_cpu_s=pg_result["cpu_s"],
+                postgres_decision_hash=pg_result["decision_hash"],
+            )
     report("replay", metrics, args.json)
 
 

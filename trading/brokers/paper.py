@@ -18,8 +18,10 @@ import datetime as dt
 import itertools
 import random
 import secrets
+import time
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import ClassVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -67,6 +69,15 @@ class _Spec:
 
 class PaperBroker(Broker):
     name = "paper"
+    # Whether an account may have a resting order, as this process last saw it: every
+    # place and modify (by any instance) sets it, a look at the database that finds
+    # nothing resting clears it. Market data then costs no database trip while nothing
+    # rests (most snapshots). An order another process placed is seen at the next look,
+    # at most ``RECHECK_S`` of wall time later (only the standalone path does that,
+    # and only while no engine holds the account).
+    _may_rest: ClassVar[dict[str, bool]] = {}
+    _looked: ClassVar[dict[str, float]] = {}
+    RECHECK_S = 1.0
 
     def __init__(
         self,
@@ -260,6 +271,7 @@ class PaperBroker(Broker):
             updated_at=now,
         )
         checkpoint("broker.before_commit")
+        self._may_have_resting()
         if PaperOrder.objects.filter(correlation_id=request.correlation_id).exists():
             raise Rejected("DH-906", f"Duplicate correlation id {request.correlation_id}")
         try:
@@ -349,7 +361,13 @@ class PaperBroker(Broker):
             cash=F("cash") + cash_change, realised_pnl=F("realised_pnl") + realised
         )
 
+    def _may_have_resting(self) -> None:
+        self._may_rest[self.account] = True
+
     async def on_market_data(self) -> None:
+        account = self.account
+        if not self._may_rest.get(account, True) and time.monotonic() - self._looked.get(account, 0) < self.RECHECK_S:
+            return
         await sync_to_async(self._match_resting, thread_sensitive=True)()
 
     def _match_resting(self) -> None:
@@ -357,8 +375,12 @@ class PaperBroker(Broker):
         # Called at every snapshot, and mostly nothing rests: a one-column check first.
         if self._any_resting is None:
             self._any_resting = Prepared(resting.values_list("pk")[:1])
+        self._looked[self.account] = time.monotonic()
+        # Cleared before the look: a place on another thread meanwhile sets it again.
+        self._may_rest[self.account] = False
         if not self._any_resting.exists():
             return
+        self._may_rest[self.account] = True
         for order in resting.order_by("created_at"):
             self._match(order)
 
@@ -396,6 +418,7 @@ class PaperBroker(Broker):
             order.modifications += 1
             order.updated_at = self.clock.now()
             order.save()
+            self._may_have_resting()
         self._match(order)
         order.refresh_from_db()
         return self._to_order(order)

@@ -74,6 +74,7 @@ from trading.strategies.vol_oi.strategy import VolOiStrategy
 
 log = logging.getLogger(__name__)
 PHASES = {p: p for p in Signal.Phase.values}
+MARK_COLUMNS = ("net_quantity", "average_price", "opened_at", "instrument")
 
 
 @dataclass
@@ -164,6 +165,9 @@ class Engine:
         self._mark_needed = True  # mark once at the first second: a restart may find positions open
         self._limits_key: tuple | None = None  # (pk, version, updated_at) of the limits held in _limits
         self._limits_fresh = False  # read at this snapshot: the gate may use them as they are
+        self._config_second: dt.datetime | None = None  # the second whose trip last read the config
+        self._positions_sql: tuple[str, tuple] | None = None  # marking's query, compiled once
+        self._instruments_by_pk: dict[int, Instrument] = {}
         self._basis: GateBasis | None = None  # the gate's database reads, for the current snapshot or second
         self._basket = None  # the broker's margin for the intents being gated (trading.brokers.safety)
         self._beat_created = False
@@ -424,6 +428,7 @@ class Engine:
         """The instruments this engine trades: their ticks go into the book (its one-tick
         spread around an LTP), their strike steps into the validator."""
         self.instruments = {i.security_id: i for i in rows}
+        self._instruments_by_pk = {i.pk: i for i in rows}
         self.book.ticks.update({sid: float(i.tick_size) for sid, i in self.instruments.items()})
         self.underlying_ids = {i.underlying.symbol: i.underlying.security_id for i in rows}
         self.validator.strike_steps = {i.underlying.symbol: float(i.underlying.strike_step) for i in rows}
@@ -496,9 +501,6 @@ class Engine:
     def _persist_states(self) -> None:
         for loaded in self.strategies:
             Strategy.objects.filter(pk=loaded.row_id).update(state=loaded.strategy.get_state())
-
-    def _entered(self, signal_key: str) -> bool:
-        return Order.objects.filter(signal__key=signal_key, purpose=Order.Purpose.ENTRY).exists()
 
     def _beat(self, role: str) -> None:
         # beat_at is wall-clock time (the health check and the dashboards judge
@@ -662,6 +664,7 @@ class Engine:
             self._exits_checked = time.monotonic()
             await self._take_requests()
         self._basis, self._limits_fresh = None, False  # a new batch: the gate reads the database again
+        self._config_second = None
         # One trip to the database thread for what every second needs: the live
         # orders and, while nothing is live (most seconds), today's net P&L.
         live, pnl = await _db(self._second_reads)(now)
@@ -773,7 +776,7 @@ class Engine:
                 levels.update(loaded.strategy.exit_levels())
             except Exception:  # a strategy's bug must not stop marking
                 log.exception("exit_levels failed", extra={"strategy": loaded.key})
-        rows = list(Position.objects.filter(account=self.account).exclude(net_quantity=0).select_related("instrument"))
+        rows = self._open_positions()
         self._open_sids = {p.instrument.security_id for p in rows}
         for p in rows:
             sid = p.instrument.security_id
@@ -796,6 +799,23 @@ class Engine:
                 Position.objects.filter(pk=p.pk, net_quantity=p.net_quantity, average_price=p.average_price).update(
                     **values, updated_at=timezone.now()
                 )
+
+    def _open_positions(self) -> list[Position]:
+        """The account's open positions, with the columns marking reads, each second.
+
+        The statement is compiled once (compiling it cost more than running it) and
+        only the marked columns are converted; the instruments come from the engine's
+        own (a position on one it does not know is read from the database)."""
+        if self._positions_sql is None:
+            query = Position.objects.filter(account=self.account).exclude(net_quantity=0).only(*MARK_COLUMNS)
+            self._positions_sql = query.query.sql_with_params()
+        sql, params = self._positions_sql
+        rows = list(Position.objects.raw(sql, params))
+        for p in rows:
+            instrument = self._instruments_by_pk.get(p.instrument_id)
+            if instrument is not None:
+                p.instrument = instrument
+        return rows
 
     def _keep_greeks(self, snapshot: ChainSnapshot) -> None:
         if not self._open_sids:
@@ -836,6 +856,11 @@ class Engine:
         await asend_now("chain", chain_fact(snapshot), account=self.account)
 
     def _second_reads(self, now: dt.datetime) -> tuple[list[Order], Decimal | None]:
+        # Admin changes (strategy params and switches, risk limits) are picked up here,
+        # once a simulated second, in the trip the second makes anyway; a snapshot of
+        # the same second uses what was read (``_on_chain``).
+        self._refresh_config()
+        self._config_second = self._last_second
         live = self.oms.live_orders()
         if live or self.loss_guard.handled:
             return live, None  # sync may book fills: the P&L is read after it
@@ -863,7 +888,9 @@ class Engine:
         await self.broker.on_market_data()
         if self.writer is not None:
             self.writer.add_chain(snapshot)
-        await _db(self._refresh_config)()
+        if self._config_second is None or self._config_second != self._last_second:
+            # Not read yet in this second (a feed of chains alone, or the first item).
+            await _db(self._refresh_config)()
         self._basis = None  # the gate reads the database once for this snapshot, at its first intent
         received = snapshot.received_at
         started = time.perf_counter()  # wall time: the simulated clock stands still within a tick
@@ -899,13 +926,14 @@ class Engine:
         intents = list(intents)
         # The broker's margin for the whole basket (legs and hedge) before any entry of it is gated.
         self._basket = await basket_margin_per_lot(self.broker, intents, self.instruments)
+        entered = await self._entry_reads(intents)
         refused_signals = set()
         queue: list[Passed] = []
         duplicates = set()
         for intent in intents:
             if intent.purpose == "HEDGE" and intent.signal_key in refused_signals:
                 continue  # no hedge for an entry that was not sent
-            if intent.purpose == "ENTRY" and intent.signal_key and await _db(self._entered)(intent.signal_key):
+            if intent.purpose == "ENTRY" and intent.signal_key and intent.signal_key in entered:
                 # A restarted or taken-over engine whose strategy state lags the
                 # orders (killed between an order and the next state save) may
                 # detect the same signal again: never enter it twice.
@@ -919,6 +947,9 @@ class Engine:
             self.stats.intents += 1
             if not intent.reduces_exposure and any(p.intent.reduces_exposure for p in queue):
                 await self._send(loaded, queue, snapshot_at)
+                entered.update(
+                    p.intent.signal_key for p in queue if p.intent.purpose == "ENTRY" and p.intent.signal_key
+                )
                 queue, self._basis = [], None
             passed = await self._gate(loaded, intent, self.clock.now(), started)
             if passed is not None:
@@ -933,6 +964,32 @@ class Engine:
             # Save the strategies' state with their orders, not 30 s later: an engine
             # that takes over after a crash then manages the open trades it finds.
             await _db(self._persist_states)()
+
+    async def _entry_reads(self, intents: list) -> set[str]:
+        """The signals of this batch's entries that were entered before, read in one trip
+        together with the gate's basis (which the first entry needs anyway): tick → intent
+        waits for one round trip to the database, not one per entry and one more for the basis."""
+        keys = [i.signal_key for i in intents if i.purpose == "ENTRY" and i.signal_key]
+        if not keys:
+            return set()
+        load_basis = self._basis is None and any(i.security_id in self.instruments for i in intents)
+        funds = await self._outside(self.broker.funds, where="funds") if load_basis else None
+        limits = self._limits if self._limits_fresh else None
+        now = self.clock.now()
+
+        def reads() -> tuple[set[str], GateBasis | None]:
+            entered = set(
+                Order.objects.filter(signal__key__in=keys, purpose=Order.Purpose.ENTRY).values_list(
+                    "signal__key", flat=True
+                )
+            )
+            basis = GateBasis.load(account=self.account, now=now, funds=funds, limits=limits) if load_basis else None
+            return entered, basis
+
+        entered, basis = await _db(reads)()
+        if basis is not None:
+            self._basis = basis
+        return entered
 
     async def _gate(self, loaded: Loaded, intent, intent_at: dt.datetime, started: float) -> Passed | None:
         instrument = self.instruments.get(intent.security_id)

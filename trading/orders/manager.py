@@ -608,12 +608,15 @@ class OrderManager:
         """Orders the broker may still change: OPEN, PARTIAL, UNKNOWN (sync; call through the database thread)."""
         # Called every second, and most seconds nothing is live: a one-column
         # query first, the joined rows only when there is something to sync.
-        live = Order.objects.filter(account=self.account, state__in=[S.OPEN, S.PARTIAL, S.UNKNOWN])
+        # Building the queryset costs more than the check: only when it is needed.
         if self._any_live is None:
-            self._any_live = Prepared(live.values_list("pk")[:1])
+            self._any_live = Prepared(self._live().values_list("pk")[:1])
         if not self._any_live.exists():
             return []
-        return list(live.select_related("instrument", "strategy", "signal"))
+        return list(self._live().select_related("instrument", "strategy", "signal"))
+
+    def _live(self):
+        return Order.objects.filter(account=self.account, state__in=[S.OPEN, S.PARTIAL, S.UNKNOWN])
 
     def _drain(self) -> list[FillEvent | OrderUpdate]:
         events, self._events = self._events, []

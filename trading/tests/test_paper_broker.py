@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from decimal import Decimal
 
 import pytest
@@ -150,3 +151,32 @@ async def test_a_duplicate_correlation_id_is_refused(paper, book, clock, option)
 
 def test_time_passes(clock):
     assert clock.advance(1) > clock.now() - dt.timedelta(seconds=2)
+
+
+async def test_an_order_placed_after_a_quiet_look_fills_at_the_next_quote(paper, book, clock, option):
+    lot = option.lot_size
+    await paper.on_market_data()  # nothing rests: the broker remembers it
+    quote(book, clock, option, "99.90", "100.00")
+    ack = await paper.place_order(req(option, price="99.00"))
+    assert ack.status == BrokerStatus.PENDING
+    clock.advance(1)
+    quote(book, clock, option, "98.90", "99.00", ask_qty=lot)
+    await paper.on_market_data()
+    assert (await paper.get_order(ack.broker_order_id)).status == BrokerStatus.TRADED
+
+
+async def test_a_resting_order_another_process_placed_fills_within_a_second(paper, book, clock, option):
+    other = PaperBroker(clock=clock, book=book, capital=Decimal("1000000"))
+    quote(book, clock, option, "99.90", "100.00")
+    ack = await other.place_order(req(option, price="99.00"))
+    clock.advance(1)
+    quote(book, clock, option, "98.90", "99.00", ask_qty=option.lot_size)
+    # This process last looked just now and saw nothing resting (another process placed it).
+    PaperBroker._may_rest[paper.account] = False
+    PaperBroker._looked[paper.account] = time.monotonic()
+    await paper.on_market_data()
+    assert (await paper.get_order(ack.broker_order_id)).status == BrokerStatus.PENDING
+    # A second later it looks again.
+    PaperBroker._looked[paper.account] = time.monotonic() - PaperBroker.RECHECK_S - 0.1
+    await paper.on_market_data()
+    assert (await paper.get_order(ack.broker_order_id)).status == BrokerStatus.TRADED
