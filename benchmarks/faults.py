@@ -290,6 +290,12 @@ def main() -> None:
     p.add_argument("--pg-port", type=int, default=55412)
     p.add_argument("--redis-port", type=int, default=56412)
     p.add_argument("--pg-outage-s", type=float, default=20.0)
+    p.add_argument(
+        "--loss-cap",
+        type=int,
+        default=10_000_000,
+        help="Daily loss cap (₹) for the run: high, so it trades all session.",
+    )
     p.add_argument("--redis-outage-s", type=float, default=8.0)
     p.add_argument(
         "--faults", default="throttle=0.04,throttle_after=0.04,unknown_after=0.03,books=0.005", help="Broker faults."
@@ -345,7 +351,19 @@ def main() -> None:
             capture_output=True,
         )
         setup_env = {k: v for k, v in env.items() if k != "QUANTHUB_BROKER_FAULTS"}
-        for command in (["migrate", "-v", "0"], ["seed_demo", "--enable-strategy", "--no-instruments"]):
+        # The cap is raised (--loss-cap) so that the strategy trades the whole session: the
+        # benchmark is about the order path across kills, and a session HALTED by the daily
+        # loss breaker after its first trades would send almost nothing to be killed around.
+        raise_cap = (
+            "from decimal import Decimal; from risk.models import RiskLimits; from risk.services import "
+            f"save_risk_limits; l = RiskLimits.active(); l.daily_loss_cap = Decimal('{args.loss_cap}'); "
+            "l.is_active = True; save_risk_limits(l, actor='cli:faults')"
+        )
+        for command in (
+            ["migrate", "-v", "0"],
+            ["seed_demo", "--enable-strategy", "--no-instruments"],
+            ["shell", "-c", raise_cap],
+        ):
             subprocess.run(
                 [PYTHON, str(ROOT / "manage.py"), *command], env=setup_env, check=True, capture_output=True, cwd=ROOT
             )
