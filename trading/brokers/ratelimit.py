@@ -137,7 +137,7 @@ PRIORITY_HOLD_S = 0.05  # how long a waiting priority send holds normal sends ba
 # A claimed send reaches the broker a little later (a database round trip, a busy
 # event loop); counting each claim for this much longer than a second keeps what
 # the broker sees within the rate too.
-GUARD_S = 0.25
+GUARD_S = 0.1
 
 
 class DatabaseWindow:

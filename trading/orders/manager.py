@@ -279,10 +279,16 @@ class OrderManager:
 
     async def _attempt(self, order: Order, request: PlaceRequest, priority: bool, attempt: int) -> None:
         await self.limiter.acquire(priority=priority)
-        await _db(Order.objects.filter(pk=order.pk).update)(sent_at=self.clock.now())
+        sent_at = self.clock.now()
         checkpoint("oms.before_broker_call")
         try:
-            ack = await asyncio.wait_for(self.broker.place_order(request), timeout=self.call_timeout_s)
+            try:
+                ack = await asyncio.wait_for(self.broker.place_order(request), timeout=self.call_timeout_s)
+            finally:
+                # Written once the call is out, not between the limiter's slot and the call:
+                # a commit there would put a variable gap between the send the account's
+                # window counted and the one the broker sees.
+                await _db(Order.objects.filter(pk=order.pk).update)(sent_at=sent_at)
         except Throttled as exc:
             await self._after_refusal(order, request, priority, attempt, exc, delay=exc.retry_after)
             return
