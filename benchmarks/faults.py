@@ -6,7 +6,8 @@ starved, then its books checked against the paper broker's.
 It starts a private PostgreSQL (initdb/pg_ctl from /usr/lib/postgresql/*/bin)
 and a private redis-server on their own 127.0.0.1 ports, migrates, enables the
 Volume-OI strategy, and runs the engine on the simulator and the paper broker
-at N× real time, with failures injected around the broker (throttles before
+at N× real time, on a scenario of its own with informed flow every 90 simulated
+seconds (``write_dense_scenario``), with failures injected around the broker (throttles before
 and after the broker took the order, 502s after it took it, 503s on the
 books: ``trading/brokers/faults.py``). Then:
 
@@ -156,6 +157,33 @@ def role_of(url: str, pid: int) -> str | None:
     except psycopg.Error:
         return None
     return row[0] if row else None
+
+
+def write_dense_scenario(path: Path) -> Path:
+    """Informed flow every 90 simulated seconds all session, both underlyings, calls and
+    puts, followed through up (the target), down (the stop) or barely (the time exit): an
+    engine killed every few seconds still finds entries, scale-ups, hedges and exits to be
+    killed around (the demo's default scenario has one every ten to fifteen minutes)."""
+    import json
+
+    kinds = [("NIFTY", "CE", 1, 45), ("BANKNIFTY", "PE", -1, -30), ("NIFTY", "PE", -1, 5), ("BANKNIFTY", "CE", 1, 45)]
+    events, at = [], 9 * 3600 + 16 * 60
+    for n in range((15 * 3600 - at) // 90):
+        underlying, option_type, offset, follow = kinds[n % len(kinds)]
+        events.append(
+            {
+                "time": f"{at // 3600:02d}:{at % 3600 // 60:02d}:{at % 60:02d}",
+                "type": "informed_flow",
+                "underlying": underlying,
+                "option_type": option_type,
+                "strike_offset": offset,
+                "follow_through_pct": follow,
+                "follow_minutes": 4,
+            }
+        )
+        at += 90
+    path.write_text(json.dumps({"name": "faults", "events": events}))
+    return path
 
 
 def wait_for(predicate, timeout: float, poll: float = 0.25) -> bool:
@@ -320,6 +348,7 @@ def main() -> None:
         "DJANGO_SETTINGS_MODULE": "quanthub.settings",
     }
     env.pop("QUANTHUB_ACCOUNT", None)
+    scenario = write_dense_scenario(root / "scenario.json")
     engines = Engines(
         root,
         env,
@@ -334,6 +363,8 @@ def main() -> None:
             str(args.seed),
             "--date",
             day.isoformat(),
+            "--scenario",
+            str(scenario),
         ],
     )
     active = standby = None
