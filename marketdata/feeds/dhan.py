@@ -131,9 +131,14 @@ class ChainPacer:
         self._last: dict[tuple, float] = {}
         self._lock = threading.Lock()
 
+    # Between the mark in ``started`` and the request on the wire the thread may be
+    # preempted for a moment; the next request waits this much longer, so a delay of the
+    # one and not the other cannot bring two requests closer than the gap where they arrive.
+    margin_s = 0.05
+
     def wait_s(self, key: tuple) -> float:
         last = self._last.get(key)
-        return 0.0 if last is None else max(last + self.gap_s - self.monotonic(), 0.0)
+        return 0.0 if last is None else max(last + self.gap_s + self.margin_s - self.monotonic(), 0.0)
 
     async def acquire(self, key: tuple) -> None:
         delay = self.wait_s(key)
