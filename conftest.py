@@ -104,3 +104,21 @@ def pytest_collection_modifyitems(config, items):
         marker = item.get_closest_marker("django_db")
         if marker is not None and marker.kwargs.get("transaction") and "serialized_rollback" not in marker.kwargs:
             item.add_marker(pytest.mark.django_db(**marker.kwargs, serialized_rollback=True), append=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _channel_layer_of_this_test_process():
+    """On a shared Redis (CI), each test process gets a channel-layer prefix of its own:
+    otherwise a fact another worker publishes to the same account's group reaches this
+    worker's dashboards, and a test that expects nothing to be pushed sees it."""
+    import os
+
+    from django.conf import settings
+
+    layer = settings.CHANNEL_LAYERS["default"]
+    if layer["BACKEND"].startswith("channels_redis"):
+        layer.setdefault("CONFIG", {})["prefix"] = f"asgi-test-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
+        from channels.layers import channel_layers
+
+        channel_layers.backends.clear()
+    yield
