@@ -19,6 +19,7 @@ import datetime as dt
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 from django.db import transaction
 from django.utils import timezone
@@ -219,7 +220,10 @@ def confirm_daily_loss(*, ours_net, ours_charges, broker_gross, cap) -> LossVerd
     if broker_gross is None:
         return LossVerdict(True, ours_net, None, "the broker's P&L is unavailable: our books decide")
     broker_net = broker_gross - ours_charges
-    if broker_net <= -cap:
+    # Within 2 % of the cap (₹1 at least) the two agree: marks and charges round apart by
+    # rupees, while the artefacts this guards against are whole positions' worth.
+    tolerance = max(Decimal("1"), cap * Decimal("0.02"))
+    if broker_net <= -cap + tolerance:
         return LossVerdict(True, ours_net, broker_net, "the broker's P&L confirms the loss")
     return LossVerdict(
         False,

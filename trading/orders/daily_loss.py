@@ -19,8 +19,8 @@ open quantity marked at our book's mid, less our charges) and the pure rule
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
-import time
 from decimal import Decimal
 
 from audit.chain import append as audit_append
@@ -47,10 +47,10 @@ class DailyLossGuard:
         self._start = start
         self.handled = False  # tripped this session
         self.disputed: LossVerdict | None = None
-        self._recheck_at = 0.0
+        self._recheck_at: dt.datetime | None = None  # on the engine's clock, like everything it decides
 
     def new_session(self) -> None:
-        self.handled, self.disputed, self._recheck_at = False, None, 0.0
+        self.handled, self.disputed, self._recheck_at = False, None, None
 
     async def check(self, now, pnl: Decimal, cap: Decimal) -> None:
         if self.handled:
@@ -59,7 +59,7 @@ class DailyLossGuard:
             if self.disputed is not None:
                 await _db(self._settled)(now, pnl)
             return
-        if time.monotonic() < self._recheck_at:
+        if self._recheck_at is not None and now < self._recheck_at:
             return
         charges = await _db(daily_charges)(self.path.account, now)
         verdict = confirm_daily_loss(
@@ -70,7 +70,7 @@ class DailyLossGuard:
             log.warning("daily loss cap reached", extra={"ours": str(pnl), "broker": str(verdict.broker)})
             await self._start(flatten.daily_loss_flatten(self.path, net_pnl=pnl, cap=cap, verdict=verdict.why))
             return
-        self._recheck_at = time.monotonic() + RECHECK_S
+        self._recheck_at = now + dt.timedelta(seconds=RECHECK_S)
         if self.disputed is None:
             self.disputed = verdict
             await _db(self._dispute)(now, verdict, cap)

@@ -28,7 +28,8 @@ CAP = Decimal("25000")
     [
         ("-24999.99", "0", "0", False),  # below the cap: nothing to confirm
         ("-25000.00", "-24900.00", "100.00", True),  # the broker's figure less our charges is at the cap
-        ("-25000.00", "-24900.01", "99.98", False),  # a paisa inside it: not confirmed
+        ("-25000.00", "-24400.00", "100.00", True),  # 2 % inside it: marks and charges round apart
+        ("-25000.00", "-24399.99", "100.00", False),  # a paisa further: not confirmed
         ("-228000.00", "29000.00", "120.00", False),  # the ₹0 exit: the broker shows a profit
         ("-26000.00", None, "0", True),  # no broker figure: our books decide, the cap stays hard
         ("-26000.00", "-30000.00", "0", True),  # the broker's loss is worse
@@ -78,7 +79,7 @@ async def test_a_loss_only_our_books_show_stops_entries_alerts_and_never_flatten
     await _phantom_loss(legs[0], clock, Decimal("228000"))
     ours = await sync_to_async(daily_net_pnl)("default", clock.now())
     assert ours <= -CAP
-    for _ in range(3):  # the engine asks every second: one alert, one audit record
+    for _ in range(3):  # the engine asks every second: one alert, one audit record, the broker asked once
         await guard.check(clock.now(), ours, CAP)
         clock.advance(1)
     assert spawned == [] and not guard.handled
