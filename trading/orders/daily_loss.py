@@ -24,7 +24,6 @@ import logging
 from decimal import Decimal
 
 from audit.chain import append as audit_append
-from marketdata.models import Instrument
 from marketdata.ticks import price_on_tick
 from quanthub.sql import on_db_thread as _db
 from risk.breakers import LossVerdict, confirm_daily_loss
@@ -83,7 +82,7 @@ class DailyLossGuard:
         except Exception as exc:  # an outage: our books decide (see the rule)
             log.warning("broker positions unavailable for the daily loss check", extra={"error": repr(exc)})
             return None
-        instruments = await _db(_instruments)({p.security_id for p in positions if p.net_quantity})
+        instruments = await _db(flatten._instruments)({p.security_id for p in positions if p.net_quantity})
         total = Decimal("0")
         for p in positions:
             total += p.realised_pnl
@@ -152,7 +151,3 @@ class DailyLossGuard:
             account=account,
             at=now,
         )
-
-
-def _instruments(security_ids) -> dict[str, Instrument]:
-    return {i.security_id: i for i in Instrument.objects.filter(security_id__in=list(security_ids))}

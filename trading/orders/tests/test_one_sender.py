@@ -79,6 +79,27 @@ def _open(account: str, instruments, lots: list[int]) -> None:
     asyncio.run(go())
 
 
+def _opened(account: str, lots: list[int]) -> list[Instrument]:
+    """Options of both underlyings, ``lots[i]`` lots of the i-th bought and filled."""
+    instruments = list(
+        Instrument.objects.select_related("underlying")
+        .filter(kind__in=["CE", "PE"], is_active=True)
+        .order_by("underlying__symbol", "strike", "kind")[: len(lots)]
+    )
+    _open(account, instruments, lots)
+    return instruments
+
+
+def _assert_flat_and_sold_once(account: str, instruments, lots: list[int]) -> None:
+    """Never two exits for one quantity: the broker's book is flat, not short, and what
+    was sold is exactly what was held."""
+    for inst, n in zip(instruments, lots, strict=True):
+        position = PaperPosition.objects.get(account=account, security_id=inst.security_id)
+        assert position.net_quantity == 0, (inst.trading_symbol, position.net_quantity)
+        sold = sum(o.filled_quantity for o in Order.objects.filter(account=account, instrument=inst, side="SELL"))
+        assert sold == inst.lot_size * n
+
+
 def _engine_exits(account: str, instruments, book) -> None:
     """The engine's strategies selling their positions through the account's shared window."""
     path = build_order_path(account, clock=RealClock(), book=book)  # built as the engine's is
@@ -119,12 +140,7 @@ def test_concurrent_kill_alls_and_engine_exits_stay_under_the_limit_and_never_ex
     requests that raced past each other. The engine's strategies send their exits at
     the same time."""
     account = f"prop{time.monotonic_ns() % 10**9}"
-    instruments = list(
-        Instrument.objects.select_related("underlying")
-        .filter(kind__in=["CE", "PE"], is_active=True)
-        .order_by("underlying__symbol", "strike", "kind")[: len(lots)]
-    )
-    _open(account, instruments, lots)
+    instruments = _opened(account, lots)
     recorder = Recorder(None)
     book = root.stored_book(instruments)
     limit = RiskLimits.active().order_rate_per_s
@@ -170,13 +186,7 @@ def test_concurrent_kill_alls_and_engine_exits_stay_under_the_limit_and_never_ex
     results = asyncio.run(go())
     # Within the limit in every one-second window, across every sender of the account.
     assert recorder.most_in_one_second() <= limit
-    # Never two exits for one quantity: the broker's book is flat, not short, and what
-    # was sold is exactly what was held.
-    for inst, n in zip(instruments, lots, strict=True):
-        position = PaperPosition.objects.get(account=account, security_id=inst.security_id)
-        assert position.net_quantity == 0, (inst.trading_symbol, position.net_quantity)
-        sold = sum(o.filled_quantity for o in Order.objects.filter(account=account, instrument=inst, side="SELL"))
-        assert sold == inst.lot_size * n
+    _assert_flat_and_sold_once(account, instruments, lots)
     assert any(r.flat for r in results if r is not None)
 
 
@@ -235,12 +245,7 @@ def test_kill_all_pressed_at_once_on_the_api_the_dashboard_and_the_cli_stays_und
     from trading import views
 
     account = f"press{time.monotonic_ns() % 10**9}"
-    instruments = list(
-        Instrument.objects.select_related("underlying")
-        .filter(kind__in=["CE", "PE"], is_active=True)
-        .order_by("underlying__symbol", "strike", "kind")[: len(lots)]
-    )
-    _open(account, instruments, lots)
+    instruments = _opened(account, lots)
     book = root.stored_book(instruments)
     quotes_for(instruments, book, RealClock().now())  # stored too: the standalone paths price from them
     recorder = Recorder(book)
@@ -301,9 +306,5 @@ def test_kill_all_pressed_at_once_on_the_api_the_dashboard_and_the_cli_stays_und
     assert all("Kill All (" in h for h in heard if isinstance(h, str)), heard
     assert sum(len(b.calls) for b in recorder.brokers) >= len(instruments)  # every send was timed
     assert recorder.most_in_one_second() <= limit
-    for inst, n in zip(instruments, lots, strict=True):
-        position = PaperPosition.objects.get(account=account, security_id=inst.security_id)
-        assert position.net_quantity == 0, (inst.trading_symbol, position.net_quantity)
-        sold = sum(o.filled_quantity for o in Order.objects.filter(account=account, instrument=inst, side="SELL"))
-        assert sold == inst.lot_size * n
+    _assert_flat_and_sold_once(account, instruments, lots)
     assert not FlattenRequest.objects.filter(account=account).exclude(state=FlattenRequest.State.DONE).exists()
