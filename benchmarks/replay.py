@@ -9,7 +9,6 @@ SQLite (a temporary file) and, when DATABASE_URL points at PostgreSQL (or
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -35,9 +34,8 @@ def run_one(url: str, minutes: int, tmp: str) -> dict:
 def books_hash() -> str:
     """The decision hash of the session (``trading.backtest.report``), over the default
     account's books: the same data and seed give the same hash however fast the run."""
-    from audit.chain import canonical_json
     from audit.models import AuditRecord
-    from trading.backtest.report import _Ids, decision_log
+    from trading.backtest.report import _Ids, audit_rows, decision_hash, decision_log
     from trading.models import Order, Signal
 
     log = decision_log(0, "default")
@@ -55,11 +53,8 @@ def books_hash() -> str:
         }
         for s in Signal.objects.select_related("instrument").order_by("detected_at", "key")
     ]
-    log["audit"] = [
-        {"action": a.action, "actor": a.actor, "subject": ids.subject(a.subject), "payload": ids.clean(a.payload)}
-        for a in AuditRecord.objects.filter(subject__regex=r"^(order|signal):").order_by("seq")
-    ]
-    return hashlib.sha256(canonical_json(log).encode("utf-8")).hexdigest()
+    log["audit"] = audit_rows(AuditRecord.objects.filter(subject__regex=r"^(order|signal):"), ids)
+    return decision_hash(log)
 
 
 def child(minutes: int) -> None:

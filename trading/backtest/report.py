@@ -181,17 +181,12 @@ def decision_log(run_id: int, account: str) -> dict[str, list]:
     # The audit trail of this run's orders and signals, in chain order, without
     # the record times (some are wall clock) and with ids mapped: the engine's id
     # (its run and day) is left out of its actor.
-    audit = [
-        {
-            "action": a.action,
-            "actor": "engine" if a.actor.startswith("engine:") else a.actor,
-            "subject": ids.subject(a.subject),
-            "payload": ids.clean(a.payload),
-        }
-        for a in AuditRecord.objects.filter(
+    audit = audit_rows(
+        AuditRecord.objects.filter(
             Q(subject__startswith=f"order:{order_id_prefix(run_id)}") | Q(subject__startswith=f"signal:{prefix}")
-        ).order_by("seq")
-    ]
+        ),
+        ids,
+    )
     return {
         "signals": signals,
         "gate_refusals": refusals,
@@ -201,6 +196,21 @@ def decision_log(run_id: int, account: str) -> dict[str, list]:
         "breakers": breakers,
         "audit": audit,
     }
+
+
+def audit_rows(records, ids: _Ids) -> list[dict]:
+    """Audit records in chain order as the decision log holds them: without their
+    times (some are wall clock), with ids mapped, and with the engine's instance id
+    (its host, process and run) left out of its actor."""
+    return [
+        {
+            "action": a.action,
+            "actor": "engine" if a.actor.startswith("engine:") else a.actor,
+            "subject": ids.subject(a.subject),
+            "payload": ids.clean(a.payload),
+        }
+        for a in records.order_by("seq")
+    ]
 
 
 def decision_hash(log: dict[str, list]) -> str:

@@ -19,7 +19,7 @@ from marketdata.storage import SnapshotWriter
 from quanthub.clock import IST
 from quanthub.roles import COMPLIANCE, RISK_MANAGER, TRADER
 from risk.models import GateRefusal
-from trading.backtest.report import equity_and_drawdown, percentile
+from trading.backtest.report import _Ids, audit_rows, equity_and_drawdown, percentile
 from trading.backtest.runner import NamespacedStrategy, trading_days
 from trading.models import BacktestRun, Order, Signal, Strategy, Trade
 from trading.strategies.base import FillEvent, OrderIntent
@@ -265,6 +265,28 @@ def test_drawdown_is_the_deepest_fall_from_a_peak():
     assert out["equity_curve"][1]["time"] == "2026-11-23T10:01:00+05:30"
     flat = equity_and_drawdown([], start, Decimal("1000"))
     assert flat["max_drawdown"] == "0.00" and len(flat["equity_curve"]) == 1
+
+
+@pytest.mark.django_db
+def test_the_decision_log_does_not_depend_on_which_engine_instance_wrote_it():
+    from audit import chain
+    from audit.models import AuditRecord
+
+    for instance in ("engine:host-101-aaaaaa", "engine:host-202-bbbbbb"):
+        chain.append("order.sent", actor=instance, subject="order:c1", payload={"price": "101.05"})
+    chain.append("risk.limits_changed", actor="rm:asha", subject="order:c1")
+    rows = audit_rows(AuditRecord.objects.all(), _Ids(0, "default", []))
+    assert (
+        rows[0]
+        == rows[1]
+        == {
+            "action": "order.sent",
+            "actor": "engine",
+            "subject": "order:#?",
+            "payload": {"price": "101.05"},
+        }
+    )
+    assert rows[2]["actor"] == "rm:asha"
 
 
 def test_percentiles_interpolate_between_ranks():
