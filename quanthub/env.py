@@ -61,7 +61,13 @@ def env_int(
     return number
 
 
-def env_decimal(name: str, default: Decimal, env: Mapping[str, str] | None = None) -> Decimal:
+def env_decimal(
+    name: str,
+    default: Decimal,
+    env: Mapping[str, str] | None = None,
+    minimum: Decimal | None = None,
+    maximum: Decimal | None = None,
+) -> Decimal:
     value = _raw(name, env)
     if value is None or value == "":
         return default
@@ -71,6 +77,10 @@ def env_decimal(name: str, default: Decimal, env: Mapping[str, str] | None = Non
         raise ImproperlyConfigured(f"{name} must be a decimal number, got {value!r}") from None
     if not number.is_finite():
         raise ImproperlyConfigured(f"{name} must be a finite number, got {value!r}")
+    if minimum is not None and number < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, got {number}")
+    if maximum is not None and number > maximum:
+        raise ImproperlyConfigured(f"{name} must be at most {maximum}, got {number}")
     return number
 
 

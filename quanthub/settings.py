@@ -160,8 +160,15 @@ QUANTHUB_PAPER_CAPITAL = env_str("QUANTHUB_PAPER_CAPITAL", "2500000")
 # long (engine-clock seconds) before it is called NOT_AT_BROKER; reconciliation
 # still adopts it, with its fills, if it shows up later. Dhan lists within seconds.
 QUANTHUB_NOT_FOUND_GRACE_S = env_int("QUANTHUB_NOT_FOUND_GRACE_S", 60, minimum=1, maximum=3600)
-# The same for exits and Kill All legs: a way out is re-sent after this, not after a minute.
-QUANTHUB_EXIT_NOT_FOUND_GRACE_S = env_int("QUANTHUB_EXIT_NOT_FOUND_GRACE_S", 3, minimum=1, maximum=3600)
+# The same for exits and Kill All legs: a way out is re-sent after this, not after a
+# minute. The window starts when the outcome became unknown, that is after the send's
+# own timeout (DHAN_HTTP_TIMEOUT_S) when that is what failed, so a request Dhan read
+# has had both to be listed. One that is listed later still is adopted by
+# reconciliation, and the flatten, which works to the broker's position, closes the
+# over-sell: a late listing costs a round trip, a long window costs the whole flatten.
+QUANTHUB_EXIT_NOT_FOUND_GRACE_S = float(
+    env_decimal("QUANTHUB_EXIT_NOT_FOUND_GRACE_S", Decimal(1), minimum=Decimal("0.5"), maximum=Decimal(3600))
+)
 # With every reconciliation break cleared, return a reconciliation halt to ACTIVE
 # without waiting for a risk manager (off: the risk panel's Resume does it).
 QUANTHUB_RECONCILE_AUTO_RESUME = env_bool("QUANTHUB_RECONCILE_AUTO_RESUME", False)

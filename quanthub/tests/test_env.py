@@ -26,6 +26,7 @@ def test_it_parses_typed_values():
     assert env_bool("FLAG", env={"FLAG": "Yes"}) is True
     assert env_bool("FLAG", True, env={"FLAG": "off"}) is False
     assert env_int("N", 0, env={"N": " 42 "}) == 42
+    assert env_decimal("GRACE_S", Decimal(1), env={"GRACE_S": "1.5"}, minimum=Decimal("0.5")) == Decimal("1.5")
     assert env_list("HOSTS", env={"HOSTS": "a.example, b.example,,"}) == ["a.example", "b.example"]
     assert env_choice("BROKER", ("paper", "dhan"), "paper", env={"BROKER": "DHAN"}) == "dhan"
 
@@ -39,6 +40,12 @@ def test_it_parses_typed_values():
         (lambda e: env_int("PORT", 1, env=e, maximum=9), {"PORT": "10"}, "PORT must be at most 9"),
         (lambda e: env_decimal("CAP", Decimal(1), env=e), {"CAP": "1,000"}, "CAP must be a decimal"),
         (lambda e: env_decimal("CAP", Decimal(1), env=e), {"CAP": "NaN"}, "CAP must be a finite"),
+        (
+            lambda e: env_decimal("GRACE_S", Decimal(1), env=e, minimum=Decimal("0.5")),
+            {"GRACE_S": "0.25"},
+            "GRACE_S must be at least 0.5",
+        ),
+        (lambda e: env_decimal("GRACE_S", Decimal(1), env=e, maximum=Decimal(60)), {"GRACE_S": "61"}, "at most 60"),
         (
             lambda e: env_choice("QUANTHUB_BROKER", ("paper", "dhan"), "paper", env=e),
             {"QUANTHUB_BROKER": "zerodha"},

@@ -63,6 +63,31 @@ def working_exit_quantity(account: str, instrument_id: int, side: str) -> int:
     )
 
 
+def exits_filled_since(account: str, instrument_id: int, side: str, since: dt.datetime) -> int:
+    """Units the exits on the instrument filled after ``since`` (a position report's
+    time): a report read before them still counts them as open."""
+    return (
+        Fill.objects.filter(
+            order__account=account,
+            order__instrument_id=instrument_id,
+            order__side=side,
+            order__purpose__in=EXIT_PURPOSES,
+            created_at__gt=since,
+        ).aggregate(q=Sum("quantity"))["q"]
+        or 0
+    )
+
+
+def left_to_exit(account: str, instrument_id: int, side: str, broker_net: BrokerNet) -> int:
+    """What the broker's reported net still needs beyond the exits working on it and
+    those filled since the report: a report a moment old serves as well as a new one."""
+    return (
+        broker_net.quantity
+        - exits_filled_since(account, instrument_id, side, broker_net.read_at)
+        - working_exit_quantity(account, instrument_id, side)
+    )
+
+
 def our_reducible(account: str, instrument_id: int, side: str) -> int:
     net = Position.objects.filter(account=account, instrument_id=instrument_id).aggregate(q=Sum("net_quantity"))["q"]
     net = net or 0
@@ -79,17 +104,7 @@ def claim_exit(
     if broker_net is None:
         reducible = our_reducible(account, instrument_id, side)
     else:
-        filled_since = (
-            Fill.objects.filter(
-                order__account=account,
-                order__instrument_id=instrument_id,
-                order__side=side,
-                order__purpose__in=EXIT_PURPOSES,
-                created_at__gt=broker_net.read_at,
-            ).aggregate(q=Sum("quantity"))["q"]
-            or 0
-        )
-        reducible = broker_net.quantity - filled_since
+        reducible = broker_net.quantity - exits_filled_since(account, instrument_id, side, broker_net.read_at)
     if working + quantity > reducible:
         raise ExitClaimed(
             f"{quantity} more would exceed the {max(reducible, 0)} units to close ({working} already being exited)"

@@ -50,7 +50,7 @@ from trading.brokers.base import BrokerStatus, Rejected
 from trading.brokers.safety import kill_switch_check
 from trading.events import asend_now
 from trading.models import Order, Position
-from trading.orders.claims import EXIT_PURPOSES, BrokerNet, ExitClaimed, working_exit_quantity
+from trading.orders.claims import EXIT_PURPOSES, BrokerNet, ExitClaimed, left_to_exit, working_exit_quantity
 from trading.orders.manager import OrderRefused
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ POSITIONS_EVERY_S = 0.5  # the broker's positions are polled at most twice a sec
 ROUND_S = 0.1  # one round of syncing and re-pricing
 OPEN_AT_BROKER = (BrokerStatus.TRANSIT, BrokerStatus.PENDING, BrokerStatus.PART_TRADED)
 WORKING = (Order.State.OPEN, Order.State.PARTIAL)
+NOT_WORKING = (Order.State.REJECTED, Order.State.CANCELLED)  # ended with (some of) its quantity unsold
 
 
 # --- the shared pieces -------------------------------------------------------------------
@@ -410,7 +411,13 @@ async def kill_all(
     open_orders = True
     inflight: dict[str, asyncio.Task] = {}
 
-    def harvest() -> None:
+    ours: dict[str, list[Position]] = {}
+    read_at = timezone.now()
+
+    def harvest() -> set[str]:
+        """Collect the legs' finished sends; returns the legs a send of which the broker
+        refused or never listed (they still need their quantity)."""
+        refused = set()
         for sid, task in list(inflight.items()):
             if not task.done():
                 continue
@@ -419,20 +426,38 @@ async def kill_all(
                 result.errors.append(f"exit {sid}: {task.exception()!r}"[:200])
             else:
                 order_ids.update(o.pk for o in task.result())
+                if any(o.state in NOT_WORKING for o in task.result()):
+                    refused.add(sid)
+        return refused
+
+    def launch(sid: str, net: int) -> None:
+        # Every leg on its own task: the limiter's priority lane orders them, and a leg
+        # whose outcome is being looked up holds up neither the others nor the polling.
+        inflight[sid] = asyncio.ensure_future(
+            _exit_broker_net(oms, instruments[sid], net, ours.get(sid, []), read_at, purpose, reason)
+        )
 
     while True:
-        harvest()
+        refused = harvest()
         now = time.monotonic()
         late = now - began >= deadline_s
+        if refused and positions and not late and now - polled < POSITIONS_EVERY_S:
+            # A leg the broker just refused or never listed goes again at once on the last
+            # report: what it still needs counts the exits filled since that report, so
+            # waiting for the next one would only add up to half a second.
+            for sid in refused:
+                if positions.get(sid) and sid in instruments and sid not in inflight:
+                    launch(sid, positions[sid])
         if now - polled >= POSITIONS_EVERY_S or late:
             polled = now
-            read_at = timezone.now()
+            asked_at = timezone.now()
             try:
                 positions = {p.security_id: p.net_quantity for p in await broker.positions() if p.net_quantity}
             except Exception as exc:  # a missing report is not "flat": keep the last one and go on
                 result.errors.append(f"positions: {exc!r}"[:200])
                 await alerts.once("positions", "WARNING", "Broker positions unavailable during a flatten", repr(exc))
             else:
+                read_at = asked_at  # the time of the report the legs are sent on, never of a failed read
                 try:
                     open_orders = any(o.status in OPEN_AT_BROKER for o in await broker.order_book())
                 except Exception as exc:
@@ -452,11 +477,7 @@ async def kill_all(
                         continue
                     if sid in inflight:
                         continue  # that leg's last send (perhaps an unknown outcome being looked up) is not done
-                    # Every leg on its own task: the limiter's priority lane orders them, and a leg
-                    # whose outcome is being looked up holds up neither the others nor the polling.
-                    inflight[sid] = asyncio.ensure_future(
-                        _exit_broker_net(oms, instrument, net, ours.get(sid, []), read_at, purpose, reason)
-                    )
+                    launch(sid, net)
                 if positions == {} and not open_orders and not inflight and not await _db(_any_live)(set(order_ids)):
                     result.flat = True
                     result.flat_s = round(time.monotonic() - began, 4)
@@ -507,8 +528,8 @@ async def _exit_broker_net(oms, instrument, net: int, ours: list[Position], read
     """Send what the broker's ``net`` still needs beyond the exits already working,
     attributed to our position on the instrument when there is exactly one."""
     side = exit_side(net)
-    working = await _db(working_exit_quantity)(oms.account, instrument.pk, side)
-    need = abs(net) - working
+    broker_net = BrokerNet(abs(net), read_at)
+    need = await _db(left_to_exit)(oms.account, instrument.pk, side, broker_net)
     if need <= 0:
         return []
     same = [p for p in ours if (p.net_quantity > 0) == (net > 0)]
@@ -522,7 +543,7 @@ async def _exit_broker_net(oms, instrument, net: int, ours: list[Position], read
         reason=reason,
         strategy=owner.strategy if owner else None,
         signal=owner.signal if owner else None,
-        broker_net=BrokerNet(abs(net), read_at),
+        broker_net=broker_net,
     )
 
 

@@ -444,7 +444,14 @@ class OrderManager:
         Not found by then is not final: the order stays UNKNOWN (pending) and
         every sync and reconciliation looks for it again, for the grace window.
         """
-        deadline = asyncio.get_running_loop().time() + self.unknown_resolve_s
+        # A way out looks only for its own short window: past it the order is given up
+        # (NOT_AT_BROKER at the next sync) and the flatten sends the quantity again.
+        window = (
+            min(self.unknown_resolve_s, self.exit_not_found_grace_s)
+            if order.purpose in EXIT_PURPOSES
+            else self.unknown_resolve_s
+        )
+        deadline = asyncio.get_running_loop().time() + window
         delay = 0.05
         while True:
             found = await self._lookup(order.client_order_id)
@@ -454,8 +461,15 @@ class OrderManager:
             if asyncio.get_running_loop().time() >= deadline:
                 if found is None:
                     await _db(Order.objects.filter(pk=order.pk, state=S.UNKNOWN).update)(reason=PENDING_REASON)
+                    if order.purpose in EXIT_PURPOSES:
+                        # Given up here and now when the exit window has run on the engine's
+                        # clock too, so the flatten sends the quantity again without waiting
+                        # for the next sync (a simulated clock that stood still leaves it pending).
+                        fresh = await _db(Order.objects.get)(pk=order.pk)
+                        await _db(self._expire_pending)(fresh, self.clock.now())
                 return False
-            await asyncio.sleep(delay)
+            # Never past the deadline: the last look is at the window's end, not up to half a second after.
+            await asyncio.sleep(max(0.0, min(delay, deadline - asyncio.get_running_loop().time())))
             delay = min(delay * 2, 0.5)
 
     # --- cancel and requote -----------------------------------------------------------

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core.management import call_command
 from django.utils import timezone
 
@@ -17,6 +18,7 @@ from quanthub.clock import SimulatedClock
 from risk.breakers import next_session_open
 from risk.models import BreakerTrip, TradingState
 from trading import selectors
+from trading.brokers.base import Unknown
 from trading.brokers.chaos import ChaosBroker
 from trading.brokers.paper import PaperBroker
 from trading.conftest import open_legs
@@ -96,6 +98,46 @@ async def test_rejects_throttles_unknowns_and_5xx_are_retried_at_the_touch_until
     for position in [p async for p in PaperPosition.objects.all()]:
         assert position.net_quantity == 0
     assert broker.max_in_window(1.0) <= 9
+
+
+class _LosesEachLegOnce(ChaosBroker):
+    """Every leg's first send is lost before the broker read it: the reply never comes
+    and the broker never lists it."""
+
+    def __init__(self, inner):
+        super().__init__(inner, fault_rate=0.0)
+        self.lost: set[str] = set()
+
+    async def place_order(self, request):
+        if request.security_id not in self.lost:
+            self.lost.add(request.security_id)
+            self.calls.append((self._clock(), "place"))
+            raise Unknown("connection reset before the broker read it")
+        return await super().place_order(request)
+
+
+async def test_a_lost_kill_all_leg_is_given_up_after_the_exit_window_and_sent_once_more(
+    paper, oms, book, clock, demo_market
+):
+    await open_legs(oms, book, 4, futures=True)
+    broker = _LosesEachLegOnce(paper)
+    path = await _path(broker, _CarriedClock(clock.now(), timezone.now()), book)
+    window = path.oms.exit_not_found_grace_s
+    assert window == settings.QUANTHUB_EXIT_NOT_FOUND_GRACE_S == 1.0
+    # Inside a deadline a 3-second window would not leave room for: lost, looked up, re-sent.
+    result = await flatten.kill_all(path, actor="risk1", reason="drill", deadline_s=4.0)
+    assert result.flat, result.summary()
+    assert not await PaperPosition.objects.exclude(net_quantity=0).aexists()
+    kills = [o async for o in Order.objects.filter(purpose=Order.Purpose.KILL).order_by("pk")]
+    lost = [o for o in kills if o.state == Order.State.REJECTED]
+    assert len(lost) == 4 and {o.reject_code for o in lost} == {"NOT_AT_BROKER"}
+    assert all(o.reason == f"the broker has no order with this correlation id after {window:g} s" for o in lost)
+    # Never given up early, never sent twice: each leg's one re-send came after its window.
+    for order in lost:
+        again = [o for o in kills if o.instrument_id == order.instrument_id and o.pk != order.pk]
+        assert [o.state for o in again] == [Order.State.FILLED]
+        assert (order.rejected_at - order.unknown_at).total_seconds() >= window
+        assert again[0].created_at >= order.rejected_at
 
 
 async def test_the_daily_loss_flatten_closes_the_hedge_too_and_halts_until_the_next_session(
