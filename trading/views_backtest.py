@@ -119,6 +119,9 @@ def backtest_start(request):
     if not _may_run(request):
         raise PermissionDenied("Only traders and risk managers start backtests.")
     form, errors = _parse_start(request.POST)
+    if not errors and settings.REDIS_URL and not fanout.celery_workers():
+        # On Redis the page queues on Celery: with no worker listening the run would wait for ever.
+        errors.append(f"{fanout.NO_WORKER}.")
     if errors:
         runs = BacktestRun.objects.all()[:200]
         return render(request, "trading/backtest_list.html", _list_context(request, runs, form, errors), status=400)

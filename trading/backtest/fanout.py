@@ -699,6 +699,11 @@ def run(run: BacktestRun, *, workers: int | None, on_progress: Callable[[dict], 
     return "pool"
 
 
+NO_WORKER = (
+    "No Celery worker answers on REDIS_URL, so nobody would run the tasks: start one (celery -A quanthub worker)"
+)
+
+
 def celery_workers(timeout_s: float = 1.0) -> list[str]:
     """The names of the Celery workers answering a ping now (empty: nobody would run the tasks)."""
     from quanthub.celery import app

@@ -124,6 +124,7 @@ def test_a_month_of_imported_history_backtests_from_the_page_with_progress_and_a
     client.force_login(make_user("trader1", TRADER))
     launched = []
     monkeypatch.setattr(fanout, "launch", lambda run, workers: launched.append((run.pk, workers)))
+    monkeypatch.setattr(fanout, "celery_workers", lambda: ["celery@worker1"])  # on Redis, someone listens
     page = client.get(reverse("trading:backtests"))
     assert b'name="grid"' in page.content and b"Start backtest" in page.content
     response = client.post(
@@ -185,3 +186,19 @@ def test_only_traders_and_risk_managers_start_runs_and_bad_forms_say_why(client,
     assert b"Workers must be between 0 and 64" in bad.content
     assert not BacktestRun.objects.exists()
     assert client.get(reverse("trading:backtest_compare"), {"a": "999", "b": "998"}).status_code == 404
+
+
+@pytest.mark.django_db
+def test_on_redis_the_page_refuses_a_run_no_celery_worker_would_take(client, make_user, monkeypatch):
+    from quanthub.roles import TRADER
+
+    Strategy.objects.get_or_create(key="vol_oi", defaults={"name": "Volume-OI", "params": {}})
+    monkeypatch.setattr(fanout, "launch", lambda run, workers: pytest.fail("nothing may be queued"))
+    monkeypatch.setattr(fanout, "celery_workers", lambda: [])
+    client.force_login(make_user("trader1", TRADER))
+    form = {"date_from": "2026-11-23", "date_to": "2026-11-23", "source": "sim", "strategy": "vol_oi", "workers": "2"}
+    with override_settings(REDIS_URL="redis://127.0.0.1:6379/15"):
+        refused = client.post(reverse("trading:backtest_start"), form)
+    assert refused.status_code == 400
+    assert b"No Celery worker answers on REDIS_URL" in refused.content
+    assert not BacktestRun.objects.exists()

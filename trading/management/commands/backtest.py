@@ -175,10 +175,7 @@ class Command(BaseCommand):
     def _fan_out(self, days, seed, strategies, options, param_sets, workers, scenario_source, json_path):
         on_celery = bool(settings.REDIS_URL) and workers != 0
         if on_celery and not fanout.celery_workers():
-            raise CommandError(
-                "No Celery worker answers on REDIS_URL, so nobody would run the tasks: start one "
-                "(celery -A quanthub worker) or pass --workers 0 to run them here, one after another"
-            )
+            raise CommandError(f"{fanout.NO_WORKER} or pass --workers 0 to run them here, one after another")
         run = fanout.create_run(
             date_from=days[0],
             date_to=days[-1],
