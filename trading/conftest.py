@@ -5,6 +5,8 @@ helpers live, so no test module imports another."""
 from __future__ import annotations
 
 import datetime as dt
+import io
+import logging
 from decimal import Decimal
 
 import numpy as np
@@ -16,10 +18,19 @@ from marketdata.feeds.base import ChainSnapshot
 from marketdata.models import Instrument
 from marketdata.storage import SnapshotWriter
 from quanthub.clock import IST, SimulatedClock
+from quanthub.logging import JsonFormatter
 from trading.brokers.paper import PaperBroker
 from trading.brokers.ratelimit import RateLimiter
 from trading.models import Order
 from trading.orders.manager import OrderManager
+
+# The test account's Dhan credentials: made up, in Dhan's shapes (a 6-digit PIN, a
+# base32 TOTP seed, a 10-digit client id). The secrets tests look for each in every output.
+DHAN_PIN = "482913"
+DHAN_TOTP_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
+DHAN_CLIENT = "1000000001"
+DHAN_API = "https://api.dhan.co/v2"
+DHAN_AUTH = "https://auth.dhan.co"
 
 T0 = dt.datetime(2026, 11, 24, 10, 0, tzinfo=IST)
 DAY = dt.date(2026, 11, 23)  # the simulated session the engine tests trade
@@ -159,3 +170,31 @@ async def open_legs(oms, book, count, *, futures: bool = False):
     await sync_to_async(quotes_for)(instruments, book, now)
     await buy_two_lots(oms, book, instruments)
     return instruments
+
+
+def use_dhan_credentials(settings, tmp_path, token: str) -> None:
+    """The live broker's settings for the test account, with ``token`` as its access token
+    and its token file under ``tmp_path``."""
+    settings.DHAN_CLIENT_ID = DHAN_CLIENT
+    settings.DHAN_ACCESS_TOKEN = token
+    settings.DHAN_PIN = DHAN_PIN
+    settings.DHAN_TOTP_SECRET = DHAN_TOTP_SECRET
+    settings.DHAN_TOKEN_PATH = str(tmp_path / "token")
+    settings.DHAN_API_BASE_URL = DHAN_API
+    settings.DHAN_AUTH_BASE_URL = DHAN_AUTH
+
+
+@pytest.fixture
+def json_log():
+    """Every log line of the process, at DEBUG, through our JSON formatter: what an
+    operator's log would hold."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield stream
+    root.removeHandler(handler)
+    root.setLevel(level)

@@ -8,9 +8,7 @@ secret."""
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 import re
 from decimal import Decimal
 from pathlib import Path
@@ -23,21 +21,18 @@ from asgiref.sync import sync_to_async
 from audit.models import AuditRecord
 from marketdata.demo import ensure_demo_instruments
 from marketdata.models import Instrument
-from quanthub.logging import JsonFormatter
 from trading.brokers.dhan import DhanBroker
 from trading.brokers.ratelimit import RateLimiter
+from trading.conftest import DHAN_API, DHAN_AUTH, DHAN_CLIENT, DHAN_PIN, DHAN_TOTP_SECRET, use_dhan_credentials
 from trading.models import Alert, Order
 from trading.orders.manager import OrderManager
 
 pytestmark = pytest.mark.django_db(transaction=True)
-API = "https://api.dhan.co/v2"
-AUTH = "https://auth.dhan.co"
+API, AUTH = DHAN_API, DHAN_AUTH
 FIXTURES = Path(__file__).with_name("fixtures") / "dhan"
 OLD = "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzUxMiJ9.expired-token-value"
 NEW = json.loads((FIXTURES / "totp_token.json").read_text())["accessToken"]
-PIN = "482913"
-TOTP_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
-CLIENT = "1000000001"
+PIN, TOTP_SECRET, CLIENT = DHAN_PIN, DHAN_TOTP_SECRET, DHAN_CLIENT
 
 
 def fixture(name):
@@ -45,24 +40,9 @@ def fixture(name):
 
 
 @pytest.fixture
-def captured(settings, tmp_path):
-    settings.DHAN_CLIENT_ID = CLIENT
-    settings.DHAN_ACCESS_TOKEN = OLD
-    settings.DHAN_PIN = PIN
-    settings.DHAN_TOTP_SECRET = TOTP_SECRET
-    settings.DHAN_TOKEN_PATH = str(tmp_path / "token")
-    settings.DHAN_API_BASE_URL = API
-    settings.DHAN_AUTH_BASE_URL = AUTH
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    yield stream
-    root.removeHandler(handler)
-    root.setLevel(level)
+def captured(settings, json_log, tmp_path):
+    use_dhan_credentials(settings, tmp_path, OLD)
+    return json_log
 
 
 def dhan_like(api):

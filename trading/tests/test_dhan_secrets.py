@@ -6,7 +6,6 @@ token, the PIN, the TOTP secret or code, or the client id with the token."""
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 import logging
 from decimal import Decimal
@@ -19,36 +18,19 @@ import responses
 from quanthub.dhan.local import LocalDhan
 from quanthub.dhan.streams import MarketFeedStream, OrderUpdateStream
 from quanthub.dhan.tokens import TokenRefreshError, TokenStore, refresh
-from quanthub.logging import JsonFormatter
 from trading.brokers.base import OrderType, PlaceRequest, Side
 from trading.brokers.dhan import DhanBroker
+from trading.conftest import DHAN_CLIENT, DHAN_PIN, DHAN_TOTP_SECRET, use_dhan_credentials
 
 TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzUxMiJ9.secret-token-value"
-PIN = "482913"
-TOTP_SECRET = "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP"
-CLIENT = "1000000001"
+PIN, TOTP_SECRET, CLIENT = DHAN_PIN, DHAN_TOTP_SECRET, DHAN_CLIENT
 
 
 @pytest.fixture
-def output(settings, capsys, tmp_path):
-    settings.DHAN_CLIENT_ID = CLIENT
-    settings.DHAN_ACCESS_TOKEN = TOKEN
-    settings.DHAN_PIN = PIN
-    settings.DHAN_TOTP_SECRET = TOTP_SECRET
-    settings.DHAN_TOKEN_PATH = str(tmp_path / "token")
-    settings.DHAN_API_BASE_URL = "https://api.dhan.co/v2"
-    settings.DHAN_AUTH_BASE_URL = "https://auth.dhan.co"
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
+def output(settings, json_log, tmp_path):
+    use_dhan_credentials(settings, tmp_path, TOKEN)
     raised: list[str] = []
-    yield stream, raised
-    root.removeHandler(handler)
-    root.setLevel(level)
+    return json_log, raised
 
 
 def assert_clean(output, capsys, *, extra: tuple[str, ...] = ()):
