@@ -51,14 +51,13 @@ from trading.brokers.safety import kill_switch_check
 from trading.events import asend_now
 from trading.models import Order, Position
 from trading.orders.claims import EXIT_PURPOSES, BrokerNet, ExitClaimed, left_to_exit, working_exit_quantity
-from trading.orders.manager import OrderRefused
+from trading.orders.manager import NOT_AT_BROKER, OrderRefused
 
 log = logging.getLogger(__name__)
 POSITIONS_EVERY_S = 0.5  # the broker's positions are polled at most twice a second
 ROUND_S = 0.1  # one round of syncing and re-pricing
 OPEN_AT_BROKER = (BrokerStatus.TRANSIT, BrokerStatus.PENDING, BrokerStatus.PART_TRADED)
 WORKING = (Order.State.OPEN, Order.State.PARTIAL)
-NOT_WORKING = (Order.State.REJECTED, Order.State.CANCELLED)  # ended with (some of) its quantity unsold
 
 
 # --- the shared pieces -------------------------------------------------------------------
@@ -416,8 +415,8 @@ async def kill_all(
 
     def harvest() -> set[str]:
         """Collect the legs' finished sends; returns the legs a send of which the broker
-        refused or never listed (they still need their quantity)."""
-        refused = set()
+        never listed (given up after the exit window: they still need their quantity)."""
+        lost = set()
         for sid, task in list(inflight.items()):
             if not task.done():
                 continue
@@ -426,9 +425,9 @@ async def kill_all(
                 result.errors.append(f"exit {sid}: {task.exception()!r}"[:200])
             else:
                 order_ids.update(o.pk for o in task.result())
-                if any(o.state in NOT_WORKING for o in task.result()):
-                    refused.add(sid)
-        return refused
+                if any(o.reject_code == NOT_AT_BROKER for o in task.result()):
+                    lost.add(sid)
+        return lost
 
     def launch(sid: str, net: int) -> None:
         # Every leg on its own task: the limiter's priority lane orders them, and a leg
@@ -438,14 +437,16 @@ async def kill_all(
         )
 
     while True:
-        refused = harvest()
+        lost = harvest()
         now = time.monotonic()
         late = now - began >= deadline_s
-        if refused and positions and not late and now - polled < POSITIONS_EVERY_S:
-            # A leg the broker just refused or never listed goes again at once on the last
-            # report: what it still needs counts the exits filled since that report, so
-            # waiting for the next one would only add up to half a second.
-            for sid in refused:
+        if lost and positions and not late and now - polled < POSITIONS_EVERY_S:
+            # A leg whose send was lost goes again at once on the last report (it has waited
+            # out the exit window already): what it still needs counts the exits filled since
+            # that report, so the next report would only add up to half a second. A leg the
+            # broker rejected waits for the next report, so a reject that persists costs at
+            # most two sends a second.
+            for sid in lost:
                 if positions.get(sid) and sid in instruments and sid not in inflight:
                     launch(sid, positions[sid])
         if now - polled >= POSITIONS_EVERY_S or late:
