@@ -22,7 +22,8 @@ from decimal import Decimal
 
 import numpy as np
 from asgiref.sync import sync_to_async
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
 from audit import actors
@@ -167,6 +168,8 @@ class Engine:
         self._limits_fresh = False  # read at this snapshot: the gate may use them as they are
         self._config_second: dt.datetime | None = None  # the second whose trip last read the config
         self._positions_sql: tuple[str, tuple] | None = None  # marking's query, compiled once
+        self._mark_sql: dict[tuple[str, ...], str] = {}  # marking's updates, compiled once per set of columns
+        self._position_fields = {f.name: f for f in Position._meta.concrete_fields}
         self._instruments_by_pk: dict[int, Instrument] = {}
         self._basis: GateBasis | None = None  # the gate's database reads, for the current snapshot or second
         self._basket = None  # the broker's margin for the intents being gated (trading.brokers.safety)
@@ -796,9 +799,35 @@ class Engine:
                     ttl_seconds=max(int((level.deadline - p.opened_at).total_seconds()), 0),
                 )
             if values:
-                Position.objects.filter(pk=p.pk, net_quantity=p.net_quantity, average_price=p.average_price).update(
-                    **values, updated_at=timezone.now()
-                )
+                self._update_mark(p, values)
+
+    def _update_mark(self, p: Position, values: dict) -> None:
+        """``Position.objects.filter(pk, net_quantity, average_price).update(**values, updated_at=now)``,
+        its statement compiled once per set of columns.
+
+        Compiling the update cost more than running it, once a second per open position.
+        The statement is the ORM's own; the parameters are adapted by the fields, as the
+        ORM adapts them, and the first compile checks that they are the ORM's very ones
+        (a set of columns whose parameters differed would keep going through the ORM).
+        """
+        values = {**values, "updated_at": timezone.now()}
+        names = tuple(values)
+        params = [self._position_fields[name].get_db_prep_save(v, connection) for name, v in values.items()]
+        average = self._position_fields["average_price"].get_db_prep_value(p.average_price, connection)
+        params += [average, p.net_quantity, p.pk]
+        # A NULL in the condition is ``IS NULL`` in the ORM's statement, not ``= %s``.
+        sql = self._mark_sql.get(names) if p.average_price is not None and p.net_quantity is not None else ""
+        if not sql:
+            query = Position.objects.filter(pk=p.pk, net_quantity=p.net_quantity, average_price=p.average_price)
+            if sql is None:
+                update = query.query.chain(UpdateQuery)
+                update.add_update_values(values)
+                compiled, orm_params = update.get_compiler(query.db).as_sql()
+                self._mark_sql[names] = compiled if list(orm_params) == params else ""
+            query.update(**values)
+            return
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
 
     def _open_positions(self) -> list[Position]:
         """The account's open positions, with the columns marking reads, each second.
