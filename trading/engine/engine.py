@@ -172,6 +172,7 @@ class Engine:
         self._position_fields = {f.name: f for f in Position._meta.concrete_fields}
         self._instruments_by_pk: dict[int, Instrument] = {}
         self._basis: GateBasis | None = None  # the gate's database reads, for the current snapshot or second
+        self._funds_due = False  # the basis was loaded without the broker's funds (``_due_funds``)
         self._basket = None  # the broker's margin for the intents being gated (trading.brokers.safety)
         self._beat_created = False
         self._config_queries: tuple[Prepared, Prepared] | None = None
@@ -1002,7 +1003,6 @@ class Engine:
         if not keys:
             return set()
         load_basis = self._basis is None and any(i.security_id in self.instruments for i in intents)
-        funds = await self._outside(self.broker.funds, where="funds") if load_basis else None
         limits = self._limits if self._limits_fresh else None
         now = self.clock.now()
 
@@ -1012,13 +1012,30 @@ class Engine:
                     "signal__key", flat=True
                 )
             )
-            basis = GateBasis.load(account=self.account, now=now, funds=funds, limits=limits) if load_basis else None
+            basis = GateBasis.load(account=self.account, now=now, limits=limits) if load_basis else None
             return entered, basis
 
-        entered, basis = await _db(reads)()
-        if basis is not None:
-            self._basis = basis
+        if not load_basis:
+            entered, _ = await _db(reads)()
+            return entered
+        # The broker's funds are asked first, as before, but without waiting for them before
+        # the reads are queued: one wait for both, not two one after the other.
+        funds, (entered, basis) = await asyncio.gather(self._outside(self.broker.funds, where="funds"), _db(reads)())
+        basis.funds = funds
+        self._basis, self._funds_due = basis, False
         return entered
+
+    async def _due_funds(self) -> None:
+        """The broker's funds for a basis that was loaded for exposure-reducing intents only.
+
+        No rule reads margin for an intent that only reduces exposure, so its gate does
+        not wait for the broker; the funds are read when the basis first needs them —
+        for an intent that adds exposure, or before anything is sent, so that they are
+        the funds from before the send, as they would have been read with the basis.
+        """
+        if self._basis is not None and self._funds_due:
+            self._funds_due = False
+            self._basis.funds = await self._outside(self.broker.funds, where="funds")
 
     async def _gate(self, loaded: Loaded, intent, intent_at: dt.datetime, started: float) -> Passed | None:
         instrument = self.instruments.get(intent.security_id)
@@ -1027,9 +1044,15 @@ class Engine:
             return None
         now = self.clock.now()
         if self._basis is None:
-            funds = await self._outside(self.broker.funds, where="funds")
             limits = self._limits if self._limits_fresh else None
-            self._basis = await _db(GateBasis.load)(account=self.account, now=now, funds=funds, limits=limits)
+            load = _db(GateBasis.load)(account=self.account, now=now, limits=limits)
+            if intent.reduces_exposure:
+                self._basis, self._funds_due = await load, True
+            else:
+                funds, self._basis = await asyncio.gather(self._outside(self.broker.funds, where="funds"), load)
+                self._basis.funds, self._funds_due = funds, False
+        elif not intent.reduces_exposure:
+            await self._due_funds()
         underlying_quote = self.book.get(self.underlying_ids.get(instrument.underlying.symbol, ""))
         ctx = self._basis.context(
             intent,
@@ -1072,6 +1095,8 @@ class Engine:
             self._pnl_exit = state
 
     async def _send(self, loaded: Loaded, queue: list[Passed], snapshot_at: dt.datetime) -> None:
+        if queue:
+            await self._due_funds()
         for passed in queue:
             intent = passed.intent
             signal = await _db(self._signal)(loaded, intent) if intent.signal_key else None
