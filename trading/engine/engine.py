@@ -916,17 +916,21 @@ class Engine:
         self.stats.snapshots += 1
         self.book.update_chain(snapshot)
         await self.broker.on_market_data()
-        if self.writer is not None:
-            self.writer.add_chain(snapshot)
-        if self._config_second is None or self._config_second != self._last_second:
-            # Not read yet in this second (a feed of chains alone, or the first item).
-            await _db(self._refresh_config)()
-        self._basis = None  # the gate reads the database once for this snapshot, at its first intent
-        received = snapshot.received_at
-        started = time.perf_counter()  # wall time: the simulated clock stands still within a tick
-        for loaded in self.strategies:
-            intents = self._contained(loaded, loaded.strategy.on_snapshot, snapshot)
-            await self._submit_all(loaded, intents, now, received, started)
+        try:
+            if self._config_second is None or self._config_second != self._last_second:
+                # Not read yet in this second (a feed of chains alone, or the first item).
+                await _db(self._refresh_config)()
+            self._basis = None  # the gate reads the database once for this snapshot, at its first intent
+            received = snapshot.received_at
+            started = time.perf_counter()  # wall time: the simulated clock stands still within a tick
+            for loaded in self.strategies:
+                intents = self._contained(loaded, loaded.strategy.on_snapshot, snapshot)
+                await self._submit_all(loaded, intents, now, received, started)
+        finally:
+            # The rows are buffered after the decisions, not before them: they wait in memory
+            # for the writer's next flush either way, and nothing the strategies read changes.
+            if self.writer is not None:
+                self.writer.add_chain(snapshot)
         self._keep_greeks(snapshot)
         await self._push_chain(snapshot)
 
