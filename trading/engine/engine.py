@@ -1007,6 +1007,7 @@ class Engine:
         if not keys:
             return set()
         load_basis = self._basis is None and any(i.security_id in self.instruments for i in intents)
+        funds = await self._outside(self.broker.funds, where="funds") if load_basis else None
         limits = self._limits if self._limits_fresh else None
         now = self.clock.now()
 
@@ -1016,17 +1017,12 @@ class Engine:
                     "signal__key", flat=True
                 )
             )
-            basis = GateBasis.load(account=self.account, now=now, limits=limits) if load_basis else None
+            basis = GateBasis.load(account=self.account, now=now, funds=funds, limits=limits) if load_basis else None
             return entered, basis
 
-        if not load_basis:
-            entered, _ = await _db(reads)()
-            return entered
-        # The broker's funds are asked first, as before, but without waiting for them before
-        # the reads are queued: one wait for both, not two one after the other.
-        funds, (entered, basis) = await asyncio.gather(self._outside(self.broker.funds, where="funds"), _db(reads)())
-        basis.funds = funds
-        self._basis, self._funds_due = basis, False
+        entered, basis = await _db(reads)()
+        if basis is not None:
+            self._basis, self._funds_due = basis, False
         return entered
 
     async def _due_funds(self) -> None:
@@ -1049,12 +1045,12 @@ class Engine:
         now = self.clock.now()
         if self._basis is None:
             limits = self._limits if self._limits_fresh else None
-            load = _db(GateBasis.load)(account=self.account, now=now, limits=limits)
-            if intent.reduces_exposure:
-                self._basis, self._funds_due = await load, True
-            else:
-                funds, self._basis = await asyncio.gather(self._outside(self.broker.funds, where="funds"), load)
-                self._basis.funds, self._funds_due = funds, False
+            # No rule reads margin for an exposure-reducing intent: its gate does not wait for the
+            # broker's funds (``_due_funds`` reads them when the basis first needs them).
+            funds_due = intent.reduces_exposure
+            funds = None if funds_due else await self._outside(self.broker.funds, where="funds")
+            self._basis = await _db(GateBasis.load)(account=self.account, now=now, funds=funds, limits=limits)
+            self._funds_due = funds_due
         elif not intent.reduces_exposure:
             await self._due_funds()
         underlying_quote = self.book.get(self.underlying_ids.get(instrument.underlying.symbol, ""))
