@@ -101,24 +101,37 @@ class Greeks:
     vega: np.ndarray
 
 
+def _parity_price(s, k, t, r, sigma, is_call, d1, d2):
+    """The price ``all_greeks`` gives (the put by put-call parity), and what it shares with the Greeks."""
+    disc = np.exp(-r * t)
+    nd1, nd2 = ndtr(d1), ndtr(d2)
+    call = s * nd1 - k * disc * nd2
+    put = call - s + k * disc  # put-call parity
+    expired = _expired(t, sigma)
+    intrinsic = np.where(is_call, np.maximum(s - k * disc, 0.0), np.maximum(k * disc - s, 0.0))
+    return np.where(expired, intrinsic, np.where(is_call, call, put)), disc, nd1, nd2, expired
+
+
+def parity_price(s, k, t, r, sigma, is_call) -> np.ndarray:
+    """``all_greeks(...).price`` bit for bit, without the Greeks: for quotes that show a price only."""
+    d1, d2, s, k, t, r, sigma = _d1_d2(s, k, t, r, sigma)
+    return _parity_price(s, k, t, r, sigma, is_call, d1, d2)[0]
+
+
 def all_greeks(s, k, t, r, sigma, is_call) -> Greeks:
     """Everything at once, sharing d1/d2 (what the simulator uses per snapshot)."""
     d1, d2, s, k, t, r, sigma = _d1_d2(s, k, t, r, sigma)
-    disc = np.exp(-r * t)
-    nd1, nd2, pdf1 = ndtr(d1), ndtr(d2), _pdf(d1)
+    value, disc, nd1, nd2, expired = _parity_price(s, k, t, r, sigma, is_call, d1, d2)
+    pdf1 = _pdf(d1)
     sqrt_t = np.sqrt(np.maximum(t, 0.0))
-    call = s * nd1 - k * disc * nd2
-    put = call - s + k * disc  # put-call parity
     with np.errstate(divide="ignore", invalid="ignore"):
         gam = pdf1 / (s * sigma * sqrt_t)
         decay = -s * pdf1 * sigma / (2.0 * sqrt_t)
     th_call = decay - r * k * disc * nd2
     th_put = decay + r * k * disc * (1.0 - nd2)
     # At T = 0 (expiry-day close) or zero vol: the expiry limits, never NaN.
-    expired = _expired(t, sigma)
-    intrinsic = np.where(is_call, np.maximum(s - k * disc, 0.0), np.maximum(k * disc - s, 0.0))
     return Greeks(
-        price=np.where(expired, intrinsic, np.where(is_call, call, put)),
+        price=value,
         delta=np.where(expired, _expiry_delta(s, k, t, r, is_call), np.where(is_call, nd1, nd1 - 1.0)),
         gamma=np.where(expired, 0.0, gam),
         theta=np.where(expired, 0.0, np.where(is_call, th_call, th_put) / DAYS_PER_YEAR),

@@ -579,8 +579,13 @@ class SimulatorFeed(Feed):
             snapshot = self._corrupt(snapshot, event, now)
         return snapshot
 
-    def _prices(self, market: _Market, now: dt.datetime, rows: np.ndarray):
-        """Strikes, smile IV, Greeks, bid and ask of some of the market's contracts at ``now``."""
+    def _prices(self, market: _Market, now: dt.datetime, rows: np.ndarray, *, with_greeks: bool = True):
+        """Strikes, smile IV, Greeks, bid and ask of some of the market's contracts at ``now``.
+
+        ``with_greeks=False`` (the one-second quotes, which show bid and ask only): the
+        same bid and ask, bit for bit, without the Greeks or any implied volatility
+        solved; IV and Greeks come back as None.
+        """
         seconds = (now - self.start).total_seconds()
         years = max((market.expiry_close - now).total_seconds(), 600.0) / (365 * 86400)
         forward = market.spot * math.exp(RATE * years)
@@ -589,8 +594,12 @@ class SimulatorFeed(Feed):
         is_call = market.option_type[rows] == CE
         m = np.clip(np.log(k / forward) / (atm_iv * math.sqrt(years)), -4.0, 4.0)
         iv = atm_iv * (1.0 + 0.05 * m * m - 0.06 * m)
-        g = greeks.all_greeks(market.spot, k, years, RATE, iv, is_call)
-        theo = np.maximum(g.price, TICK)
+        if with_greeks:
+            g = greeks.all_greeks(market.spot, k, years, RATE, iv, is_call)
+            model = g.price
+        else:
+            model = greeks.parity_price(market.spot, k, years, RATE, iv, is_call)
+        theo = np.maximum(model, TICK)
 
         multiplier = np.ones(len(rows))
         position_of = {int(r): i for i, r in enumerate(rows.tolist())}
@@ -609,6 +618,8 @@ class SimulatorFeed(Feed):
         # when the spread is an odd number of ticks) is within half a tick of the model.
         bid = np.maximum(_round_tick(theo * multiplier - spread_ticks * TICK / 2.0), TICK)
         ask = _round_tick(bid + spread_ticks * TICK)
+        if not with_greeks:
+            return k, None, None, bid, ask
         # An informed flow moves a contract's price off the smile, and a far option worth
         # less than a tick is still quoted a tick bid: their IV and Greeks are those of
         # the price quoted (the mid of bid and ask), so the chain's IV prices what it
@@ -635,7 +646,7 @@ class SimulatorFeed(Feed):
             lo = max(atm - QUOTE_STRIKES_EACH_SIDE, 0)
             hi = min(atm + QUOTE_STRIKES_EACH_SIDE + 1, len(market.strikes))
             rows = np.arange(2 * lo, 2 * hi)
-            _, _, _, bid, ask = self._prices(market, at, rows)
+            _, _, _, bid, ask = self._prices(market, at, rows, with_greeks=False)
             lot = market.spec.lot_size
             out.append(
                 QuoteSnapshot(

@@ -22,7 +22,8 @@ from decimal import Decimal
 
 import numpy as np
 from asgiref.sync import sync_to_async
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models.sql import UpdateQuery
 from django.utils import timezone
 
 from audit import actors
@@ -167,8 +168,11 @@ class Engine:
         self._limits_fresh = False  # read at this snapshot: the gate may use them as they are
         self._config_second: dt.datetime | None = None  # the second whose trip last read the config
         self._positions_sql: tuple[str, tuple] | None = None  # marking's query, compiled once
+        self._mark_sql: dict[tuple[str, ...], str] = {}  # marking's updates, compiled once per set of columns
+        self._position_fields = {f.name: f for f in Position._meta.concrete_fields}
         self._instruments_by_pk: dict[int, Instrument] = {}
         self._basis: GateBasis | None = None  # the gate's database reads, for the current snapshot or second
+        self._funds_due = False  # the basis was loaded without the broker's funds (``_due_funds``)
         self._basket = None  # the broker's margin for the intents being gated (trading.brokers.safety)
         self._beat_created = False
         self._config_queries: tuple[Prepared, Prepared] | None = None
@@ -796,9 +800,35 @@ class Engine:
                     ttl_seconds=max(int((level.deadline - p.opened_at).total_seconds()), 0),
                 )
             if values:
-                Position.objects.filter(pk=p.pk, net_quantity=p.net_quantity, average_price=p.average_price).update(
-                    **values, updated_at=timezone.now()
-                )
+                self._update_mark(p, values)
+
+    def _update_mark(self, p: Position, values: dict) -> None:
+        """``Position.objects.filter(pk, net_quantity, average_price).update(**values, updated_at=now)``,
+        its statement compiled once per set of columns.
+
+        Compiling the update cost more than running it, once a second per open position.
+        The statement is the ORM's own; the parameters are adapted by the fields, as the
+        ORM adapts them, and the first compile checks that they are the ORM's very ones
+        (a set of columns whose parameters differed would keep going through the ORM).
+        """
+        values = {**values, "updated_at": timezone.now()}
+        names = tuple(values)
+        params = [self._position_fields[name].get_db_prep_save(v, connection) for name, v in values.items()]
+        average = self._position_fields["average_price"].get_db_prep_value(p.average_price, connection)
+        params += [average, p.net_quantity, p.pk]
+        # A NULL in the condition is ``IS NULL`` in the ORM's statement, not ``= %s``.
+        sql = self._mark_sql.get(names) if p.average_price is not None and p.net_quantity is not None else ""
+        if not sql:
+            query = Position.objects.filter(pk=p.pk, net_quantity=p.net_quantity, average_price=p.average_price)
+            if sql is None:
+                update = query.query.chain(UpdateQuery)
+                update.add_update_values(values)
+                compiled, orm_params = update.get_compiler(query.db).as_sql()
+                self._mark_sql[names] = compiled if list(orm_params) == params else ""
+            query.update(**values)
+            return
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
 
     def _open_positions(self) -> list[Position]:
         """The account's open positions, with the columns marking reads, each second.
@@ -886,17 +916,21 @@ class Engine:
         self.stats.snapshots += 1
         self.book.update_chain(snapshot)
         await self.broker.on_market_data()
-        if self.writer is not None:
-            self.writer.add_chain(snapshot)
-        if self._config_second is None or self._config_second != self._last_second:
-            # Not read yet in this second (a feed of chains alone, or the first item).
-            await _db(self._refresh_config)()
-        self._basis = None  # the gate reads the database once for this snapshot, at its first intent
-        received = snapshot.received_at
-        started = time.perf_counter()  # wall time: the simulated clock stands still within a tick
-        for loaded in self.strategies:
-            intents = self._contained(loaded, loaded.strategy.on_snapshot, snapshot)
-            await self._submit_all(loaded, intents, now, received, started)
+        try:
+            if self._config_second is None or self._config_second != self._last_second:
+                # Not read yet in this second (a feed of chains alone, or the first item).
+                await _db(self._refresh_config)()
+            self._basis = None  # the gate reads the database once for this snapshot, at its first intent
+            received = snapshot.received_at
+            started = time.perf_counter()  # wall time: the simulated clock stands still within a tick
+            for loaded in self.strategies:
+                intents = self._contained(loaded, loaded.strategy.on_snapshot, snapshot)
+                await self._submit_all(loaded, intents, now, received, started)
+        finally:
+            # The rows are buffered after the decisions, not before them: they wait in memory
+            # for the writer's next flush either way, and nothing the strategies read changes.
+            if self.writer is not None:
+                self.writer.add_chain(snapshot)
         self._keep_greeks(snapshot)
         await self._push_chain(snapshot)
 
@@ -988,8 +1022,20 @@ class Engine:
 
         entered, basis = await _db(reads)()
         if basis is not None:
-            self._basis = basis
+            self._basis, self._funds_due = basis, False
         return entered
+
+    async def _due_funds(self) -> None:
+        """The broker's funds for a basis that was loaded for exposure-reducing intents only.
+
+        No rule reads margin for an intent that only reduces exposure, so its gate does
+        not wait for the broker; the funds are read when the basis first needs them —
+        for an intent that adds exposure, or before anything is sent, so that they are
+        the funds from before the send, as they would have been read with the basis.
+        """
+        if self._basis is not None and self._funds_due:
+            self._funds_due = False
+            self._basis.funds = await self._outside(self.broker.funds, where="funds")
 
     async def _gate(self, loaded: Loaded, intent, intent_at: dt.datetime, started: float) -> Passed | None:
         instrument = self.instruments.get(intent.security_id)
@@ -998,9 +1044,15 @@ class Engine:
             return None
         now = self.clock.now()
         if self._basis is None:
-            funds = await self._outside(self.broker.funds, where="funds")
             limits = self._limits if self._limits_fresh else None
+            # No rule reads margin for an exposure-reducing intent: its gate does not wait for the
+            # broker's funds (``_due_funds`` reads them when the basis first needs them).
+            funds_due = intent.reduces_exposure
+            funds = None if funds_due else await self._outside(self.broker.funds, where="funds")
             self._basis = await _db(GateBasis.load)(account=self.account, now=now, funds=funds, limits=limits)
+            self._funds_due = funds_due
+        elif not intent.reduces_exposure:
+            await self._due_funds()
         underlying_quote = self.book.get(self.underlying_ids.get(instrument.underlying.symbol, ""))
         ctx = self._basis.context(
             intent,
@@ -1043,6 +1095,8 @@ class Engine:
             self._pnl_exit = state
 
     async def _send(self, loaded: Loaded, queue: list[Passed], snapshot_at: dt.datetime) -> None:
+        if queue:
+            await self._due_funds()
         for passed in queue:
             intent = passed.intent
             signal = await _db(self._signal)(loaded, intent) if intent.signal_key else None
