@@ -22,9 +22,11 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.db import connections
+from django.db import connections, transaction
 from django.db.models import Model, QuerySet
+from django.db.models.expressions import RawSQL
 from django.db.models.query import ModelIterable
+from django.db.models.sql.subqueries import UpdateQuery
 
 
 class Prepared:
@@ -43,9 +45,11 @@ class Prepared:
 
 
 # Stand-ins for a Statement's parameters while it is compiled: values no query
-# would hold, so each is found exactly once among the compiled parameters.
+# would hold, so each is found exactly once among the compiled parameters. Ints
+# stay within every integer field's range (the ORM compiles a comparison with an
+# out-of-range value to "matches nothing").
 _STAND_INS: dict[type, Callable[[int], Any]] = {
-    int: lambda n: -987_654_321_000 - n,
+    int: lambda n: 2_147_000_000 + n,
     str: lambda n: f"\x00stand-in {n}\x00",
     dt.date: lambda n: dt.date(1, 1, 1 + n),
 }
@@ -150,6 +154,54 @@ class Statement:
         model, attnames = compiled[5]
         using = compiled[0]
         return [model.from_db(using, attnames, row) for row in self.rows(*values)]
+
+
+class Update:
+    """An UPDATE compiled once: the rows of ``model`` whose ``where`` fields (name →
+    type: int or str) equal the values given get new values for ``fields``.
+
+    What ``model.objects.filter(**where).update(**fields)`` runs, without building
+    and compiling the query each time: every value is adapted for the database
+    by its field, as the ORM adapts it. Like ``QuerySet.update`` it sets nothing
+    else (an ``auto_now`` field only when named and given). Returns the number
+    of rows changed.
+    """
+
+    def __init__(self, model: type[Model], fields: Sequence[str], where: dict[str, type]) -> None:
+        self.model = model
+        self.fields = [model._meta.get_field(name) for name in fields]
+        self.where = dict(where)
+        self._compiled: tuple | None = None
+
+    def _compile(self) -> tuple:
+        markers = [_STAND_INS[str](1000 + n) for n in range(len(self.fields))]
+        stand_ins = [_STAND_INS[kind](n) for n, kind in enumerate(self.where.values())]
+        queryset = self.model._base_manager.filter(**dict(zip(self.where, stand_ins, strict=True)))
+        query = queryset.query.chain(UpdateQuery)
+        # A bare placeholder per column: the value is adapted by its field at each run.
+        query.add_update_values(
+            {field.name: RawSQL("%s", (marker,)) for field, marker in zip(self.fields, markers, strict=True)}
+        )
+        sql, params = query.get_compiler(using=queryset.db).as_sql()
+        slots = []
+        for value in (*markers, *stand_ins):
+            found = [i for i, param in enumerate(params) if type(param) is type(value) and param == value]
+            if len(found) != 1:
+                raise ValueError(f"an Update parameter appears {len(found)} times in {sql!r}")
+            slots.append(found[0])
+        self._compiled = (queryset.db, sql, list(params), slots)
+        return self._compiled
+
+    def run(self, values: Sequence, where: Sequence) -> int:
+        using, sql, params, slots = self._compiled or self._compile()
+        connection = connections[using]
+        params = params.copy()
+        prepared = [field.get_db_prep_save(value, connection) for field, value in zip(self.fields, values, strict=True)]
+        for slot, value in zip(slots, (*prepared, *where), strict=True):
+            params[slot] = value
+        with transaction.mark_for_rollback_on_error(using=using), connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.rowcount
 
 
 def on_db_thread(fn):

@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 from django.db import transaction
 
-from quanthub.sql import Statement
+from quanthub.sql import Statement, Update
 from risk.models import ChargeRate
 
 pytestmark = pytest.mark.django_db
@@ -98,3 +98,14 @@ def test_a_query_it_cannot_place_its_values_in_is_refused():
     joined = Statement(lambda kind: ChargeRate.objects.filter(instrument_kind=kind).values_list("id"), str)
     with pytest.raises(TypeError):
         joined.objects("OPTIDX")
+
+
+def test_an_update_writes_its_fields_adapted_as_the_orm_adapts_them():
+    _rates()
+    rate = ChargeRate.objects.get(effective_from=dt.date(2026, 4, 1))
+    change = Update(ChargeRate, ("stt_sell_pct", "source"), where={"pk": int, "instrument_kind": str})
+    assert change.run((Decimal("0.12345"), "circular"), (rate.pk, "FUTIDX")) == 0
+    assert change.run((Decimal("0.12345"), "circular"), (rate.pk, "OPTIDX")) == 1
+    rate.refresh_from_db()
+    assert (rate.stt_sell_pct, rate.source) == (Decimal("0.12345"), "circular")
+    assert ChargeRate.objects.get(effective_from=dt.date(2024, 10, 1)).source == ""

@@ -13,9 +13,11 @@ from contextlib import closing
 from decimal import Decimal
 from typing import NamedTuple
 
+from django.db import DatabaseError
 from django.db.models import Q
+from django.utils import timezone
 
-from quanthub.sql import Statement
+from quanthub.sql import Statement, Update
 from trading.models import Fill, Order, Position, Trade
 
 log = logging.getLogger(__name__)
@@ -101,8 +103,11 @@ def apply_fill(
         position.unrealised_pnl = ZERO
     trade = _close_round_trip(position, order, at) if new_qty == 0 and held != 0 else None
     # The row is locked and was read whole above: writing only what a fill changes
-    # leaves the database holding what a whole-row save would.
-    position.save(update_fields=_FILL_CHANGES)
+    # leaves the database holding what a whole-row save would. updated_at is
+    # stamped as save() stamps an auto_now field.
+    position.updated_at = timezone.now()
+    if not _POSITION_FILLED.run([getattr(position, f.attname) for f in _POSITION_FILLED.fields], (position.pk,)):
+        raise DatabaseError("the position a fill moved was not updated")
     return fill, position, trade
 
 
@@ -140,17 +145,21 @@ def _locked_position(account: str, strategy_id: int | None, instrument_id: int) 
     return found[0] if found else None
 
 
-# The position fields a fill changes (updated_at: auto_now, written only when named).
-_FILL_CHANGES = (
-    "net_quantity",
-    "average_price",
-    "last_price",
-    "realised_pnl",
-    "unrealised_pnl",
-    "charges",
-    "opened_at",
-    "signal",
-    "updated_at",
+# The position fields a fill changes (updated_at: auto_now, stamped by apply_fill).
+_POSITION_FILLED = Update(
+    Position,
+    (
+        "net_quantity",
+        "average_price",
+        "last_price",
+        "realised_pnl",
+        "unrealised_pnl",
+        "charges",
+        "opened_at",
+        "signal",
+        "updated_at",
+    ),
+    where={"pk": int},
 )
 
 

@@ -18,7 +18,7 @@ from audit import actors
 from audit.chain import append as audit_append
 from marketdata.models import Instrument
 from quanthub import metrics
-from quanthub.sql import Statement
+from quanthub.sql import Statement, Update
 from trading.brokers.base import BrokerOrder, BrokerStatus
 from trading.checkpoints import checkpoint
 from trading.events import publish_on_commit
@@ -142,7 +142,7 @@ def _transition_row(
     """A conditional state change inside the caller's transaction, audited."""
     if new in STAMP:
         fields.setdefault(STAMP[new], now)
-    updated = Order.objects.filter(pk=order.pk, state=order.state).update(state=new, **fields)
+    updated = _state_update(tuple(fields)).run((new, *fields.values()), (order.pk, order.state))
     if updated and new not in (S.SUBMITTING, S.OPEN, S.PARTIAL):
         # The row is locked (select_for_update) and read after its fills: it and the
         # fields just written are what the database holds, without reading it again.
@@ -164,6 +164,23 @@ def _transition_row(
         metrics.order_state(new, fields.get("reject_code"))
     return bool(updated)
 
+
+# A state change with the stamps and fields it writes: compiled once for each set of
+# fields (a handful: the stamp of the new state, an acknowledgement's, a reject's).
+_STATE_UPDATES: dict[tuple[str, ...], Update] = {}
+
+
+def _state_update(fields: tuple[str, ...]) -> Update:
+    update = _STATE_UPDATES.get(fields)
+    if update is None:
+        update = _STATE_UPDATES[fields] = Update(Order, ("state", *fields), where={"pk": int, "state": str})
+    return update
+
+
+# A fill's change to its order, conditional on the filled quantity it was read with.
+_FILLED = Update(
+    Order, ("filled_quantity", "average_price", "first_fill_at"), where={"pk": int, "filled_quantity": int}
+)
 
 # The order fields settle and _transition_row read.
 _SETTLE_FIELDS = (
@@ -295,9 +312,7 @@ def _record_locked(order: Order, trades, *, account: str) -> list[FillEvent]:
         ) / filled
         average = average.quantize(Decimal("0.01"))
         first_fill_at = order.first_fill_at or trade.traded_at
-        Order.objects.filter(pk=order_id, filled_quantity=order.filled_quantity).update(
-            filled_quantity=filled, average_price=average, first_fill_at=first_fill_at
-        )
+        _FILLED.run((filled, average, first_fill_at), (order_id, order.filled_quantity))
         order.filled_quantity, order.average_price, order.first_fill_at = filled, average, first_fill_at
         audit_append(
             "order.fill",
