@@ -59,6 +59,18 @@ _ADAPT: dict[type, Callable[[Any, Any], Any]] = {
 }
 
 
+def _places(params: Sequence, value: Any) -> list[int]:
+    """Where a stand-in is among compiled parameters. A backend may wrap a value
+    in a subclass of its type (psycopg's ``Int4`` for an integer column): that
+    wrapping is kept when the real value takes its place (``_wrapper``)."""
+    return [i for i, param in enumerate(params) if isinstance(param, type(value)) and param == value]
+
+
+def _wrapper(param: Any) -> Callable[[Any], Any] | None:
+    """The backend's wrapper type for a parameter slot, or None for a plain value."""
+    return type(param) if isinstance(param, int) and type(param) is not int else None
+
+
 class Statement:
     """A read compiled once and run with new parameter values (see the module's docstring).
 
@@ -85,10 +97,10 @@ class Statement:
         for kind, value in zip(self._types, stand_ins, strict=True):
             if kind in _ADAPT:
                 value = _ADAPT[kind](connection, value)
-            found = [i for i, param in enumerate(params) if type(param) is type(value) and param == value]
+            found = _places(params, value)
             if len(found) != 1:
                 raise ValueError(f"a Statement parameter appears {len(found)} times in {sql!r}")
-            slots.append(found[0])
+            slots.append((found[0], _wrapper(params[found[0]])))
         columns = [column for column, _, _ in compiler.select[: compiler.col_count]]
         converters = [
             (index, functions, expression)
@@ -108,8 +120,9 @@ class Statement:
         using, sql, params, slots, _, _ = compiled
         connection = connections[using]
         params = params.copy()
-        for slot, kind, value in zip(slots, self._types, values, strict=True):
-            params[slot] = _ADAPT[kind](connection, value) if kind in _ADAPT else value
+        for (slot, wrap), kind, value in zip(slots, self._types, values, strict=True):
+            value = _ADAPT[kind](connection, value) if kind in _ADAPT else value
+            params[slot] = wrap(value) if wrap is not None and value is not None else value
         return compiled, connection, sql, params
 
     @property
@@ -185,10 +198,10 @@ class Update:
         sql, params = query.get_compiler(using=queryset.db).as_sql()
         slots = []
         for value in (*markers, *stand_ins):
-            found = [i for i, param in enumerate(params) if type(param) is type(value) and param == value]
+            found = _places(params, value)
             if len(found) != 1:
                 raise ValueError(f"an Update parameter appears {len(found)} times in {sql!r}")
-            slots.append(found[0])
+            slots.append((found[0], _wrapper(params[found[0]])))
         self._compiled = (queryset.db, sql, list(params), slots)
         return self._compiled
 
@@ -197,8 +210,8 @@ class Update:
         connection = connections[using]
         params = params.copy()
         prepared = [field.get_db_prep_save(value, connection) for field, value in zip(self.fields, values, strict=True)]
-        for slot, value in zip(slots, (*prepared, *where), strict=True):
-            params[slot] = value
+        for (slot, wrap), value in zip(slots, (*prepared, *where), strict=True):
+            params[slot] = wrap(value) if wrap is not None and value is not None else value
         with transaction.mark_for_rollback_on_error(using=using), connection.cursor() as cursor:
             cursor.execute(sql, params)
             return cursor.rowcount
