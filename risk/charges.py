@@ -13,6 +13,7 @@ import datetime as dt
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 
+from quanthub.sql import Statement
 from risk.models import ChargeRate
 
 PAISA = Decimal("0.01")
@@ -43,13 +44,23 @@ def _round(value: Decimal) -> Decimal:
     return value.quantize(PAISA, rounding=ROUND_HALF_UP)
 
 
+# Compiled once (see quanthub.sql.Statement): the read itself stays at every fill.
+_RATE = Statement(
+    lambda kind, on: ChargeRate.objects.filter(instrument_kind=kind, effective_from__lte=on).order_by(
+        "-effective_from"
+    )[:1],
+    str,
+    dt.date,
+)
+
+
 def rate_for(kind: str, on: dt.date) -> ChargeRate:
     # Read at every fill (a few a second at most): an admin edit applies to the
     # next fill, and a rolled-back edit never lingers in a cache.
-    rate = ChargeRate.objects.filter(instrument_kind=kind, effective_from__lte=on).order_by("-effective_from").first()
-    if rate is None:
+    found = _RATE.objects(kind, on)
+    if not found:
         raise NoChargeRate(f"No charge rates for {kind} in force on {on}; add them in the admin")
-    return rate
+    return found[0]
 
 
 def breakdown(

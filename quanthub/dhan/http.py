@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+from urllib.parse import urlsplit
 
 import requests
 from dhanhq.dhan_http import DhanHTTP
@@ -39,9 +40,45 @@ def _retry_after(response: requests.Response) -> float | None:
         return None  # an HTTP date: rare enough that the caller's default back-off does
 
 
+class SettledSession(requests.Session):
+    """requests' session, reading what the environment says for a host (proxies,
+    ``no_proxy``, the CA bundle) at its first call instead of at every call.
+
+    requests walks every environment variable twice per request to find the
+    proxies; for an API called on every fill that was a third of the call's own
+    time. A process's environment is set before it starts, so the answer for a
+    scheme and host does not change; a change to the session's own settings is
+    part of the key, so it still applies at once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._settled: dict[tuple, dict] = {}
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+        if not self.trust_env or proxies:
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        parts = urlsplit(url)
+        key = (
+            parts.scheme,
+            parts.netloc,
+            stream,
+            verify,
+            cert,
+            self.stream,
+            self.verify,
+            self.cert,
+            tuple(sorted(self.proxies.items())),
+        )
+        settled = self._settled.get(key)
+        if settled is None:
+            settled = self._settled[key] = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        return {**settled, "proxies": dict(settled["proxies"])}
+
+
 class ContainedHTTP(DhanHTTP):
     def __init__(self, client_id: str, access_token: str, *, base_url: str = DEFAULT_BASE_URL, timeout_s: float = 3.0):
         super().__init__(client_id, access_token)
+        self.session = SettledSession()
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout_s
 

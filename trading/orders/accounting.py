@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from contextlib import closing
 from decimal import Decimal
+from typing import NamedTuple
 
+from django.db import DatabaseError
 from django.db.models import Q
+from django.utils import timezone
 
+from quanthub.sql import Statement, Update
 from trading.models import Fill, Order, Position, Trade
 
 log = logging.getLogger(__name__)
@@ -39,22 +44,35 @@ def charges_for(order: Order, quantity: int, price: Decimal, first_fill: bool, a
 
 
 def apply_fill(
-    order: Order, *, trade_id: str, quantity: int, price: Decimal, at: dt.datetime
+    order: Order,
+    *,
+    trade_id: str,
+    quantity: int,
+    price: Decimal,
+    at: dt.datetime,
+    first_fill: bool | None = None,
 ) -> tuple[Fill | None, Position | None, Trade | None]:
-    """Record one fill (inside the caller's transaction). Returns (fill, position, closed trade)."""
-    if Fill.objects.filter(broker_trade_id=trade_id).exists():
-        return None, None, None
-    first_fill = not order.fills.exists()
+    """Record one fill (inside the caller's transaction). Returns (fill, position, closed trade).
+
+    ``first_fill``: None looks up whether ``trade_id`` is stored already (then nothing
+    changes) and whether the order has fills. A caller that has read both under the
+    order's lock passes whether this is the order's first fill instead."""
+    if first_fill is None:
+        if Fill.objects.filter(broker_trade_id=trade_id).exists():
+            return None, None, None
+        first_fill = not order.fills.exists()
     charges = charges_for(order, quantity, price, first_fill, at).quantize(CENT)
     fill = Fill.objects.create(
         order=order, broker_trade_id=trade_id, quantity=quantity, price=price, filled_at=at, charges=charges
     )
-    position, _ = Position.objects.select_for_update().get_or_create(
-        account=order.account,
-        strategy=order.strategy,
-        instrument=order.instrument,
-        defaults={"signal": order.signal},
-    )
+    position = _locked_position(order.account, order.strategy_id, order.instrument_id)
+    if position is None:
+        position, _ = Position.objects.select_for_update().get_or_create(
+            account=order.account,
+            strategy=order.strategy,
+            instrument=order.instrument,
+            defaults={"signal": order.signal},
+        )
     # Found by these two: the order's loaded rows spare the round trip's reads of them.
     position.instrument, position.strategy = order.instrument, order.strategy
     signed = quantity if order.side == Order.Side.BUY else -quantity
@@ -84,44 +102,133 @@ def apply_fill(
     if new_qty == 0:
         position.unrealised_pnl = ZERO
     trade = _close_round_trip(position, order, at) if new_qty == 0 and held != 0 else None
-    position.save()
+    # The row is locked and was read whole above: writing only what a fill changes
+    # leaves the database holding what a whole-row save would. updated_at is
+    # stamped as save() stamps an auto_now field.
+    position.updated_at = timezone.now()
+    if not _POSITION_FILLED.run([getattr(position, f.attname) for f in _POSITION_FILLED.fields], (position.pk,)):
+        raise DatabaseError("the position a fill moved was not updated")
     return fill, position, trade
 
 
-def round_trip_fills(position: Position) -> list[Fill]:
+# Compiled once: a position row is read at every fill. One of each for a strategy's
+# position and for the unassigned one (strategy IS NULL is not a parameter).
+_POSITION = Statement(
+    lambda account, instrument_id: (
+        Position.objects.select_for_update()
+        .filter(account=account, strategy__isnull=True, instrument_id=instrument_id)
+        .order_by()
+    ),
+    str,
+    int,
+)
+_STRATEGY_POSITION = Statement(
+    lambda account, strategy_id, instrument_id: (
+        Position.objects.select_for_update()
+        .filter(account=account, strategy_id=strategy_id, instrument_id=instrument_id)
+        .order_by()
+    ),
+    str,
+    int,
+    int,
+)
+
+
+def _locked_position(account: str, strategy_id: int | None, instrument_id: int) -> Position | None:
+    """The position a fill moves, locked (inside the caller's transaction); None when there is none yet."""
+    if strategy_id is None:
+        found = _POSITION.objects(account, instrument_id)
+    else:
+        found = _STRATEGY_POSITION.objects(account, strategy_id, instrument_id)
+    if len(found) > 1:  # the unique constraints rule it out; get() would say the same
+        raise Position.MultipleObjectsReturned("get() returned more than one Position")
+    return found[0] if found else None
+
+
+# The position fields a fill changes (updated_at: auto_now, stamped by apply_fill).
+_POSITION_FILLED = Update(
+    Position,
+    (
+        "net_quantity",
+        "average_price",
+        "last_price",
+        "realised_pnl",
+        "unrealised_pnl",
+        "charges",
+        "opened_at",
+        "signal",
+        "updated_at",
+    ),
+    where={"pk": int},
+)
+
+
+class TripFill(NamedTuple):
+    """What a closed round trip's trade is made of, per fill."""
+
+    quantity: int
+    price: Decimal
+    charges: Decimal
+    filled_at: dt.datetime
+    side: str
+
+
+def round_trip_fills(position: Position) -> list[TripFill]:
     """The fills of the round trip that has just closed ``position``, oldest first.
 
     Matched by quantity, not by time: walking back from the newest fill (by
     insertion order), the round trip is the shortest run of fills that nets to
     zero. Timestamps play no part, so fills stamped by different clocks (or a
     position opened on a simulated clock) can never leave a trade without its
-    exit fills.
+    exit fills. Only the columns the trade is made of are read: each fill's
+    whole order row would cost more than the rest of closing the trade.
     """
-    fills = (
-        Fill.objects.filter(order__account=position.account, order__instrument=position.instrument)
-        .filter(Q(order__strategy=position.strategy) if position.strategy_id else Q(order__strategy__isnull=True))
-        .select_related("order")
-        .order_by("-pk")
-    )
-    trip: list[Fill] = []
+    if position.strategy_id is None:
+        fills = _UNASSIGNED_FILLS.iterate(position.account, position.instrument_id, chunk_size=200)
+    else:
+        fills = _STRATEGY_FILLS.iterate(position.account, position.instrument_id, position.strategy_id, chunk_size=200)
+    trip: list[TripFill] = []
     net = 0
-    for fill in fills.iterator(chunk_size=200):
-        net += fill.quantity if fill.order.side == Order.Side.BUY else -fill.quantity
-        trip.append(fill)
-        if net == 0:
-            break
+    with closing(fills):  # the cursor closes at the break, not when the generator is collected
+        for row in fills:
+            fill = TripFill(*row)
+            net += fill.quantity if fill.side == Order.Side.BUY else -fill.quantity
+            trip.append(fill)
+            if net == 0:
+                break
     trip.reverse()
     return trip
 
 
+def _trip_fills(account: str, instrument_id: int, strategy: Q):
+    return (
+        Fill.objects.filter(order__account=account, order__instrument_id=instrument_id)
+        .filter(strategy)
+        .order_by("-pk")
+        .values_list("quantity", "price", "charges", "filled_at", "order__side")
+    )
+
+
+# Compiled once, newest fill first: one for a strategy's position, one for the unassigned one.
+_UNASSIGNED_FILLS = Statement(
+    lambda account, instrument_id: _trip_fills(account, instrument_id, Q(order__strategy__isnull=True)), str, int
+)
+_STRATEGY_FILLS = Statement(
+    lambda account, instrument_id, strategy_id: _trip_fills(account, instrument_id, Q(order__strategy_id=strategy_id)),
+    str,
+    int,
+    int,
+)
+
+
 def _close_round_trip(position: Position, order: Order, at: dt.datetime) -> Trade:
     fills = round_trip_fills(position)
-    buys = [f for f in fills if f.order.side == Order.Side.BUY]
-    sells = [f for f in fills if f.order.side == Order.Side.SELL]
+    buys = [f for f in fills if f.side == Order.Side.BUY]
+    sells = [f for f in fills if f.side == Order.Side.SELL]
     buy_qty, sell_qty = sum(f.quantity for f in buys), sum(f.quantity for f in sells)
     buy_value = sum((f.quantity * f.price for f in buys), ZERO)
     sell_value = sum((f.quantity * f.price for f in sells), ZERO)
-    long = not fills or fills[0].order.side == Order.Side.BUY
+    long = not fills or fills[0].side == Order.Side.BUY
     quantity = buy_qty if long else sell_qty
     entry_value, exit_value = (buy_value, sell_value) if long else (sell_value, buy_value)
     gross = (sell_value - buy_value).quantize(CENT)

@@ -78,6 +78,7 @@ def default_client_order_id() -> str:
 
 LOOKUP_FAILED = object()  # the broker could not be asked; not the same as "it has no such order"
 NOT_AT_BROKER = "NOT_AT_BROKER"
+PUSHED_IDS_KEPT = 20_000
 PENDING_REASON = "not listed at the broker yet: looked up by correlation id until it shows or the grace window ends"
 
 
@@ -117,6 +118,9 @@ class OrderManager:
         # (a fill can arrive with the acknowledgement); sync() hands them over.
         self._events: list[FillEvent | OrderUpdate] = []
         self._any_live: Prepared | None = None
+        # Client order id -> order id, for pushed updates (``_find_pushed``): only ids read
+        # from committed rows, so a rolled-back order never lands here.
+        self._pushed_ids: dict[str, int] = {}
         # Sends waiting out a throttle's Retry-After: tasks, so the engine loop goes on.
         self._retries: set[asyncio.Task] = set()
         self._auth_alerted = -1e9  # time.monotonic() of the last expired-token alert
@@ -769,10 +773,19 @@ class OrderManager:
 
     def _find_pushed(self, remote: BrokerOrder) -> int | None:
         """Our order's id for a pushed update: by correlation id, else by the broker's order id."""
+        if remote.correlation_id:
+            # An order's client order id never changes, and every order gets a few
+            # pushes (placed, traded): the id found for the first serves the rest.
+            found = self._pushed_ids.get(remote.correlation_id)
+            if found is not None:
+                return found
         orders = Order.objects.filter(account=self.account)
         if remote.correlation_id:
             found = orders.filter(client_order_id=remote.correlation_id).values_list("pk", flat=True).first()
             if found is not None:
+                if len(self._pushed_ids) >= PUSHED_IDS_KEPT:
+                    self._pushed_ids.clear()  # a day's orders fit many times over: never reached in a session
+                self._pushed_ids[remote.correlation_id] = found
                 return found
         if remote.broker_order_id:
             return orders.filter(broker_order_id=remote.broker_order_id).values_list("pk", flat=True).first()

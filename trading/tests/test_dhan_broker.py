@@ -343,3 +343,30 @@ async def test_the_kill_switch_status_is_read(dhan, api):
     assert await dhan.kill_switch_status() is False
     api.replace(responses.GET, f"{API}/killswitch", json={"dhanClientId": "1000000001", "killSwitchStatus": "ACTIVATE"})
     assert await dhan.kill_switch_status() is True
+
+
+def test_the_http_session_reads_the_environment_once_per_host_and_answers_as_requests_does(monkeypatch):
+    from quanthub.dhan.http import SettledSession
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/bundle.pem")
+    settled, plain = SettledSession(), requests.Session()
+    urls = ("https://api.dhan.co/v2/trades/1", "https://internal.example/x", "http://127.0.0.1:8000/v2/orders")
+    for url in urls:
+        assert settled.merge_environment_settings(url, {}, None, None, None) == plain.merge_environment_settings(
+            url, {}, None, None, None
+        )
+    read = []
+    monkeypatch.setattr(requests.sessions, "get_environ_proxies", lambda *args, **kwargs: read.append(args) or {})
+    answer = settled.merge_environment_settings("https://api.dhan.co/v2/trades/2", {}, None, None, None)
+    assert read == [] and answer["proxies"]["https"] == "http://proxy.example:3128"
+    answer["proxies"].clear()  # a caller's copy: the next call is not changed by it
+    assert settled.merge_environment_settings(urls[0], {}, None, None, None)["proxies"]
+    # The session's own settings are part of the answer at once.
+    settled.verify = False
+    assert settled.merge_environment_settings(urls[0], {}, None, None, None)["verify"] == "/etc/ssl/bundle.pem"
+    settled.proxies = {"http": "http://other.example:1"}
+    assert (
+        settled.merge_environment_settings(urls[2], {}, None, None, None)["proxies"]["http"] == "http://other.example:1"
+    )
