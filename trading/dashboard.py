@@ -221,6 +221,15 @@ def render_keys(
         return {key: render_key(key, data, account=account, can=can) for key in keys}
 
 
+def render_parts(
+    keys: list[str], data: dict[str, Any] | None = None, *, account: str | None = None, can: dict | None = None
+) -> dict[str, list[tuple[str, str]]]:
+    """What the websocket sends of several panels of one fact: per key, the (element
+    id, HTML) of each part htmx swaps by its id. A panel is one part, its section."""
+    with selectors.one_read_of_the_heartbeat():
+        return {key: [(key, render_key(key, data, account=account, can=can))] for key in keys}
+
+
 def valid_key(key: str) -> bool:
     if key.startswith("chain-"):
         return key[6:] in UNDERLYINGS

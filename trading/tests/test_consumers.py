@@ -247,3 +247,41 @@ async def test_a_fact_crosses_the_channel_layer_once_for_all_pages_of_a_process(
         assert 'id="panel-overview"' in await page.receive_from(timeout=10)  # two open alerts now
         await page.disconnect()
     assert await _members(layer, group_name("default")) == before  # the last page out takes the process out
+
+
+async def test_a_burst_of_facts_of_one_panel_is_delivered_once_with_the_latest_state(trader, oms, book, demo_market):
+    """While a heartbeat's panels render, two more heartbeats arrive: the middle one
+    is overtaken before its turn and neither rendered nor sent, and the last finds
+    the page already showing the book as it is."""
+    import threading
+    from unittest import mock
+
+    from trading import dashboard
+    from trading.conftest import open_legs
+    from trading.consumers import CACHE
+
+    page = _communicator(trader, path="/ws/dashboard/?panels=positions")
+    await page.connect()
+    await page.receive_from(timeout=10)
+    await open_legs(oms, book, 1)
+    release, rendering = threading.Event(), threading.Event()
+    real = dashboard.render_parts
+
+    def held(*args, **kwargs):
+        rendering.set()
+        release.wait(10)
+        return real(*args, **kwargs)
+
+    before = CACHE.renders
+    with mock.patch.object(dashboard, "render_parts", held):
+        await asend_now("heartbeat", {"engine": "test"})
+        assert await database_sync_to_async(rendering.wait, thread_sensitive=False)(10)
+        # The publisher touches no database: these go out while the first renders.
+        await asend_now("heartbeat", {"engine": "test"})
+        await asend_now("heartbeat", {"engine": "test"})
+        release.set()
+        pushed = await page.receive_from(timeout=10)
+        assert 'id="panel-positions"' in pushed and "1 open" in pushed
+        assert await page.receive_nothing(timeout=1)
+    assert CACHE.renders - before == 2  # the first heartbeat and the last, not the one between
+    await page.disconnect()
