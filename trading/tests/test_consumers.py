@@ -58,19 +58,24 @@ async def test_a_trader_gets_the_current_panels_then_only_what_changed(trader, d
     connected, _ = await communicator.connect()
     assert connected
     first = await communicator.receive_from(timeout=10)
-    for panel in ("overview", "killall", "risk", "positions", "scorecards", "alerts", "chain-NIFTY"):
+    for panel in ("killall", "risk", "positions", "scorecards", "alerts", "chain-NIFTY"):
         assert f'id="panel-{panel}"' in first
+    # The overview comes in its parts, each swapped into the page's panel by its id.
+    for part in ("overview-kpis", "overview-equity", "overview-equity-live"):
+        assert f'id="{part}"' in first
     # A heartbeat on an unchanged book changes no panel's content: nothing is sent.
     await asend_now("heartbeat", {"engine": "test"})
     assert await communicator.receive_nothing(timeout=1)
-    # An alert raised and committed elsewhere arrives as the re-rendered alerts and
-    # overview panels (its open-alert count), and nothing else.
+    # An alert raised and committed elsewhere arrives as the re-rendered alerts panel
+    # and the overview's figures (its open-alert count), and nothing else: not the
+    # overview's equity curve, which the alert did not move.
     from trading.alerts import raise_alert
 
     await database_sync_to_async(raise_alert)("CRITICAL", "oms", "Order rejected: margin")
     pushed = await communicator.receive_from(timeout=10)
     assert 'id="panel-alerts"' in pushed and "Order rejected: margin" in pushed
-    assert 'id="panel-overview"' in pushed and 'id="panel-positions"' not in pushed
+    assert 'id="overview-kpis"' in pushed and 'id="panel-positions"' not in pushed
+    assert 'id="overview-equity"' not in pushed and 'id="overview-equity-live"' not in pushed
     await communicator.disconnect()
 
 
@@ -84,7 +89,7 @@ async def test_a_book_change_reaches_the_page_on_the_next_heartbeat(trader, oms,
     await asend_now("heartbeat", {"engine": "test"})
     pushed = await communicator.receive_from(timeout=10)
     assert 'id="panel-positions"' in pushed and "2 open" in pushed
-    assert 'id="panel-overview"' not in pushed and 'id="panel-alerts"' not in pushed
+    assert 'id="overview-kpis"' not in pushed and 'id="panel-alerts"' not in pushed
     await communicator.disconnect()
 
 
@@ -101,7 +106,7 @@ async def test_a_fact_is_rendered_once_for_every_page_watching(trader, demo_mark
     await database_sync_to_async(raise_alert)("WARNING", "feed", "Feed stale: NIFTY")
     for page in pages:
         pushed = await page.receive_from(timeout=10)
-        assert 'id="panel-overview"' in pushed and 'id="panel-risk"' not in pushed
+        assert 'id="overview-kpis"' in pushed and 'id="panel-risk"' not in pushed
     # The alert changes the overview and the alerts panel; no page shows alerts, but the
     # overview was rendered once for all five pages.
     assert CACHE.renders - before == 1
@@ -167,7 +172,7 @@ async def test_a_page_gets_only_the_panels_it_shows_on_connect(trader, demo_mark
     assert connected
     first = await communicator.receive_from(timeout=10)
     assert 'id="panel-risk"' in first and 'id="panel-chain-BANKNIFTY"' in first
-    assert 'id="panel-overview"' not in first and "bogus" not in first
+    assert 'id="overview-kpis"' not in first and "bogus" not in first
     await communicator.disconnect()
 
 
@@ -240,11 +245,11 @@ async def test_a_fact_crosses_the_channel_layer_once_for_all_pages_of_a_process(
 
     await database_sync_to_async(raise_alert)("WARNING", "feed", "Feed stale: NIFTY")
     for page in pages:
-        assert 'id="panel-overview"' in await page.receive_from(timeout=10)
+        assert 'id="overview-kpis"' in await page.receive_from(timeout=10)
     await pages[0].disconnect()
     await database_sync_to_async(raise_alert)("WARNING", "feed", "Feed stale: BANKNIFTY")
     for page in pages[1:]:
-        assert 'id="panel-overview"' in await page.receive_from(timeout=10)  # two open alerts now
+        assert 'id="overview-kpis"' in await page.receive_from(timeout=10)  # two open alerts now
         await page.disconnect()
     assert await _members(layer, group_name("default")) == before  # the last page out takes the process out
 
