@@ -18,6 +18,7 @@ from django.template.loader import render_to_string
 
 from quanthub.clock import IST
 from trading import charts, selectors
+from trading.templatetags import qh
 
 UNDERLYINGS = ("NIFTY", "BANKNIFTY")
 TEMPLATE = "trading/panels.html"
@@ -125,7 +126,19 @@ def fact_rows(data: dict) -> list[dict] | None:
 
 def _ctx_chain(account: str, data: dict) -> dict:
     underlying = data.get("underlying") or UNDERLYINGS[0]
-    chain = selectors.option_chain(underlying, account, rows=fact_rows(data), expiry=data.get("expiry_wanted"))
+    rows = fact_rows(data)
+    # A pushed chain swaps the panel alone: the page's expiry picker, outside it, needs no new list.
+    chain = selectors.option_chain(
+        underlying, account, rows=rows, expiry=data.get("expiry_wanted"), with_expiries=rows is None
+    )
+    # Each side's cell classes, worked out once per quote rather than once per cell.
+    for row in chain["rows"]:
+        for quote in (row.ce, row.pe):
+            if quote is not None:
+                itm = "itm" if quote["itm"] else ""
+                quote["css"] = itm
+                quote["css_signal"] = " ".join(c for c in (itm, "signal" if quote["signal"] else "") if c)
+                quote["css_change"] = " ".join(c for c in (itm, qh.sign(quote["oi_change"])) if c)
     return {"chain": chain}
 
 

@@ -425,7 +425,6 @@ def net_greeks(rows: list[PositionRow]) -> list[NetGreeks]:
     return list(nets.values())
 
 
-
 @dataclass
 class Scorecard:
     strategy: Strategy
@@ -705,13 +704,19 @@ def _stored_chain(underlying: str, expiry: dt.date | None) -> list[dict]:
 
 
 def option_chain(
-    underlying: str, account: str = "default", rows: list[dict] | None = None, expiry: str | dt.date | None = None
+    underlying: str,
+    account: str = "default",
+    rows: list[dict] | None = None,
+    expiry: str | dt.date | None = None,
+    *,
+    with_expiries: bool = True,
 ) -> dict:
     """The latest chain of one underlying (stored, or the rows the engine pushes), CE
     and PE side by side around the money: the at-the-money strike marked, in-the-money
     sides flagged, the put-call ratio of open interest and the ATM straddle (CE + PE
     mid) in the header, the instruments of live signals marked. ``expiry``: the one
-    the page asked for (a pushed chain of another expiry is not shown)."""
+    the page asked for (a pushed chain of another expiry is not shown).
+    ``with_expiries``: also list the instrument master's expiries (the page's picker)."""
     wanted = dt.date.fromisoformat(expiry) if isinstance(expiry, str) and expiry else expiry or None
     if rows is not None and wanted is not None and rows and rows[0].get("expiry") != wanted:
         rows = None
@@ -760,7 +765,7 @@ def option_chain(
         "expiry": shown_expiry,
         "wanted_expiry": wanted,
         "days_to_expiry": (shown_expiry - today).days if shown_expiry else None,
-        "expiries": chain_expiries(underlying, today),
+        "expiries": chain_expiries(underlying, today) if with_expiries else [],
         "pcr": round(pe_oi / ce_oi, 2) if ce_oi else None,
         "atm_strike": atm_row.strike if atm_row else None,
         "straddle": atm_row.straddle if atm_row else None,
