@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -263,7 +266,8 @@ async def test_a_burst_of_facts_of_one_panel_is_delivered_once_with_the_latest_s
 
     from trading import dashboard
     from trading.conftest import open_legs
-    from trading.consumers import CACHE
+    from trading.consumers import CACHE, FANOUT
+    from trading.events import group_name
 
     page = _communicator(trader, path="/ws/dashboard/?panels=positions")
     await page.connect()
@@ -284,9 +288,67 @@ async def test_a_burst_of_facts_of_one_panel_is_delivered_once_with_the_latest_s
         # The publisher touches no database: these go out while the first renders.
         await asend_now("heartbeat", {"engine": "test"})
         await asend_now("heartbeat", {"engine": "test"})
+        # Released once the process has all three: the first rendering, two waiting their turn.
+        members = FANOUT._groups[group_name()]
+        for _ in range(100):
+            if len(members.deliveries) == 3:
+                break
+            await asyncio.sleep(0.02)
         release.set()
         pushed = await page.receive_from(timeout=10)
         assert 'id="panel-positions"' in pushed and "1 open" in pushed
         assert await page.receive_nothing(timeout=1)
     assert CACHE.renders - before == 2  # the first heartbeat and the last, not the one between
     await page.disconnect()
+
+
+async def test_the_publisher_does_not_wait_for_the_channel_layer(trader, demo_market):
+    """The engine's await is a queue append: a channel layer that takes its time
+    holds back the dashboards, in the order the facts were published, not the tick."""
+    from unittest import mock
+
+    from channels.layers import get_channel_layer
+
+    from trading import events
+    from trading.events import group_name
+
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(group_name(), channel)
+    real = layer.group_send
+
+    async def slow(group, message):
+        await asyncio.sleep(0.2)
+        await real(group, message)
+
+    errors = ["first"]
+    with mock.patch.object(layer, "group_send", slow):
+        began = time.monotonic()
+        assert await asend_now("kill_all", {"stage": "sending", "errors": errors})
+        errors.append("second")  # the caller's own list moves on; the queued fact does not
+        assert await asend_now("kill_all", {"stage": "done", "errors": errors})
+        assert time.monotonic() - began < 0.1
+        first, second = await layer.receive(channel), await layer.receive(channel)
+    assert (first["data"]["stage"], first["data"]["errors"]) == ("sending", ["first"])
+    assert (second["data"]["stage"], second["data"]["errors"]) == ("done", ["first", "second"])
+    await events.flush()
+    await layer.group_discard(group_name(), channel)
+
+
+async def test_a_dead_channel_layer_is_counted_not_raised(trader, demo_market):
+    from unittest import mock
+
+    from channels.layers import get_channel_layer
+
+    from trading import events
+    from trading.events import group_name
+
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(group_name(), channel)
+    before = dict(events.stats)
+    with mock.patch.object(layer, "group_send", mock.AsyncMock(side_effect=ConnectionError("Redis down"))):
+        assert await asend_now("heartbeat", {"engine": "e1"})
+        await events.flush()
+    assert events.stats["failed"] == before["failed"] + 1 and events.stats["published"] == before["published"]
+    await layer.group_discard(group_name(), channel)
