@@ -26,7 +26,8 @@ fact's sequence number, the publish call's ``time.time_ns()`` and the render's e
 Clients take the time as each frame is read, so latency is publish call → frame
 read, the web tier's rendering, Redis and the fan-out included. A sequence number
 a page should have had and never got is a dropped frame. ``engine_ms_per_push`` is
-the publish call itself (what the engine spends per heartbeat);
+the publish call itself (what the engine's tick waits for per heartbeat: the fact
+queued; a task of the same loop then sends it to Redis);
 ``engine_ms_per_push_rendering`` is what the engine spent before the web tier
 rendered: the heartbeat's four panels rendered from the database, then sent.
 Everything stays on 127.0.0.1 and each configuration runs ``--seconds``.
@@ -509,7 +510,7 @@ async def publish(
     from asgiref.sync import sync_to_async
     from channels.layers import get_channel_layer
 
-    from trading.events import asend_now
+    from trading.events import asend_now, flush
 
     # Open this loop's Redis connections first: the engine's are long open.
     await get_channel_layer().group_send("fanout-warm-up", {"type": "warm.up"})
@@ -532,6 +533,9 @@ async def publish(
             ok = await asend_now(kind, {**data, "bench_seq": seq, "bench_t": time.time_ns()}, account=account)
             push_ms.append((time.perf_counter() - sent) * 1000)
             (published[kind] if ok else failures).append(seq if ok else f"{kind} #{seq}")
+    # The publish call queues the fact; the loop's own task sends it. Let it finish
+    # before the loop closes, as a long-running engine's loop would.
+    await flush()
     return published, failures, push_ms
 
 
