@@ -34,9 +34,11 @@ def _ctx_overview(account: str, data: dict) -> dict:
     points = [(t.timestamp(), float(v)) for t, v in ov.equity]
     labels, x_end = None, 0.0
     if ov.equity:
-        labels = tuple(t.astimezone(IST).strftime("%H:%M") for t in (ov.equity[0][0], ov.equity[-1][0]))
-        # The axis runs to the end of the current minute: within it, only the live point moves.
-        x_end = ov.equity[-1][0].replace(second=0, microsecond=0).timestamp() + 60
+        # The axis runs to the end of the current minute (its right-hand label): within
+        # the minute, only the live point moves.
+        end = ov.equity[-1][0].replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+        labels = tuple(t.astimezone(IST).strftime("%H:%M") for t in (ov.equity[0][0], end))
+        x_end = end.timestamp()
     # The curve's whole minutes and its live end (the book's figure now) as two layers:
     # each second's push carries the small live layer, the minutes once a minute.
     history, live = charts.live_line_chart(
