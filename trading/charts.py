@@ -14,6 +14,7 @@ override colours without touching the code.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from html import escape
@@ -170,6 +171,103 @@ def line_chart(
         parts.append(f'<circle class="qh-dot" cx="{_fmt(sc.x(x))}" cy="{_fmt(sc.y(y))}" r="3" fill="#2a6fdb"/>')
     else:
         parts.append(f'<polyline class="qh-line" points="{coords}" fill="none" stroke="#2a6fdb" stroke-width="1.5"/>')
+    parts.append("</svg>")
+    return mark_safe("".join(parts))  # noqa: S308 -- numbers only, text escaped
+
+
+def _nice_bounds(lo: float, hi: float) -> tuple[float, float]:
+    """Bounds around [lo, hi] (lo <= 0 <= hi) on multiples of a quarter of the span's
+    order of magnitude, with some headroom: a value moving within them leaves the
+    scale, and so every other coordinate, exactly as it was."""
+    span = hi - lo
+    if span <= 0:
+        return lo - 1.0, hi + 1.0
+    quarter = 10 ** math.floor(math.log10(span)) / 4
+    head = span * 0.05
+    low = math.floor((lo - head) / quarter) * quarter if lo < 0 else lo
+    high = math.ceil((hi + head) / quarter) * quarter if hi > 0 else hi
+    return low, high
+
+
+def live_line_chart(
+    history: list[tuple[float, float]],
+    live: tuple[float, float] | None,
+    *,
+    x_end: float,
+    width: int = 640,
+    height: int = 180,
+    title: str = "",
+    x_labels: tuple[str, str] | None = None,
+) -> tuple[SafeString, SafeString]:
+    """An equity curve that moves every second, as two layers of one chart: the
+    ``history`` (sorted by x, with its drawdowns shaded) up to ``x_end``, and the
+    ``live`` point's last segment on a transparent layer of the same size drawn over
+    it. The scale's bounds are rounded (``_nice_bounds``), so while the live point
+    moves within them only the small live layer changes; the history layer changes
+    when a point is added, the scale moves or ``x_end`` does.
+    """
+    pts = sorted(_finite(history))
+    tail = _finite([live]) if live is not None else []
+    if not pts:  # a lone point is drawn on the history layer
+        pts, tail = tail, []
+    if not pts:
+        return _empty(width, height, title, "line"), mark_safe("")  # noqa: S308 -- nothing interpolated
+    ys = [p[1] for p in pts + tail]
+    y0, y1 = _nice_bounds(min(min(ys), 0.0), max(max(ys), 0.0))
+    xs = [p[0] for p in pts + tail]
+    base = _history_layer(tuple(pts), min(xs), max(x_end, max(xs)), y0, y1, width, height, title, x_labels)
+    if not tail:
+        return base, mark_safe("")  # noqa: S308 -- nothing interpolated
+    sc = _Scale([min(xs), max(x_end, max(xs))], [y0, y1], width, height, y_zero=True)
+    (lx, ly), (x, y) = pts[-1], tail[0]
+    peak = max(p[1] for p in pts)
+    high = max(peak, y)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="qh-chart qh-line qh-live" width="{width}" '
+        f'height="{height}" viewBox="0 0 {width} {height}" aria-hidden="true">',
+        f'<polygon class="qh-dd" points="{_fmt(sc.x(lx))},{_fmt(sc.y(peak))} {_fmt(sc.x(x))},{_fmt(sc.y(high))} '
+        f'{_fmt(sc.x(x))},{_fmt(sc.y(y))} {_fmt(sc.x(lx))},{_fmt(sc.y(ly))}" fill="#d9534f" fill-opacity="0.25" '
+        f'stroke="none"/>',
+        f'<line class="qh-line" x1="{_fmt(sc.x(lx))}" y1="{_fmt(sc.y(ly))}" x2="{_fmt(sc.x(x))}" '
+        f'y2="{_fmt(sc.y(y))}" stroke="#2a6fdb" stroke-width="1.5"/>',
+        f'<circle class="qh-dot" cx="{_fmt(sc.x(x))}" cy="{_fmt(sc.y(y))}" r="2.5" fill="#2a6fdb"/>',
+        "</svg>",
+    ]
+    return base, mark_safe("".join(parts))  # noqa: S308 -- numbers only
+
+
+@functools.lru_cache(maxsize=16)
+def _history_layer(
+    pts: tuple[tuple[float, float], ...],
+    x0: float,
+    x1: float,
+    y0: float,
+    y1: float,
+    width: int,
+    height: int,
+    title: str,
+    x_labels: tuple[str, str] | None,
+) -> SafeString:
+    # Cached: every page of every account shares the few layers of the current minute.
+    sc = _Scale([x0, x1], [y0, y1], width, height, y_zero=True)
+    parts = _open(width, height, title, "line")
+    parts.extend(sc.axes(x_labels=x_labels))
+    if len(pts) > 1:
+        peak = -math.inf
+        peaks = []
+        for _, y in pts:
+            peak = max(peak, y)
+            peaks.append(peak)
+        upper = " ".join(f"{_fmt(sc.x(x))},{_fmt(sc.y(p))}" for (x, _), p in zip(pts, peaks, strict=True))
+        lower = " ".join(f"{_fmt(sc.x(x))},{_fmt(sc.y(y))}" for x, y in reversed(pts))
+        parts.append(
+            f'<polygon class="qh-dd" points="{upper} {lower}" fill="#d9534f" fill-opacity="0.25" stroke="none"/>'
+        )
+        coords = " ".join(f"{_fmt(sc.x(x))},{_fmt(sc.y(y))}" for x, y in pts)
+        parts.append(f'<polyline class="qh-line" points="{coords}" fill="none" stroke="#2a6fdb" stroke-width="1.5"/>')
+    elif pts:
+        x, y = pts[0]
+        parts.append(f'<circle class="qh-dot" cx="{_fmt(sc.x(x))}" cy="{_fmt(sc.y(y))}" r="3" fill="#2a6fdb"/>')
     parts.append("</svg>")
     return mark_safe("".join(parts))  # noqa: S308 -- numbers only, text escaped
 

@@ -6,10 +6,14 @@ connected page joins its account's group and gets the panels it shows
 services publish facts (``trading.events``); this module turns each fact into
 the panels it changes, renders each of them once per process for every page
 watching the account (``PanelCache``: keyed by account, panel and the fact's
-version), and sends a page only the panels it shows whose content changed since
-its last frame (a content hash per panel and connection). A fact crosses the
-channel layer once per web process, not once per page (``ProcessFanout``). The
-consumer never writes.
+version), and sends a page only the parts of the panels it shows whose content
+changed since its last frame (a content hash per part and connection; a panel is
+one part, or several when ``trading.dashboard.FRAGMENTS`` splits it). A fact
+crosses the channel layer once per web process, not once per page
+(``ProcessFanout``), and each distinct frame is joined once for all the pages
+that get it. Facts changing different panels are delivered side by side; facts
+changing the same panel are delivered in order, and one overtaken by a newer
+fact of the same panel before its turn is skipped. The consumer never writes.
 """
 
 from __future__ import annotations
@@ -49,10 +53,14 @@ def digest(html: str) -> str:
 class Rendered:
     version: str
     key: str
-    html: str = ""
-    digest: str = ""
+    # (element id, HTML, digest) of each part htmx swaps by its id: the panel, or its fragments.
+    parts: tuple[tuple[str, str, str], ...] = ()
     at: float = 0.0
     task: asyncio.Future | None = field(default=None, repr=False)
+
+    @property
+    def html(self) -> str:
+        return "".join(html for _, html, _ in self.parts)
 
 
 class PanelCache:
@@ -72,16 +80,16 @@ class PanelCache:
 
     async def _render(self, entries: list[Rendered], account: str, data: dict | None, can: dict) -> None:
         try:
-            html = await database_sync_to_async(dashboard.render_keys)(
+            rendered = await database_sync_to_async(dashboard.render_parts)(
                 [e.key for e in entries], data, account=account, can=can
             )
         except Exception:  # a broken partial loses one push, never the socket
             log.exception("panel render failed", extra={"panels": [e.key for e in entries]})
-            html = {}
+            rendered = {}
         now = time.monotonic()
         for entry in entries:
-            entry.html = html.get(entry.key, "")
-            entry.digest, entry.at = digest(entry.html), now
+            entry.parts = tuple((pid, html, digest(html)) for pid, html in rendered.get(entry.key, ()) if html)
+            entry.at = now
         self.renders += len(entries)
 
     async def get_many(
@@ -143,6 +151,17 @@ class _Members:
     pages: set = field(default_factory=set)
     joined_at: float = -1e18
     task: asyncio.Task | None = None
+    # Per panel (and chain expiry): the newest fact's version, and the delivery that
+    # must finish before the next fact of that panel is delivered.
+    latest: dict = field(default_factory=dict)
+    tails: dict = field(default_factory=dict)
+    deliveries: set = field(default_factory=set)
+
+
+def _slot(key: str, data: dict) -> tuple[str, str | None]:
+    """What a newer fact supersedes: the panel, and for a chain its expiry too (a page
+    may watch one expiry's chain, which another expiry's fact does not replace)."""
+    return key, data.get("expiry") if key.startswith("chain-") else None
 
 
 class ProcessFanout:
@@ -151,8 +170,16 @@ class ProcessFanout:
     Each page joining the group itself would make the publisher serialise every fact
     once per page, Redis carry it once per page and this process read it back once
     per page: for a chain fact at 200 pages, megabytes a push. Instead the process
-    joins the group with one channel of its own, reads each fact once, and hands it
-    to every page it serves, in the order the facts arrive.
+    joins the group with one channel of its own, reads each fact once, and delivers
+    it to every page it serves.
+
+    A delivery renders the fact's panels once per permission set, compares each part
+    with what each page last got, joins each distinct frame once and writes it to the
+    pages in one pass, without a task or a lock per page. The pump does not wait for
+    a delivery: a chain fact is not held behind the heartbeat's fan-out to pages that
+    do not show the chain. Facts of the same panel are delivered in the order they
+    arrived, and a fact whose panels all have a newer fact waiting is skipped, so a
+    burst renders and sends the latest state once.
     """
 
     def __init__(self) -> None:
@@ -197,19 +224,61 @@ class ProcessFanout:
                 continue
             if event.get("type") != "dashboard.fact":
                 continue
-            # Which panels the fact changes, once for every page; only the pages showing
-            # one of them are handed it.
+            # Which panels the fact changes, once for every page.
             data = event.get("data") or {}
             keys = dashboard.panel_keys(event.get("kind"), data)
-            pages = [page for page in members.pages if any(page._shows(key, data) for key in keys)]
-            if not pages:
+            if not keys:
                 continue
-            results = await asyncio.gather(*(page.take(event, keys) for page in pages), return_exceptions=True)
-            for page, result in zip(pages, results, strict=True):
-                if isinstance(result, Exception):  # a page that went away loses its frame, no one else's
-                    log.info(
-                        "dashboard push to a page failed", extra={"page": page.channel_name, "error": repr(result)}
-                    )
+            slots = [_slot(key, data) for key in keys]
+            before = {id(t): t for t in (members.tails.get(slot) for slot in slots) if t is not None and not t.done()}
+            version = event.get("v", "")
+            task = members.loop.create_task(self._deliver(members, event, data, keys, list(before.values())))
+            for slot in slots:
+                members.latest[slot], members.tails[slot] = version, task
+            members.deliveries.add(task)
+            task.add_done_callback(members.deliveries.discard)
+
+    async def _deliver(
+        self, members: _Members, event: dict, data: dict, keys: list[str], before: list[asyncio.Task]
+    ) -> None:
+        if before:  # the previous facts of these panels first (their failures are their own)
+            await asyncio.wait(before)
+        version = event.get("v", "")
+        keys = [key for key in keys if members.latest.get(_slot(key, data)) == version]
+        if not keys:  # every panel of it has a newer fact waiting, which will show it
+            return
+        try:
+            await self._send(members, event, data, keys)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # one broken delivery loses one push, never the pump
+            log.exception("dashboard delivery failed", extra={"kind": event.get("kind")})
+
+    async def _send(self, members: _Members, event: dict, data: dict, keys: list[str]) -> None:
+        # The pages showing one of the panels, by permission set: one rendering each.
+        variants: dict[str, tuple[dict, list, set]] = {}
+        for page in list(members.pages):
+            shown = [key for key in keys if page._shows(key, data)]
+            if shown:
+                can, pages, union = variants.setdefault(ui_variant(page.can), (page.can, [], set()))
+                pages.append((page, shown))
+                union.update(shown)
+        version = event.get("v", "")
+        for can, pages, union in variants.values():
+            account = pages[0][0].account
+            entries = await CACHE.get_many(account, [k for k in keys if k in union], version, data, can)
+            by_key = {entry.key: entry for entry in entries}
+            frames: dict[tuple[str, ...], str] = {}  # the changed parts' digests -> the frame, joined once
+            for page, shown in pages:
+                frame = page.offer([by_key[key] for key in shown], frames)
+                if frame is None:
+                    continue
+                try:
+                    await page.send(text_data=frame)
+                except Exception as exc:  # a page that went away loses its frame, no one else's
+                    log.info("dashboard push to a page failed", extra={"page": page.channel_name, "error": repr(exc)})
+                    continue
+                metrics.pushed(event)
 
 
 FANOUT = ProcessFanout()
@@ -249,28 +318,38 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         self.account = settings.QUANTHUB_ACCOUNT
         self.group = group_name(self.account)
         self.wanted = wanted_panels(self.scope.get("query_string", b""))
-        self.sent: dict[str, str] = {}  # panel key -> digest of the content last sent
-        # Facts arriving while the current panels are rendered wait for them, then
-        # are compared with what was sent.
-        self._turn = asyncio.Lock()
-        async with self._turn:
-            self.joined = True
-            await FANOUT.join(self)
-            await self.accept()
-            metrics.WS_CONNECTIONS.inc()
-            self.counted = True
-            await self.send(text_data=await self._current())
+        self.sent: dict[str, str] = {}  # part id -> digest of the content last sent
+        # Facts delivered while the current panels are rendered wait here (the newest
+        # rendering per panel), then are compared with what the first frame carried.
+        self.ready = False
+        self.waiting: dict[str, Rendered] = {}
+        self.joined = True
+        await FANOUT.join(self)
+        await self.accept()
+        metrics.WS_CONNECTIONS.inc()
+        self.counted = True
+        await self.send(text_data=await self._current())
+        self.ready = True
+        waiting, self.waiting = list(self.waiting.values()), {}
+        frame = self.offer(waiting, {})
+        if frame is not None:
+            await self.send(text_data=frame)
 
     async def _current(self) -> str:
         parts = []
         for key, expiry in self.wanted.items():
             if expiry is None:
-                html = (await CACHE.current(self.account, key, self.can)).html
+                entry = await CACHE.current(self.account, key, self.can)
+                found = entry.parts
             else:  # one expiry's chain, as the page asked for it
                 data = {"underlying": key[6:], "expiry_wanted": expiry}
-                html = await database_sync_to_async(dashboard.render_key)(key, data, account=self.account, can=self.can)
-            self.sent[key] = digest(html)
-            parts.append(html)
+                found = await database_sync_to_async(dashboard.render_parts)(
+                    [key], data, account=self.account, can=self.can
+                )
+                found = [(pid, html, digest(html)) for pid, html in found.get(key, ())]
+            for pid, html, dg in found:
+                self.sent[pid] = dg
+                parts.append(html)
         return "".join(parts)
 
     async def disconnect(self, code):
@@ -280,12 +359,6 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         if getattr(self, "joined", False):
             self.joined = False
             await FANOUT.leave(self)
-
-    async def take(self, event, keys: list[str]) -> None:
-        """A fact handed over by this process's member of the group, with the panel keys it changes."""
-        if getattr(self, "joined", False):
-            async with self._turn:
-                await self.dashboard_fact(event, keys)
 
     async def receive(self, text_data=None, bytes_data=None):
         # The ws extension sends form values on hx-ws="send"; the dashboards use
@@ -298,17 +371,24 @@ class DashboardConsumer(AsyncWebsocketConsumer):
         expiry = self.wanted[key]
         return expiry is None or data.get("expiry") == expiry
 
-    async def dashboard_fact(self, event, keys: list[str] | None = None):
-        kind, data, version = event.get("kind"), event.get("data") or {}, event.get("v", "")
-        keys = [key for key in (dashboard.panel_keys(kind, data) if keys is None else keys) if self._shows(key, data)]
-        if not keys:
-            return
-        parts = []
-        for entry in await CACHE.get_many(self.account, keys, version, data, self.can):
-            key = entry.key
-            if entry.html and self.sent.get(key) != entry.digest:
-                self.sent[key] = entry.digest
-                parts.append(entry.html)
-        if parts:
-            await self.send(text_data="".join(parts))
-            metrics.pushed(event)
+    def offer(self, entries: list[Rendered], frames: dict[tuple[str, ...], str]) -> str | None:
+        """The frame this page should get for these renderings: the parts whose content
+        differs from what it last got, or None. ``frames`` holds the frames already
+        joined for other pages of this delivery (keyed by the parts' digests), so a
+        frame is joined once however many pages get it."""
+        if not getattr(self, "joined", False):
+            return None
+        if not self.ready:
+            for entry in entries:
+                self.waiting[entry.key] = entry
+            return None
+        changed = [(pid, html, dg) for entry in entries for pid, html, dg in entry.parts if self.sent.get(pid) != dg]
+        if not changed:
+            return None
+        for pid, _, dg in changed:
+            self.sent[pid] = dg
+        signature = tuple(dg for _, _, dg in changed)
+        frame = frames.get(signature)
+        if frame is None:
+            frame = frames[signature] = "".join(html for _, html, _ in changed)
+        return frame

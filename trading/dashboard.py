@@ -18,6 +18,7 @@ from django.template.loader import render_to_string
 
 from quanthub.clock import IST
 from trading import charts, selectors
+from trading.templatetags import qh
 
 UNDERLYINGS = ("NIFTY", "BANKNIFTY")
 TEMPLATE = "trading/panels.html"
@@ -31,13 +32,19 @@ def _account(data: dict | None = None) -> str:
 def _ctx_overview(account: str, data: dict) -> dict:
     ov = selectors.overview(account)
     points = [(t.timestamp(), float(v)) for t, v in ov.equity]
-    labels = None
+    labels, x_end = None, 0.0
     if ov.equity:
-        labels = tuple(t.astimezone(IST).strftime("%H:%M") for t in (ov.equity[0][0], ov.equity[-1][0]))
-    return {
-        "ov": ov,
-        "equity_svg": charts.line_chart(points, title="Net equity today (₹)", drawdown=True, x_labels=labels),
-    }
+        # The axis runs to the end of the current minute (its right-hand label): within
+        # the minute, only the live point moves.
+        end = ov.equity[-1][0].replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+        labels = tuple(t.astimezone(IST).strftime("%H:%M") for t in (ov.equity[0][0], end))
+        x_end = end.timestamp()
+    # The curve's whole minutes and its live end (the book's figure now) as two layers:
+    # each second's push carries the small live layer, the minutes once a minute.
+    history, live = charts.live_line_chart(
+        points[:-1], points[-1] if points else None, x_end=x_end, title="Net equity today (₹)", x_labels=labels
+    )
+    return {"ov": ov, "equity_svg": history, "equity_live_svg": live}
 
 
 def _ctx_positions(account: str, data: dict) -> dict:
@@ -121,7 +128,19 @@ def fact_rows(data: dict) -> list[dict] | None:
 
 def _ctx_chain(account: str, data: dict) -> dict:
     underlying = data.get("underlying") or UNDERLYINGS[0]
-    chain = selectors.option_chain(underlying, account, rows=fact_rows(data), expiry=data.get("expiry_wanted"))
+    rows = fact_rows(data)
+    # A pushed chain swaps the panel alone: the page's expiry picker, outside it, needs no new list.
+    chain = selectors.option_chain(
+        underlying, account, rows=rows, expiry=data.get("expiry_wanted"), with_expiries=rows is None
+    )
+    # Each side's cell classes, worked out once per quote rather than once per cell.
+    for row in chain["rows"]:
+        for quote in (row.ce, row.pe):
+            if quote is not None:
+                itm = "itm" if quote["itm"] else ""
+                quote["css"] = itm
+                quote["css_signal"] = " ".join(c for c in (itm, "signal" if quote["signal"] else "") if c)
+                quote["css_change"] = " ".join(c for c in (itm, qh.sign(quote["oi_change"])) if c)
     return {"chain": chain}
 
 
@@ -184,6 +203,13 @@ EVENT_PANELS: dict[str, tuple[str, ...]] = {
     "trading_state": ("overview", "risk"),
 }
 
+# Panels the websocket sends in parts, by the element ids of the partials they are made
+# of: one field moving (the P&L each second) does not resend the rest (the day's
+# equity curve). The page renders the panel whole; a push swaps the parts that changed.
+FRAGMENTS: dict[str, tuple[str, ...]] = {
+    "overview": ("overview-kpis", "overview-equity", "overview-equity-live"),
+}
+
 # Panels whose content is the fact itself (Kill All's progress, the engine's chain);
 # every other panel is read from committed rows.
 FACT_PANELS = ("killall", "chain")
@@ -219,6 +245,31 @@ def render_keys(
     most panels read) is read once for all of them."""
     with selectors.one_read_of_the_heartbeat():
         return {key: render_key(key, data, account=account, can=can) for key in keys}
+
+
+def render_fragments(
+    name: str, data: dict[str, Any] | None = None, *, account: str | None = None, can: dict | None = None
+) -> list[tuple[str, str]]:
+    """A panel of ``FRAGMENTS`` as its parts: (element id, HTML) of each, rendered from
+    one context by the partials the panel's own partial is made of."""
+    context = panel_context(name, data if name in FACT_PANELS else {}, account=account)
+    context["can"] = can or {}
+    return [(part, render_to_string(f"{TEMPLATE}#{part}", context)) for part in FRAGMENTS[name]]
+
+
+def render_parts(
+    keys: list[str], data: dict[str, Any] | None = None, *, account: str | None = None, can: dict | None = None
+) -> dict[str, list[tuple[str, str]]]:
+    """What the websocket sends of several panels of one fact: per key, the (element
+    id, HTML) of each part htmx swaps by its id. A panel is one part, its section,
+    or the fragments ``FRAGMENTS`` names, each compared and sent on its own."""
+    with selectors.one_read_of_the_heartbeat():
+        return {
+            key: render_fragments(key, data, account=account, can=can)
+            if key in FRAGMENTS
+            else [(key, render_key(key, data, account=account, can=can))]
+            for key in keys
+        }
 
 
 def valid_key(key: str) -> bool:

@@ -6,16 +6,20 @@ transaction that caused them commits, so the dashboards never show state that
 was rolled back. Nothing here renders or reads the database: the web tier
 (``trading.consumers``) turns a fact into panels, once per change per account.
 A dead channel layer (Redis down) is logged and counted, never raised into the
-trading loop.
+trading loop. From the engine's loop (``asend_now``) a fact is queued and sent by a
+task of that loop, in order, so a tick never waits for Redis.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import itertools
 import logging
 import os
 import secrets
 import time
+import weakref
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -90,20 +94,84 @@ def send_now(kind: str, data: dict[str, Any] | None = None, *, account: str = "d
     return True
 
 
+# Facts queued on a loop and not yet sent beyond this many: the oldest are dropped
+# (counted as failed). Only a channel layer that is down or far behind gets there, and
+# the dashboards then show the state the next fact carries.
+OUTBOX_LIMIT = 500
+
+
+class _Outbox:
+    """The facts of one event loop, sent in the order they were published by one task
+    of that loop: the publisher's await is a queue append, and a slow or dead Redis
+    holds the dashboards back, never the caller."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.queue: collections.deque[tuple[Any, str, dict[str, Any]]] = collections.deque()
+        self.task: asyncio.Task | None = None
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def put(self, layer, group: str, message: dict[str, Any]) -> None:
+        if len(self.queue) >= OUTBOX_LIMIT:
+            _, _, lost = self.queue.popleft()
+            _failed(lost["kind"], RuntimeError("dashboard outbox full"))
+        self.queue.append((layer, group, message))
+        self.idle.clear()
+        if self.task is None or self.task.done():
+            self.task = self.loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self.queue:
+                layer, group, message = self.queue.popleft()
+                try:
+                    await layer.group_send(group, message)
+                    metrics.push_sent(time.time() - message["published_at"])
+                    stats["published"] += 1
+                except Exception as exc:  # Redis down degrades the dashboards, never trading
+                    _failed(message["kind"], exc)
+        finally:
+            self.idle.set()
+
+
+_outboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Outbox] = weakref.WeakKeyDictionary()
+
+
+def _outbox() -> _Outbox:
+    loop = asyncio.get_running_loop()
+    box = _outboxes.get(loop)
+    if box is None:
+        box = _outboxes[loop] = _Outbox(loop)
+    return box
+
+
 async def asend_now(kind: str, data: dict[str, Any] | None = None, *, account: str = "default") -> bool:
-    """Publish immediately from the engine's loop: one ``group_send``, no database,
-    no rendering."""
+    """Publish from the engine's loop without waiting for the channel layer: the fact
+    is queued, and a task of this loop sends it after the facts queued before it. No
+    database, no rendering. True when queued (a failure to send is counted and logged
+    later), False when no page could show it."""
     layer = get_channel_layer()
     if layer is None or not _has_listeners(layer, group_name(account), kind):
         return False
-    try:
-        message = fact(kind, data)
-        await layer.group_send(group_name(account), message)
-        metrics.push_sent(time.time() - message["published_at"])
-    except Exception as exc:
-        return _failed(kind, exc)
-    stats["published"] += 1
+    _outbox().put(layer, group_name(account), fact(kind, _snapshot(data)))
     return True
+
+
+def _snapshot(data: dict[str, Any] | None) -> dict[str, Any]:
+    """The fact's data as it is now: it is serialised later, and a caller may go on
+    changing its own lists (Kill All's errors grow from stage to stage)."""
+    return {
+        key: list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value
+        for key, value in (data or {}).items()
+    }
+
+
+async def flush() -> None:
+    """Wait until this loop's queued facts have been sent (or have failed)."""
+    box = _outboxes.get(asyncio.get_running_loop())
+    if box is not None:
+        await box.idle.wait()
 
 
 def publish_on_commit(kind: str, data: dict[str, Any] | None = None, *, account: str = "default") -> None:

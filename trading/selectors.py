@@ -29,28 +29,42 @@ def _today_start(now: dt.datetime) -> dt.datetime:
     return dt.datetime.combine(now.astimezone(IST).date(), dt.time(0), tzinfo=IST)
 
 
-_beats: contextvars.ContextVar[dict | None] = contextvars.ContextVar("qh_heartbeats", default=None)
+_pass: contextvars.ContextVar[dict | None] = contextvars.ContextVar("qh_render_pass", default=None)
 
 
 @contextlib.contextmanager
 def one_read_of_the_heartbeat():
-    """Within the block, ``latest_heartbeat`` reads each account's row once: the panels
-    of one push then agree on the engine's clock, at a fraction of the queries."""
-    token = _beats.set({})
+    """Within the block (the panels of one push), ``latest_heartbeat``, the trading
+    state and the strategies are read once each: the panels then agree on the
+    engine's clock and the state, at a fraction of the queries."""
+    token = _pass.set({})
     try:
         yield
     finally:
-        _beats.reset(token)
+        _pass.reset(token)
+
+
+def _once(key: tuple, read):
+    memo = _pass.get()
+    if memo is None:
+        return read()
+    if key not in memo:
+        memo[key] = read()
+    return memo[key]
 
 
 def latest_heartbeat(account: str) -> EngineHeartbeat | None:
-    memo = _beats.get()
-    if memo is not None and account in memo:
-        return memo[account]
-    beat = EngineHeartbeat.objects.filter(account=account).order_by("-beat_at").first()
-    if memo is not None:
-        memo[account] = beat
-    return beat
+    return _once(
+        ("heartbeat", account), lambda: EngineHeartbeat.objects.filter(account=account).order_by("-beat_at").first()
+    )
+
+
+def _trading_state(account: str):
+    return _once(("trading_state", account), lambda: get_trading_state(account))
+
+
+def _strategies() -> list[Strategy]:
+    return _once(("strategies",), lambda: list(Strategy.objects.order_by("key")))
 
 
 def market_now(account: str) -> dt.datetime:
@@ -165,7 +179,7 @@ def overview(account: str = "default") -> Overview:
         open_positions=agg["n"] or 0,
         equity=equity,
         max_drawdown=max_dd,
-        trading_state=get_trading_state(account),
+        trading_state=_trading_state(account),
         heartbeat=beat,
         heartbeat_age_s=round(age, 1) if age is not None else None,
         engine_alive=alive,
@@ -425,7 +439,6 @@ def net_greeks(rows: list[PositionRow]) -> list[NetGreeks]:
     return list(nets.values())
 
 
-
 @dataclass
 class Scorecard:
     strategy: Strategy
@@ -443,7 +456,7 @@ class Scorecard:
 def scorecards(account: str = "default") -> list[Scorecard]:
     start = _today_start(market_now(account))
     cards = []
-    for strategy in Strategy.objects.order_by("key"):
+    for strategy in _strategies():
         rows = list(
             Trade.objects.filter(account=account, strategy=strategy)
             .order_by("closed_at")
@@ -534,7 +547,7 @@ def risk_panel(account: str = "default") -> RiskPanel:
         into[p["strategy_id"]] = into.get(p["strategy_id"], 0) + abs(p["net_quantity"]) // max(
             p["instrument__lot_size"], 1
         )
-    strategies = list(Strategy.objects.order_by("key"))
+    strategies = _strategies()
     lots = [(s.name or s.key, held.get(s.pk, 0), limits.max_lots_per_strategy) for s in strategies]
     hedge_lots = [(s.name or s.key, hedged.get(s.pk, 0)) for s in strategies]
     today = now.astimezone(IST).date()
@@ -557,7 +570,7 @@ def risk_panel(account: str = "default") -> RiskPanel:
             BreakerTrip.objects.filter(account=account, cleared_at__isnull=True).order_by("-tripped_at")[:10]
         ),
         event_day=next((e for e in event_days if e.date == today), None),
-        trading_state=get_trading_state(account),
+        trading_state=_trading_state(account),
         event_days=event_days,
         pnl_exit=pnl_exit,
         funds_as_of=funds_as_of,
@@ -705,13 +718,19 @@ def _stored_chain(underlying: str, expiry: dt.date | None) -> list[dict]:
 
 
 def option_chain(
-    underlying: str, account: str = "default", rows: list[dict] | None = None, expiry: str | dt.date | None = None
+    underlying: str,
+    account: str = "default",
+    rows: list[dict] | None = None,
+    expiry: str | dt.date | None = None,
+    *,
+    with_expiries: bool = True,
 ) -> dict:
     """The latest chain of one underlying (stored, or the rows the engine pushes), CE
     and PE side by side around the money: the at-the-money strike marked, in-the-money
     sides flagged, the put-call ratio of open interest and the ATM straddle (CE + PE
     mid) in the header, the instruments of live signals marked. ``expiry``: the one
-    the page asked for (a pushed chain of another expiry is not shown)."""
+    the page asked for (a pushed chain of another expiry is not shown).
+    ``with_expiries``: also list the instrument master's expiries (the page's picker)."""
     wanted = dt.date.fromisoformat(expiry) if isinstance(expiry, str) and expiry else expiry or None
     if rows is not None and wanted is not None and rows and rows[0].get("expiry") != wanted:
         rows = None
@@ -760,7 +779,7 @@ def option_chain(
         "expiry": shown_expiry,
         "wanted_expiry": wanted,
         "days_to_expiry": (shown_expiry - today).days if shown_expiry else None,
-        "expiries": chain_expiries(underlying, today),
+        "expiries": chain_expiries(underlying, today) if with_expiries else [],
         "pcr": round(pe_oi / ce_oi, 2) if ce_oi else None,
         "atm_strike": atm_row.strike if atm_row else None,
         "straddle": atm_row.straddle if atm_row else None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 from django import template
 
@@ -69,3 +69,30 @@ def mmss(seconds) -> str:
         return "—"
     total = max(int(number), 0)
     return f"{total // 60}:{total % 60:02d}"
+
+
+# The option chain renders some 250 numbers a push; Django's floatformat and intcomma go
+# through the locale machinery for each. These two give the same text for the
+# numbers the chain shows, at a fraction of the cost.
+
+
+@register.filter
+def fixed(value, places=2) -> str:
+    """A number with ``places`` decimals, rounded half up: ``floatformat:places``
+    (positive places) without the locale lookups. Empty for no number, as floatformat."""
+    number = _number(value)
+    if number is None:
+        return ""
+    places = int(places)
+    text = f"{number.quantize(Decimal(1).scaleb(-places), rounding=ROUND_HALF_UP):.{places}f}"
+    return text[1:] if text.startswith("-") and not text.strip("-0.") else text  # "-0.00" is "0.00"
+
+
+@register.filter
+def thousands(value) -> str:
+    """An integer with a comma every three digits: ``intcomma`` without the locale lookups."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        from django.contrib.humanize.templatetags.humanize import intcomma
+
+        return intcomma(value)
+    return f"{value:,}"

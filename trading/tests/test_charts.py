@@ -108,3 +108,33 @@ def test_it_plots_higher_values_higher():
     pts = [tuple(map(float, p.split(","))) for p in root.find(f"{SVG}polyline").get("points").split()]
     assert pts[0][0] < pts[1][0]
     assert pts[0][1] > pts[1][1]  # SVG y grows downwards
+
+
+def test_a_live_chart_moves_only_its_live_layer_while_the_point_stays_within_the_scale():
+    history = [(float(m * 60), v) for m, v in enumerate([0, 1200, 900, 1500, 700, 1100])]
+    x_end = 6 * 60.0
+    base, live = charts.live_line_chart(
+        history, (330.0, 1150.0), x_end=x_end, title="Equity", x_labels=("09:15", "09:21")
+    )
+    for svg in (base, live):
+        assert isinstance(svg, SafeString)
+        parse(svg)
+    assert parse(base).find(f"{SVG}polyline") is not None and parse(base).find(f"{SVG}polygon") is not None
+    assert parse(live).find(f"{SVG}line") is not None and parse(live).find(f"{SVG}circle") is not None
+    # A second later the book is ₹40 better: the same history layer, a new live one.
+    moved_base, moved_live = charts.live_line_chart(
+        history, (331.0, 1190.0), x_end=x_end, title="Equity", x_labels=("09:15", "09:21")
+    )
+    assert moved_base == base and moved_live != live
+    # A point far outside the scale redraws the history at the new scale.
+    far_base, _ = charts.live_line_chart(
+        history, (332.0, 9000.0), x_end=x_end, title="Equity", x_labels=("09:15", "09:21")
+    )
+    assert far_base != base
+
+
+def test_a_live_chart_with_one_point_or_none_renders():
+    base, live = charts.live_line_chart([], (10.0, 5.0), x_end=60.0)
+    assert parse(base).find(f"{SVG}circle") is not None and live == ""
+    base, live = charts.live_line_chart([], None, x_end=0.0, title="Equity")
+    assert "no data" in base and live == ""

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -58,19 +61,24 @@ async def test_a_trader_gets_the_current_panels_then_only_what_changed(trader, d
     connected, _ = await communicator.connect()
     assert connected
     first = await communicator.receive_from(timeout=10)
-    for panel in ("overview", "killall", "risk", "positions", "scorecards", "alerts", "chain-NIFTY"):
+    for panel in ("killall", "risk", "positions", "scorecards", "alerts", "chain-NIFTY"):
         assert f'id="panel-{panel}"' in first
+    # The overview comes in its parts, each swapped into the page's panel by its id.
+    for part in ("overview-kpis", "overview-equity", "overview-equity-live"):
+        assert f'id="{part}"' in first
     # A heartbeat on an unchanged book changes no panel's content: nothing is sent.
     await asend_now("heartbeat", {"engine": "test"})
     assert await communicator.receive_nothing(timeout=1)
-    # An alert raised and committed elsewhere arrives as the re-rendered alerts and
-    # overview panels (its open-alert count), and nothing else.
+    # An alert raised and committed elsewhere arrives as the re-rendered alerts panel
+    # and the overview's figures (its open-alert count), and nothing else: not the
+    # overview's equity curve, which the alert did not move.
     from trading.alerts import raise_alert
 
     await database_sync_to_async(raise_alert)("CRITICAL", "oms", "Order rejected: margin")
     pushed = await communicator.receive_from(timeout=10)
     assert 'id="panel-alerts"' in pushed and "Order rejected: margin" in pushed
-    assert 'id="panel-overview"' in pushed and 'id="panel-positions"' not in pushed
+    assert 'id="overview-kpis"' in pushed and 'id="panel-positions"' not in pushed
+    assert 'id="overview-equity"' not in pushed and 'id="overview-equity-live"' not in pushed
     await communicator.disconnect()
 
 
@@ -84,7 +92,7 @@ async def test_a_book_change_reaches_the_page_on_the_next_heartbeat(trader, oms,
     await asend_now("heartbeat", {"engine": "test"})
     pushed = await communicator.receive_from(timeout=10)
     assert 'id="panel-positions"' in pushed and "2 open" in pushed
-    assert 'id="panel-overview"' not in pushed and 'id="panel-alerts"' not in pushed
+    assert 'id="overview-kpis"' not in pushed and 'id="panel-alerts"' not in pushed
     await communicator.disconnect()
 
 
@@ -101,7 +109,7 @@ async def test_a_fact_is_rendered_once_for_every_page_watching(trader, demo_mark
     await database_sync_to_async(raise_alert)("WARNING", "feed", "Feed stale: NIFTY")
     for page in pages:
         pushed = await page.receive_from(timeout=10)
-        assert 'id="panel-overview"' in pushed and 'id="panel-risk"' not in pushed
+        assert 'id="overview-kpis"' in pushed and 'id="panel-risk"' not in pushed
     # The alert changes the overview and the alerts panel; no page shows alerts, but the
     # overview was rendered once for all five pages.
     assert CACHE.renders - before == 1
@@ -167,7 +175,7 @@ async def test_a_page_gets_only_the_panels_it_shows_on_connect(trader, demo_mark
     assert connected
     first = await communicator.receive_from(timeout=10)
     assert 'id="panel-risk"' in first and 'id="panel-chain-BANKNIFTY"' in first
-    assert 'id="panel-overview"' not in first and "bogus" not in first
+    assert 'id="overview-kpis"' not in first and "bogus" not in first
     await communicator.disconnect()
 
 
@@ -240,10 +248,107 @@ async def test_a_fact_crosses_the_channel_layer_once_for_all_pages_of_a_process(
 
     await database_sync_to_async(raise_alert)("WARNING", "feed", "Feed stale: NIFTY")
     for page in pages:
-        assert 'id="panel-overview"' in await page.receive_from(timeout=10)
+        assert 'id="overview-kpis"' in await page.receive_from(timeout=10)
     await pages[0].disconnect()
     await database_sync_to_async(raise_alert)("WARNING", "feed", "Feed stale: BANKNIFTY")
     for page in pages[1:]:
-        assert 'id="panel-overview"' in await page.receive_from(timeout=10)  # two open alerts now
+        assert 'id="overview-kpis"' in await page.receive_from(timeout=10)  # two open alerts now
         await page.disconnect()
     assert await _members(layer, group_name("default")) == before  # the last page out takes the process out
+
+
+async def test_a_burst_of_facts_of_one_panel_is_delivered_once_with_the_latest_state(trader, oms, book, demo_market):
+    """While a heartbeat's panels render, two more heartbeats arrive: the middle one
+    is overtaken before its turn and neither rendered nor sent, and the last finds
+    the page already showing the book as it is."""
+    import threading
+    from unittest import mock
+
+    from trading import dashboard
+    from trading.conftest import open_legs
+    from trading.consumers import CACHE, FANOUT
+    from trading.events import group_name
+
+    page = _communicator(trader, path="/ws/dashboard/?panels=positions")
+    await page.connect()
+    await page.receive_from(timeout=10)
+    await open_legs(oms, book, 1)
+    release, rendering = threading.Event(), threading.Event()
+    real = dashboard.render_parts
+
+    def held(*args, **kwargs):
+        rendering.set()
+        release.wait(10)
+        return real(*args, **kwargs)
+
+    before = CACHE.renders
+    with mock.patch.object(dashboard, "render_parts", held):
+        await asend_now("heartbeat", {"engine": "test"})
+        assert await database_sync_to_async(rendering.wait, thread_sensitive=False)(10)
+        # The publisher touches no database: these go out while the first renders.
+        await asend_now("heartbeat", {"engine": "test"})
+        await asend_now("heartbeat", {"engine": "test"})
+        # Released once the process has all three: the first rendering, two waiting their turn.
+        members = FANOUT._groups[group_name()]
+        for _ in range(100):
+            if len(members.deliveries) == 3:
+                break
+            await asyncio.sleep(0.02)
+        release.set()
+        pushed = await page.receive_from(timeout=10)
+        assert 'id="panel-positions"' in pushed and "1 open" in pushed
+        assert await page.receive_nothing(timeout=1)
+    assert CACHE.renders - before == 2  # the first heartbeat and the last, not the one between
+    await page.disconnect()
+
+
+async def test_the_publisher_does_not_wait_for_the_channel_layer(trader, demo_market):
+    """The engine's await is a queue append: a channel layer that takes its time
+    holds back the dashboards, in the order the facts were published, not the tick."""
+    from unittest import mock
+
+    from channels.layers import get_channel_layer
+
+    from trading import events
+    from trading.events import group_name
+
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(group_name(), channel)
+    real = layer.group_send
+
+    async def slow(group, message):
+        await asyncio.sleep(0.2)
+        await real(group, message)
+
+    errors = ["first"]
+    with mock.patch.object(layer, "group_send", slow):
+        began = time.monotonic()
+        assert await asend_now("kill_all", {"stage": "sending", "errors": errors})
+        errors.append("second")  # the caller's own list moves on; the queued fact does not
+        assert await asend_now("kill_all", {"stage": "done", "errors": errors})
+        assert time.monotonic() - began < 0.1
+        first, second = await layer.receive(channel), await layer.receive(channel)
+    assert (first["data"]["stage"], first["data"]["errors"]) == ("sending", ["first"])
+    assert (second["data"]["stage"], second["data"]["errors"]) == ("done", ["first", "second"])
+    await events.flush()
+    await layer.group_discard(group_name(), channel)
+
+
+async def test_a_dead_channel_layer_is_counted_not_raised(trader, demo_market):
+    from unittest import mock
+
+    from channels.layers import get_channel_layer
+
+    from trading import events
+    from trading.events import group_name
+
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(group_name(), channel)
+    before = dict(events.stats)
+    with mock.patch.object(layer, "group_send", mock.AsyncMock(side_effect=ConnectionError("Redis down"))):
+        assert await asend_now("heartbeat", {"engine": "e1"})
+        await events.flush()
+    assert events.stats["failed"] == before["failed"] + 1 and events.stats["published"] == before["published"]
+    await layer.group_discard(group_name(), channel)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from trading import selectors
 from trading.conftest import open_legs as _open_legs
 from trading.models import Position, Trade
-from trading.templatetags.qh import rupees
+from trading.templatetags.qh import fixed, rupees, thousands
 
 money = st.decimals(min_value=-(10**6), max_value=10**6, places=2, allow_nan=False, allow_infinity=False)
 
@@ -37,6 +37,20 @@ def test_max_drawdown_is_the_worst_fall_from_a_peak(curve):
 )
 def test_rupees_use_indian_grouping(amount, text):
     assert rupees(amount) == text
+
+
+@given(
+    st.decimals(min_value=-(10**7), max_value=10**7, places=3, allow_nan=False, allow_infinity=False),
+    st.integers(min_value=-(10**9), max_value=10**9),
+    st.sampled_from([0, 1, 2]),
+)
+def test_the_chains_number_filters_read_as_floatformat_and_intcomma(amount, count, places):
+    from django.contrib.humanize.templatetags.humanize import intcomma
+    from django.template.defaultfilters import floatformat
+
+    assert fixed(amount, places) == floatformat(amount, places)
+    assert thousands(count) == intcomma(count)
+    assert fixed(None) == floatformat(None, 2) == ""
 
 
 @pytest.mark.django_db(transaction=True)
