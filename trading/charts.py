@@ -130,6 +130,18 @@ class _Scale:
         return parts
 
 
+def _drawdown_polygon(sc: _Scale, pts) -> str:
+    """The drawdown area: along the running peak forwards, back along the curve."""
+    peak = -math.inf
+    peaks = []
+    for _, y in pts:
+        peak = max(peak, y)
+        peaks.append(peak)
+    upper = " ".join(f"{_fmt(sc.x(x))},{_fmt(sc.y(p))}" for (x, _), p in zip(pts, peaks, strict=True))
+    lower = " ".join(f"{_fmt(sc.x(x))},{_fmt(sc.y(y))}" for x, y in reversed(pts))
+    return f'<polygon class="qh-dd" points="{upper} {lower}" fill="#d9534f" fill-opacity="0.25" stroke="none"/>'
+
+
 def line_chart(
     points: list[tuple[float, float]],
     *,
@@ -154,17 +166,7 @@ def line_chart(
     parts = _open(width, height, title, "line")
     parts.extend(sc.axes(x_labels=x_labels))
     if drawdown and len(pts) > 1:
-        # Polygon: along the running peak forwards, back along the curve.
-        peak = -math.inf
-        peaks = []
-        for _, y in pts:
-            peak = max(peak, y)
-            peaks.append(peak)
-        upper = " ".join(f"{_fmt(sc.x(x))},{_fmt(sc.y(p))}" for (x, _), p in zip(pts, peaks, strict=True))
-        lower = " ".join(f"{_fmt(sc.x(x))},{_fmt(sc.y(y))}" for x, y in reversed(pts))
-        parts.append(
-            f'<polygon class="qh-dd" points="{upper} {lower}" fill="#d9534f" fill-opacity="0.25" stroke="none"/>'
-        )
+        parts.append(_drawdown_polygon(sc, pts))
     coords = " ".join(f"{_fmt(sc.x(x))},{_fmt(sc.y(y))}" for x, y in pts)
     if len(pts) == 1:
         x, y = pts[0]
@@ -253,16 +255,7 @@ def _history_layer(
     parts = _open(width, height, title, "line")
     parts.extend(sc.axes(x_labels=x_labels))
     if len(pts) > 1:
-        peak = -math.inf
-        peaks = []
-        for _, y in pts:
-            peak = max(peak, y)
-            peaks.append(peak)
-        upper = " ".join(f"{_fmt(sc.x(x))},{_fmt(sc.y(p))}" for (x, _), p in zip(pts, peaks, strict=True))
-        lower = " ".join(f"{_fmt(sc.x(x))},{_fmt(sc.y(y))}" for x, y in reversed(pts))
-        parts.append(
-            f'<polygon class="qh-dd" points="{upper} {lower}" fill="#d9534f" fill-opacity="0.25" stroke="none"/>'
-        )
+        parts.append(_drawdown_polygon(sc, pts))
         coords = " ".join(f"{_fmt(sc.x(x))},{_fmt(sc.y(y))}" for x, y in pts)
         parts.append(f'<polyline class="qh-line" points="{coords}" fill="none" stroke="#2a6fdb" stroke-width="1.5"/>')
     elif pts:
