@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import getpass
 import os
 import re
@@ -34,8 +35,9 @@ def engine(engine_id: str) -> str:
     return f"engine:{engine_id}"
 
 
+@functools.cache
 def cli() -> str:
-    """The operating-system user running this process."""
+    """The operating-system user running this process (read once: it does not change)."""
     try:
         name = getpass.getuser()
     except (KeyError, OSError):  # a container user without a passwd entry or login name
