@@ -59,6 +59,7 @@ from trading.engine.outages import (
     is_outside_error,
 )
 from trading.events import asend_now, chain_fact, publish_on_commit
+from trading.events import flush as events_flush
 from trading.models import EngineHeartbeat, FlattenRequest, Order, Position, Signal, Strategy
 from trading.orders import flatten
 from trading.orders.accounting import mark_to_market
@@ -75,6 +76,8 @@ from trading.strategies.vol_oi.strategy import VolOiStrategy
 
 log = logging.getLogger(__name__)
 PHASES = {p: p for p in Signal.Phase.values}
+# How long a stopping engine waits for its queued dashboard facts to be sent.
+LAST_FACTS_S = 2.0
 MARK_COLUMNS = ("net_quantity", "average_price", "opened_at", "instrument")
 
 
@@ -415,6 +418,7 @@ class Engine:
                 if not is_database_error(exc):
                     raise
                 log.warning("shutdown step skipped: database error", extra={"error": describe(exc)})
+        await self._last_facts()
         log.info(
             "engine stopped",
             extra={
@@ -422,6 +426,20 @@ class Engine:
                 "stats": {k: v for k, v in vars(self.stats).items() if k != "tick_to_intent_ms"},
             },
         )
+
+    async def _last_facts(self) -> None:
+        """The pages hear that the engine stopped (its STOPPED beat is written), and the facts
+        still queued for them are sent before the loop ends, within a bound: a channel
+        layer that is down cannot hold the stop."""
+        try:
+            await asend_now(
+                "heartbeat",
+                {"engine": self.engine_id, "at": self.clock.now().isoformat(), "role": "STOPPED"},
+                account=self.account,
+            )
+            await asyncio.wait_for(events_flush(), LAST_FACTS_S)
+        except Exception as exc:  # the dashboards' loss, never the stop's
+            log.warning("last dashboard facts not sent", extra={"engine": self.engine_id, "error": repr(exc)})
 
     # --- set-up from the database ----------------------------------------------------------
 

@@ -352,3 +352,25 @@ async def test_a_dead_channel_layer_is_counted_not_raised(trader, demo_market):
         await events.flush()
     assert events.stats["failed"] == before["failed"] + 1 and events.stats["published"] == before["published"]
     await layer.group_discard(group_name(), channel)
+
+
+async def test_the_traders_page_says_the_engine_stopped_when_it_stops(trader, enabled):
+    import datetime as dt
+
+    from trading.conftest import sim_engine
+
+    engine, _ = await database_sync_to_async(sim_engine)(dt.time(9, 15), dt.time(9, 15, 20))
+    page = _communicator(trader, path="/ws/dashboard/?panels=overview")
+    connected, _ = await page.connect()
+    assert connected
+    await page.receive_from(timeout=10)
+    await engine.run()
+    shown = ""
+    deadline = time.monotonic() + 10
+    while 'data-testid="engine">stopped<' not in shown and time.monotonic() < deadline:
+        try:
+            shown = await page.receive_from(timeout=1)
+        except TimeoutError:
+            continue
+    await page.disconnect()
+    assert 'data-testid="engine">stopped<' in shown

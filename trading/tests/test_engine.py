@@ -156,3 +156,69 @@ async def test_disabling_a_strategy_stops_new_entries_at_once_and_open_trades_st
     # The open trade is left to its own exit rules: the take-profit closes it.
     trade = await Trade.objects.filter(exit_reason__startswith="target").afirst()
     assert trade is not None
+
+
+async def test_a_stopping_engine_sends_its_queued_dashboard_facts_and_says_it_stopped(enabled):
+    import asyncio
+
+    from channels.layers import get_channel_layer
+
+    from trading import events
+
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(events.group_name(), channel)
+    received: list[dict] = []
+
+    async def listen():
+        while True:
+            received.append(await layer.receive(channel))
+
+    listener = asyncio.create_task(listen())
+    engine, _ = await sync_to_async(_engine)(dt.time(9, 15), dt.time(9, 15, 20))
+    failed = events.stats["failed"]
+    await engine.run()
+    # Nothing is left queued when the engine has stopped: the loop may end now.
+    box = events._outboxes[asyncio.get_running_loop()]
+    assert not box.queue and box.idle.is_set()
+    for _ in range(50):
+        if received and received[-1]["data"].get("role") == "STOPPED":
+            break
+        await asyncio.sleep(0.01)
+    listener.cancel()
+    await layer.group_discard(events.group_name(), channel)
+    assert received[-1]["kind"] == "heartbeat" and received[-1]["data"]["role"] == "STOPPED"
+    assert received[-1]["data"]["engine"] == engine.engine_id
+    assert events.stats["failed"] == failed
+
+
+async def test_a_channel_layer_that_hangs_does_not_hold_the_engines_stop(enabled, monkeypatch, caplog):
+    import asyncio
+
+    from channels.layers import get_channel_layer
+
+    from trading import events
+    from trading.engine import engine as engine_module
+    from trading.models import EngineHeartbeat
+
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    await layer.group_add(events.group_name(), channel)
+
+    async def hangs(group, message):
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(layer, "group_send", hangs)
+    monkeypatch.setattr(engine_module, "LAST_FACTS_S", 0.2)
+    engine, _ = await sync_to_async(_engine)(dt.time(9, 15), dt.time(9, 15, 10))
+    await asyncio.wait_for(engine.run(), 60)
+    # The engine stopped and its books say so; the dashboards' loss is a warning.
+    beat = await EngineHeartbeat.objects.aget(engine_id=engine.engine_id)
+    assert beat.role == EngineHeartbeat.Role.STOPPED
+    assert "last dashboard facts not sent" in caplog.text
+    monkeypatch.undo()
+    box = events._outboxes[asyncio.get_running_loop()]
+    box.task.cancel()
+    box.queue.clear()
+    box.idle.set()
+    await layer.group_discard(events.group_name(), channel)
