@@ -173,6 +173,13 @@ class TripFill(NamedTuple):
     side: str
 
 
+# Most round trips are a handful of fills (an entry, a scale, an exit in a few parts):
+# the newest this many are read first, and the older ones only when these do not net
+# to zero. Reading the whole history each time would cost a close more the longer
+# the day's fills on the instrument grow.
+TRIP_FIRST_LOOK = 16
+
+
 def round_trip_fills(position: Position) -> list[TripFill]:
     """The fills of the round trip that has just closed ``position``, oldest first.
 
@@ -184,20 +191,33 @@ def round_trip_fills(position: Position) -> list[TripFill]:
     whole order row would cost more than the rest of closing the trade.
     """
     if position.strategy_id is None:
-        fills = _UNASSIGNED_FILLS.iterate(position.account, position.instrument_id, chunk_size=200)
+        values, few, every = (position.account, position.instrument_id), _UNASSIGNED_FEW, _UNASSIGNED_FILLS
     else:
-        fills = _STRATEGY_FILLS.iterate(position.account, position.instrument_id, position.strategy_id, chunk_size=200)
+        values = (position.account, position.instrument_id, position.strategy_id)
+        few, every = _STRATEGY_FEW, _STRATEGY_FILLS
+    newest = few.rows(*values)
+    trip, netted = _walk_back(newest)
+    if netted or len(newest) < TRIP_FIRST_LOOK:
+        return trip
+    fills = every.iterate(*values, chunk_size=200)
+    with closing(fills):  # the cursor closes at the break, not when the generator is collected
+        trip, _ = _walk_back(fills)
+    return trip
+
+
+def _walk_back(rows) -> tuple[list[TripFill], bool]:
+    """From the newest fill back, the shortest run that nets to zero (oldest first), and
+    whether it did; all of ``rows`` when none does."""
     trip: list[TripFill] = []
     net = 0
-    with closing(fills):  # the cursor closes at the break, not when the generator is collected
-        for row in fills:
-            fill = TripFill(*row)
-            net += fill.quantity if fill.side == Order.Side.BUY else -fill.quantity
-            trip.append(fill)
-            if net == 0:
-                break
+    for row in rows:
+        fill = TripFill(*row)
+        net += fill.quantity if fill.side == Order.Side.BUY else -fill.quantity
+        trip.append(fill)
+        if net == 0:
+            break
     trip.reverse()
-    return trip
+    return trip, net == 0 and bool(trip)
 
 
 def _trip_fills(account: str, instrument_id: int, strategy: Q):
@@ -215,6 +235,21 @@ _UNASSIGNED_FILLS = Statement(
 )
 _STRATEGY_FILLS = Statement(
     lambda account, instrument_id, strategy_id: _trip_fills(account, instrument_id, Q(order__strategy_id=strategy_id)),
+    str,
+    int,
+    int,
+)
+_UNASSIGNED_FEW = Statement(
+    lambda account, instrument_id: _trip_fills(account, instrument_id, Q(order__strategy__isnull=True))[
+        :TRIP_FIRST_LOOK
+    ],
+    str,
+    int,
+)
+_STRATEGY_FEW = Statement(
+    lambda account, instrument_id, strategy_id: _trip_fills(account, instrument_id, Q(order__strategy_id=strategy_id))[
+        :TRIP_FIRST_LOOK
+    ],
     str,
     int,
     int,

@@ -155,3 +155,35 @@ def test_a_strategys_round_trip_closes_on_its_own_fills(option):
     position = Position.objects.get(instrument=option, strategy=strategy)
     assert position.net_quantity == 0 and position.realised_pnl == trade.gross_pnl
     assert Position.objects.get(instrument=option, strategy=None).net_quantity == lot
+
+
+@pytest.mark.parametrize("entries", [2, 20])
+def test_a_round_trip_closes_on_all_its_fills_however_many(option, entries):
+    """A close walks back from the newest fill: a round trip of a few fills is read in one
+    short look, a longer one than that look in full; an earlier round trip is never part of it."""
+    from trading.orders.accounting import TRIP_FIRST_LOOK
+
+    lot = option.lot_size
+    ids = iter(range(100, 200))
+
+    def filled(side: str, lots: int, price: str, second: int, purpose=Order.Purpose.ENTRY) -> None:
+        n = next(ids)
+        order = _order(option, client_order_id=f"QHTEST{n:010d}", quantity=lots * lot, side=side, purpose=purpose)
+        remote = _remote(order, BrokerStatus.TRADED, lots * lot)
+        settle(order.pk, remote, [_trade(order, f"R-{n}", lots * lot, price, second)], now=T0, account="default")
+
+    # An earlier round trip at other prices.
+    filled(Order.Side.BUY, 1, "50.00", 0)
+    filled(Order.Side.SELL, 1, "55.00", 1, Order.Purpose.EXIT)
+    for n in range(entries):
+        filled(Order.Side.BUY, 1, str(100 + n), 2 + n)
+    filled(Order.Side.SELL, entries, "130.00", 59, Order.Purpose.EXIT)
+    assert (entries + 1 > TRIP_FIRST_LOOK) == (entries == 20)
+    first, trade = Trade.objects.order_by("pk")
+    assert (first.quantity, first.entry_price, first.exit_price) == (lot, Decimal("50.00"), Decimal("55.00"))
+    average = sum(Decimal(100 + n) for n in range(entries)) / entries
+    assert trade.quantity == entries * lot and trade.entry_price == average.quantize(Decimal("0.01"))
+    assert trade.exit_price == Decimal("130.00") and trade.opened_at == T0.replace(second=2)
+    assert trade.gross_pnl == sum((Decimal("130.00") - (100 + n)) * lot for n in range(entries))
+    trip_charges = Fill.objects.exclude(broker_trade_id__in=["R-100", "R-101"]).values_list("charges", flat=True)
+    assert trade.charges == sum(trip_charges, Decimal("0")).quantize(Decimal("0.01"))
