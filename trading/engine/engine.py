@@ -36,7 +36,7 @@ from marketdata.ticks import price_on_tick
 from marketdata.validation import ChainValidator, FeedHealth
 from quanthub import metrics
 from quanthub.clock import Clock
-from quanthub.sql import Prepared
+from quanthub.sql import Prepared, Statement
 from quanthub.sql import on_db_thread as _db
 from risk.breakers import VixMonitor, previous_session_vix, session_open_after
 from risk.breakers import clear as clear_breaker
@@ -176,6 +176,10 @@ class Engine:
         self._basket = None  # the broker's margin for the intents being gated (trading.brokers.safety)
         self._beat_created = False
         self._config_queries: tuple[Prepared, Prepared] | None = None
+        # Whether a signal was entered before: compiled once (its join cost more to compile than to run).
+        self._entered_query = Statement(
+            lambda key: Order.objects.filter(signal__key=key, purpose=Order.Purpose.ENTRY).values_list("pk")[:1], str
+        )
         self._last_beat_wall: float | None = None
         # While the broker pushes order updates, REST sync is the slower safety net.
         self.rest_sync_slow_s = 5.0
@@ -221,6 +225,13 @@ class Engine:
         self._load_strategies()
         self._anomaly_versions = None  # the strategies are new: give them the live models again
         self._load_anomaly_models()
+        self._warm_gate()
+
+    def _warm_gate(self) -> None:
+        """The gate's reads compiled before the session's first intent, not at it (a
+        first entry waited several milliseconds for its statements to compile)."""
+        GateBasis.load(account=self.account, now=self.clock.now(), limits=self._limits)
+        self._entered_query.rows("")
 
     async def _until_database(self, fn) -> None:
         while True:
@@ -1012,11 +1023,7 @@ class Engine:
         now = self.clock.now()
 
         def reads() -> tuple[set[str], GateBasis | None]:
-            entered = set(
-                Order.objects.filter(signal__key__in=keys, purpose=Order.Purpose.ENTRY).values_list(
-                    "signal__key", flat=True
-                )
-            )
+            entered = {key for key in set(keys) if self._entered_query.rows(key)}
             basis = GateBasis.load(account=self.account, now=now, funds=funds, limits=limits) if load_basis else None
             return entered, basis
 
