@@ -49,6 +49,7 @@ from risk.services import roll_over_session
 from trading.alerts import raise_alert
 from trading.brokers.base import AuthExpired
 from trading.brokers.safety import apply_pnl_exit, basket_margin_per_lot
+from trading.engine import config
 from trading.engine.outages import (
     BROKER,
     DATABASE,
@@ -167,6 +168,7 @@ class Engine:
         self._limits_key: tuple | None = None  # (pk, version, updated_at) of the limits held in _limits
         self._limits_fresh = False  # read at this snapshot: the gate may use them as they are
         self._config_second: dt.datetime | None = None  # the second whose trip last read the config
+        self._config_seen: tuple[int, float] | None = None  # (config.generation(), time.monotonic()) of the last look
         self._positions_sql: tuple[str, tuple] | None = None  # marking's query, compiled once
         self._mark_sql: dict[tuple[str, ...], str] = {}  # marking's updates, compiled once per set of columns
         self._position_fields = {f.name: f for f in Position._meta.concrete_fields}
@@ -310,6 +312,7 @@ class Engine:
         # Whatever was in flight when it went is looked up; state is read again.
         self._beat_created = False
         self._config_queries = None
+        self._config_seen = None
         self.oms._any_live = None
         await self._resync("database back")
         return True
@@ -477,6 +480,21 @@ class Engine:
             raise_alert("WARNING", "anomaly", "Anomaly model refused", error, account=self.account)
         for loaded in self.strategies:
             loaded.strategy.set_anomaly_scorers(scorers)
+
+    def _config_due(self) -> bool:
+        """Whether the configuration may have changed since the last look (``trading.engine.config``)."""
+        seen = self._config_seen
+        return seen is None or seen[0] != config.generation() or time.monotonic() - seen[1] >= config.RECHECK_S
+
+    def _follow_config(self) -> None:
+        """``_refresh_config`` when the configuration may have changed; otherwise the
+        limits held are current, and the gate uses them as they are."""
+        if not self._config_due():
+            self._limits_fresh = True
+            return
+        generation = config.generation()  # before the reads: a save meanwhile is looked at next time
+        self._refresh_config()
+        self._config_seen = (generation, time.monotonic())
 
     def _refresh_config(self) -> None:
         """Pick up admin changes at every snapshot: strategy params and the enabled
@@ -898,9 +916,10 @@ class Engine:
 
     def _second_reads(self, now: dt.datetime) -> tuple[list[Order], Decimal | None]:
         # Admin changes (strategy params and switches, risk limits) are picked up here,
-        # once a simulated second, in the trip the second makes anyway; a snapshot of
-        # the same second uses what was read (``_on_chain``).
-        self._refresh_config()
+        # in the trip the second makes anyway: at once after a save in this process, and
+        # at least once a wall-clock second for another's (``_follow_config``); a snapshot
+        # of the same second uses what was read (``_on_chain``).
+        self._follow_config()
         self._config_second = self._last_second
         live = self.oms.live_orders()
         if live or self.loss_guard.handled:
@@ -930,7 +949,10 @@ class Engine:
         try:
             if self._config_second is None or self._config_second != self._last_second:
                 # Not read yet in this second (a feed of chains alone, or the first item).
-                await _db(self._refresh_config)()
+                if self._config_due():
+                    await _db(self._follow_config)()
+                else:
+                    self._limits_fresh = True
             self._basis = None  # the gate reads the database once for this snapshot, at its first intent
             received = snapshot.received_at
             started = time.perf_counter()  # wall time: the simulated clock stands still within a tick
