@@ -169,7 +169,10 @@ class Engine:
         self._limits_fresh = False  # read at this snapshot: the gate may use them as they are
         self._config_second: dt.datetime | None = None  # the second whose trip last read the config
         self._config_seen: tuple[int, float] | None = None  # (config.generation(), time.monotonic()) of the last look
-        self._positions_sql: tuple[str, tuple] | None = None  # marking's query, compiled once
+        # Marking's read, compiled once; its rows become model instances without a raw query's set-up.
+        self._positions_query = Statement(
+            lambda account: Position.objects.filter(account=account).exclude(net_quantity=0).only(*MARK_COLUMNS), str
+        )
         self._mark_sql: dict[tuple[str, ...], str] = {}  # marking's updates, compiled once per set of columns
         self._position_fields = {f.name: f for f in Position._meta.concrete_fields}
         self._instruments_by_pk: dict[int, Instrument] = {}
@@ -865,11 +868,7 @@ class Engine:
         The statement is compiled once (compiling it cost more than running it) and
         only the marked columns are converted; the instruments come from the engine's
         own (a position on one it does not know is read from the database)."""
-        if self._positions_sql is None:
-            query = Position.objects.filter(account=self.account).exclude(net_quantity=0).only(*MARK_COLUMNS)
-            self._positions_sql = query.query.sql_with_params()
-        sql, params = self._positions_sql
-        rows = list(Position.objects.raw(sql, params))
+        rows = self._positions_query.objects(self.account)
         for p in rows:
             instrument = self._instruments_by_pk.get(p.instrument_id)
             if instrument is not None:
