@@ -31,6 +31,33 @@ class Quote:
         return self.ask - self.bid
 
 
+def _quote_maker():
+    """``Quote(...)`` for the book's hot loops at half the cost: a frozen dataclass's
+    ``__init__`` sets each field through ``object.__setattr__``; this sets the slots
+    directly. The result is the same immutable ``Quote``."""
+    new = object.__new__
+    slots = Quote.__dict__
+    s_sid, s_bid, s_ask, s_bq, s_aq, s_last, s_at = (
+        slots[name].__set__ for name in ("security_id", "bid", "ask", "bid_qty", "ask_qty", "last", "at")
+    )
+
+    def make(security_id, bid, ask, bid_qty, ask_qty, last, at) -> Quote:
+        quote = new(Quote)
+        s_sid(quote, security_id)
+        s_bid(quote, bid)
+        s_ask(quote, ask)
+        s_bq(quote, bid_qty)
+        s_aq(quote, ask_qty)
+        s_last(quote, last)
+        s_at(quote, at)
+        return quote
+
+    return make
+
+
+_make_quote = _quote_maker()
+
+
 class QuoteBook:
     def __init__(self) -> None:
         self._quotes: dict[str, Quote] = {}
@@ -41,6 +68,7 @@ class QuoteBook:
     def update_chain(self, snapshot: ChainSnapshot) -> None:
         at = snapshot.exchange_time
         quotes = self._quotes
+        make = _make_quote
         # Whole columns to Python values at once: indexing numpy element by element
         # cost more than building the quotes.
         columns = zip(
@@ -55,12 +83,13 @@ class QuoteBook:
         )
         for good, sid, bid, ask, bq, aq, last in columns:
             if good:
-                quotes[sid] = Quote(sid, bid, ask, bq, aq, last, at)
+                quotes[sid] = make(sid, bid, ask, bq, aq, last, at)
 
     def update_quotes(self, quotes: QuoteSnapshot) -> None:
         """One-second top of book of the candidate contracts (fresher than the last chain)."""
         at = quotes.exchange_time
         book = self._quotes
+        make = _make_quote
         for sid, bid, ask, bq, aq in zip(
             quotes.security_id.tolist(),
             quotes.bid.tolist(),
@@ -71,7 +100,7 @@ class QuoteBook:
         ):
             if bid > 0 and ask >= bid:
                 existing = book.get(sid)
-                book[sid] = Quote(sid, bid, ask, bq, aq, existing.last if existing else (bid + ask) / 2, at)
+                book[sid] = make(sid, bid, ask, bq, aq, existing.last if existing else (bid + ask) / 2, at)
 
     def update_ltp(self, tick: LtpTick, half_spread: float | None = None) -> None:
         """Futures and indices get a synthetic one-tick book around the LTP when no depth is known

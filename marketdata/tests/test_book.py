@@ -34,3 +34,32 @@ def test_it_books_every_good_row_of_a_chain_and_skips_flagged_ones():
         )
         assert (quote.bid_qty, quote.ask_qty) == (int(snapshot.bid_qty[i]), int(snapshot.ask_qty[i]))
         assert type(quote.bid) is float and type(quote.bid_qty) is int and type(quote.security_id) is str
+
+
+def test_a_booked_quote_is_the_same_immutable_quote_its_constructor_makes():
+    import dataclasses
+
+    import pytest
+
+    from marketdata.book import Quote
+
+    snapshot = _snapshot()
+    snapshot.flags[:] = 0
+    book = QuoteBook()
+    book.update_chain(snapshot)
+    i = 0
+    sid = str(snapshot.security_id[i])
+    quote = book.get(sid)
+    assert type(quote) is Quote
+    expected = Quote(
+        sid,
+        float(snapshot.bid[i]),
+        float(snapshot.ask[i]),
+        int(snapshot.bid_qty[i]),
+        int(snapshot.ask_qty[i]),
+        float(snapshot.last_price[i]),
+        snapshot.exchange_time,
+    )
+    assert quote == expected and hash(quote) == hash(expected) and repr(quote) == repr(expected)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        quote.bid = 1.0

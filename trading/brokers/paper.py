@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import logging
 import random
 import secrets
 import time
@@ -48,6 +49,8 @@ from trading.brokers.base import (
 from trading.checkpoints import checkpoint
 from trading.models import PaperAccount, PaperOrder, PaperPosition, PaperTrade
 
+log = logging.getLogger(__name__)
+
 OPEN_STATUSES = (BrokerStatus.PENDING, BrokerStatus.PART_TRADED)
 MARKET_PROTECTION = Decimal("0.03")  # market orders become limits 3 % through the touch
 PRICE_BAND = Decimal("0.40")  # limit prices further than this from the touch are refused
@@ -55,6 +58,17 @@ MIN_BAND = Decimal("5")
 SPAN_OPTION_SHORT = Decimal("0.12")  # of underlying notional, SPAN + exposure, approximately
 SPAN_FUTURE = Decimal("0.14")  # of future notional
 MAX_MODIFICATIONS = 25  # Dhan's cap per order
+
+
+@dataclass(frozen=True, slots=True)
+class _FundsRows:
+    """The database side of an account's funds, as read at ``read_at`` (``time.monotonic()``)."""
+
+    version: int  # the account's version when read (``PaperBroker._changed``)
+    read_at: float
+    cash: Decimal
+    blocked: Decimal  # margin blocked by open orders
+    positions: tuple  # (spec, net quantity, average price) of each open position
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +92,19 @@ class PaperBroker(Broker):
     _may_rest: ClassVar[dict[str, bool]] = {}
     _looked: ClassVar[dict[str, float]] = {}
     RECHECK_S = 1.0
+    # The funds' database side (cash, margin blocked by open orders, open positions) is
+    # kept after a read and used again until the account changes: every write of an
+    # instance in this process (a place, a fill, a modify, a cancel, the kill switch, a
+    # new account) moves the account's version on, and the next funds read goes to the
+    # database. Only an engine's own broker writes an account while that engine holds it
+    # (the standalone path places orders only while no engine does); what another process
+    # writes all the same is seen at most ``FUNDS_RECHECK_S`` of wall time later (twice
+    # the engine's 5-second funds push, which keeps the read warm). The market side
+    # (short options' margin on the underlying) is worked out from the live book at every
+    # call, so kept funds equal freshly read ones. Placing an order always checks its
+    # margin against funds read afresh.
+    _funds_version: ClassVar[dict[str, int]] = {}
+    FUNDS_RECHECK_S = 10.0
 
     def __init__(
         self,
@@ -99,6 +126,7 @@ class PaperBroker(Broker):
         self._ids = itertools.count(1)
         self._consumed: dict[tuple[str, dt.datetime, str], int] = {}
         self._any_resting: Prepared | None = None
+        self._funds_rows: _FundsRows | None = None
 
     @classmethod
     def from_options(cls, *, account="default", clock=None, book=None, seed=7, **options) -> PaperBroker:
@@ -137,8 +165,14 @@ class PaperBroker(Broker):
             )
 
     def _account(self) -> PaperAccount:
-        account, _ = PaperAccount.objects.get_or_create(account=self.account, defaults={"cash": self._capital})
+        account, created = PaperAccount.objects.get_or_create(account=self.account, defaults={"cash": self._capital})
+        if created:
+            self._changed()
         return account
+
+    def _changed(self) -> None:
+        """The account's orders, positions or cash were written: funds are read again."""
+        self._funds_version[self.account] = self._funds_version.get(self.account, 0) + 1
 
     def _new_id(self, prefix: str) -> str:
         # Unique across restarts and processes (a counter alone restarts at 1).
@@ -185,27 +219,60 @@ class PaperBroker(Broker):
         return Decimal(str(quote.last)) if quote else Decimal("0")
 
     def _funds(self) -> Funds:
-        account = self._account()
+        """The account's funds, read from the database (and kept for ``funds``)."""
+        version = self._funds_version.get(self.account, 0)
+        account, created = PaperAccount.objects.get_or_create(account=self.account, defaults={"cash": self._capital})
+        if created:  # the one write this read makes: what it reads includes it
+            self._changed()
+            version += 1
         blocked = sum(
             (o.margin_blocked for o in PaperOrder.objects.filter(account=self.account, status__in=OPEN_STATUSES)),
             Decimal("0"),
         )
-        utilised = blocked
-        positions = list(PaperPosition.objects.filter(account=self.account).exclude(net_quantity=0))
-        for position in positions:
-            spec = self._spec(position.security_id)
-            notional = abs(position.net_quantity) * position.average_price
+        positions = tuple(
+            (self._spec(p.security_id), p.net_quantity, p.average_price)
+            for p in PaperPosition.objects.filter(account=self.account).exclude(net_quantity=0)
+        )
+        rows = _FundsRows(version, time.monotonic(), account.cash, blocked, positions)
+        self._funds_rows = rows
+        return self._funds_of(rows)
+
+    def _keep_funds(self) -> None:
+        """After the account's own write, its funds read again in the same trip to the
+        database, so that the gate's next funds call needs none. A read that fails
+        leaves the next call to read them."""
+        if self._funds_rows is not None and self._funds_rows.version == self._funds_version.get(self.account, 0):
+            return  # nothing written since the last read
+        try:
+            self._funds()
+        except Exception:
+            self._funds_rows = None
+            log.warning("paper funds not read after a write", extra={"account": self.account}, exc_info=True)
+
+    def _kept_funds(self) -> _FundsRows | None:
+        """The funds' database side as last read, if nothing changed the account since."""
+        rows = self._funds_rows
+        if rows is None or rows.version != self._funds_version.get(self.account, 0):
+            return None
+        if time.monotonic() - rows.read_at >= self.FUNDS_RECHECK_S:
+            return None
+        return rows
+
+    def _funds_of(self, rows: _FundsRows) -> Funds:
+        utilised = rows.blocked
+        for spec, net_quantity, average_price in rows.positions:
+            notional = abs(net_quantity) * average_price
             if spec.kind == "FUT":
                 utilised += notional * SPAN_FUTURE
-            elif position.net_quantity > 0:
+            elif net_quantity > 0:
                 utilised += notional  # premium paid is capital in use
             else:
-                utilised += abs(position.net_quantity) * self._underlying_price(spec) * SPAN_OPTION_SHORT
-        total = account.cash + sum(
+                utilised += abs(net_quantity) * self._underlying_price(spec) * SPAN_OPTION_SHORT
+        total = rows.cash + sum(
             (
-                abs(p.net_quantity) * p.average_price
-                for p in positions
-                if p.net_quantity > 0 and self._spec(p.security_id).kind != "FUT"
+                abs(net_quantity) * average_price
+                for spec, net_quantity, average_price in rows.positions
+                if net_quantity > 0 and spec.kind != "FUT"
             ),
             Decimal("0"),
         )
@@ -280,9 +347,12 @@ class PaperBroker(Broker):
         except IntegrityError:
             # Two requests with one correlation id raced; the first one won.
             raise Rejected("DH-906", f"Duplicate correlation id {request.correlation_id}") from None
+        finally:
+            self._changed()  # its margin is blocked
         checkpoint("broker.after_commit")
         self._match(order)
         order.refresh_from_db()
+        self._keep_funds()
         return self._to_order(order)
 
     def _match(self, order: PaperOrder) -> None:
@@ -310,6 +380,12 @@ class PaperBroker(Broker):
         self._fill(order, quantity, touch)
 
     def _fill(self, order: PaperOrder, quantity: int, price: Decimal) -> None:
+        try:
+            self._book_fill(order, quantity, price)
+        finally:
+            self._changed()  # margin released, a position and cash moved
+
+    def _book_fill(self, order: PaperOrder, quantity: int, price: Decimal) -> None:
         now = self.clock.now()
         with transaction.atomic():
             locked = PaperOrder.objects.select_for_update().get(pk=order.pk)
@@ -383,6 +459,7 @@ class PaperBroker(Broker):
         self._may_rest[self.account] = True
         for order in resting.order_by("created_at"):
             self._match(order)
+        self._keep_funds()
 
     async def modify_order(
         self, broker_order_id: str, *, price: Decimal | None = None, quantity: int | None = None
@@ -419,8 +496,10 @@ class PaperBroker(Broker):
             order.updated_at = self.clock.now()
             order.save()
             self._may_have_resting()
+        self._changed()
         self._match(order)
         order.refresh_from_db()
+        self._keep_funds()
         return self._to_order(order)
 
     async def cancel_order(self, broker_order_id: str) -> BrokerOrder:
@@ -433,7 +512,9 @@ class PaperBroker(Broker):
             PaperOrder.objects.filter(pk=order.pk).update(
                 status=BrokerStatus.CANCELLED, margin_blocked=0, updated_at=self.clock.now()
             )
+        self._changed()  # its margin is released
         order.refresh_from_db()
+        self._keep_funds()
         return self._to_order(order)
 
     async def get_order(self, broker_order_id: str) -> BrokerOrder:
@@ -487,6 +568,9 @@ class PaperBroker(Broker):
         return await sync_to_async(get, thread_sensitive=True)()
 
     async def funds(self) -> Funds:
+        rows = self._kept_funds()
+        if rows is not None:  # nothing changed the account since the last read: no database trip
+            return self._funds_of(rows)
         return await sync_to_async(self._funds, thread_sensitive=True)()
 
     async def kill_switch(self, activate: bool = True) -> bool:
@@ -498,6 +582,8 @@ class PaperBroker(Broker):
                     raise Rejected("DH-906", "Kill switch needs no open positions")
             self._account()
             PaperAccount.objects.filter(account=self.account).update(kill_switch_active=activate)
+            self._changed()
+            self._keep_funds()
             return activate
 
         return await sync_to_async(switch, thread_sensitive=True)()

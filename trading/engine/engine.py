@@ -36,7 +36,7 @@ from marketdata.ticks import price_on_tick
 from marketdata.validation import ChainValidator, FeedHealth
 from quanthub import metrics
 from quanthub.clock import Clock
-from quanthub.sql import Prepared
+from quanthub.sql import Prepared, Statement
 from quanthub.sql import on_db_thread as _db
 from risk.breakers import VixMonitor, previous_session_vix, session_open_after
 from risk.breakers import clear as clear_breaker
@@ -49,6 +49,7 @@ from risk.services import roll_over_session
 from trading.alerts import raise_alert
 from trading.brokers.base import AuthExpired
 from trading.brokers.safety import apply_pnl_exit, basket_margin_per_lot
+from trading.engine import config
 from trading.engine.outages import (
     BROKER,
     DATABASE,
@@ -170,7 +171,11 @@ class Engine:
         self._limits_key: tuple | None = None  # (pk, version, updated_at) of the limits held in _limits
         self._limits_fresh = False  # read at this snapshot: the gate may use them as they are
         self._config_second: dt.datetime | None = None  # the second whose trip last read the config
-        self._positions_sql: tuple[str, tuple] | None = None  # marking's query, compiled once
+        self._config_seen: tuple[int, float] | None = None  # (config.generation(), time.monotonic()) of the last look
+        # Marking's read, compiled once; its rows become model instances without a raw query's set-up.
+        self._positions_query = Statement(
+            lambda account: Position.objects.filter(account=account).exclude(net_quantity=0).only(*MARK_COLUMNS), str
+        )
         self._mark_sql: dict[tuple[str, ...], str] = {}  # marking's updates, compiled once per set of columns
         self._position_fields = {f.name: f for f in Position._meta.concrete_fields}
         self._instruments_by_pk: dict[int, Instrument] = {}
@@ -179,6 +184,10 @@ class Engine:
         self._basket = None  # the broker's margin for the intents being gated (trading.brokers.safety)
         self._beat_created = False
         self._config_queries: tuple[Prepared, Prepared] | None = None
+        # Whether a signal was entered before: compiled once (its join cost more to compile than to run).
+        self._entered_query = Statement(
+            lambda key: Order.objects.filter(signal__key=key, purpose=Order.Purpose.ENTRY).values_list("pk")[:1], str
+        )
         self._last_beat_wall: float | None = None
         # While the broker pushes order updates, REST sync is the slower safety net.
         self.rest_sync_slow_s = 5.0
@@ -224,6 +233,13 @@ class Engine:
         self._load_strategies()
         self._anomaly_versions = None  # the strategies are new: give them the live models again
         self._load_anomaly_models()
+        self._warm_gate()
+
+    def _warm_gate(self) -> None:
+        """The gate's reads compiled before the session's first intent, not at it (a
+        first entry waited several milliseconds for its statements to compile)."""
+        GateBasis.load(account=self.account, now=self.clock.now(), limits=self._limits)
+        self._entered_query.rows("")
 
     async def _until_database(self, fn) -> None:
         while True:
@@ -302,6 +318,7 @@ class Engine:
         # Whatever was in flight when it went is looked up; state is read again.
         self._beat_created = False
         self._config_queries = None
+        self._config_seen = None
         self.oms._any_live = None
         await self._resync("database back")
         return True
@@ -484,6 +501,21 @@ class Engine:
             raise_alert("WARNING", "anomaly", "Anomaly model refused", error, account=self.account)
         for loaded in self.strategies:
             loaded.strategy.set_anomaly_scorers(scorers)
+
+    def _config_due(self) -> bool:
+        """Whether the configuration may have changed since the last look (``trading.engine.config``)."""
+        seen = self._config_seen
+        return seen is None or seen[0] != config.generation() or time.monotonic() - seen[1] >= config.RECHECK_S
+
+    def _follow_config(self) -> None:
+        """``_refresh_config`` when the configuration may have changed; otherwise the
+        limits held are current, and the gate uses them as they are."""
+        if not self._config_due():
+            self._limits_fresh = True
+            return
+        generation = config.generation()  # before the reads: a save meanwhile is looked at next time
+        self._refresh_config()
+        self._config_seen = (generation, time.monotonic())
 
     def _refresh_config(self) -> None:
         """Pick up admin changes at every snapshot: strategy params and the enabled
@@ -854,11 +886,7 @@ class Engine:
         The statement is compiled once (compiling it cost more than running it) and
         only the marked columns are converted; the instruments come from the engine's
         own (a position on one it does not know is read from the database)."""
-        if self._positions_sql is None:
-            query = Position.objects.filter(account=self.account).exclude(net_quantity=0).only(*MARK_COLUMNS)
-            self._positions_sql = query.query.sql_with_params()
-        sql, params = self._positions_sql
-        rows = list(Position.objects.raw(sql, params))
+        rows = self._positions_query.objects(self.account)
         for p in rows:
             instrument = self._instruments_by_pk.get(p.instrument_id)
             if instrument is not None:
@@ -905,9 +933,10 @@ class Engine:
 
     def _second_reads(self, now: dt.datetime) -> tuple[list[Order], Decimal | None]:
         # Admin changes (strategy params and switches, risk limits) are picked up here,
-        # once a simulated second, in the trip the second makes anyway; a snapshot of
-        # the same second uses what was read (``_on_chain``).
-        self._refresh_config()
+        # in the trip the second makes anyway: at once after a save in this process, and
+        # at least once a wall-clock second for another's (``_follow_config``); a snapshot
+        # of the same second uses what was read (``_on_chain``).
+        self._follow_config()
         self._config_second = self._last_second
         live = self.oms.live_orders()
         if live or self.loss_guard.handled:
@@ -937,7 +966,10 @@ class Engine:
         try:
             if self._config_second is None or self._config_second != self._last_second:
                 # Not read yet in this second (a feed of chains alone, or the first item).
-                await _db(self._refresh_config)()
+                if self._config_due():
+                    await _db(self._follow_config)()
+                else:
+                    self._limits_fresh = True
             self._basis = None  # the gate reads the database once for this snapshot, at its first intent
             received = snapshot.received_at
             started = time.perf_counter()  # wall time: the simulated clock stands still within a tick
@@ -1030,11 +1062,7 @@ class Engine:
         now = self.clock.now()
 
         def reads() -> tuple[set[str], GateBasis | None]:
-            entered = set(
-                Order.objects.filter(signal__key__in=keys, purpose=Order.Purpose.ENTRY).values_list(
-                    "signal__key", flat=True
-                )
-            )
+            entered = {key for key in set(keys) if self._entered_query.rows(key)}
             basis = GateBasis.load(account=self.account, now=now, funds=funds, limits=limits) if load_basis else None
             return entered, basis
 

@@ -1,15 +1,19 @@
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 from decimal import Decimal
 
 import pytest
+from asgiref.sync import sync_to_async
+from django.db.models import F
 
+from marketdata.book import Quote
 from trading.brokers.base import BrokerStatus, OrderType, PlaceRequest, Rejected, Side
 from trading.brokers.paper import PaperBroker
 from trading.conftest import quote
-from trading.models import PaperOrder
+from trading.models import PaperAccount, PaperOrder
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -180,3 +184,103 @@ async def test_a_resting_order_another_process_placed_fills_within_a_second(pape
     PaperBroker._looked[paper.account] = time.monotonic() - PaperBroker.RECHECK_S - 0.1
     await paper.on_market_data()
     assert (await paper.get_order(ack.broker_order_id)).status == BrokerStatus.TRADED
+
+
+def _fresh(paper):
+    """The funds read from the database, as before any were kept."""
+    return sync_to_async(paper._funds, thread_sensitive=True)()
+
+
+async def _trips(paper):
+    """``paper.funds()`` and whether it went to the database."""
+    calls = []
+    original = paper._funds
+
+    def counted():
+        calls.append(1)
+        return original()
+
+    paper._funds = counted
+    try:
+        return await paper.funds(), bool(calls)
+    finally:
+        del paper._funds
+
+
+async def test_funds_are_kept_after_the_accounts_own_writes_and_equal_a_fresh_read(paper, book, clock, option, future):
+    quote(book, clock, future, "24540.00", "24540.10")
+    quote(book, clock, option, "99.90", "100.00")
+    await paper.funds()
+    seen = []
+    for place in (
+        lambda: paper.place_order(req(future, price="24540.10", cid="F1")),  # filled
+        lambda: paper.place_order(req(option, Side.SELL, price="99.90", cid="SO")),  # filled, short
+        lambda: paper.place_order(req(future, price="24500.00", cid="REST")),  # resting, margin blocked
+    ):
+        ack = await place()
+        kept, read = await _trips(paper)
+        assert not read, "the place read the funds again in its own trip"
+        assert kept == await _fresh(paper)
+        seen.append(kept)
+    assert seen[2].utilised - seen[1].utilised == Decimal("24500.00") * future.lot_size * Decimal("0.14")
+    modified = await paper.modify_order(ack.broker_order_id, price=Decimal("24510.00"))
+    assert (await _trips(paper)) == (await _fresh(paper), False)
+    await paper.cancel_order(modified.broker_order_id)
+    kept, read = await _trips(paper)
+    assert not read and kept == await _fresh(paper)
+    assert kept == seen[1]  # the cancelled order's margin is released
+
+
+async def test_kept_funds_follow_the_book_for_a_short_options_margin(paper, book, clock, option):
+    quote(book, clock, option, "99.90", "100.00")
+    await paper.place_order(req(option, Side.SELL, price="99.90", cid="SO"))
+    before, _ = await _trips(paper)
+    book.set(Quote(option.underlying.security_id, 24999.95, 25000.05, 10_000, 10_000, 25000.0, clock.now()))
+    moved, read = await _trips(paper)
+    assert not read
+    assert moved == await _fresh(paper)
+    assert moved.utilised - before.utilised == Decimal("500.0") * option.lot_size * Decimal("0.12")
+
+
+async def test_a_resting_fill_on_market_data_updates_the_kept_funds(paper, book, clock, option):
+    quote(book, clock, option, "99.90", "100.00")
+    await paper.place_order(req(option, price="99.00"))
+    resting, _ = await _trips(paper)
+    clock.advance(1)
+    quote(book, clock, option, "98.40", "98.50", ask_qty=option.lot_size)  # fills below its limit
+    await paper.on_market_data()
+    filled, read = await _trips(paper)
+    assert not read and filled == await _fresh(paper)
+    assert resting.utilised - filled.utilised == Decimal("0.50") * option.lot_size
+
+
+async def test_another_instances_write_is_seen_at_once(paper, book, clock, option):
+    other = PaperBroker(clock=clock, book=book, capital=Decimal("1000000"))
+    quote(book, clock, option, "99.90", "100.00")
+    before, _ = await _trips(paper)
+    await other.place_order(req(option, price="100.00"))
+    after, read = await _trips(paper)
+    assert read and after == await _fresh(paper) and after.utilised > before.utilised
+
+
+async def test_another_processs_write_is_seen_within_the_recheck_window(paper, book, clock, option):
+    quote(book, clock, option, "99.90", "100.00")
+    await paper.place_order(req(option, price="100.00"))
+    kept, _ = await _trips(paper)
+    # Another process (no version move in this one) changes the account's cash.
+    await PaperAccount.objects.filter(account=paper.account).aupdate(cash=F("cash") - 1000)
+    assert (await _trips(paper)) == (kept, False)
+    rows = paper._funds_rows
+    paper._funds_rows = dataclasses.replace(rows, read_at=rows.read_at - PaperBroker.FUNDS_RECHECK_S - 0.1)
+    later, read = await _trips(paper)
+    assert read and later.available == kept.available - 1000
+
+
+async def test_an_order_checks_its_margin_against_funds_read_afresh(book, clock, option):
+    broker = PaperBroker(clock=clock, book=book, capital=Decimal("1000000"))
+    quote(book, clock, option, "99.90", "100.00")
+    await broker.funds()  # kept: ₹10,00,000 available
+    # Another process spends nearly all of it: the kept funds do not know yet.
+    await PaperAccount.objects.filter(account=broker.account).aupdate(cash=Decimal("100"))
+    with pytest.raises(Rejected, match="Insufficient margin"):
+        await broker.place_order(req(option))
