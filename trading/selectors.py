@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import Count, Max, Q, Sum
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from quanthub.clock import IST, SESSION_OPEN
@@ -65,6 +65,20 @@ def _trading_state(account: str):
 
 def _strategies() -> list[Strategy]:
     return _once(("strategies",), lambda: list(Strategy.objects.order_by("key")))
+
+
+def _open_book(account: str) -> list[Position]:
+    """The account's open positions with their instrument, underlying, strategy and
+    signal: one read shared by the panels of a push (overview, positions, risk,
+    scorecards). Read only; a panel must not change them."""
+    return _once(
+        ("open_book", account),
+        lambda: list(
+            Position.objects.filter(account=account)
+            .exclude(net_quantity=0)
+            .select_related("instrument", "instrument__underlying", "strategy", "signal")
+        ),
+    )
 
 
 def market_now(account: str) -> dt.datetime:
@@ -153,15 +167,16 @@ def overview(account: str = "default") -> Overview:
         .order_by("closed_at")
         .values_list("closed_at", "gross_pnl", "charges", "net_pnl")
     )
-    open_rows = Position.objects.filter(account=account).exclude(net_quantity=0)
-    agg = open_rows.aggregate(r=Sum("realised_pnl"), u=Sum("unrealised_pnl"), c=Sum("charges"), n=Count("id"))
-    open_realised, open_unrealised, open_charges = agg["r"] or ZERO, agg["u"] or ZERO, agg["c"] or ZERO
+    open_rows = _open_book(account)
+    open_realised = sum((p.realised_pnl for p in open_rows), ZERO)
+    open_unrealised = sum((p.unrealised_pnl for p in open_rows), ZERO)
+    open_charges = sum((p.charges for p in open_rows), ZERO)
     closed_gross = sum((t[1] for t in trades), ZERO)
     closed_charges = sum((t[2] for t in trades), ZERO)
     gross = closed_gross + open_realised + open_unrealised
     charges = closed_charges + open_charges
     net_now = gross - charges
-    equity = equity_curve(account, now, net_now) if trades or agg["n"] else []
+    equity = equity_curve(account, now, net_now) if trades or open_rows else []
     max_dd, _ = drawdown([v for _, v in equity])
     beat = latest_heartbeat(account)
     age = (timezone.now() - beat.beat_at).total_seconds() if beat else None
@@ -169,6 +184,7 @@ def overview(account: str = "default") -> Overview:
         beat and beat.role == EngineHeartbeat.Role.ACTIVE and age is not None and age <= settings.HEALTH_ENGINE_STALE_S
     )
     open_alerts = Alert.objects.filter(account=account, acknowledged_at__isnull=True)
+    alerts = list(open_alerts[:8])
     return Overview(
         gross_pnl=gross,
         charges=charges,
@@ -176,7 +192,7 @@ def overview(account: str = "default") -> Overview:
         realised=closed_gross + open_realised,
         unrealised=open_unrealised,
         trades_today=len(trades),
-        open_positions=agg["n"] or 0,
+        open_positions=len(open_rows),
         equity=equity,
         max_drawdown=max_dd,
         trading_state=_trading_state(account),
@@ -184,8 +200,9 @@ def overview(account: str = "default") -> Overview:
         heartbeat_age_s=round(age, 1) if age is not None else None,
         engine_alive=alive,
         feed_health=(beat.feed_health if beat else {}) or {},
-        alerts=list(open_alerts[:8]),
-        open_alerts=open_alerts.count(),
+        alerts=alerts,
+        # Fewer than the first eight: they are all of them, and need no count.
+        open_alerts=len(alerts) if len(alerts) < 8 else open_alerts.count(),
         now=now,
     )
 
@@ -397,11 +414,7 @@ def _ordered(rows: list[PositionRow]) -> list[PositionRow]:
 
 def open_positions(account: str = "default") -> list[PositionRow]:
     now = market_now(account)
-    positions = list(
-        Position.objects.filter(account=account)
-        .exclude(net_quantity=0)
-        .select_related("instrument", "instrument__underlying", "strategy", "signal")
-    )
+    positions = _open_book(account)
     exits = _latest_exits(account, positions)
     rows = []
     for p in positions:
@@ -455,13 +468,21 @@ class Scorecard:
 
 def scorecards(account: str = "default") -> list[Scorecard]:
     start = _today_start(market_now(account))
+    strategies = _strategies()
+    # Every strategy's trades in one read, and its open positions from the push's book.
+    trades: dict[int, list[tuple]] = {s.pk: [] for s in strategies}
+    for strategy_id, *row in (
+        Trade.objects.filter(account=account, strategy_id__in=list(trades))
+        .order_by("closed_at")
+        .values_list("strategy_id", "net_pnl", "risk_amount", "closed_at")
+    ):
+        trades[strategy_id].append(tuple(row))
+    book: dict[int, list[Position]] = {}
+    for p in _open_book(account):
+        book.setdefault(p.strategy_id, []).append(p)
     cards = []
-    for strategy in _strategies():
-        rows = list(
-            Trade.objects.filter(account=account, strategy=strategy)
-            .order_by("closed_at")
-            .values_list("net_pnl", "risk_amount", "closed_at")
-        )
+    for strategy in strategies:
+        rows = trades[strategy.pk]
         wins = [r for r in rows if r[0] > 0]
         losses = [r for r in rows if r[0] <= 0]
         rr = None
@@ -477,11 +498,7 @@ def scorecards(account: str = "default") -> list[Scorecard]:
             running += r[0]
             curve.append(running)
         max_dd, _ = drawdown(curve)
-        held = list(
-            Position.objects.filter(account=account, strategy=strategy)
-            .exclude(net_quantity=0)
-            .select_related("instrument")
-        )
+        held = book.get(strategy.pk, [])
         lots = sum(abs(p.net_quantity) // max(p.instrument.lot_size, 1) for p in held if p.instrument.kind != "FUT")
         cards.append(
             Scorecard(
@@ -538,15 +555,11 @@ def risk_panel(account: str = "default") -> RiskPanel:
     # Option lots count against the per-strategy cap; hedges (futures) are shown apart.
     held: dict[int, int] = {}
     hedged: dict[int, int] = {}
-    for p in (
-        Position.objects.filter(account=account, strategy__isnull=False)
-        .exclude(net_quantity=0)
-        .values("strategy_id", "net_quantity", "instrument__lot_size", "instrument__kind")
-    ):
-        into = hedged if p["instrument__kind"] == "FUT" else held
-        into[p["strategy_id"]] = into.get(p["strategy_id"], 0) + abs(p["net_quantity"]) // max(
-            p["instrument__lot_size"], 1
-        )
+    for p in _open_book(account):
+        if p.strategy_id is None:
+            continue
+        into = hedged if p.instrument.kind == "FUT" else held
+        into[p.strategy_id] = into.get(p.strategy_id, 0) + abs(p.net_quantity) // max(p.instrument.lot_size, 1)
     strategies = _strategies()
     lots = [(s.name or s.key, held.get(s.pk, 0), limits.max_lots_per_strategy) for s in strategies]
     hedge_lots = [(s.name or s.key, hedged.get(s.pk, 0)) for s in strategies]
