@@ -17,8 +17,9 @@ from django.db.models import Max, Q
 from django.utils import timezone
 
 from quanthub.clock import IST, SESSION_OPEN
+from quanthub.sql import Statement
 from risk.context import daily_net_pnl
-from risk.models import BreakerTrip, EventDay, RiskLimits
+from risk.models import BreakerTrip, EventDay, RiskLimits, TradingState
 from risk.services import get_trading_state
 from trading.models import Alert, EngineHeartbeat, Order, Position, Signal, Strategy, Trade
 
@@ -53,18 +54,42 @@ def _once(key: tuple, read):
     return memo[key]
 
 
+def _first(queryset):
+    """The queryset as ``.first()`` reads it: its own order, else by primary key; one row."""
+    return (queryset if queryset.ordered else queryset.order_by("pk"))[:1]
+
+
+# The panels' small reads of every push, compiled once (``quanthub.sql.Statement``): at a
+# push a second, compiling these queries cost more than running them.
+_HEARTBEAT = Statement(lambda account: EngineHeartbeat.objects.filter(account=account).order_by("-beat_at")[:1], str)
+_TRADING_STATE = Statement(lambda account: _first(TradingState.objects.filter(account=account)), str)
+_STRATEGIES = Statement(lambda: Strategy.objects.order_by("key"))
+_OPEN_ALERTS = Statement(lambda account: Alert.objects.filter(account=account, acknowledged_at__isnull=True)[:8], str)
+_LIMITS = Statement(lambda: _first(RiskLimits.objects.filter(is_active=True)))
+_EVENT_DAYS = Statement(lambda today, tomorrow: EventDay.objects.filter(date__in=[today, tomorrow]), dt.date, dt.date)
+_BREAKERS = Statement(
+    lambda account: BreakerTrip.objects.filter(account=account, cleared_at__isnull=True).order_by("-tripped_at")[:10],
+    str,
+)
+
+
+def _one(rows: list):
+    return rows[0] if rows else None
+
+
 def latest_heartbeat(account: str) -> EngineHeartbeat | None:
-    return _once(
-        ("heartbeat", account), lambda: EngineHeartbeat.objects.filter(account=account).order_by("-beat_at").first()
-    )
+    return _once(("heartbeat", account), lambda: _one(_HEARTBEAT.objects(account)))
 
 
 def _trading_state(account: str):
-    return _once(("trading_state", account), lambda: get_trading_state(account))
+    # The stored state; an account that has none yet gets its row as ``get_trading_state`` makes it.
+    return _once(
+        ("trading_state", account), lambda: _one(_TRADING_STATE.objects(account)) or get_trading_state(account)
+    )
 
 
 def _strategies() -> list[Strategy]:
-    return _once(("strategies",), lambda: list(Strategy.objects.order_by("key")))
+    return _once(("strategies",), _STRATEGIES.objects)
 
 
 def _open_book(account: str) -> list[Position]:
@@ -183,8 +208,7 @@ def overview(account: str = "default") -> Overview:
     alive = bool(
         beat and beat.role == EngineHeartbeat.Role.ACTIVE and age is not None and age <= settings.HEALTH_ENGINE_STALE_S
     )
-    open_alerts = Alert.objects.filter(account=account, acknowledged_at__isnull=True)
-    alerts = list(open_alerts[:8])
+    alerts = _OPEN_ALERTS.objects(account)
     return Overview(
         gross_pnl=gross,
         charges=charges,
@@ -202,7 +226,9 @@ def overview(account: str = "default") -> Overview:
         feed_health=(beat.feed_health if beat else {}) or {},
         alerts=alerts,
         # Fewer than the first eight: they are all of them, and need no count.
-        open_alerts=len(alerts) if len(alerts) < 8 else open_alerts.count(),
+        open_alerts=len(alerts)
+        if len(alerts) < 8
+        else Alert.objects.filter(account=account, acknowledged_at__isnull=True).count(),
         now=now,
     )
 
@@ -426,22 +452,24 @@ def open_positions(account: str = "default") -> list[PositionRow]:
     return _ordered(rows)
 
 
-def net_greeks(rows: list[PositionRow]) -> list[NetGreeks]:
-    """The book's net Greeks per underlying (spot from its latest stored chain)."""
+def _spot(symbol: str):
     from marketdata.models import ChainQuote
 
+    return ChainQuote.objects.filter(underlying=symbol).order_by("-received_at").values_list("underlying_paise")[:1]
+
+
+_SPOT = Statement(_spot, str)  # the underlying's latest stored chain's spot
+
+
+def net_greeks(rows: list[PositionRow]) -> list[NetGreeks]:
+    """The book's net Greeks per underlying (spot from its latest stored chain)."""
     nets: dict[str, NetGreeks] = {}
     for row in rows:
         inst = row.position.instrument
         symbol = inst.underlying.symbol
         net = nets.get(symbol)
         if net is None:
-            spot = (
-                ChainQuote.objects.filter(underlying=symbol)
-                .order_by("-received_at")
-                .values_list("underlying_paise", flat=True)
-                .first()
-            )
+            spot = _one([paise for (paise,) in _SPOT.rows(symbol)])
             net = nets[symbol] = NetGreeks(symbol, inst.lot_size, Decimal(spot) / 100 if spot else None)
         for greek in ("delta", "gamma", "theta", "vega"):
             value = getattr(row, greek)
@@ -541,7 +569,7 @@ class RiskPanel:
 def risk_panel(account: str = "default") -> RiskPanel:
 
     now = market_now(account)
-    limits = RiskLimits.active()
+    limits = _one(_LIMITS.objects()) or RiskLimits()  # as RiskLimits.active(): the defaults if none is stored
     # The broker's own figures, as the engine last read them (every 5 s); none without an engine.
     beat = latest_heartbeat(account)
     funds = (beat.stats or {}).get("funds") if beat else None
@@ -566,7 +594,7 @@ def risk_panel(account: str = "default") -> RiskPanel:
     today = now.astimezone(IST).date()
     severity = {"HALT": 0, "REDUCE_ONLY": 1, "NO_NEW_ENTRIES": 2}
     event_days = sorted(
-        EventDay.objects.filter(date__in=[today, today + dt.timedelta(days=1)]),
+        _EVENT_DAYS.objects(today, today + dt.timedelta(days=1)),
         key=lambda e: (e.date, severity.get(e.action, 3)),
     )
     return RiskPanel(
@@ -579,9 +607,7 @@ def risk_panel(account: str = "default") -> RiskPanel:
         loss_used_pct=loss_pct,
         lots=lots,
         hedge_lots=hedge_lots,
-        breakers=list(
-            BreakerTrip.objects.filter(account=account, cleared_at__isnull=True).order_by("-tripped_at")[:10]
-        ),
+        breakers=_BREAKERS.objects(account),
         event_day=next((e for e in event_days if e.date == today), None),
         trading_state=_trading_state(account),
         event_days=event_days,
