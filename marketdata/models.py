@@ -135,7 +135,11 @@ class ChainQuote(models.Model):
     received_at = models.DateTimeField()
 
     class Meta:
-        indexes = [models.Index(fields=["underlying", "ts"], name="chainquote_underlying_ts")]
+        indexes = [
+            models.Index(fields=["underlying", "ts"], name="chainquote_underlying_ts"),
+            # An underlying's latest snapshot (its spot, its latest chain) without a scan.
+            models.Index(fields=["underlying", "received_at"], name="chainquote_underlying_recv"),
+        ]
         ordering = ["received_at", "seq"]
 
     def __str__(self) -> str:

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
-from django.db.models import Count, Max, Q, Sum
+from django.db.models import Max, Q
 from django.utils import timezone
 
 from quanthub.clock import IST, SESSION_OPEN
+from quanthub.sql import Statement
 from risk.context import daily_net_pnl
-from risk.models import BreakerTrip, EventDay, RiskLimits
+from risk.models import BreakerTrip, EventDay, RiskLimits, TradingState
 from risk.services import get_trading_state
 from trading.models import Alert, EngineHeartbeat, Order, Position, Signal, Strategy, Trade
 
@@ -53,18 +54,56 @@ def _once(key: tuple, read):
     return memo[key]
 
 
+def _first(queryset):
+    """The queryset as ``.first()`` reads it: its own order, else by primary key; one row."""
+    return (queryset if queryset.ordered else queryset.order_by("pk"))[:1]
+
+
+# The panels' small reads of every push, compiled once (``quanthub.sql.Statement``): at a
+# push a second, compiling these queries cost more than running them.
+_HEARTBEAT = Statement(lambda account: EngineHeartbeat.objects.filter(account=account).order_by("-beat_at")[:1], str)
+_TRADING_STATE = Statement(lambda account: _first(TradingState.objects.filter(account=account)), str)
+_STRATEGIES = Statement(lambda: Strategy.objects.order_by("key"))
+_OPEN_ALERTS = Statement(lambda account: Alert.objects.filter(account=account, acknowledged_at__isnull=True)[:8], str)
+_LIMITS = Statement(lambda: _first(RiskLimits.objects.filter(is_active=True)))
+_EVENT_DAYS = Statement(lambda today, tomorrow: EventDay.objects.filter(date__in=[today, tomorrow]), dt.date, dt.date)
+_BREAKERS = Statement(
+    lambda account: BreakerTrip.objects.filter(account=account, cleared_at__isnull=True).order_by("-tripped_at")[:10],
+    str,
+)
+
+
+def _one(rows: list):
+    return rows[0] if rows else None
+
+
 def latest_heartbeat(account: str) -> EngineHeartbeat | None:
-    return _once(
-        ("heartbeat", account), lambda: EngineHeartbeat.objects.filter(account=account).order_by("-beat_at").first()
-    )
+    return _once(("heartbeat", account), lambda: _one(_HEARTBEAT.objects(account)))
 
 
 def _trading_state(account: str):
-    return _once(("trading_state", account), lambda: get_trading_state(account))
+    # The stored state; an account that has none yet gets its row as ``get_trading_state`` makes it.
+    return _once(
+        ("trading_state", account), lambda: _one(_TRADING_STATE.objects(account)) or get_trading_state(account)
+    )
 
 
 def _strategies() -> list[Strategy]:
-    return _once(("strategies",), lambda: list(Strategy.objects.order_by("key")))
+    return _once(("strategies",), _STRATEGIES.objects)
+
+
+def _open_book(account: str) -> list[Position]:
+    """The account's open positions with their instrument, underlying, strategy and
+    signal: one read shared by the panels of a push (overview, positions, risk,
+    scorecards). Read only; a panel must not change them."""
+    return _once(
+        ("open_book", account),
+        lambda: list(
+            Position.objects.filter(account=account)
+            .exclude(net_quantity=0)
+            .select_related("instrument", "instrument__underlying", "strategy", "signal")
+        ),
+    )
 
 
 def market_now(account: str) -> dt.datetime:
@@ -153,22 +192,23 @@ def overview(account: str = "default") -> Overview:
         .order_by("closed_at")
         .values_list("closed_at", "gross_pnl", "charges", "net_pnl")
     )
-    open_rows = Position.objects.filter(account=account).exclude(net_quantity=0)
-    agg = open_rows.aggregate(r=Sum("realised_pnl"), u=Sum("unrealised_pnl"), c=Sum("charges"), n=Count("id"))
-    open_realised, open_unrealised, open_charges = agg["r"] or ZERO, agg["u"] or ZERO, agg["c"] or ZERO
+    open_rows = _open_book(account)
+    open_realised = sum((p.realised_pnl for p in open_rows), ZERO)
+    open_unrealised = sum((p.unrealised_pnl for p in open_rows), ZERO)
+    open_charges = sum((p.charges for p in open_rows), ZERO)
     closed_gross = sum((t[1] for t in trades), ZERO)
     closed_charges = sum((t[2] for t in trades), ZERO)
     gross = closed_gross + open_realised + open_unrealised
     charges = closed_charges + open_charges
     net_now = gross - charges
-    equity = equity_curve(account, now, net_now) if trades or agg["n"] else []
+    equity = equity_curve(account, now, net_now) if trades or open_rows else []
     max_dd, _ = drawdown([v for _, v in equity])
     beat = latest_heartbeat(account)
     age = (timezone.now() - beat.beat_at).total_seconds() if beat else None
     alive = bool(
         beat and beat.role == EngineHeartbeat.Role.ACTIVE and age is not None and age <= settings.HEALTH_ENGINE_STALE_S
     )
-    open_alerts = Alert.objects.filter(account=account, acknowledged_at__isnull=True)
+    alerts = _OPEN_ALERTS.objects(account)
     return Overview(
         gross_pnl=gross,
         charges=charges,
@@ -176,7 +216,7 @@ def overview(account: str = "default") -> Overview:
         realised=closed_gross + open_realised,
         unrealised=open_unrealised,
         trades_today=len(trades),
-        open_positions=agg["n"] or 0,
+        open_positions=len(open_rows),
         equity=equity,
         max_drawdown=max_dd,
         trading_state=_trading_state(account),
@@ -184,8 +224,11 @@ def overview(account: str = "default") -> Overview:
         heartbeat_age_s=round(age, 1) if age is not None else None,
         engine_alive=alive,
         feed_health=(beat.feed_health if beat else {}) or {},
-        alerts=list(open_alerts[:8]),
-        open_alerts=open_alerts.count(),
+        alerts=alerts,
+        # Fewer than the first eight: they are all of them, and need no count.
+        open_alerts=len(alerts)
+        if len(alerts) < 8
+        else Alert.objects.filter(account=account, acknowledged_at__isnull=True).count(),
         now=now,
     )
 
@@ -397,11 +440,7 @@ def _ordered(rows: list[PositionRow]) -> list[PositionRow]:
 
 def open_positions(account: str = "default") -> list[PositionRow]:
     now = market_now(account)
-    positions = list(
-        Position.objects.filter(account=account)
-        .exclude(net_quantity=0)
-        .select_related("instrument", "instrument__underlying", "strategy", "signal")
-    )
+    positions = _open_book(account)
     exits = _latest_exits(account, positions)
     rows = []
     for p in positions:
@@ -413,22 +452,24 @@ def open_positions(account: str = "default") -> list[PositionRow]:
     return _ordered(rows)
 
 
-def net_greeks(rows: list[PositionRow]) -> list[NetGreeks]:
-    """The book's net Greeks per underlying (spot from its latest stored chain)."""
+def _spot(symbol: str):
     from marketdata.models import ChainQuote
 
+    return ChainQuote.objects.filter(underlying=symbol).order_by("-received_at").values_list("underlying_paise")[:1]
+
+
+_SPOT = Statement(_spot, str)  # the underlying's latest stored chain's spot
+
+
+def net_greeks(rows: list[PositionRow]) -> list[NetGreeks]:
+    """The book's net Greeks per underlying (spot from its latest stored chain)."""
     nets: dict[str, NetGreeks] = {}
     for row in rows:
         inst = row.position.instrument
         symbol = inst.underlying.symbol
         net = nets.get(symbol)
         if net is None:
-            spot = (
-                ChainQuote.objects.filter(underlying=symbol)
-                .order_by("-received_at")
-                .values_list("underlying_paise", flat=True)
-                .first()
-            )
+            spot = _one([paise for (paise,) in _SPOT.rows(symbol)])
             net = nets[symbol] = NetGreeks(symbol, inst.lot_size, Decimal(spot) / 100 if spot else None)
         for greek in ("delta", "gamma", "theta", "vega"):
             value = getattr(row, greek)
@@ -455,13 +496,21 @@ class Scorecard:
 
 def scorecards(account: str = "default") -> list[Scorecard]:
     start = _today_start(market_now(account))
+    strategies = _strategies()
+    # Every strategy's trades in one read, and its open positions from the push's book.
+    trades: dict[int, list[tuple]] = {s.pk: [] for s in strategies}
+    for strategy_id, *row in (
+        Trade.objects.filter(account=account, strategy_id__in=list(trades))
+        .order_by("closed_at")
+        .values_list("strategy_id", "net_pnl", "risk_amount", "closed_at")
+    ):
+        trades[strategy_id].append(tuple(row))
+    book: dict[int, list[Position]] = {}
+    for p in _open_book(account):
+        book.setdefault(p.strategy_id, []).append(p)
     cards = []
-    for strategy in _strategies():
-        rows = list(
-            Trade.objects.filter(account=account, strategy=strategy)
-            .order_by("closed_at")
-            .values_list("net_pnl", "risk_amount", "closed_at")
-        )
+    for strategy in strategies:
+        rows = trades[strategy.pk]
         wins = [r for r in rows if r[0] > 0]
         losses = [r for r in rows if r[0] <= 0]
         rr = None
@@ -477,11 +526,7 @@ def scorecards(account: str = "default") -> list[Scorecard]:
             running += r[0]
             curve.append(running)
         max_dd, _ = drawdown(curve)
-        held = list(
-            Position.objects.filter(account=account, strategy=strategy)
-            .exclude(net_quantity=0)
-            .select_related("instrument")
-        )
+        held = book.get(strategy.pk, [])
         lots = sum(abs(p.net_quantity) // max(p.instrument.lot_size, 1) for p in held if p.instrument.kind != "FUT")
         cards.append(
             Scorecard(
@@ -524,7 +569,7 @@ class RiskPanel:
 def risk_panel(account: str = "default") -> RiskPanel:
 
     now = market_now(account)
-    limits = RiskLimits.active()
+    limits = _one(_LIMITS.objects()) or RiskLimits()  # as RiskLimits.active(): the defaults if none is stored
     # The broker's own figures, as the engine last read them (every 5 s); none without an engine.
     beat = latest_heartbeat(account)
     funds = (beat.stats or {}).get("funds") if beat else None
@@ -538,22 +583,18 @@ def risk_panel(account: str = "default") -> RiskPanel:
     # Option lots count against the per-strategy cap; hedges (futures) are shown apart.
     held: dict[int, int] = {}
     hedged: dict[int, int] = {}
-    for p in (
-        Position.objects.filter(account=account, strategy__isnull=False)
-        .exclude(net_quantity=0)
-        .values("strategy_id", "net_quantity", "instrument__lot_size", "instrument__kind")
-    ):
-        into = hedged if p["instrument__kind"] == "FUT" else held
-        into[p["strategy_id"]] = into.get(p["strategy_id"], 0) + abs(p["net_quantity"]) // max(
-            p["instrument__lot_size"], 1
-        )
+    for p in _open_book(account):
+        if p.strategy_id is None:
+            continue
+        into = hedged if p.instrument.kind == "FUT" else held
+        into[p.strategy_id] = into.get(p.strategy_id, 0) + abs(p.net_quantity) // max(p.instrument.lot_size, 1)
     strategies = _strategies()
     lots = [(s.name or s.key, held.get(s.pk, 0), limits.max_lots_per_strategy) for s in strategies]
     hedge_lots = [(s.name or s.key, hedged.get(s.pk, 0)) for s in strategies]
     today = now.astimezone(IST).date()
     severity = {"HALT": 0, "REDUCE_ONLY": 1, "NO_NEW_ENTRIES": 2}
     event_days = sorted(
-        EventDay.objects.filter(date__in=[today, today + dt.timedelta(days=1)]),
+        _EVENT_DAYS.objects(today, today + dt.timedelta(days=1)),
         key=lambda e: (e.date, severity.get(e.action, 3)),
     )
     return RiskPanel(
@@ -566,9 +607,7 @@ def risk_panel(account: str = "default") -> RiskPanel:
         loss_used_pct=loss_pct,
         lots=lots,
         hedge_lots=hedge_lots,
-        breakers=list(
-            BreakerTrip.objects.filter(account=account, cleared_at__isnull=True).order_by("-tripped_at")[:10]
-        ),
+        breakers=_BREAKERS.objects(account),
         event_day=next((e for e in event_days if e.date == today), None),
         trading_state=_trading_state(account),
         event_days=event_days,

@@ -73,3 +73,29 @@ async def test_the_overview_adds_up_closed_trades_and_open_positions(oms, book, 
     rows = await sync_to_async(selectors.open_positions)()
     assert {r.position.pk for r in rows} == {p.pk for p in open_rows}
     assert all(r.lots == abs(r.position.net_quantity) // r.position.instrument.lot_size for r in rows)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_panels_of_a_heartbeat_read_the_open_positions_once(oms, book, demo_market):
+    from asgiref.sync import sync_to_async
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from trading import dashboard
+    from trading.models import Strategy
+
+    await _open_legs(oms, book, 3)
+    keys = list(dashboard.EVENT_PANELS["heartbeat"])
+
+    def render() -> list[str]:
+        dashboard.render_parts(keys, {})  # the equity curve's minutes are read once a minute
+        with CaptureQueriesContext(connection) as queries:
+            dashboard.render_parts(keys, {})
+        return [q["sql"] for q in queries.captured_queries]
+
+    first = await sync_to_async(render)()
+    reads = [sql for sql in first if sql.startswith('SELECT "trading_position"."id"')]
+    assert len(reads) == 1  # overview, positions, risk and scorecards share one read
+    await Strategy.objects.acreate(key="another", name="Another")
+    await Strategy.objects.acreate(key="third", name="Third")
+    assert len(await sync_to_async(render)()) == len(first)  # more strategies, no more queries
