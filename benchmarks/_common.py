@@ -22,6 +22,23 @@ def setup_django(database_url: str | None = None) -> None:
     django.setup()
 
 
+def as_deployed(env: dict[str, str]) -> dict[str, str]:
+    """A child's environment as production runs: DEBUG off (with it on, Django's debug
+    cursor records every statement, and the system checks refuse the Dhan broker),
+    with keys of the run's own: nothing it signs outlives the run."""
+    import secrets
+
+    env = {
+        **env,
+        "DEBUG": "false",
+        "SECRET_KEY": secrets.token_urlsafe(50),
+        "AUDIT_HMAC_KEY": secrets.token_urlsafe(32),
+    }
+    for name in ("SECRET_KEY_FILE", "AUDIT_HMAC_KEY_FILE"):
+        env.pop(name, None)
+    return env
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--json", metavar="PATH", help="Also write {'benchmark': name, 'metrics': {...}} to PATH.")

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, parser, report  # noqa: E402
+from _common import ROOT, as_deployed, parser, report  # noqa: E402
 
 
 def child(orders: int, total_packets: int, drops: int) -> None:
@@ -245,12 +244,8 @@ def main() -> None:
             "DATABASE_URL": f"sqlite:///{tmp}/bench.sqlite3",
             "LOG_LEVEL": "error",
             "QUANTHUB_VAR_DIR": tmp,
-            # As the live Dhan path always runs: the system checks refuse the Dhan broker with DEBUG
-            # on (quanthub.E003), and production needs both keys; these are this run's own.
-            "DEBUG": "false",
-            "SECRET_KEY": secrets.token_urlsafe(50),
-            "AUDIT_HMAC_KEY": secrets.token_urlsafe(32),
         }
+        env = as_deployed(env)  # as the live Dhan path always runs (quanthub.E003 refuses it with DEBUG on)
         env.pop("REDIS_URL", None)
         command = [
             sys.executable,

@@ -17,24 +17,20 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, parser, report  # noqa: E402
+from _common import ROOT, as_deployed, parser, report  # noqa: E402
 
 
 def run_one(url: str, minutes: int, tmp: str, debug: bool = False) -> dict:
     env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "error", "QUANTHUB_VAR_DIR": tmp}
     env.pop("REDIS_URL", None)
     if not debug:
-        # As deployed. The keys are the run's own: nothing it signs outlives the run.
-        env.update(DEBUG="false", SECRET_KEY=secrets.token_urlsafe(48), AUDIT_HMAC_KEY=secrets.token_urlsafe(32))
-        for name in ("SECRET_KEY_FILE", "AUDIT_HMAC_KEY_FILE"):
-            env.pop(name, None)
+        env = as_deployed(env)
     out = subprocess.run(
         [sys.executable, __file__, "--child", str(minutes)], env=env, capture_output=True, text=True, cwd=ROOT
     )

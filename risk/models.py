@@ -12,6 +12,8 @@ from decimal import Decimal
 from django.core.exceptions import ValidationError
 from django.db import models
 
+from quanthub.sql import Statement
+
 # Exchange and broker ceilings that no configuration may exceed.
 RETAIL_ORDER_RATE_CEILING = 9  # below NSE's 10/s retail-algo registration threshold and Dhan's 10/s cap
 DHAN_MAX_MODIFICATIONS = 25
@@ -159,9 +161,13 @@ class RiskLimits(models.Model):
 
     @classmethod
     def active(cls) -> RiskLimits:
-        """The active limits; the product defaults if none is stored yet."""
-        limits = cls.objects.filter(is_active=True).first()
-        return limits if limits is not None else cls()
+        """The active limits; the product defaults if none is stored yet. Read by a
+        statement compiled once: the dashboards' every push and the gate ask it."""
+        found = _ACTIVE_LIMITS.objects()
+        return found[0] if found else cls()
+
+
+_ACTIVE_LIMITS = Statement(lambda: RiskLimits.objects.filter(is_active=True).order_by("pk")[:1])
 
 
 class TradingState(models.Model):

@@ -12,6 +12,7 @@ from django.forms.models import model_to_dict
 
 from audit import actors
 from audit.chain import append as audit_append
+from quanthub.sql import Statement
 from risk.models import BreakerTrip, RiskLimits, TradingState
 from trading.events import publish_on_commit
 from trading.models import ReconciliationBreak
@@ -59,7 +60,14 @@ def save_risk_limits(limits: RiskLimits, *, actor: str) -> RiskLimits:
     return limits
 
 
+# The account's state row, by a statement compiled once: every push of the dashboards reads it.
+_STATE = Statement(lambda account: TradingState.objects.filter(account=account).order_by("pk")[:1], str)
+
+
 def get_trading_state(account: str = "default") -> TradingState:
+    found = _STATE.objects(account)
+    if found:
+        return found[0]
     state, _ = TradingState.objects.get_or_create(account=account)
     return state
 

@@ -19,7 +19,7 @@ from django.utils import timezone
 from quanthub.clock import IST, SESSION_OPEN
 from quanthub.sql import Statement
 from risk.context import daily_net_pnl
-from risk.models import BreakerTrip, EventDay, RiskLimits, TradingState
+from risk.models import BreakerTrip, EventDay, RiskLimits
 from risk.services import get_trading_state
 from trading.models import Alert, EngineHeartbeat, Order, Position, Signal, Strategy, Trade
 
@@ -54,18 +54,11 @@ def _once(key: tuple, read):
     return memo[key]
 
 
-def _first(queryset):
-    """The queryset as ``.first()`` reads it: its own order, else by primary key; one row."""
-    return (queryset if queryset.ordered else queryset.order_by("pk"))[:1]
-
-
 # The panels' small reads of every push, compiled once (``quanthub.sql.Statement``): at a
 # push a second, compiling these queries cost more than running them.
 _HEARTBEAT = Statement(lambda account: EngineHeartbeat.objects.filter(account=account).order_by("-beat_at")[:1], str)
-_TRADING_STATE = Statement(lambda account: _first(TradingState.objects.filter(account=account)), str)
 _STRATEGIES = Statement(lambda: Strategy.objects.order_by("key"))
 _OPEN_ALERTS = Statement(lambda account: Alert.objects.filter(account=account, acknowledged_at__isnull=True)[:8], str)
-_LIMITS = Statement(lambda: _first(RiskLimits.objects.filter(is_active=True)))
 _EVENT_DAYS = Statement(lambda today, tomorrow: EventDay.objects.filter(date__in=[today, tomorrow]), dt.date, dt.date)
 _BREAKERS = Statement(
     lambda account: BreakerTrip.objects.filter(account=account, cleared_at__isnull=True).order_by("-tripped_at")[:10],
@@ -82,10 +75,7 @@ def latest_heartbeat(account: str) -> EngineHeartbeat | None:
 
 
 def _trading_state(account: str):
-    # The stored state; an account that has none yet gets its row as ``get_trading_state`` makes it.
-    return _once(
-        ("trading_state", account), lambda: _one(_TRADING_STATE.objects(account)) or get_trading_state(account)
-    )
+    return _once(("trading_state", account), lambda: get_trading_state(account))
 
 
 def _strategies() -> list[Strategy]:
@@ -569,7 +559,7 @@ class RiskPanel:
 def risk_panel(account: str = "default") -> RiskPanel:
 
     now = market_now(account)
-    limits = _one(_LIMITS.objects()) or RiskLimits()  # as RiskLimits.active(): the defaults if none is stored
+    limits = RiskLimits.active()
     # The broker's own figures, as the engine last read them (every 5 s); none without an engine.
     beat = latest_heartbeat(account)
     funds = (beat.stats or {}).get("funds") if beat else None

@@ -969,7 +969,7 @@ class Engine:
                 if self._config_due():
                     await _db(self._follow_config)()
                 else:
-                    self._limits_fresh = True
+                    self._follow_config()  # nothing to read: no trip to the database thread
             self._basis = None  # the gate reads the database once for this snapshot, at its first intent
             received = snapshot.received_at
             started = time.perf_counter()  # wall time: the simulated clock stands still within a tick

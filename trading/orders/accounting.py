@@ -229,31 +229,31 @@ def _trip_fills(account: str, instrument_id: int, strategy: Q):
     )
 
 
-# Compiled once, newest fill first: one for a strategy's position, one for the unassigned one.
-_UNASSIGNED_FILLS = Statement(
-    lambda account, instrument_id: _trip_fills(account, instrument_id, Q(order__strategy__isnull=True)), str, int
-)
-_STRATEGY_FILLS = Statement(
-    lambda account, instrument_id, strategy_id: _trip_fills(account, instrument_id, Q(order__strategy_id=strategy_id)),
-    str,
-    int,
-    int,
-)
-_UNASSIGNED_FEW = Statement(
-    lambda account, instrument_id: _trip_fills(account, instrument_id, Q(order__strategy__isnull=True))[
-        :TRIP_FIRST_LOOK
-    ],
-    str,
-    int,
-)
-_STRATEGY_FEW = Statement(
-    lambda account, instrument_id, strategy_id: _trip_fills(account, instrument_id, Q(order__strategy_id=strategy_id))[
-        :TRIP_FIRST_LOOK
-    ],
-    str,
-    int,
-    int,
-)
+def _trip_reads(limit: int | None) -> tuple[Statement, Statement]:
+    """Compiled once, newest fill first (the newest ``limit``, or all): one for the
+    unassigned position, one for a strategy's."""
+
+    def cut(queryset):
+        return queryset[:limit] if limit else queryset
+
+    unassigned = Statement(
+        lambda account, instrument_id: cut(_trip_fills(account, instrument_id, Q(order__strategy__isnull=True))),
+        str,
+        int,
+    )
+    strategy = Statement(
+        lambda account, instrument_id, strategy_id: cut(
+            _trip_fills(account, instrument_id, Q(order__strategy_id=strategy_id))
+        ),
+        str,
+        int,
+        int,
+    )
+    return unassigned, strategy
+
+
+_UNASSIGNED_FEW, _STRATEGY_FEW = _trip_reads(TRIP_FIRST_LOOK)
+_UNASSIGNED_FILLS, _STRATEGY_FILLS = _trip_reads(None)
 
 
 def _close_round_trip(position: Position, order: Order, at: dt.datetime) -> Trade:
