@@ -284,3 +284,33 @@ async def test_an_order_checks_its_margin_against_funds_read_afresh(book, clock,
     await PaperAccount.objects.filter(account=broker.account).aupdate(cash=Decimal("100"))
     with pytest.raises(Rejected, match="Insufficient margin"):
         await broker.place_order(req(option))
+
+
+async def test_a_database_error_reading_the_funds_after_a_place_loses_nothing(paper, book, clock, option, caplog):
+    """The order is written, then the funds' re-read in the same trip fails: the order
+    stands and is reported, and the next funds call reads the database instead of
+    using what was kept before the write."""
+    from django.db import OperationalError
+
+    quote(book, clock, option, "99.90", "100.00")
+    before = await paper.funds()
+    original = paper._funds
+
+    def fails_once_the_order_is_written():
+        if PaperOrder.objects.filter(correlation_id="AFTER").exists() and not failed:
+            failed.append(1)
+            raise OperationalError("database is locked")
+        return original()
+
+    failed: list[int] = []
+    paper._funds = fails_once_the_order_is_written
+    try:
+        ack = await paper.place_order(req(option, price="100.00", cid="AFTER"))
+    finally:
+        del paper._funds
+    assert failed, "the re-read after the write was not made"
+    assert ack.status == BrokerStatus.TRADED and ack.filled_quantity == option.lot_size
+    assert await PaperOrder.objects.filter(correlation_id="AFTER", status=BrokerStatus.TRADED).aexists()
+    assert "paper funds not read after a write" in caplog.text
+    kept, read = await _trips(paper)
+    assert read and kept == await _fresh(paper) and kept != before
