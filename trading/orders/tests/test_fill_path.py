@@ -187,3 +187,43 @@ def test_a_round_trip_closes_on_all_its_fills_however_many(option, entries):
     assert trade.gross_pnl == sum((Decimal("130.00") - (100 + n)) * lot for n in range(entries))
     trip_charges = Fill.objects.exclude(broker_trade_id__in=["R-100", "R-101"]).values_list("charges", flat=True)
     assert trade.charges == sum(trip_charges, Decimal("0")).quantize(Decimal("0.01"))
+
+
+def test_a_fill_marks_the_position_at_its_price_so_the_days_pnl_counts_each_rupee_once(option):
+    """After a scale or a partial exit the books are marked at the fill's price at once,
+    not at the last mark of the old quantity: the day's net P&L (what the loss cap reads)
+    equals realised plus the open quantity at the fill price, less charges, before the
+    next mark arrives — and after a restart that only replays fills."""
+    from risk.context import daily_net_pnl
+    from trading.orders.accounting import mark_to_market
+
+    lot = option.lot_size
+    ids = iter(range(300, 400))
+
+    def filled(side: str, lots: int, price: str, second: int) -> Position:
+        n = next(ids)
+        order = _order(option, client_order_id=f"QHTEST{n:010d}", quantity=lots * lot, side=side)
+        remote = _remote(order, BrokerStatus.TRADED, lots * lot)
+        settle(order.pk, remote, [_trade(order, f"M-{n}", lots * lot, price, second)], now=T0, account="default")
+        return Position.objects.get(instrument=option, strategy=None)
+
+    def consistent(position: Position) -> None:
+        assert position.unrealised_pnl == (
+            (position.last_price - position.average_price) * position.net_quantity
+        ).quantize(Decimal("0.01"))
+        expected = position.realised_pnl + position.unrealised_pnl - position.charges
+        assert daily_net_pnl("default", T0) == expected
+
+    position = filled(Order.Side.BUY, 2, "100.00", 0)
+    consistent(position)
+    mark_to_market(position, Decimal("110.00"))  # marked: 2 lots up ₹10
+    position.save()
+    position = filled(Order.Side.BUY, 2, "120.00", 1)  # scale at 120: the old mark is gone
+    assert position.last_price == Decimal("120.00") and position.unrealised_pnl == Decimal("20.00") * 2 * lot
+    consistent(position)
+    mark_to_market(position, Decimal("125.00"))
+    position.save()
+    position = filled(Order.Side.SELL, 3, "115.00", 2)  # a partial exit realises; the rest is at 115
+    assert position.realised_pnl == Decimal("5.00") * 3 * lot and position.net_quantity == lot
+    assert position.unrealised_pnl == Decimal("5.00") * lot
+    consistent(position)
