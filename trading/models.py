@@ -484,7 +484,9 @@ class PaperPosition(models.Model):
     security_id = models.CharField(max_length=20)
     exchange_segment = models.CharField(max_length=12, default="NSE_FNO")
     net_quantity = models.IntegerField(default=0)
-    average_price = models.DecimalField(**PRICE, default=0)
+    # Four places, as Position keeps it: an average of fills at different prices is a
+    # fraction of a paisa, and rounding it to paise misstates realised P&L per unit.
+    average_price = models.DecimalField(max_digits=16, decimal_places=4, default=0)
     realised_pnl = models.DecimalField(**MONEY)
 
     class Meta:

@@ -314,3 +314,26 @@ async def test_a_database_error_reading_the_funds_after_a_place_loses_nothing(pa
     assert "paper funds not read after a write" in caplog.text
     kept, read = await _trips(paper)
     assert read and kept == await _fresh(paper) and kept != before
+
+
+async def test_the_brokers_average_cost_is_kept_finer_than_a_paisa(paper, book, clock, future):
+    """Two sells at different prices average to a fraction of a paisa; a 2-place average
+    would misstate the round trip's realised P&L by up to half a paisa per unit (₹0.65 on
+    these 195 units of a future near 24,500). Kept to four places, as our own books keep it,
+    the broker's realised P&L is the fills' own to within a paisa."""
+    from trading.models import PaperPosition
+
+    lot = future.lot_size
+    quote(book, clock, future, "24537.80", "24538.00", bid_qty=10 * lot)
+    await paper.place_order(req(future, Side.SELL, quantity=lot, price="24537.80", cid="F1"))
+    clock.advance(30)
+    quote(book, clock, future, "24537.60", "24537.80", bid_qty=10 * lot)
+    await paper.place_order(req(future, Side.SELL, quantity=2 * lot, price="24537.60", cid="F2"))
+    held = await PaperPosition.objects.aget(security_id=future.security_id)
+    assert held.average_price == ((Decimal("24537.80") + 2 * Decimal("24537.60")) / 3).quantize(Decimal("0.0001"))
+    clock.advance(300)
+    quote(book, clock, future, "24536.80", "24537.00", ask_qty=10 * lot)
+    await paper.place_order(req(future, Side.BUY, quantity=3 * lot, price="24537.00", cid="F3"))
+    closed = await PaperPosition.objects.aget(security_id=future.security_id)
+    exact = Decimal("0.80") * lot + Decimal("0.60") * 2 * lot  # what the fills made
+    assert closed.net_quantity == 0 and abs(closed.realised_pnl - exact) <= Decimal("0.01")
