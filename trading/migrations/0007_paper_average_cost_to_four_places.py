@@ -4,15 +4,14 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('trading', '0006_order_created_at_on_the_engine_clock'),
+        ("trading", "0006_order_created_at_on_the_engine_clock"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='paperposition',
-            name='average_price',
+            model_name="paperposition",
+            name="average_price",
             field=models.DecimalField(decimal_places=4, default=0, max_digits=16),
         ),
     ]
