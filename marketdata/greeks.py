@@ -108,8 +108,11 @@ def _parity_price(s, k, t, r, sigma, is_call, d1, d2):
     call = s * nd1 - k * disc * nd2
     put = call - s + k * disc  # put-call parity
     expired = _expired(t, sigma)
-    intrinsic = np.where(is_call, np.maximum(s - k * disc, 0.0), np.maximum(k * disc - s, 0.0))
-    return np.where(expired, intrinsic, np.where(is_call, call, put)), disc, nd1, nd2, expired
+    value = np.where(is_call, call, put)
+    if expired.any():  # only then is there an intrinsic value to put in
+        intrinsic = np.where(is_call, np.maximum(s - k * disc, 0.0), np.maximum(k * disc - s, 0.0))
+        value = np.where(expired, intrinsic, value)
+    return value, disc, nd1, nd2, expired
 
 
 def parity_price(s, k, t, r, sigma, is_call) -> np.ndarray:
@@ -129,6 +132,14 @@ def all_greeks(s, k, t, r, sigma, is_call) -> Greeks:
         decay = -s * pdf1 * sigma / (2.0 * sqrt_t)
     th_call = decay - r * k * disc * nd2
     th_put = decay + r * k * disc * (1.0 - nd2)
+    if not expired.any():  # the live values as they are (what the masks below would leave)
+        return Greeks(
+            price=value,
+            delta=np.where(is_call, nd1, nd1 - 1.0),
+            gamma=np.asarray(gam),  # an array, as np.where gives, for 0-d inputs too
+            theta=np.where(is_call, th_call, th_put) / DAYS_PER_YEAR,
+            vega=np.asarray(s * pdf1 * np.sqrt(np.maximum(t, 0.0)) / 100.0),
+        )
     # At T = 0 (expiry-day close) or zero vol: the expiry limits, never NaN.
     return Greeks(
         price=value,
@@ -171,12 +182,22 @@ def implied_vol(
     b = np.full(p.shape, hi)
     x = np.full(p.shape, 0.2)
     done = ~solve
+    # What every step shares, computed once: each step is then ``all_greeks``' price and
+    # vega, by the same operations in the same order (so the same doubles), without the
+    # Greeks the solver does not read. Elements not solved are never read again.
+    log_sk = np.log(s / k)
+    sqrt_t = np.sqrt(t)
+    k_disc = k * disc
+    vega_t = np.sqrt(np.maximum(t, 0.0))
     for _ in range(max_iter):
         if done.all():
             break
-        g = all_greeks(s, k, t, r, x, is_call)
-        diff = g.price - p
-        v = g.vega * 100.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            vol_t = x * sqrt_t
+            d1 = (log_sk + (r + 0.5 * x * x) * t) / vol_t
+        call = s * ndtr(d1) - k_disc * ndtr(d1 - vol_t)
+        diff = np.where(is_call, call, call - s + k_disc) - p
+        v = s * _pdf(d1) * vega_t / 100.0 * 100.0
         # Converged when the volatility error (price error / vega) is under tol,
         # or the price is matched to machine precision.
         converged = (np.abs(diff) < tol * v) | (np.abs(diff) <= 1e-12 * np.maximum(1.0, p))

@@ -52,6 +52,12 @@ def _round_tick(values: np.ndarray, tick: float = TICK) -> np.ndarray:
     return np.round(np.round(values / tick) * tick, 2)
 
 
+def _round_tick_one(value: float, tick: float) -> float:
+    """``_round_tick`` of one price, bit for bit, without numpy's per-call cost: both
+    roundings are half to even (``np.round`` to 2 places scales by 100, rounds, divides)."""
+    return round(round(value / tick) * tick * 100.0) / 100.0
+
+
 def _intraday_shape(minutes_from_open: float) -> float:
     """Volatility and volume are high at the open, low at midday, up into the close."""
     x = minutes_from_open / 375.0
@@ -497,7 +503,7 @@ class SimulatorFeed(Feed):
                     "NSE_FNO",
                     f"{spec.symbol}-FUT",
                     "FUT",
-                    float(_round_tick(np.array(fut), synthetic.tick_paise(market.future) / 100)),
+                    _round_tick_one(fut, synthetic.tick_paise(market.future) / 100),
                     now,
                     now,
                     self._next_seq(),

@@ -100,3 +100,56 @@ def test_at_expiry_the_greeks_are_their_limits_not_nan():
     # Just before expiry they tend to the same limits.
     near = g.all_greeks(s, k, 1e-9, 0.065, 0.15, np.array([True] * 3))
     assert near.delta[0] == pytest.approx(1.0) and near.delta[2] == pytest.approx(0.0, abs=1e-12)
+
+
+@given(
+    moneyness=st.lists(st.floats(0.7, 1.3), min_size=1, max_size=12),
+    t=st.floats(1 / 365, 0.5),
+    sigma=st.floats(0.05, 0.9),
+)
+def test_the_greeks_of_live_contracts_do_not_depend_on_an_expired_one_beside_them(moneyness, t, sigma):
+    """Without an expired contract the masks are skipped; the values are the same doubles."""
+    s, r = 24000.0, 0.065
+    k = s * np.array(moneyness)
+    is_call = np.arange(len(k)) % 2 == 0
+    alone = g.all_greeks(s, k, t, r, sigma, is_call)
+    beside = g.all_greeks(s, np.append(k, s), np.append(np.full(len(k), t), 0.0), r, sigma, np.append(is_call, True))
+    for name in ("price", "delta", "gamma", "theta", "vega"):
+        assert getattr(alone, name).tobytes() == getattr(beside, name)[:-1].tobytes(), name
+    assert g.parity_price(s, k, t, r, sigma, is_call).tobytes() == alone.price.tobytes()
+
+
+def _solved_by_all_greeks(p, s, k, t, r, is_call, tol=1e-9, max_iter=100, lo=1e-4, hi=5.0):
+    """The solver's steps written with ``all_greeks`` (its price and vega), for comparison."""
+    a, b, x = np.full(p.shape, lo), np.full(p.shape, hi), np.full(p.shape, 0.2)
+    done = np.zeros(p.shape, dtype=bool)
+    for _ in range(max_iter):
+        if done.all():
+            break
+        every = g.all_greeks(s, k, t, r, x, is_call)
+        diff, v = every.price - p, every.vega * 100.0
+        done = done | (np.abs(diff) < tol * v) | (np.abs(diff) <= 1e-12 * np.maximum(1.0, p))
+        a, b = np.where(~done & (diff < 0), x, a), np.where(~done & (diff > 0), x, b)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            newton = x - diff / v
+        ok = np.isfinite(newton) & (newton > a) & (newton < b)
+        x = np.where(done, x, np.where(ok, newton, 0.5 * (a + b)))
+    return x
+
+
+@given(
+    moneyness=st.lists(st.floats(0.8, 1.2), min_size=1, max_size=12),
+    t=st.floats(1 / 365, 0.3),
+    sigma=st.floats(0.06, 0.8),
+)
+def test_implied_vol_takes_the_steps_all_greeks_would(moneyness, t, sigma):
+    s, r = 24000.0, 0.065
+    k = s * np.array(moneyness)
+    is_call = np.arange(len(k)) % 2 == 1
+    p = g.all_greeks(s, k, t, r, sigma, is_call).price
+    found = g.implied_vol(p, s, k, t, r, is_call)
+    assume((found.status == g.IV_OK).all())
+    tt = np.full(len(k), t)
+    assert (
+        found.iv.tobytes() == _solved_by_all_greeks(p, np.full(len(k), s), k, tt, np.full(len(k), r), is_call).tobytes()
+    )

@@ -4,6 +4,8 @@ import datetime as dt
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from marketdata.feeds.base import ChainSnapshot, LtpTick
 from marketdata.feeds.simulator import SimulatorFeed
@@ -249,3 +251,10 @@ def test_the_previous_session_is_the_calm_day_before_on_its_own_seed_and_each_ca
     assert first == friday and first[0][0] == dt.datetime(2026, 11, 20, 9, 15, tzinfo=IST)
     first.clear()
     assert _feed(seed=12).previous_session_vix() == friday  # a grid's next task of the day: the same path
+
+
+@given(value=st.floats(0.0, 200_000.0), tick=st.sampled_from([0.05, 0.1, 0.2, 0.5, 1.0]))
+def test_one_price_rounds_to_its_tick_as_an_array_of_them_does(value, tick):
+    from marketdata.feeds.simulator import _round_tick, _round_tick_one
+
+    assert _round_tick_one(value, tick) == float(_round_tick(np.array([value]), tick)[0])
