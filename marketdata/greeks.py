@@ -132,21 +132,22 @@ def all_greeks(s, k, t, r, sigma, is_call) -> Greeks:
         decay = -s * pdf1 * sigma / (2.0 * sqrt_t)
     th_call = decay - r * k * disc * nd2
     th_put = decay + r * k * disc * (1.0 - nd2)
-    if not expired.any():  # the live values as they are (what the masks below would leave)
-        return Greeks(
-            price=value,
-            delta=np.where(is_call, nd1, nd1 - 1.0),
-            gamma=np.asarray(gam),  # an array, as np.where gives, for 0-d inputs too
-            theta=np.where(is_call, th_call, th_put) / DAYS_PER_YEAR,
-            vega=np.asarray(s * pdf1 * np.sqrt(np.maximum(t, 0.0)) / 100.0),
-        )
+    live = Greeks(
+        price=value,
+        delta=np.where(is_call, nd1, nd1 - 1.0),
+        gamma=np.asarray(gam),  # arrays, as np.where gives, for 0-d inputs too
+        theta=np.where(is_call, th_call, th_put) / DAYS_PER_YEAR,
+        vega=np.asarray(s * pdf1 * sqrt_t / 100.0),
+    )
+    if not expired.any():
+        return live
     # At T = 0 (expiry-day close) or zero vol: the expiry limits, never NaN.
     return Greeks(
         price=value,
-        delta=np.where(expired, _expiry_delta(s, k, t, r, is_call), np.where(is_call, nd1, nd1 - 1.0)),
-        gamma=np.where(expired, 0.0, gam),
-        theta=np.where(expired, 0.0, np.where(is_call, th_call, th_put) / DAYS_PER_YEAR),
-        vega=np.where(expired, 0.0, s * pdf1 * np.sqrt(np.maximum(t, 0.0)) / 100.0),
+        delta=np.where(expired, _expiry_delta(s, k, t, r, is_call), live.delta),
+        gamma=np.where(expired, 0.0, live.gamma),
+        theta=np.where(expired, 0.0, live.theta),
+        vega=np.where(expired, 0.0, live.vega),
     )
 
 

@@ -15,6 +15,9 @@ from marketdata.models import Instrument
 
 PRICE = {"max_digits": 14, "decimal_places": 2}
 MONEY = {"max_digits": 16, "decimal_places": 2, "default": 0}
+# An average of fills at different prices: a fraction of a paisa, kept to four places
+# (rounded to paise it misstates realised P&L per unit).
+AVERAGE_COST = {"max_digits": 16, "decimal_places": 4, "default": 0}
 
 
 class Strategy(models.Model):
@@ -202,7 +205,7 @@ class Position(models.Model):
     net_quantity = models.IntegerField(default=0, help_text="Units; negative when short.")
     # An average of fills needs more places than a price (apply_fill keeps four);
     # with two, PostgreSQL would round what SQLite keeps.
-    average_price = models.DecimalField(max_digits=16, decimal_places=4, default=0)
+    average_price = models.DecimalField(**AVERAGE_COST)
     last_price = models.DecimalField(**PRICE, null=True, blank=True)
     realised_pnl = models.DecimalField(**MONEY)
     unrealised_pnl = models.DecimalField(**MONEY)
@@ -484,9 +487,7 @@ class PaperPosition(models.Model):
     security_id = models.CharField(max_length=20)
     exchange_segment = models.CharField(max_length=12, default="NSE_FNO")
     net_quantity = models.IntegerField(default=0)
-    # Four places, as Position keeps it: an average of fills at different prices is a
-    # fraction of a paisa, and rounding it to paise misstates realised P&L per unit.
-    average_price = models.DecimalField(max_digits=16, decimal_places=4, default=0)
+    average_price = models.DecimalField(**AVERAGE_COST)
     realised_pnl = models.DecimalField(**MONEY)
 
     class Meta:

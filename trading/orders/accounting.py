@@ -101,8 +101,7 @@ def apply_fill(
     # Marked at the fill's price at once: the last mark was of the old quantity and
     # average, and the day's P&L (what the loss cap reads) would count a partial exit's
     # realised rupees again in it until the next mark, or for good after a stop.
-    position.last_price = price
-    position.unrealised_pnl = ((price - position.average_price) * new_qty).quantize(CENT)
+    mark_to_market(position, price)
     trade = _close_round_trip(position, order, at) if new_qty == 0 and held != 0 else None
     # The row is locked and was read whole above: writing only what a fill changes
     # leaves the database holding what a whole-row save would. updated_at is
