@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from marketdata import greeks, synthetic
+from marketdata.feeds import prefetch as prefetching
 from marketdata.feeds.base import CE, PE, ROW_ARRAYS, ChainSnapshot, Feed, FeedItem, LtpTick, QuoteSnapshot
 from marketdata.scenarios import Event, Scenario
 from quanthub.clock import IST, SESSION_CLOSE, SESSION_OPEN, Clock, SimulatedClock
@@ -180,6 +181,7 @@ class SimulatorFeed(Feed):
         end_time: dt.time = SESSION_CLOSE,
         strikes_each_side: int = 10,
         holidays: tuple[dt.date, ...] = (),
+        prefetch: bool | None = None,
     ):
         if speed != "max" and (not isinstance(speed, int | float) or speed <= 0):
             raise ValueError(f"speed must be 'max' or a positive number, got {speed!r}")
@@ -195,6 +197,11 @@ class SimulatorFeed(Feed):
         self.end = dt.datetime.combine(self.trading_day, end_time, tzinfo=IST)
         self.session_open = dt.datetime.combine(self.trading_day, SESSION_OPEN, tzinfo=IST)
         self.strikes_each_side = strikes_each_side
+        # At full speed, generate the items ahead in a process of their own
+        # (``marketdata.feeds.prefetch``): None decides by the session and the machine.
+        self.prefetch = prefetch
+        self._prefetch: prefetching.Prefetch | None = None
+        self._prefetched_state: dict | None = None
         self.injected: list[InjectedEvent] = []
         self._closed = False
         contracts = synthetic.build_master(self.trading_day, holidays)
@@ -221,17 +228,27 @@ class SimulatorFeed(Feed):
 
     @classmethod
     def from_options(cls, *, clock=None, seed=7, speed="max", scenario=None, **options) -> SimulatorFeed:
-        known = {"underlyings", "trading_day", "start_time", "end_time", "strikes_each_side", "holidays"}
+        known = {"underlyings", "trading_day", "start_time", "end_time", "strikes_each_side", "holidays", "prefetch"}
         return cls(
             clock=clock, seed=seed, speed=speed, scenario=scenario, **{k: v for k, v in options.items() if k in known}
         )
 
     async def close(self) -> None:
         self._closed = True
+        if self._prefetch is not None:
+            self._prefetch.close()
+
+    def __getstate__(self) -> dict:
+        # What the generating process gets: the market, not the engine's clock or pipe.
+        return {**self.__dict__, "clock": None, "_prefetch": None}
 
     # --- the stream -------------------------------------------------------------
 
     async def stream(self) -> AsyncIterator[FeedItem]:
+        if prefetching.wanted(self.prefetch, speed=self.speed, session_s=(self.end - self.start).total_seconds()):
+            async for item in self._prefetched():
+                yield item
+            return
         events = self._events_from(self.start)
         wall_start = time.monotonic()
         total = int((self.end - self.start).total_seconds())
@@ -257,11 +274,38 @@ class SimulatorFeed(Feed):
                     self.clock.set(item.received_at)
                 yield item
 
+    async def _prefetched(self) -> AsyncIterator[FeedItem]:
+        """``stream`` at full speed with the items generated in another process: the same
+        items in the same order, the clock set by each as it is handed over, and the
+        state (for a restart) that of the last batch handed over whole."""
+        self._prefetch = source = prefetching.Prefetch(self)
+        simulated = isinstance(self.clock, SimulatedClock)
+        try:
+            async for batch, state, injected, _last in source.batches():
+                self.injected.extend(injected)
+                for second, items in batch:
+                    if self._closed:
+                        return
+                    if second % 50 == 0:
+                        await asyncio.sleep(0)  # let other tasks (the web server) breathe
+                    for item in items:
+                        if simulated and item.received_at > self.clock.now():
+                            self.clock.set(item.received_at)
+                        yield item
+                self._prefetched_state = state
+        finally:
+            source.close()
+
     def run_sync(self):
         """The same items without an event loop (for recording and benchmarks)."""
         yield from self._generate(self.start, self.end)
 
     def _generate(self, start: dt.datetime, end: dt.datetime):
+        for _, items in self._seconds(start, end):
+            yield from items
+
+    def _seconds(self, start: dt.datetime, end: dt.datetime):
+        """(second from ``start``, its items) for every second with items (a feed gap has none)."""
         total = int((end - start).total_seconds())
         events = self._events_from(start)
         for second in range(total + 1):
@@ -272,8 +316,7 @@ class SimulatorFeed(Feed):
             self._at = now
             if self._gap_until is not None and now < self._gap_until:
                 continue
-            yield from self._items(now, with_chain=self._chain_due(now))
-            yield from self._quotes(now + QUOTE_OFFSET)
+            yield second, self._items(now, with_chain=self._chain_due(now)) + self._quotes(now + QUOTE_OFFSET)
 
     # --- resuming a session -------------------------------------------------------
 
@@ -290,7 +333,11 @@ class SimulatorFeed(Feed):
 
     def get_state(self) -> dict | None:
         """The market as of the last second generated: spot, VIX, volume, OI, the
-        informed flows under way, the random streams. JSON-able."""
+        informed flows under way, the random streams. JSON-able. While the items are
+        generated in another process: that process's state as of the last batch handed
+        over whole (a restart from it brings the market forward to where it resumes)."""
+        if self._prefetched_state is not None:
+            return self._prefetched_state
         if self._at is None:
             return None
 
@@ -310,6 +357,7 @@ class SimulatorFeed(Feed):
             "gap_until": self._gap_until.isoformat() if self._gap_until else None,
             "seq": self._seq,
             "rng": rng(self._rng),
+            "quote_rng": rng(self._quote_rng),
             "markets": {
                 m.symbol: {
                     "spot": m.spot,
@@ -367,6 +415,8 @@ class SimulatorFeed(Feed):
         self._gap_until = dt.datetime.fromisoformat(state["gap_until"]) if state["gap_until"] else None
         self._seq = int(state["seq"])
         rng(self._rng, state["rng"])
+        if "quote_rng" in state:  # the quotes' sizes (a state stored before it had them: drawn afresh)
+            rng(self._quote_rng, state["quote_rng"])
         for symbol, saved in state["markets"].items():
             m = self.markets[symbol]
             m.spot = float(saved["spot"])
@@ -522,7 +572,8 @@ class SimulatorFeed(Feed):
     def _chain(self, market: _Market, now: dt.datetime) -> ChainSnapshot:
         spec = market.spec
         rng = market.rng
-        seconds = (now - self.start).total_seconds()
+        # Flows are timed from the stream's first second, which a resumed stream keeps.
+        seconds = (now - self._grid).total_seconds()
         minutes = (now - self.session_open).total_seconds() / 60.0
         profile = _intraday_shape(max(minutes, 0.0))
 
@@ -592,7 +643,7 @@ class SimulatorFeed(Feed):
         same bid and ask, bit for bit, without the Greeks or any implied volatility
         solved; IV and Greeks come back as None.
         """
-        seconds = (now - self.start).total_seconds()
+        seconds = (now - self._grid).total_seconds()  # the flows' time line, as in ``_chain``
         years = max((market.expiry_close - now).total_seconds(), 600.0) / (365 * 86400)
         forward = market.spot * math.exp(RATE * years)
         atm_iv = (self.vix + self._vix_extra) / 100.0 * IV_MULTIPLIER[market.symbol]

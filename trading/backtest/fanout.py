@@ -253,8 +253,14 @@ def _compact(report: dict) -> dict:
     return out
 
 
-def execute(task_id: int, *, attempt: int, cancelled: Callable[[], bool] | None = None) -> dict:
+def execute(
+    task_id: int, *, attempt: int, cancelled: Callable[[], bool] | None = None, prefetch: bool | None = False
+) -> dict:
     """Run one task in this process's database and return its compact report.
+
+    ``prefetch``: whether a simulated day's items are made ahead in a process of their
+    own. Off for tasks on workers (they fill the machine's cores between them); the
+    sequential run in one process leaves it to the machine (None).
 
     Its ``timings``: ``session_s``, the engine's session from its first feed item to its
     last, and ``fixed_s``, everything else the task spent (loading the task and its day's
@@ -286,6 +292,7 @@ def execute(task_id: int, *, attempt: int, cancelled: Callable[[], bool] | None 
         minutes=options.get("minutes"),
         engine_factory=factory,
         prepared=True,
+        prefetch=prefetch,
     )
     result = asyncio.run(runner.run(plan))
     stub = SimpleNamespace(pk=ns, date_from=task.day, date_to=task.day, seed=run.seed + task.day_index)
@@ -337,13 +344,13 @@ def record(task_id: int, outcome: dict | None, error: str = "") -> None:
         maybe_finish(run_id)
 
 
-def run_task(task_id: int, *, recover: bool = False) -> str:
+def run_task(task_id: int, *, recover: bool = False, prefetch: bool | None = False) -> str:
     """Claim, run and record one task in this process's database (Celery workers, inline)."""
     attempt = claim(task_id, recover=recover)
     if attempt is None:
         return "skipped"
     try:
-        outcome = execute(task_id, attempt=attempt)
+        outcome = execute(task_id, attempt=attempt, prefetch=prefetch)
     except Exception:  # a failed task is recorded and retried, never lost
         log.exception("backtest task failed", extra={"task": task_id, "attempt": attempt})
         record(task_id, None, traceback.format_exc())
@@ -629,7 +636,7 @@ def run_inline(run: BacktestRun, on_progress: Callable[[dict], None] | None = No
     prepare(run)
     start(run)
     for task_id in list(run.tasks.order_by("param_index", "day").values_list("pk", flat=True)):
-        while run_task(task_id) == "failed" and retryable(task_id):
+        while run_task(task_id, prefetch=None) == "failed" and retryable(task_id):
             pass
         if on_progress is not None:
             on_progress(progress(run.pk))

@@ -262,6 +262,10 @@ class Plan:
     # bound) and whether the caller already loaded the day's instruments.
     engine_factory: Any = None
     prepared: bool = False
+    # The simulator's items made ahead in a process of their own (None: when the machine
+    # has a core to spare, ``marketdata.feeds.prefetch.wanted``). Fan-out tasks say False:
+    # their siblings already use the other cores.
+    prefetch: bool | None = None
 
 
 def _source_for(day: dt.date, wanted: str) -> str:
@@ -337,6 +341,7 @@ def _feed_for(
             start_time=start.time(),
             end_time=end.time(),
             holidays=holidays,
+            prefetch=plan.prefetch,
         )
     if source == "bars":
         return BarFeed(date=day, clock=clock, until=end if plan.minutes else None)

@@ -99,11 +99,11 @@ def test_a_failed_task_is_retried_under_a_fresh_namespace(vol_oi, var_dir, monke
     real = fanout.execute
     seen = []
 
-    def flaky(task_id, *, attempt, cancelled=None):
+    def flaky(task_id, *, attempt, cancelled=None, prefetch=False):
         seen.append(attempt)
         if attempt == 1:
             raise RuntimeError("worker lost its database connection")
-        return real(task_id, attempt=attempt, cancelled=cancelled)
+        return real(task_id, attempt=attempt, cancelled=cancelled, prefetch=prefetch)
 
     monkeypatch.setattr(fanout, "execute", flaky)
     fanout.run_inline(run)
@@ -116,7 +116,7 @@ def test_a_failed_task_is_retried_under_a_fresh_namespace(vol_oi, var_dir, monke
 def test_a_task_failing_every_attempt_fails_the_run_and_says_which_day(vol_oi, var_dir, monkeypatch):
     run = new_run(minutes=2)
 
-    def broken(task_id, *, attempt, cancelled=None):
+    def broken(task_id, *, attempt, cancelled=None, prefetch=False):
         if BacktestTask.objects.get(pk=task_id).day == DAYS[1]:
             raise RuntimeError("bad day")
         return {
@@ -247,3 +247,30 @@ def test_a_daily_loss_halt_is_lifted_at_the_next_session_open_in_a_backtest(vol_
         subject=f"account:{account}", actor=engine, payload__reason__startswith="session open"
     ).get()
     assert record.payload["old"] == "HALTED" and record.payload["new"] == "ACTIVE"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_tasks_on_workers_never_make_their_items_ahead_and_the_sequential_run_leaves_it_to_the_machine(
+    vol_oi, var_dir, monkeypatch
+):
+    """Workers fill the machine's cores between them: a task's simulator stays in its
+    process. One after another in one process, a spare core may generate the items."""
+    from marketdata.feeds import simulator
+
+    asked = []
+    real = simulator.SimulatorFeed.__init__
+
+    def init(self, *args, prefetch=None, **kwargs):
+        if kwargs.get("clock") is not None:  # a day's feed (not the previous session's VIX path)
+            asked.append(prefetch)
+        real(self, *args, prefetch=prefetch, **kwargs)
+
+    monkeypatch.setattr(simulator.SimulatorFeed, "__init__", init)
+    run = new_run(minutes=1)
+    task = run.tasks.order_by("day").first()
+    fanout.claim(task.pk)
+    fanout.execute(task.pk, attempt=1)  # as the Celery task and the pool run it
+    assert asked == [False]
+    asked.clear()
+    fanout.run_inline(new_run(minutes=1))
+    assert asked == [None, None]
