@@ -81,6 +81,25 @@ class _Spec:
     tick_size: Decimal  # from the instrument master, as the exchange checks it
 
 
+# What ``PaperBroker._to_order`` reads of a paper order.
+ORDER_BOOK_FIELDS = (
+    "broker_order_id",
+    "correlation_id",
+    "security_id",
+    "exchange_segment",
+    "side",
+    "order_type",
+    "quantity",
+    "price",
+    "status",
+    "filled_quantity",
+    "average_price",
+    "reject_code",
+    "reason",
+    "updated_at",
+)
+
+
 class PaperBroker(Broker):
     name = "paper"
     # Whether an account may have a resting order, as this process last saw it: every
@@ -535,35 +554,50 @@ class PaperBroker(Broker):
 
     async def order_book(self) -> list[BrokerOrder]:
         def get():
-            return [self._to_order(o) for o in PaperOrder.objects.filter(account=self.account)]
+            # The fields of the book, not whole rows: reconciliation reads it every 30 s.
+            rows = PaperOrder.objects.filter(account=self.account).values_list(*ORDER_BOOK_FIELDS, named=True)
+            return [self._to_order(o) for o in rows]
 
         return await sync_to_async(get, thread_sensitive=True)()
 
     async def trade_book(self) -> list[BrokerTrade]:
         def get():
+            rows = PaperTrade.objects.filter(order__account=self.account).values_list(
+                "trade_id",
+                "order__broker_order_id",
+                "order__correlation_id",
+                "order__security_id",
+                "order__exchange_segment",
+                "order__side",
+                "quantity",
+                "price",
+                "traded_at",
+            )
             return [
                 BrokerTrade(
-                    trade_id=t.trade_id,
-                    broker_order_id=t.order.broker_order_id,
-                    correlation_id=t.order.correlation_id,
-                    security_id=t.order.security_id,
-                    exchange_segment=t.order.exchange_segment,
-                    side=Side(t.order.side),
-                    quantity=t.quantity,
-                    price=t.price,
-                    traded_at=t.traded_at,
+                    trade_id=trade_id,
+                    broker_order_id=broker_order_id,
+                    correlation_id=correlation_id,
+                    security_id=security_id,
+                    exchange_segment=segment,
+                    side=Side(side),
+                    quantity=quantity,
+                    price=price,
+                    traded_at=traded_at,
                 )
-                for t in PaperTrade.objects.filter(order__account=self.account).select_related("order")
+                for trade_id, broker_order_id, correlation_id, security_id, segment, side, quantity, price, traded_at in rows
             ]
 
         return await sync_to_async(get, thread_sensitive=True)()
 
     async def positions(self) -> list[BrokerPosition]:
         def get():
-            return [
-                BrokerPosition(p.security_id, p.exchange_segment, p.net_quantity, p.average_price, p.realised_pnl)
-                for p in PaperPosition.objects.filter(account=self.account).exclude(net_quantity=0)
-            ]
+            rows = (
+                PaperPosition.objects.filter(account=self.account)
+                .exclude(net_quantity=0)
+                .values_list("security_id", "exchange_segment", "net_quantity", "average_price", "realised_pnl")
+            )
+            return [BrokerPosition(*row) for row in rows]
 
         return await sync_to_async(get, thread_sensitive=True)()
 

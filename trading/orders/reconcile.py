@@ -101,6 +101,11 @@ def _today_fills(account: str, now):
     return Fill.objects.filter(order__account=account, order__created_at__gte=since)
 
 
+def _rows(queryset, *fields: str) -> list:
+    """``fields`` of each row as attributes (a named tuple), without building models."""
+    return list(queryset.values_list(*fields, named=True))
+
+
 def repair(broker_orders: list[BrokerOrder], broker_trades: list[BrokerTrade], account: str, now) -> int:
     """Bring each of our orders to the broker's order and trade books where they
     explain the difference (sync). Returns how many orders changed.
@@ -113,7 +118,18 @@ def repair(broker_orders: list[BrokerOrder], broker_trades: list[BrokerTrade], a
     trades: dict[str, list[BrokerTrade]] = defaultdict(list)
     for trade in broker_trades:
         trades[trade.correlation_id].append(trade)
-    ours = {o.client_order_id: o for o in _today(account, now).filter(client_order_id__in=list(theirs))}
+    # The few fields compared, not whole rows: every reconciliation reads the day's orders.
+    ours = {
+        row.client_order_id: row
+        for row in _rows(
+            _today(account, now).filter(client_order_id__in=list(theirs)),
+            "client_order_id",
+            "pk",
+            "state",
+            "filled_quantity",
+            "reject_code",
+        )
+    }
     stored = set(Fill.objects.filter(order__in=[o.pk for o in ours.values()]).values_list("broker_trade_id", flat=True))
     changed = 0
     for cid, order in ours.items():
@@ -155,7 +171,12 @@ def repair(broker_orders: list[BrokerOrder], broker_trades: list[BrokerTrade], a
 
 def _compare(broker_orders, broker_positions, position_report: bool, account: str, now) -> ReconcileResult:
     found: list[tuple[str, str, dict, dict]] = []
-    ours = {o.client_order_id: o for o in _today(account, now)}
+    ours = {
+        o.client_order_id: o
+        for o in _rows(
+            _today(account, now), "client_order_id", "pk", "state", "filled_quantity", "quantity", "broker_order_id"
+        )
+    }
     theirs = {o.correlation_id: o for o in broker_orders if o.correlation_id}
     fills_by_order = dict(
         _today_fills(account, now).values("order_id").annotate(q=Sum("quantity")).values_list("order_id", "q")
