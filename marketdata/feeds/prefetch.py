@@ -23,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import sys
 import traceback
+import types
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -97,7 +99,16 @@ class Prefetch:
         self.process = context.Process(
             target=_generate, args=(child, feed, batch_seconds), name="feed-prefetch", daemon=True
         )
-        self.process.start()
+        # A spawned process runs the parent's main script again unless it is guarded by
+        # ``if __name__ == "__main__"``; the generator needs nothing of it, so it is not
+        # told of it (a script that builds an engine at its top level still works).
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = types.ModuleType("__main__")
+        try:
+            self.process.start()
+        finally:
+            if main is not None:
+                sys.modules["__main__"] = main
         child.close()
 
     async def batches(self) -> AsyncIterator[tuple[list[tuple[int, list]], Any, list, bool]]:

@@ -245,7 +245,10 @@ class SimulatorFeed(Feed):
     # --- the stream -------------------------------------------------------------
 
     async def stream(self) -> AsyncIterator[FeedItem]:
-        if prefetching.wanted(self.prefetch, speed=self.speed, session_s=(self.end - self.start).total_seconds()):
+        # (A feed class of a script's own cannot be rebuilt in another process.)
+        if type(self).__module__ != "__main__" and prefetching.wanted(
+            self.prefetch, speed=self.speed, session_s=(self.end - self.start).total_seconds()
+        ):
             async for item in self._prefetched():
                 yield item
             return

@@ -183,3 +183,31 @@ def test_when_items_are_made_ahead(monkeypatch):
         assert not prefetch.wanted(None, speed="max", session_s=22500)
     monkeypatch.setenv(prefetch.ENV, "1")
     assert prefetch.wanted(None, speed="max", session_s=22500)
+
+
+def test_a_script_that_runs_a_session_at_its_top_level_is_not_run_again_by_the_generator(tmp_path):
+    """A spawned process would run an unguarded main script again (and start its own
+    session inside the generator); it is not told of it."""
+    script = tmp_path / "session.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import asyncio, datetime as dt, sys
+            sys.path.insert(0, {str(ROOT)!r})
+            from marketdata.feeds.simulator import SimulatorFeed
+
+            async def count():
+                feed = SimulatorFeed(seed=5, trading_day=dt.date(2026, 11, 23), end_time=dt.time(9, 20), prefetch=True)
+                n = 0
+                async for _ in feed:
+                    n += 1
+                return n, feed._prefetch is not None
+
+            print(*asyncio.run(count()))
+            """
+        )
+    )
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    n, ahead = run.stdout.split()
+    assert int(n) > 1000 and ahead == "True"
