@@ -2,7 +2,8 @@
 3 s each, LTP every second) through the whole engine — validation, book,
 strategy, gate, OMS on the paper broker, storage writes — at full speed, on
 SQLite (a temporary file) and, when DATABASE_URL points at PostgreSQL (or
---postgres URL), on PostgreSQL.
+--postgres URL), on PostgreSQL (in a new database on that server, dropped after
+the run: the decision hash covers this session's rows only).
 
     python benchmarks/replay.py [--json PATH] [--postgres URL] [--minutes N] [--debug]
 
@@ -15,12 +16,14 @@ statement to quote the parameters: CPU a deployment does not spend (one loaded p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, as_deployed, parser, report  # noqa: E402
@@ -37,6 +40,26 @@ def run_one(url: str, minutes: int, tmp: str, debug: bool = False) -> dict:
     if out.returncode:
         raise SystemExit(f"replay benchmark on {url.split('@')[-1]} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@contextlib.contextmanager
+def fresh_postgres(url: str):
+    """A new, empty database on the server of ``url`` for one run, dropped after it: the
+    session's books and its decision hash must not include an earlier run's rows (the
+    database of ``url`` itself is left as it is)."""
+    import psycopg
+
+    parts = urlsplit(url)
+    name = f"{parts.path.lstrip('/') or 'quanthub'}_replay_{os.getpid()}"
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(parts._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def books_hash() -> str:
@@ -140,7 +163,8 @@ def main() -> None:
         url = os.environ.get("DATABASE_URL", "")
         pg = args.postgres or (url if url.startswith("postgres") else "")
         if pg:
-            pg_result = run_one(pg, args.minutes, tmp, args.debug)
+            with fresh_postgres(pg) as scratch:
+                pg_result = run_one(scratch, args.minutes, tmp, args.debug)
             metrics.update(
                 postgres_session_s=pg_result["session_s"],
                 postgres_cpu_s=pg_result["cpu_s"],
