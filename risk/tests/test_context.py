@@ -8,7 +8,7 @@ from django.db.models import F, Sum
 
 from quanthub.clock import IST
 from risk.checks import Limits
-from risk.context import GateBasis, daily_net_pnl, open_lots
+from risk.context import GateBasis, daily_net_pnl, daily_net_pnl_and_any_live, open_lots
 from risk.gate import RiskGate
 from trading.brokers.base import Funds
 from trading.models import Order, Position, Signal, Strategy, Trade
@@ -80,6 +80,33 @@ def test_it_sums_todays_closed_and_open_pnl_exactly_like_the_orm(demo_market):
     assert got == _orm_daily_net_pnl("default", NOW)
     assert got == Decimal("-1234.57") + Decimal("310.10") + Decimal("10.05") - Decimal("333.33") - Decimal("21.17")
     assert got.as_tuple().exponent == -2
+    # The engine's question of every second: the same figure, and whether any order is live.
+    from trading.orders.manager import LIVE_STATES
+
+    assert daily_net_pnl_and_any_live("default", NOW, LIVE_STATES) == (got, False)
+    strategy = Strategy.objects.create(key="ctx", name="ctx")
+    order = Order.objects.create(
+        account="other",
+        client_order_id="ctx-1",
+        instrument=a,
+        strategy=strategy,
+        side="BUY",
+        quantity=a.lot_size,
+        limit_price=Decimal("100"),
+        state=Order.State.OPEN,
+    )
+    assert daily_net_pnl_and_any_live("default", NOW, LIVE_STATES) == (got, False)  # another account's
+    Order.objects.filter(pk=order.pk).update(account="default")
+    for state, live in (
+        (Order.State.OPEN, True),
+        (Order.State.PARTIAL, True),
+        (Order.State.UNKNOWN, True),
+        (Order.State.FILLED, False),
+        (Order.State.REJECTED, False),
+        (Order.State.NEW, False),
+    ):
+        Order.objects.filter(pk=order.pk).update(state=state)
+        assert daily_net_pnl_and_any_live("default", NOW, LIVE_STATES) == (got, live), state
 
 
 @pytest.mark.django_db

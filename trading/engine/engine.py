@@ -42,7 +42,7 @@ from risk.breakers import VixMonitor, previous_session_vix, session_open_after
 from risk.breakers import clear as clear_breaker
 from risk.breakers import trip as trip_breaker
 from risk.checks import RiskDecision
-from risk.context import GateBasis, daily_net_pnl
+from risk.context import GateBasis, daily_net_pnl, daily_net_pnl_and_any_live
 from risk.gate import RiskGate, record_refusal
 from risk.models import RiskLimits
 from risk.services import roll_over_session
@@ -66,7 +66,7 @@ from trading.orders import flatten
 from trading.orders.accounting import mark_to_market
 from trading.orders.claims import ExitClaimed
 from trading.orders.daily_loss import DailyLossGuard
-from trading.orders.manager import OrderRefused
+from trading.orders.manager import LIVE_STATES, OrderRefused
 from trading.orders.reconcile import reconcile
 from trading.orders.requests import take_pending
 from trading.orders.requests import work as work_request
@@ -938,10 +938,12 @@ class Engine:
         # of the same second uses what was read (``_on_chain``).
         self._follow_config()
         self._config_second = self._last_second
-        live = self.oms.live_orders()
+        # Whether anything is live and today's P&L: one statement.
+        pnl, any_live = daily_net_pnl_and_any_live(self.account, now, LIVE_STATES)
+        live = self.oms.live_rows() if any_live else []
         if live or self.loss_guard.handled:
             return live, None  # sync may book fills: the P&L is read after it
-        return live, daily_net_pnl(self.account, now)
+        return live, pnl
 
     async def _daily_loss(self, now: dt.datetime, pnl: Decimal | None = None) -> None:
         """Past the daily net loss cap: REDUCING, flatten everything, HALTED until the next session.

@@ -65,6 +65,8 @@ from trading.strategies.base import FillEvent, OrderUpdate
 
 log = logging.getLogger(__name__)
 S = Order.State
+# Orders the broker may still change.
+LIVE_STATES = (S.OPEN, S.PARTIAL, S.UNKNOWN)
 
 
 class OrderRefused(Exception):
@@ -637,10 +639,15 @@ class OrderManager:
             self._any_live = Prepared(self._live().values_list("pk")[:1])
         if not self._any_live.exists():
             return []
+        return self.live_rows()
+
+    def live_rows(self) -> list[Order]:
+        """``live_orders`` without its first check, for a caller that already knows
+        something is live (the engine's second asks with today's P&L, one statement)."""
         return list(self._live().select_related("instrument", "strategy", "signal"))
 
     def _live(self):
-        return Order.objects.filter(account=self.account, state__in=[S.OPEN, S.PARTIAL, S.UNKNOWN])
+        return Order.objects.filter(account=self.account, state__in=LIVE_STATES)
 
     def _drain(self) -> list[FillEvent | OrderUpdate]:
         events, self._events = self._events, []
