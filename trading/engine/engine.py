@@ -63,7 +63,7 @@ from trading.events import asend_now, chain_fact, publish_on_commit
 from trading.events import flush as events_flush
 from trading.models import EngineHeartbeat, FlattenRequest, Order, Position, Signal, Strategy
 from trading.orders import flatten
-from trading.orders.accounting import mark_to_market
+from trading.orders.accounting import mark_to_market, positions_written
 from trading.orders.claims import ExitClaimed
 from trading.orders.daily_loss import DailyLossGuard
 from trading.orders.manager import LIVE_STATES, OrderRefused
@@ -80,6 +80,7 @@ PHASES = {p: p for p in Signal.Phase.values}
 # How long a stopping engine waits for its queued dashboard facts to be sent.
 LAST_FACTS_S = 2.0
 MARK_COLUMNS = ("net_quantity", "average_price", "opened_at", "instrument")
+POSITIONS_KEPT_S = 1.0  # marking reads the open positions again at least this often (wall clock)
 
 
 @dataclass
@@ -168,6 +169,8 @@ class Engine:
         self._flattens: set[asyncio.Task] = set()
         self._exit_alerts = flatten.Alerts(account, clock, "oms")
         self._mark_needed = True  # mark once at the first second: a restart may find positions open
+        # (open positions, fills applied then, monotonic time): ``_positions_to_mark``.
+        self._positions_kept: tuple[list[Position], int, float] | None = None
         self._limits_key: tuple | None = None  # (pk, version, updated_at) of the limits held in _limits
         self._limits_fresh = False  # read at this snapshot: the gate may use them as they are
         self._config_second: dt.datetime | None = None  # the second whose trip last read the config
@@ -300,6 +303,7 @@ class Engine:
         return value
 
     async def _database_lost(self, exc: BaseException) -> None:
+        self._positions_kept = None  # what marking kept may not be what the database holds
         await self.outages.failed(DATABASE, exc)
         try:
             await _db(close_connections)()
@@ -830,7 +834,7 @@ class Engine:
                 levels.update(loaded.strategy.exit_levels())
             except Exception:  # a strategy's bug must not stop marking
                 log.exception("exit_levels failed", extra={"strategy": loaded.key})
-        rows = self._open_positions()
+        rows = self._positions_to_mark()
         self._open_sids = {p.instrument.security_id for p in rows}
         for p in rows:
             sid = p.instrument.security_id
@@ -849,10 +853,22 @@ class Engine:
                     target_price=price_on_tick(p.instrument, level.target),
                     ttl_seconds=max(int((level.deadline - p.opened_at).total_seconds()), 0),
                 )
-            if values:
-                self._update_mark(p, values)
+            if values and not self._update_mark(p, values):
+                self._positions_kept = None  # the row moved under us (another process): read again
 
-    def _update_mark(self, p: Position, values: dict) -> None:
+    def _positions_to_mark(self) -> list[Position]:
+        """The open positions as marking last read and wrote them, while no fill of this
+        process has moved a position since and for at most a wall-clock second (another
+        process's fill is seen within it; live, that is every second, as before); else
+        read now."""
+        kept, written, wall = self._positions_kept or (None, -1, 0.0)
+        if kept is not None and written == positions_written() and time.monotonic() - wall < POSITIONS_KEPT_S:
+            return kept
+        rows = self._open_positions()
+        self._positions_kept = (rows, positions_written(), time.monotonic())
+        return rows
+
+    def _update_mark(self, p: Position, values: dict) -> bool:
         """``Position.objects.filter(pk, net_quantity, average_price).update(**values, updated_at=now)``,
         its statement compiled once per set of columns.
 
@@ -875,10 +891,10 @@ class Engine:
                 update.add_update_values(values)
                 compiled, orm_params = update.get_compiler(query.db).as_sql()
                 self._mark_sql[names] = compiled if list(orm_params) == params else ""
-            query.update(**values)
-            return
+            return bool(query.update(**values))
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
+            return cursor.rowcount > 0
 
     def _open_positions(self) -> list[Position]:
         """The account's open positions, with the columns marking reads, each second.

@@ -43,6 +43,15 @@ def charges_for(order: Order, quantity: int, price: Decimal, first_fill: bool, a
     )
 
 
+_positions_written = 0
+
+
+def positions_written() -> int:
+    """How many fills this process has applied to positions: a reader that saw the same
+    count before and after knows no fill of this process moved a position in between."""
+    return _positions_written
+
+
 def apply_fill(
     order: Order,
     *,
@@ -65,6 +74,8 @@ def apply_fill(
     fill = Fill.objects.create(
         order=order, broker_trade_id=trade_id, quantity=quantity, price=price, filled_at=at, charges=charges
     )
+    global _positions_written
+    _positions_written += 1  # before the write: a rolled-back one only makes a reader read again
     position = _locked_position(order.account, order.strategy_id, order.instrument_id)
     if position is None:
         position, _ = Position.objects.select_for_update().get_or_create(

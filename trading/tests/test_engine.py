@@ -222,3 +222,72 @@ async def test_a_channel_layer_that_hangs_does_not_hold_the_engines_stop(enabled
     box.queue.clear()
     box.idle.set()
     await layer.group_discard(events.group_name(), channel)
+
+
+@pytest.mark.django_db
+def test_marking_reads_the_positions_again_after_any_fill_and_never_marks_a_row_that_moved(enabled, monkeypatch):
+    """Marking keeps the open positions it read while no fill of this process moved one
+    (for at most a wall-clock second). A fill of this process is marked on its new
+    quantity at the next mark; a row another process moved is never written with the
+    old quantity's mark, and is read again at the next one."""
+    from decimal import Decimal
+
+    from marketdata.book import Quote
+    from marketdata.models import Instrument
+    from quanthub.clock import IST
+    from trading.orders.accounting import apply_fill
+
+    engine, clock = sim_engine(dt.time(10, 0), dt.time(10, 5))
+    option = Instrument.objects.filter(kind="CE", expiry__gte=DAY).order_by("expiry", "strike").first()
+    engine._instruments_by_pk[option.pk] = option
+    strategy = Strategy.objects.get(key="vol_oi")
+    lot = option.lot_size
+
+    def order(n: int, side=Order.Side.BUY) -> Order:
+        return Order.objects.create(
+            instrument=option,
+            strategy=strategy,
+            client_order_id=f"QHMARK{n:010d}",
+            side=side,
+            quantity=lot,
+            limit_price=Decimal("100.00"),
+            state=Order.State.OPEN,
+        )
+
+    def quote(bid: float, ask: float) -> None:
+        engine.book.set(Quote(option.security_id, bid, ask, 10**5, 10**5, bid, clock.now()))
+
+    at = dt.datetime.combine(DAY, dt.time(10, 0), tzinfo=IST)
+    apply_fill(order(1), trade_id="T1", quantity=lot, price=Decimal("100.00"), at=at)
+    reads = []
+    real_read = engine._open_positions
+    monkeypatch.setattr(engine, "_open_positions", lambda: reads.append(1) or real_read())
+
+    def row() -> Position:
+        return Position.objects.get(instrument=option, account="default")
+
+    quote(109.95, 110.05)
+    engine._mark_positions()
+    assert (row().last_price, row().unrealised_pnl) == (Decimal("110.00"), Decimal(10 * lot))
+    quote(111.95, 112.05)
+    engine._mark_positions()
+    assert len(reads) == 1 and row().unrealised_pnl == Decimal(12 * lot)  # kept: nothing moved it
+    # A fill of this process: the next mark reads the position again (two lots now).
+    apply_fill(order(2), trade_id="T2", quantity=lot, price=Decimal("112.00"), at=at)
+    quote(113.95, 114.05)
+    engine._mark_positions()
+    assert len(reads) == 2 and row().net_quantity == 2 * lot
+    assert row().unrealised_pnl == (Decimal("114.00") - row().average_price) * 2 * lot
+    # Another process's fill moves the row: the kept copy's mark is not written over it.
+    Position.objects.filter(pk=row().pk).update(
+        net_quantity=3 * lot, average_price=Decimal("110.0000"), unrealised_pnl=Decimal("0.00")
+    )
+    quote(115.95, 116.05)
+    engine._mark_positions()
+    assert len(reads) == 2 and row().unrealised_pnl == Decimal("0.00")  # the conditional update missed
+    engine._mark_positions()
+    assert len(reads) == 3 and row().unrealised_pnl == Decimal(6 * 3 * lot)  # read again, marked on 3 lots
+    # Kept for at most the wall-clock window.
+    monkeypatch.setattr("trading.engine.engine.POSITIONS_KEPT_S", 0.0)
+    engine._mark_positions()
+    assert len(reads) == 4
