@@ -91,7 +91,32 @@ def daily_net_pnl_and_any_live(account: str, now: dt.datetime, live_states) -> t
 
 
 def _daily_pnl_row(account: str, now: dt.datetime, live_states: tuple[str, ...] = ()) -> tuple:
-    start = dt.datetime.combine(now.astimezone(IST).date(), dt.time(0), tzinfo=IST)
+    vendor = connection.vendor
+    sql = _PNL_SQL.get((vendor, len(live_states)))
+    if sql is None:
+        sql = _PNL_SQL[(vendor, len(live_states))] = _pnl_sql(len(live_states))
+    day = now.astimezone(IST).date()
+    at = _DAY_START.get((vendor, day))
+    if at is None:  # the day's midnight as the database takes it, adapted once a day
+        if len(_DAY_START) > 64:
+            _DAY_START.clear()
+        start = dt.datetime.combine(day, dt.time(0), tzinfo=IST)
+        at = _DAY_START[(vendor, day)] = connection.ops.adapt_datetimefield_value(start)
+    params = [account, at, account, at]
+    if live_states:
+        params += [account, *live_states]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
+# The statement per (database vendor, number of live states) and the day's start per
+# (vendor, day): the engine asks every second, and building them cost more than the query.
+_PNL_SQL: dict[tuple[str, int], str] = {}
+_DAY_START: dict[tuple[str, dt.date], object] = {}
+
+
+def _pnl_sql(live_states: int) -> str:
     q = connection.ops.quote_name
     names = {"trade": q(Trade._meta.db_table), "position": q(Position._meta.db_table)}
     for model, columns in (
@@ -100,16 +125,11 @@ def _daily_pnl_row(account: str, now: dt.datetime, live_states: tuple[str, ...] 
     ):
         names.update({c: q(model._meta.get_field(c).column) for c in columns})
     sql = _DAILY_PNL_SQL.format(**names)  # identifiers from the models; values are parameters
-    at = connection.ops.adapt_datetimefield_value(start)
-    params = [account, at, account, at]
     if live_states:
         order = {"order": q(Order._meta.db_table)}
         order.update({c: q(Order._meta.get_field(c).column) for c in ("account", "state")})
-        sql += ", " + _ANY_LIVE_SQL.format(**order, states=", ".join(["%s"] * len(live_states)))
-        params += [account, *live_states]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        return cursor.fetchone()
+        sql += ", " + _ANY_LIVE_SQL.format(**order, states=", ".join(["%s"] * live_states))
+    return sql
 
 
 def _money(value) -> Decimal:
