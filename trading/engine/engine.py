@@ -35,7 +35,7 @@ from marketdata.models import Instrument
 from marketdata.ticks import price_on_tick
 from marketdata.validation import ChainValidator, FeedHealth
 from quanthub import metrics
-from quanthub.clock import Clock
+from quanthub.clock import IST, Clock
 from quanthub.sql import Prepared, Statement
 from quanthub.sql import on_db_thread as _db
 from risk.breakers import VixMonitor, previous_session_vix, session_open_after
@@ -46,6 +46,7 @@ from risk.context import GateBasis, daily_net_pnl, daily_net_pnl_and_any_live
 from risk.gate import RiskGate, record_refusal
 from risk.models import RiskLimits
 from risk.services import roll_over_session
+from trading import writes
 from trading.alerts import raise_alert
 from trading.brokers.base import AuthExpired
 from trading.brokers.safety import apply_pnl_exit, basket_margin_per_lot
@@ -171,6 +172,10 @@ class Engine:
         self._mark_needed = True  # mark once at the first second: a restart may find positions open
         # (open positions, fills applied then, monotonic time): ``_positions_to_mark``.
         self._positions_kept: tuple[list[Position], int, float] | None = None
+        # (books' write generation, monotonic time, day, today's net P&L) of the last
+        # second's read that found nothing live: ``_the_seconds_reads``.
+        self._books_read: tuple[int, float, dt.date, Decimal] | None = None
+        writes.watch_all()
         self._limits_key: tuple | None = None  # (pk, version, updated_at) of the limits held in _limits
         self._limits_fresh = False  # read at this snapshot: the gate may use them as they are
         self._config_second: dt.datetime | None = None  # the second whose trip last read the config
@@ -303,7 +308,8 @@ class Engine:
         return value
 
     async def _database_lost(self, exc: BaseException) -> None:
-        self._positions_kept = None  # what marking kept may not be what the database holds
+        # What marking and the second's reads kept may not be what the database holds.
+        self._positions_kept = self._books_read = None
         await self.outages.failed(DATABASE, exc)
         try:
             await _db(close_connections)()
@@ -725,7 +731,7 @@ class Engine:
         self._config_second = None
         # One trip to the database thread for what every second needs: the live
         # orders and, while nothing is live (most seconds), today's net P&L.
-        live, pnl = await _db(self._second_reads)(now)
+        live, pnl = await self._the_seconds_reads(now)
         orders_before = self.stats.orders
         await self.outages.settle()
         if self._resync_needed and self.outages.due(BROKER):
@@ -947,6 +953,23 @@ class Engine:
         self._pushed[key] = wall
         await asend_now("chain", chain_fact(snapshot), account=self.account)
 
+    async def _the_seconds_reads(self, now: dt.datetime) -> tuple[list[Order], Decimal | None]:
+        """``_second_reads``, or, while nothing was live at the last read and this process
+        has written no order, position or trade since (``trading.writes``), for at most a
+        wall-clock second, and no configuration is due: what it read then, with no trip."""
+        kept = self._books_read
+        if (
+            kept is not None
+            and kept[0] == writes.generation()
+            and time.monotonic() - kept[1] < writes.RECHECK_S
+            and kept[2] == now.astimezone(IST).date()
+            and not self._config_due()
+        ):
+            self._follow_config()  # nothing to read: the limits held are current
+            self._config_second = self._last_second
+            return [], (None if self.loss_guard.handled else kept[3])
+        return await _db(self._second_reads)(now)
+
     def _second_reads(self, now: dt.datetime) -> tuple[list[Order], Decimal | None]:
         # Admin changes (strategy params and switches, risk limits) are picked up here,
         # in the trip the second makes anyway: at once after a save in this process, and
@@ -955,7 +978,10 @@ class Engine:
         self._follow_config()
         self._config_second = self._last_second
         # Whether anything is live and today's P&L: one statement.
+        writes.watch(connection)  # this thread's writes to the books move the generation
+        generation = writes.generation()  # before the read: a write meanwhile is read next time
         pnl, any_live = daily_net_pnl_and_any_live(self.account, now, LIVE_STATES)
+        self._books_read = None if any_live else (generation, time.monotonic(), now.astimezone(IST).date(), pnl)
         live = self.oms.live_rows() if any_live else []
         if live or self.loss_guard.handled:
             return live, None  # sync may book fills: the P&L is read after it
