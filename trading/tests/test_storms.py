@@ -71,11 +71,15 @@ def _engine(error, *, renews=False):
     start, end = dt.time(9, 15), dt.time(9, 21)
     clock = SimulatedClock(dt.datetime.combine(DAY, start, tzinfo=IST) - dt.timedelta(seconds=1))
     book = QuoteBook()
-    feed = SimulatorFeed(clock=clock, seed=7, scenario="default", trading_day=DAY, start_time=start, end_time=end)
+    # At 60× real time: the storm ends at 09:18:30 and the back-off (a wall-clock second at
+    # most) must find the broker back before 09:21, however fast the engine works a second.
+    feed = SimulatorFeed(
+        clock=clock, seed=7, scenario="default", trading_day=DAY, start_time=start, end_time=end, speed=60
+    )
     broker = Stormy(PaperBroker(clock=clock, book=book), clock, error, renews=renews)
     engine = Engine(feed=feed, broker=broker, clock=clock, book=book, reconcile_every_s=5)
     engine.outages.max_delay_s = 1.0
-    engine.outages.settle_s = 0.0  # a simulated session at full speed passes in a few wall seconds
+    engine.outages.settle_s = 0.0  # the session passes in a few wall seconds
     return engine, broker
 
 
