@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,3 +63,23 @@ def report(name: str, metrics: dict[str, float], json_path: str | None) -> None:
     if json_path:
         Path(json_path).write_text(json.dumps({"benchmark": name, "metrics": metrics}, indent=2) + "\n")
         print(f"\nwrote {json_path}")
+
+
+@contextlib.contextmanager
+def fresh_postgres(url: str):
+    """A new, empty database on the server of ``url`` for one run, dropped after it, so
+    what the run measures (a session's books, its decision hash) holds none of an earlier
+    run's rows; the database ``url`` names is left as it is."""
+    import psycopg
+
+    parts = urlsplit(url)
+    name = f"{parts.path.lstrip('/') or 'quanthub'}_bench_{os.getpid()}"
+    admin = urlunsplit(parts._replace(path="/postgres"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield urlunsplit(parts._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -16,17 +16,15 @@ statement to quote the parameters: CPU a deployment does not spend (one loaded p
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, as_deployed, parser, report  # noqa: E402
+from _common import ROOT, as_deployed, fresh_postgres, parser, report  # noqa: E402
 
 
 def run_one(url: str, minutes: int, tmp: str, debug: bool = False) -> dict:
@@ -40,26 +38,6 @@ def run_one(url: str, minutes: int, tmp: str, debug: bool = False) -> dict:
     if out.returncode:
         raise SystemExit(f"replay benchmark on {url.split('@')[-1]} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-@contextlib.contextmanager
-def fresh_postgres(url: str):
-    """A new, empty database on the server of ``url`` for one run, dropped after it: the
-    session's books and its decision hash must not include an earlier run's rows (the
-    database of ``url`` itself is left as it is)."""
-    import psycopg
-
-    parts = urlsplit(url)
-    name = f"{parts.path.lstrip('/') or 'quanthub'}_replay_{os.getpid()}"
-    admin = urlunsplit(parts._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield urlunsplit(parts._replace(path=f"/{name}"))
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def books_hash() -> str:

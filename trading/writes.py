@@ -17,7 +17,6 @@ from django.db import connections
 from django.db.backends.signals import connection_created
 
 RECHECK_S = 1.0
-_TABLES = ("trading_order", "trading_position", "trading_trade")
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLAC")  # REPLACE INTO (SQLite)
 
 _generation = 0
@@ -29,7 +28,9 @@ def generation() -> int:
 
 
 def _quoted(connection) -> tuple[str, ...]:
-    return tuple(connection.ops.quote_name(t) for t in _TABLES)
+    from trading.models import Order, Position, Trade  # the books' tables, as the models name them
+
+    return tuple(connection.ops.quote_name(model._meta.db_table) for model in (Order, Position, Trade))
 
 
 class _Counter:

@@ -21,6 +21,7 @@ would show at that moment), as fast as the consumer takes them
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import functools
@@ -246,55 +247,44 @@ class SimulatorFeed(Feed):
 
     async def stream(self) -> AsyncIterator[FeedItem]:
         # (A feed class of a script's own cannot be rebuilt in another process.)
-        if type(self).__module__ != "__main__" and prefetching.wanted(
+        ahead = type(self).__module__ != "__main__" and prefetching.wanted(
             self.prefetch, speed=self.speed, session_s=(self.end - self.start).total_seconds()
-        ):
-            async for item in self._prefetched():
-                yield item
-            return
-        events = self._events_from(self.start)
-        wall_start = time.monotonic()
-        total = int((self.end - self.start).total_seconds())
-        for second in range(total + 1):
-            if self._closed:
-                return
-            now = self.start + dt.timedelta(seconds=second)
-            while events and dt.datetime.combine(self.trading_day, events[0].at, tzinfo=IST) <= now:
-                self._apply(events.pop(0), now)
-            self._step(now)
-            self._at = now
-            if self._gap_until is not None and now < self._gap_until:
-                continue
-            if self.speed == "max":
-                if second % 50 == 0:
-                    await asyncio.sleep(0)  # let other tasks (the web server) breathe
-            else:
-                delay = wall_start + second / float(self.speed) - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            for item in self._items(now, with_chain=self._chain_due(now)) + self._quotes(now + QUOTE_OFFSET):
-                if isinstance(self.clock, SimulatedClock) and item.received_at > self.clock.now():
-                    self.clock.set(item.received_at)
-                yield item
-
-    async def _prefetched(self) -> AsyncIterator[FeedItem]:
-        """``stream`` at full speed with the items generated in another process: the same
-        items in the same order, the clock set by each as it is handed over, and the
-        state (for a restart) that of the last batch handed over whole."""
-        self._prefetch = source = prefetching.Prefetch(self)
+        )
         simulated = isinstance(self.clock, SimulatedClock)
+        wall_start = time.monotonic()
+        async with contextlib.aclosing(self._prefetched() if ahead else self._made_here()) as seconds:
+            async for second, items in seconds:
+                if self.speed == "max":
+                    if second % 50 == 0:
+                        await asyncio.sleep(0)  # let other tasks (the web server) breathe
+                else:
+                    delay = wall_start + second / float(self.speed) - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                for item in items:
+                    if simulated and item.received_at > self.clock.now():
+                        self.clock.set(item.received_at)
+                    yield item
+
+    async def _made_here(self) -> AsyncIterator[tuple[int, list[FeedItem]]]:
+        # A closed stream steps no further second: the state a restart reads is that of the
+        # last second handed over.
+        seconds = self._seconds(self.start, self.end)
+        while not self._closed and (entry := next(seconds, None)) is not None:
+            yield entry
+
+    async def _prefetched(self) -> AsyncIterator[tuple[int, list[FeedItem]]]:
+        """``_seconds`` made in another process (``marketdata.feeds.prefetch``): the same
+        items in the same order. The state (for a restart) is that of the last batch
+        handed over whole: it is taken when the stream comes back for the next second."""
+        self._prefetch = source = prefetching.Prefetch(self)
         try:
             async for batch, state, injected, _last in source.batches():
                 self.injected.extend(injected)
-                for second, items in batch:
+                for entry in batch:
                     if self._closed:
                         return
-                    if second % 50 == 0:
-                        await asyncio.sleep(0)  # let other tasks (the web server) breathe
-                    for item in items:
-                        if simulated and item.received_at > self.clock.now():
-                            self.clock.set(item.received_at)
-                        yield item
+                    yield entry
                 self._prefetched_state = state
         finally:
             source.close()

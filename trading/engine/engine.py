@@ -729,7 +729,7 @@ class Engine:
             await self._take_requests()
         self._basis, self._limits_fresh = None, False  # a new batch: the gate reads the database again
         self._config_second = None
-        # One trip to the database thread for what every second needs: the live
+        # What every second needs, in at most one trip to the database thread: the live
         # orders and, while nothing is live (most seconds), today's net P&L.
         live, pnl = await self._the_seconds_reads(now)
         orders_before = self.stats.orders
