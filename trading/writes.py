@@ -1,17 +1,24 @@
-"""Whether this process may have written the books (orders, positions, trades) since a read.
+"""Whether this process may have written the books since a read.
 
 The engine asks every simulated second whether any order is live and what today's
-net P&L is. Both answers stay the same until one of those tables is written. The
-writes are counted at the statement, on every database connection of the process: a
-wrapper sees every path that writes them (the ORM, compiled statements, raw SQL),
-and counts a statement before it runs (so one that fails or is rolled back only
-makes a reader read again). What another process writes is not counted: a reader
-asks again at least once every ``RECHECK_S`` of wall time. Live that is every second,
-as before; a replay at full speed no longer asks at every simulated second while it
-is flat.
+net P&L is, and every 30 simulated seconds it reconciles our orders, fills and
+positions with the broker's books. Each answer stays the same until one of the
+tables it reads is written. The writes are counted per table, at the statement, on
+every database connection of the process: a wrapper sees every path that writes
+them (the ORM, compiled statements, raw SQL), and counts a statement before it runs
+(so one that fails or is rolled back only makes a reader read again). A position's
+marks, written inside ``marking()``, are counted apart: today's P&L reads them,
+reconciliation does not. What another process writes is not counted: a reader asks
+again at least once every ``RECHECK_S`` of wall time. Live that is every second (and
+every reconciliation), as before; a replay at full speed no longer asks again while
+nothing it reads has changed.
 """
 
 from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from django.db import connections
 from django.db.backends.signals import connection_created
@@ -19,30 +26,58 @@ from django.db.backends.signals import connection_created
 RECHECK_S = 1.0
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLAC")  # REPLACE INTO (SQLite)
 
-_generation = 0
+# Writing statements per watched table (by its label, "app.Model"), in this process.
+_counts: dict[str, int] = {}
+
+# A position's marks (its last price, unrealised P&L, Greeks, stop and target), written
+# inside ``marking()``, are counted apart from its other writes: today's P&L reads them,
+# reconciliation does not (it compares quantities).
+MARKS = "trading.Position:marks"
+BOOKS = ("trading.Order", "trading.Position", MARKS, "trading.Trade")
+# What reconciliation compares (``trading.orders.reconcile``): our orders, fills and
+# positions, its open breaks, and, for a broker whose books are tables of this
+# database (the paper broker), those tables.
+RECONCILED = ("trading.Order", "trading.Position", "trading.Trade", "trading.Fill", "trading.ReconciliationBreak")
+WATCHED = (*RECONCILED, "trading.PaperOrder", "trading.PaperTrade", "trading.PaperPosition")
+_local = threading.local()
 
 
-def generation() -> int:
-    """Moves on with every writing statement on the books' tables in this process."""
-    return _generation
+@contextmanager
+def marking() -> Iterator[None]:
+    """The writes of this thread inside are positions' marks only (``MARKS``)."""
+    _local.marks = True
+    try:
+        yield
+    finally:
+        _local.marks = False
 
 
-def _quoted(connection) -> tuple[str, ...]:
-    from trading.models import Order, Position, Trade  # the books' tables, as the models name them
+def generation(labels: tuple[str, ...] = BOOKS) -> int:
+    """Moves on with every writing statement on these tables in this process (the
+    books' tables unless told: orders, positions, trades). Only ``WATCHED`` tables count."""
+    return sum(_counts.get(label, 0) for label in labels)
 
-    return tuple(connection.ops.quote_name(model._meta.db_table) for model in (Order, Position, Trade))
+
+def _quoted(connection) -> tuple[tuple[str, str], ...]:
+    from django.apps import apps
+
+    models = [apps.get_model(label) for label in WATCHED]  # the tables as the models name them
+    return tuple((connection.ops.quote_name(m._meta.db_table), m._meta.label) for m in models)
 
 
 class _Counter:
-    """An execute wrapper (``connection.execute_wrappers``) counting the books' writes."""
+    """An execute wrapper (``connection.execute_wrappers``) counting writes to the watched tables."""
 
     def __init__(self, connection):
         self.tables = _quoted(connection)
 
     def __call__(self, execute, sql, params, many, context):
-        if sql.lstrip()[:6].upper() in _WRITES and any(table in sql for table in self.tables):
-            global _generation
-            _generation += 1
+        if sql.lstrip()[:6].upper() in _WRITES:
+            for table, label in self.tables:
+                if table in sql:
+                    if label == "trading.Position" and getattr(_local, "marks", False):
+                        label = MARKS
+                    _counts[label] = _counts.get(label, 0) + 1
         return execute(sql, params, many, context)
 
 

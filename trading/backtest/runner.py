@@ -192,7 +192,7 @@ class BacktestEngine(Engine):
             self._limits_key = key
         self._limits_fresh = True
 
-    def _persist_states(self) -> None:
+    def _persist_states(self, *, always: bool = False) -> None:
         for loaded in self.strategies:
             self.states[loaded.key] = loaded.strategy.get_state()
 

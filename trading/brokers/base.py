@@ -178,6 +178,10 @@ class Funds:
 
 class Broker(abc.ABC):
     name: str = "broker"
+    # The tables (``app.Model``) that hold this broker's order, trade and position books,
+    # when they are tables of this database (the paper broker); None for a broker whose
+    # books are elsewhere (Dhan): reconciliation then always asks it.
+    book_tables: tuple[str, ...] | None = None
 
     @abc.abstractmethod
     async def place_order(self, request: PlaceRequest) -> BrokerOrder:

@@ -552,6 +552,15 @@ class PaperBroker(Broker):
 
         return await sync_to_async(get, thread_sensitive=True)()
 
+    @property
+    def book_tables(self) -> tuple[str, ...] | None:
+        """The paper books' tables, unless this broker's books are reported some other way
+        (a subclass or a patched instance): then reconciliation always asks it."""
+        reports = ("order_book", "trade_book", "positions")
+        if any(name in vars(self) or getattr(type(self), name) is not getattr(PaperBroker, name) for name in reports):
+            return None
+        return ("trading.PaperOrder", "trading.PaperTrade", "trading.PaperPosition")
+
     async def order_book(self) -> list[BrokerOrder]:
         def get():
             # The fields of the book, not whole rows: reconciliation reads it every 30 s.

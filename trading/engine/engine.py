@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import json
 import logging
 import os
 import socket
@@ -22,6 +23,7 @@ from decimal import Decimal
 
 import numpy as np
 from asgiref.sync import sync_to_async
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connection, transaction
 from django.db.models.sql import UpdateQuery
 from django.utils import timezone
@@ -68,7 +70,7 @@ from trading.orders.accounting import mark_to_market, positions_written
 from trading.orders.claims import ExitClaimed
 from trading.orders.daily_loss import DailyLossGuard
 from trading.orders.manager import LIVE_STATES, OrderRefused
-from trading.orders.reconcile import reconcile
+from trading.orders.reconcile import LastClean, inputs_version, reconcile
 from trading.orders.requests import take_pending
 from trading.orders.requests import work as work_request
 from trading.orders.root import OrderPath, build_order_path
@@ -160,6 +162,7 @@ class Engine:
         self.loss_guard = DailyLossGuard(self.orders, self._start_flatten)  # the daily-loss breaker, with broker truth
         self._last_second: dt.datetime | None = None
         self._last_reconcile: dt.datetime | None = None
+        self._reconciled = LastClean()  # a repeat on unchanged books need not run
         self._pushed: dict[str, float] = {}
         self._open_sids: set[str] = set()
         self._resting_entries: set[int] = set()  # entries sent and not yet filled: requote candidates
@@ -204,6 +207,8 @@ class Engine:
         self._safety_due = True  # set the broker-side P&L exit at start and whenever the limits change
         self._next_open: dt.datetime | None = None  # the next session open, for the HALT rollover
         self._anomaly_versions: dict[str, int] | None = None
+        self._anomaly_checked = -1e9
+        self._states_written: dict[int, tuple[str | None, float]] = {}  # per strategy row: what, when
         self.started = asyncio.Event()
         self.outages = Outages(account)
         self._resync_needed = True  # recovery and reconciliation have not succeeded yet
@@ -270,6 +275,7 @@ class Engine:
         broker fails; the loop tries again after the back-off."""
         try:
             counts = await self.oms.recover()
+            self._reconciled = LastClean()
             result = await reconcile(self.broker, account=self.account, clock=self.clock)
         except Exception as exc:
             if is_database_error(exc) or not is_outside_error(exc):
@@ -431,7 +437,7 @@ class Engine:
             await asyncio.gather(*list(self._flattens), return_exceptions=True)
         await self.feed.close()
         await self.oms.wait_for_retries()
-        steps = [self._mark_positions, self._persist_states, lambda: self._beat("STOPPED")]
+        steps = [self._mark_positions, lambda: self._persist_states(always=True), lambda: self._beat("STOPPED")]
         try:
             await self.broker.close()
         except Exception:  # closing streams and threads must not keep the engine from stopping
@@ -562,9 +568,22 @@ class Engine:
             self._limits_key = key
         self._limits_fresh = True
 
-    def _persist_states(self) -> None:
+    def _persist_states(self, *, always: bool = False) -> None:
+        """Each strategy's state on its row; a state this engine wrote less than a
+        wall-clock second ago, unchanged since, is not written again (live this runs
+        every 30 s or after a fill, so it always writes)."""
+        wall = time.monotonic()
         for loaded in self.strategies:
-            Strategy.objects.filter(pk=loaded.row_id).update(state=loaded.strategy.get_state())
+            state = loaded.strategy.get_state()
+            try:
+                key = json.dumps(state, sort_keys=True, cls=DjangoJSONEncoder)
+            except (TypeError, ValueError):
+                key = None
+            written = self._states_written.get(loaded.row_id)
+            if not always and key is not None and written is not None and written[0] == key and wall - written[1] < 1.0:
+                continue
+            Strategy.objects.filter(pk=loaded.row_id).update(state=state)
+            self._states_written[loaded.row_id] = (key, wall)
 
     def _beat(self, role: str) -> None:
         # beat_at is wall-clock time (the health check and the dashboards judge
@@ -775,12 +794,19 @@ class Engine:
             await self._push(now)
         if self._last_reconcile is None or (now - self._last_reconcile).total_seconds() >= self.reconcile_every_s:
             self._last_reconcile = now
-            result = await self._outside(
-                lambda: reconcile(self.broker, account=self.account, clock=self.clock), where="reconciliation"
-            )
-            if result is not None and result.repaired:
-                await self._rebuild_strategies("repair")
-            await _db(self._load_anomaly_models)()
+            version = inputs_version(self.broker)  # before it reads: a write meanwhile is read next time
+            if not self._reconciled.holds(version, now):
+                result = await self._outside(
+                    lambda: reconcile(self.broker, account=self.account, clock=self.clock), where="reconciliation"
+                )
+                self._reconciled.ran(version, result)
+                if result is not None and result.repaired:
+                    await self._rebuild_strategies("repair")
+            # A new live model (nightly training, the admin) is looked for at most once a
+            # wall-clock second: live, at every reconciliation as before.
+            if time.monotonic() - self._anomaly_checked >= 1.0:
+                self._anomaly_checked = time.monotonic()
+                await _db(self._load_anomaly_models)()
             if self.writer is not None and self.writer.pending:
                 await _db(self.writer.flush)()
             await _db(self._persist_states)()
@@ -859,8 +885,11 @@ class Engine:
                     target_price=price_on_tick(p.instrument, level.target),
                     ttl_seconds=max(int((level.deadline - p.opened_at).total_seconds()), 0),
                 )
-            if values and not self._update_mark(p, values):
-                self._positions_kept = None  # the row moved under us (another process): read again
+            if values:
+                with writes.marking():  # the marks only: reconciliation's inputs are unchanged
+                    moved = not self._update_mark(p, values)
+                if moved:
+                    self._positions_kept = None  # the row moved under us (another process): read again
 
     def _positions_to_mark(self) -> list[Position]:
         """The open positions as marking last read and wrote them, while no fill of this

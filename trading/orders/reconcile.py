@@ -17,9 +17,11 @@ read as "flat".
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -33,6 +35,7 @@ from marketdata.models import Instrument
 from quanthub import metrics
 from risk.models import TradingState
 from risk.services import set_trading_state
+from trading import writes
 from trading.brokers.base import Broker, BrokerOrder, BrokerTrade, Unavailable
 from trading.models import Fill, Order, Position, ReconciliationBreak
 from trading.orders.states import FROM_BROKER, settle
@@ -50,10 +53,56 @@ class ReconcileResult:
     breaks: list[ReconciliationBreak]
     halted: bool
     repaired: int = 0  # orders brought to the broker's truth in this run
+    # Until when the same books give the same answer: the moment the oldest order compared
+    # leaves the day's window (``_today``); None when no order of ours was compared.
+    steady_until: dt.datetime | None = None
 
     @property
     def clean(self) -> bool:
         return not self.breaks
+
+
+def inputs_version(broker: Broker) -> int | None:
+    """How often this process has written what a reconciliation against ``broker`` reads
+    (our orders, fills, positions and breaks, and the broker's books where they are tables
+    of this database: ``Broker.book_tables``). None for a broker whose books are elsewhere."""
+    # A wrapper that is not a Broker (one delegating every call) may change what the books say.
+    tables = broker.book_tables if isinstance(broker, Broker) else None
+    if not isinstance(tables, tuple):
+        return None
+    return writes.generation((*writes.RECONCILED, *tables))
+
+
+@dataclass(slots=True)
+class LastClean:
+    """The last reconciliation that found nothing and repaired nothing, and what it read.
+
+    Run again on the same inputs it would find the same and write nothing: while nothing
+    it reads has been written by this process since (``inputs_version``), no order has
+    left the day's window, and for at most ``writes.RECHECK_S`` of wall time (another
+    process's write is seen within it), it need not run. Live, reconciliation runs every
+    30 s, so it always runs; a replay at full speed with the paper broker skips the
+    repeats. A broker whose books are not in this database is always asked.
+    """
+
+    version: int | None = None
+    wall: float = 0.0
+    until: dt.datetime | None = None
+
+    def holds(self, version: int | None, now: dt.datetime) -> bool:
+        return (
+            version is not None
+            and version == self.version
+            and time.monotonic() - self.wall < writes.RECHECK_S
+            and (self.until is None or now < self.until)
+        )
+
+    def ran(self, version: int | None, result: ReconcileResult | None) -> None:
+        """After a run: ``version`` is ``inputs_version`` taken before it read anything."""
+        if version is None or result is None or not result.clean or result.repaired:
+            self.version = None
+            return
+        self.version, self.wall, self.until = version, time.monotonic(), result.steady_until
 
 
 def _order_side(o: BrokerOrder) -> dict:
@@ -87,7 +136,7 @@ async def reconcile(broker: Broker, *, clock, account: str = "default") -> Recon
     result = await sync_to_async(_compare, thread_sensitive=True)(
         broker_orders, broker_positions, position_report, account, now
     )
-    return ReconcileResult(result.breaks, result.halted, repaired)
+    return replace(result, repaired=repaired)
 
 
 def _today(account: str, now):
@@ -174,9 +223,17 @@ def _compare(broker_orders, broker_positions, position_report: bool, account: st
     ours = {
         o.client_order_id: o
         for o in _rows(
-            _today(account, now), "client_order_id", "pk", "state", "filled_quantity", "quantity", "broker_order_id"
+            _today(account, now),
+            "client_order_id",
+            "pk",
+            "state",
+            "filled_quantity",
+            "quantity",
+            "broker_order_id",
+            "created_at",
         )
     }
+    oldest = min((o.created_at for o in ours.values()), default=None)
     theirs = {o.correlation_id: o for o in broker_orders if o.correlation_id}
     fills_by_order = dict(
         _today_fills(account, now).values("order_id").annotate(q=Sum("quantity")).values_list("order_id", "q")
@@ -236,7 +293,8 @@ def _compare(broker_orders, broker_positions, position_report: bool, account: st
             mine, theirs_net = our_net.get(security_id, 0), broker_net.get(security_id, 0)
             if mine != theirs_net:
                 found.append((K.POSITION_MISMATCH, security_id, {"net_quantity": mine}, {"net_quantity": theirs_net}))
-    return _record(found, account, now)
+    steady_until = None if oldest is None else oldest + dt.timedelta(days=1)
+    return replace(_record(found, account, now), steady_until=steady_until)
 
 
 def _record(found, account: str, now) -> ReconcileResult:

@@ -14,7 +14,7 @@ from marketdata.models import Instrument
 from quanthub.clock import IST
 from trading import writes
 from trading.conftest import DAY, sim_engine
-from trading.models import Order, Position, Strategy
+from trading.models import Order, PaperOrder, Position, Strategy
 
 pytestmark = pytest.mark.django_db
 
@@ -51,6 +51,20 @@ def test_every_write_to_the_books_moves_the_generation_and_nothing_else_does(ena
         assert not step(lambda: cursor.execute('SELECT COUNT(*) FROM "trading_order"'))
     assert not step(lambda: list(Order.objects.all()))
     assert not step(lambda: Strategy.objects.filter(key="vol_oi").update(name="Volume-OI"))  # not the books
+
+    # A position's marks move the books' count (today's P&L reads them) but not what
+    # reconciliation compares; the paper broker's books move only their own.
+    position = Position.objects.create(instrument=order.instrument, strategy=order.strategy, net_quantity=1)
+    books, reconciled = writes.generation(), writes.generation(writes.RECONCILED)
+    with writes.marking():
+        Position.objects.filter(pk=position.pk).update(last_price=Decimal("101.00"))
+    assert writes.generation() == books + 1 and writes.generation(writes.RECONCILED) == reconciled
+    Position.objects.filter(pk=position.pk).update(net_quantity=2)  # outside marking: both
+    assert writes.generation() == books + 2 and writes.generation(writes.RECONCILED) == reconciled + 1
+    paper = ("trading.PaperOrder",)
+    before = writes.generation(paper)
+    assert not step(lambda: PaperOrder.objects.filter(account="nobody").update(status="CANCELLED"))
+    assert writes.generation(paper) == before + 1
 
 
 def test_the_counter_outlives_an_execute_wrapper_block_it_joined_and_watches_other_threads(enabled):
@@ -110,3 +124,87 @@ async def test_the_engines_second_reads_again_only_after_a_write_a_new_day_or_a_
     monkeypatch.setattr(writes, "RECHECK_S", 0.0)
     await engine._the_seconds_reads(now + dt.timedelta(days=1, seconds=1))
     assert len(trips) == 6
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_full_speed_session_reconciles_again_only_after_a_write_and_finds_an_outside_order(
+    enabled, monkeypatch
+):
+    """The running engine on the paper broker: while flat, a reconciliation that is due on
+    unchanged books is not run again; an order placed at the broker outside Quant Hub
+    is found at the first one due after it."""
+    from asgiref.sync import sync_to_async
+
+    from trading.brokers.base import OrderType, PlaceRequest, Side
+    from trading.engine import engine as engine_module
+    from trading.models import ReconciliationBreak
+
+    await sync_to_async(Strategy.objects.update)(enabled=False)  # flat: nothing of ours is written
+    monkeypatch.setattr(writes, "RECHECK_S", 3600.0)  # however slow this machine: only writes count
+    engine, clock = await sync_to_async(sim_engine)(dt.time(10, 0), dt.time(10, 10))
+    runs: list[dt.datetime] = []
+    real = engine_module.reconcile
+
+    def counted(*args, **kwargs):
+        runs.append(clock.now())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "reconcile", counted)
+    placed_at = None
+    await engine.start()
+    try:
+        async for item in engine.feed:
+            await engine.step(item)
+            if placed_at is None and clock.now() >= dt.datetime.combine(DAY, dt.time(10, 5), tzinfo=IST):
+                option = await sync_to_async(
+                    lambda: next(i for i in Instrument.objects.filter(kind="CE") if engine.book.get(i.security_id))
+                )()
+                ask = Decimal(str(engine.book.get(option.security_id).ask))
+                await engine.broker.place_order(
+                    PlaceRequest(
+                        "MANUAL9",
+                        option.security_id,
+                        option.exchange_segment,
+                        Side.BUY,
+                        option.lot_size,
+                        OrderType.LIMIT,
+                        ask - option.tick_size * 4,
+                    )
+                )
+                placed_at = clock.now()
+    finally:
+        await engine.shutdown()
+    before = [t for t in runs if t < placed_at]
+    after = [t for t in runs if t >= placed_at]
+    # Due every 30 s: ten times in the five minutes before the order; run at the start only.
+    assert len(before) <= 2, before
+    assert after and (after[0] - placed_at).total_seconds() <= engine.reconcile_every_s + 1
+    found = await sync_to_async(lambda: list(ReconciliationBreak.objects.values_list("kind", "key")))()
+    assert found == [(ReconciliationBreak.Kind.EXTRA_AT_BROKER, "MANUAL9")]
+    # Not clean: from then on every due reconciliation runs.
+    assert len(after) >= 9
+
+
+def test_a_strategy_state_just_written_and_unchanged_is_not_written_again(enabled, monkeypatch):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    engine, _ = sim_engine(dt.time(10, 0), dt.time(10, 5))
+    engine._load()
+    (loaded,) = engine.strategies
+
+    def writes_of(**kwargs) -> int:
+        with CaptureQueriesContext(connection) as queries:
+            engine._persist_states(**kwargs)
+        return sum('UPDATE "trading_strategy"' in q["sql"].replace("`", '"') for q in queries)
+
+    assert writes_of() == 1
+    assert writes_of() == 0  # the same state, a moment ago
+    assert writes_of(always=True) == 1  # at shutdown, whatever was written
+    state = {**loaded.strategy.get_state(), "probe": 1}
+    monkeypatch.setattr(loaded.strategy, "get_state", lambda: state)
+    assert writes_of() == 1  # changed: written
+    assert Strategy.objects.get(pk=loaded.row_id).state["probe"] == 1
+    written = engine._states_written
+    engine._states_written = {pk: (key, wall - 1.5) for pk, (key, wall) in written.items()}  # a second ago
+    assert writes_of() == 1  # a wall-clock second on: written again (another process may have)
