@@ -38,7 +38,9 @@ BOOKS = ("trading.Order", "trading.Position", MARKS, "trading.Trade")
 # positions, its open breaks, and, for a broker whose books are tables of this
 # database (the paper broker), those tables.
 RECONCILED = ("trading.Order", "trading.Position", "trading.Trade", "trading.Fill", "trading.ReconciliationBreak")
-WATCHED = (*RECONCILED, "trading.PaperOrder", "trading.PaperTrade", "trading.PaperPosition")
+# The paper broker's order, trade and position books (``PaperBroker.book_tables``).
+PAPER_BOOKS = ("trading.PaperOrder", "trading.PaperTrade", "trading.PaperPosition")
+WATCHED = (*RECONCILED, *PAPER_BOOKS)
 _local = threading.local()
 
 

@@ -34,6 +34,7 @@ from marketdata.models import Instrument
 from marketdata.ticks import DOWN, UP, is_on_tick, to_tick
 from quanthub.clock import Clock, RealClock
 from quanthub.sql import Prepared
+from trading import writes
 from trading.brokers.base import (
     Broker,
     BrokerOrder,
@@ -559,7 +560,7 @@ class PaperBroker(Broker):
         reports = ("order_book", "trade_book", "positions")
         if any(name in vars(self) or getattr(type(self), name) is not getattr(PaperBroker, name) for name in reports):
             return None
-        return ("trading.PaperOrder", "trading.PaperTrade", "trading.PaperPosition")
+        return writes.PAPER_BOOKS
 
     async def order_book(self) -> list[BrokerOrder]:
         def get():

@@ -580,7 +580,13 @@ class Engine:
             except (TypeError, ValueError):
                 key = None
             written = self._states_written.get(loaded.row_id)
-            if not always and key is not None and written is not None and written[0] == key and wall - written[1] < 1.0:
+            if (
+                not always
+                and key is not None
+                and written is not None
+                and written[0] == key
+                and wall - written[1] < writes.RECHECK_S
+            ):
                 continue
             Strategy.objects.filter(pk=loaded.row_id).update(state=state)
             self._states_written[loaded.row_id] = (key, wall)
@@ -804,7 +810,7 @@ class Engine:
                     await self._rebuild_strategies("repair")
             # A new live model (nightly training, the admin) is looked for at most once a
             # wall-clock second: live, at every reconciliation as before.
-            if time.monotonic() - self._anomaly_checked >= 1.0:
+            if time.monotonic() - self._anomaly_checked >= writes.RECHECK_S:
                 self._anomaly_checked = time.monotonic()
                 await _db(self._load_anomaly_models)()
             if self.writer is not None and self.writer.pending:

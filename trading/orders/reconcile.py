@@ -68,8 +68,8 @@ def inputs_version(broker: Broker) -> int | None:
     of this database: ``Broker.book_tables``). None for a broker whose books are elsewhere."""
     # A wrapper that is not a Broker (one delegating every call) may change what the books say.
     tables = broker.book_tables if isinstance(broker, Broker) else None
-    if not isinstance(tables, tuple):
-        return None
+    if not isinstance(tables, tuple) or not set(tables) <= set(writes.WATCHED):
+        return None  # a table whose writes are not counted could change unseen
     return writes.generation((*writes.RECONCILED, *tables))
 
 

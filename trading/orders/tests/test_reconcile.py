@@ -168,7 +168,7 @@ async def test_a_clean_run_repeats_only_while_nothing_it_reads_was_written(
     assert [b.kind for b in (await run()).breaks] == [K.POSITION_MISMATCH]
 
 
-async def test_a_broker_whose_books_are_not_tables_here_is_always_asked(paper, clock):
+async def test_a_broker_whose_books_are_not_tables_here_is_always_asked(paper, clock, monkeypatch):
     from trading.brokers.chaos import ChaosBroker
     from trading.brokers.dhan import DhanBroker
     from trading.brokers.faults import FaultyBroker
@@ -185,6 +185,9 @@ async def test_a_broker_whose_books_are_not_tables_here_is_always_asked(paper, c
 
     patched.positions = positions  # a paper broker reporting its books some other way
     assert patched.book_tables is None and inputs_version(patched) is None
+    unwatched = PaperBroker(clock=clock, book=paper.book)
+    monkeypatch.setattr(PaperBroker, "book_tables", ("trading.PaperAccount",))  # writes there are not counted
+    assert inputs_version(unwatched) is None
     kept = LastClean()
     kept.ran(None, await reconcile(paper, clock=clock))
     assert not kept.holds(None, clock.now())
