@@ -86,8 +86,34 @@ def daily_net_pnl(account: str, now: dt.datetime) -> Decimal:
 def daily_net_pnl_and_any_live(account: str, now: dt.datetime, live_states) -> tuple[Decimal, bool]:
     """``daily_net_pnl`` and whether any of the account's orders is in ``live_states``,
     in one statement: the engine's question of every second, one trip to the database."""
-    closed, open_, live = _daily_pnl_row(account, now, tuple(live_states))
-    return _money(closed) + _money(open_), bool(live)
+    closed, open_, live = daily_pnl_parts_and_any_live(account, now, live_states)
+    return closed + open_, live
+
+
+def daily_pnl_parts_and_any_live(account: str, now: dt.datetime, live_states) -> tuple[Decimal, Decimal, bool]:
+    """``daily_net_pnl_and_any_live`` with the P&L in its two parts: today's closed
+    trades' and today's open positions' (``open_positions_pnl``)."""
+    live_states = tuple(live_states)
+    row = _daily_pnl_row(account, now, live_states)
+    return _money(row[0]), _money(row[1]), bool(live_states and row[2])
+
+
+def open_positions_pnl(positions, now: dt.datetime) -> Decimal:
+    """Today's open positions' part of ``daily_net_pnl``, from rows in memory: the
+    positions opened since the day's midnight (IST) and not flat, realised +
+    unrealised − charges, summed as the statement sums them.
+
+    Equal to the statement's figure for the same rows on both databases: the columns
+    are whole paise, which PostgreSQL sums exactly and SQLite sums in floating point
+    within far less than half a paisa of the exact sum for any figure below ₹10^9,
+    which ``_money`` then rounds to the same paise.
+    """
+    start = dt.datetime.combine(now.astimezone(IST).date(), dt.time(0), tzinfo=IST)
+    total = None  # no row: the statement's SUM is NULL, which ``_money`` reads as 0
+    for p in positions:
+        if p.net_quantity and p.opened_at is not None and p.opened_at >= start:
+            total = (total or 0) + p.realised_pnl + p.unrealised_pnl - p.charges
+    return _money(total)
 
 
 def _daily_pnl_row(account: str, now: dt.datetime, live_states: tuple[str, ...] = ()) -> tuple:

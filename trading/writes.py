@@ -34,6 +34,9 @@ _counts: dict[str, int] = {}
 # reconciliation does not (it compares quantities).
 MARKS = "trading.Position:marks"
 BOOKS = ("trading.Order", "trading.Position", MARKS, "trading.Trade")
+# The books but the marks: what marking leaves as it was (the engine carries today's P&L
+# across its own marks, ``Engine._mark_positions``).
+UNMARKED_BOOKS = tuple(label for label in BOOKS if label != MARKS)
 # What reconciliation compares (``trading.orders.reconcile``): our orders, fills and
 # positions, its open breaks, and, for a broker whose books are tables of this
 # database (the paper broker), those tables.

@@ -5,10 +5,19 @@ from decimal import Decimal
 
 import pytest
 from django.db.models import F, Sum
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from quanthub.clock import IST
 from risk.checks import Limits
-from risk.context import GateBasis, daily_net_pnl, daily_net_pnl_and_any_live, open_lots
+from risk.context import (
+    GateBasis,
+    daily_net_pnl,
+    daily_net_pnl_and_any_live,
+    daily_pnl_parts_and_any_live,
+    open_lots,
+    open_positions_pnl,
+)
 from risk.gate import RiskGate
 from trading.brokers.base import Funds
 from trading.models import Order, Position, Signal, Strategy, Trade
@@ -184,3 +193,56 @@ def test_the_basis_reads_the_state_event_day_and_breaker(demo_market):
     assert (basis.trading_state, basis.event_action, basis.vix_breaker) == ("REDUCING", "NO_NEW_ENTRIES", True)
     decision = gate.check(_intent(a.security_id, 1), basis.context(_intent(a.security_id, 1), instrument=a, now=NOW))
     assert not decision.allowed and decision.rule == "trading_state"
+
+
+_PAISE = st.decimals(min_value=Decimal("-100000000"), max_value=Decimal("100000000"), places=2, allow_nan=False)
+
+
+@pytest.mark.django_db
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(-4, 4),  # lots held: 0 is flat
+            _PAISE,  # realised
+            _PAISE,  # unrealised (the mark)
+            _PAISE.map(abs),  # charges
+            st.sampled_from(["today", "midnight", "yesterday", None]),  # opened
+        ),
+        max_size=6,
+    ),
+    closed=st.lists(_PAISE, max_size=3),
+)
+def test_the_open_positions_part_summed_in_memory_is_the_statements_figure(demo_market, rows, closed):
+    """What the engine carries across its marks (``open_positions_pnl`` over the rows
+    it marked) is, to the last digit, what the books' statement returns for them."""
+    Position.objects.all().delete()
+    Trade.objects.all().delete()
+    (a, _, _), _ = _instruments()
+    from marketdata.models import Instrument
+
+    instruments = list(Instrument.objects.filter(kind__in=["CE", "PE"]).order_by("security_id")[: len(rows)])
+    midnight = dt.datetime.combine(NOW.date(), dt.time(0), tzinfo=IST)
+    opened_at = {"today": NOW, "midnight": midnight, "yesterday": midnight - dt.timedelta(seconds=1), None: None}
+    marked = [
+        Position(
+            account="default",
+            instrument=instrument,
+            net_quantity=lots * instrument.lot_size,
+            average_price=Decimal("100.0000"),
+            realised_pnl=realised,
+            unrealised_pnl=unrealised,
+            charges=charges,
+            opened_at=opened_at[when],
+        )
+        for instrument, (lots, realised, unrealised, charges, when) in zip(instruments, rows, strict=True)
+    ]
+    Position.objects.bulk_create(marked)
+    for n, net in enumerate(closed):
+        _trade(a, net, NOW - dt.timedelta(minutes=n + 1))
+    closed_part, open_part, _ = daily_pnl_parts_and_any_live("default", NOW, ())
+    read_back = list(Position.objects.filter(account="default").exclude(net_quantity=0))
+    # The rows as marked in memory and as the database returns them.
+    assert str(open_positions_pnl(marked, NOW)) == str(open_part)
+    assert str(open_positions_pnl(read_back, NOW)) == str(open_part)
+    assert str(closed_part + open_part) == str(daily_net_pnl("default", NOW))

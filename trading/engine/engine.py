@@ -44,7 +44,7 @@ from risk.breakers import VixMonitor, previous_session_vix, session_open_after
 from risk.breakers import clear as clear_breaker
 from risk.breakers import trip as trip_breaker
 from risk.checks import RiskDecision
-from risk.context import GateBasis, daily_net_pnl, daily_net_pnl_and_any_live
+from risk.context import GateBasis, daily_net_pnl, daily_pnl_parts_and_any_live, open_positions_pnl
 from risk.gate import RiskGate, record_refusal
 from risk.models import RiskLimits
 from risk.services import roll_over_session
@@ -82,8 +82,25 @@ log = logging.getLogger(__name__)
 PHASES = {p: p for p in Signal.Phase.values}
 # How long a stopping engine waits for its queued dashboard facts to be sent.
 LAST_FACTS_S = 2.0
-MARK_COLUMNS = ("net_quantity", "average_price", "opened_at", "instrument")
+# What marking reads of an open position: what it writes against, and what today's P&L sums.
+MARK_COLUMNS = ("net_quantity", "average_price", "opened_at", "instrument", "realised_pnl", "unrealised_pnl", "charges")
+MARK_WRITES = (writes.MARKS,)
+POSITION_WRITES = ("trading.Position",)  # a position's writes but its marks
 POSITIONS_KEPT_S = 1.0  # marking reads the open positions again at least this often (wall clock)
+
+
+@dataclass(frozen=True)
+class BooksRead:
+    """Today's net P&L as the database holds it, at a second's read that found no order
+    live (``Engine._second_reads``), and carried across the engine's own marks since
+    (``Engine._carry_pnl``): the figure the same statement would return now."""
+
+    written: int  # writes.generation(UNMARKED_BOOKS) at the read: any other write, read again
+    marks: int  # the marks' write count the figure includes: a mark it does not include, read again
+    wall: float  # time.monotonic() of the database read: another process's write is read within RECHECK_S
+    day: dt.date
+    closed: Decimal  # today's closed trades' part
+    pnl: Decimal  # closed + today's open positions' (``risk.context.open_positions_pnl``)
 
 
 @dataclass
@@ -173,11 +190,12 @@ class Engine:
         self._flattens: set[asyncio.Task] = set()
         self._exit_alerts = flatten.Alerts(account, clock, "oms")
         self._mark_needed = True  # mark once at the first second: a restart may find positions open
-        # (open positions, fills applied then, monotonic time): ``_positions_to_mark``.
-        self._positions_kept: tuple[list[Position], int, float] | None = None
-        # (books' write generation, monotonic time, day, today's net P&L) of the last
-        # second's read that found nothing live: ``_the_seconds_reads``.
-        self._books_read: tuple[int, float, dt.date, Decimal] | None = None
+        # (open positions, fills applied then, positions' unmarked writes then, monotonic
+        # time): ``_positions_to_mark``.
+        self._positions_kept: tuple[list[Position], int, int, float] | None = None
+        # Today's net P&L as the books hold it, read at a second that found nothing live
+        # and carried across this engine's own marks: ``_the_seconds_reads``.
+        self._books_read: BooksRead | None = None
         writes.watch_all()
         self._limits_key: tuple | None = None  # (pk, version, updated_at) of the limits held in _limits
         self._limits_fresh = False  # read at this snapshot: the gate may use them as they are
@@ -874,6 +892,7 @@ class Engine:
                 log.exception("exit_levels failed", extra={"strategy": loaded.key})
         rows = self._positions_to_mark()
         self._open_sids = {p.instrument.security_id for p in rows}
+        marks_before, marked = writes.generation(MARK_WRITES), True
         for p in rows:
             sid = p.instrument.security_id
             values: dict = {}
@@ -896,17 +915,48 @@ class Engine:
                     moved = not self._update_mark(p, values)
                 if moved:
                     self._positions_kept = None  # the row moved under us (another process): read again
+                    marked = False
+        if marked:
+            self._carry_pnl(rows, marks_before)
+
+    def _carry_pnl(self, rows: list[Position], marks_before: int) -> None:
+        """Today's P&L read at this second carried across the marks just written: its open
+        positions' part summed from the rows as marked (``open_positions_pnl``), the
+        closed trades' part as read. Only while the rows and the figure are the books as
+        they stand: nothing but these marks written since the read, the rows read after
+        every other write to a position, every mark written to its row, the same day.
+        Otherwise the next second reads the books, as it did before."""
+        kept = self._books_read
+        now = self.clock.now()
+        if (
+            kept is None
+            or kept.written != writes.generation(writes.UNMARKED_BOOKS)
+            or kept.marks != marks_before
+            or self._positions_kept is None
+            or self._positions_kept[0] is not rows
+            or self._positions_kept[2] != writes.generation(POSITION_WRITES)
+            or kept.day != now.astimezone(IST).date()
+        ):
+            return
+        pnl = kept.closed + open_positions_pnl(rows, now)
+        self._books_read = dataclasses.replace(kept, marks=writes.generation(MARK_WRITES), pnl=pnl)
 
     def _positions_to_mark(self) -> list[Position]:
         """The open positions as marking last read and wrote them, while no fill of this
-        process has moved a position since and for at most a wall-clock second (another
-        process's fill is seen within it; live, that is every second, as before); else
-        read now."""
-        kept, written, wall = self._positions_kept or (None, -1, 0.0)
-        if kept is not None and written == positions_written() and time.monotonic() - wall < POSITIONS_KEPT_S:
+        process has moved a position since, nothing but marks was written to one, and for
+        at most a wall-clock second (another process's fill is seen within it; live, that
+        is every second, as before); else read now."""
+        kept, written, unmarked, wall = self._positions_kept or (None, -1, -1, 0.0)
+        if (
+            kept is not None
+            and written == positions_written()
+            and unmarked == writes.generation(POSITION_WRITES)
+            and time.monotonic() - wall < POSITIONS_KEPT_S
+        ):
             return kept
+        unmarked = writes.generation(POSITION_WRITES)  # before the read: a write meanwhile is read next time
         rows = self._open_positions()
-        self._positions_kept = (rows, positions_written(), time.monotonic())
+        self._positions_kept = (rows, positions_written(), unmarked, time.monotonic())
         return rows
 
     def _update_mark(self, p: Position, values: dict) -> bool:
@@ -995,14 +1045,15 @@ class Engine:
         kept = self._books_read
         if (
             kept is not None
-            and kept[0] == writes.generation()
-            and time.monotonic() - kept[1] < writes.RECHECK_S
-            and kept[2] == now.astimezone(IST).date()
+            and kept.written == writes.generation(writes.UNMARKED_BOOKS)
+            and kept.marks == writes.generation(MARK_WRITES)
+            and time.monotonic() - kept.wall < writes.RECHECK_S
+            and kept.day == now.astimezone(IST).date()
             and not self._config_due()
         ):
             self._follow_config()  # nothing to read: the limits held are current
             self._config_second = self._last_second
-            return [], (None if self.loss_guard.handled else kept[3])
+            return [], (None if self.loss_guard.handled else kept.pnl)
         return await _db(self._second_reads)(now)
 
     def _second_reads(self, now: dt.datetime) -> tuple[list[Order], Decimal | None]:
@@ -1014,9 +1065,13 @@ class Engine:
         self._config_second = self._last_second
         # Whether anything is live and today's P&L: one statement.
         writes.watch(connection)  # this thread's writes to the books move the generation
-        generation = writes.generation()  # before the read: a write meanwhile is read next time
-        pnl, any_live = daily_net_pnl_and_any_live(self.account, now, LIVE_STATES)
-        self._books_read = None if any_live else (generation, time.monotonic(), now.astimezone(IST).date(), pnl)
+        # Before the read: a write meanwhile is read next time.
+        written, marks = writes.generation(writes.UNMARKED_BOOKS), writes.generation(MARK_WRITES)
+        closed, open_, any_live = daily_pnl_parts_and_any_live(self.account, now, LIVE_STATES)
+        pnl = closed + open_
+        self._books_read = (
+            None if any_live else BooksRead(written, marks, time.monotonic(), now.astimezone(IST).date(), closed, pnl)
+        )
         live = self.oms.live_rows() if any_live else []
         if live or self.loss_guard.handled:
             return live, None  # sync may book fills: the P&L is read after it

@@ -7,6 +7,7 @@ from asgiref.sync import sync_to_async
 from django.core.management import CommandError, call_command
 
 from audit.verify import verify
+from trading import writes
 from trading.conftest import DAY, sim_engine
 from trading.models import Order, Position, Signal, Strategy, Trade
 
@@ -278,16 +279,25 @@ def test_marking_reads_the_positions_again_after_any_fill_and_never_marks_a_row_
     engine._mark_positions()
     assert len(reads) == 2 and row().net_quantity == 2 * lot
     assert row().unrealised_pnl == (Decimal("114.00") - row().average_price) * 2 * lot
-    # Another process's fill moves the row: the kept copy's mark is not written over it.
+    # Another process's fill moves the row (its writes are not counted here): the kept
+    # copy's mark is not written over it.
+    counted = dict(writes._counts)
     Position.objects.filter(pk=row().pk).update(
         net_quantity=3 * lot, average_price=Decimal("110.0000"), unrealised_pnl=Decimal("0.00")
     )
+    monkeypatch.setattr(writes, "_counts", counted)
     quote(115.95, 116.05)
     engine._mark_positions()
     assert len(reads) == 2 and row().unrealised_pnl == Decimal("0.00")  # the conditional update missed
     engine._mark_positions()
     assert len(reads) == 3 and row().unrealised_pnl == Decimal(6 * 3 * lot)  # read again, marked on 3 lots
+    # This process's write to a position that is not a fill (a repair): read again.
+    Position.objects.filter(pk=row().pk).update(charges=Decimal("40.00"))
+    engine._mark_positions()
+    assert len(reads) == 4
+    engine._mark_positions()
+    assert len(reads) == 4
     # Kept for at most the wall-clock window.
     monkeypatch.setattr("trading.engine.engine.POSITIONS_KEPT_S", 0.0)
     engine._mark_positions()
-    assert len(reads) == 4
+    assert len(reads) == 5

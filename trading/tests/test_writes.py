@@ -208,3 +208,112 @@ def test_a_strategy_state_just_written_and_unchanged_is_not_written_again(enable
     written = engine._states_written
     engine._states_written = {pk: (key, wall - 1.5) for pk, (key, wall) in written.items()}  # a second ago
     assert writes_of() == 1  # a wall-clock second on: written again (another process may have)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_todays_pnl_carried_across_the_marks_is_the_books_figure_at_every_second(enabled, monkeypatch):
+    """A full-speed session holding the 09:16:30 probe: each second marks the open
+    position, and the P&L the next second uses is carried across those marks, not read
+    again. At every second it equals what the books' statement returns at that moment,
+    and it moves with the marks."""
+    from asgiref.sync import sync_to_async
+
+    from risk.context import daily_net_pnl
+
+    monkeypatch.setattr(writes, "RECHECK_S", 3600.0)  # however slow this machine: only writes count
+    engine, clock = await sync_to_async(sim_engine)(dt.time(9, 15), dt.time(9, 19, 30))
+    trips, seen = [], []
+    real_reads, real_seconds = engine._second_reads, engine._the_seconds_reads
+
+    def counted(now):
+        trips.append(now)
+        return real_reads(now)
+
+    async def checked(now):
+        live, pnl = await real_seconds(now)
+        if pnl is not None:
+            books = await sync_to_async(daily_net_pnl)(engine.account, now)
+            held = await sync_to_async(Position.objects.exclude(net_quantity=0).count)()
+            seen.append((now, pnl, books, held))
+        return live, pnl
+
+    monkeypatch.setattr(engine, "_second_reads", counted)
+    monkeypatch.setattr(engine, "_the_seconds_reads", checked)
+    await engine.run()
+
+    held = [(now, pnl, books) for now, pnl, books, n in seen if n]
+    assert len(held) > 60, "the probe was held for more than a minute"
+    assert [(now, pnl) for now, pnl, _ in held] == [(now, books) for now, _, books in held]
+    assert all(str(pnl) == str(books) for _, pnl, books, _ in seen)  # the same figure, to its last digit
+    assert len({pnl for _, pnl, _ in held}) > 10, "the marks moved the figure"
+    while_held = [t for t in trips if held[0][0] <= t <= held[-1][0]]
+    assert len(while_held) < len(held) / 4, (len(while_held), len(held))  # read after a write only
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_write_other_than_the_engines_marks_makes_the_next_second_read_the_books(enabled, monkeypatch):
+    """What the carried figure may not cover: a position written outside marking (a fill,
+    a repair), a mark the engine did not carry, a closed trade. Each makes the next
+    second read the books, and it then sees the write."""
+    from asgiref.sync import sync_to_async
+
+    from risk.context import daily_net_pnl
+    from trading.engine import config
+    from trading.models import Trade
+
+    monkeypatch.setattr(writes, "RECHECK_S", 3600.0)
+    engine, _ = await sync_to_async(sim_engine)(dt.time(10, 0), dt.time(10, 5))
+    engine._config_seen = (config.generation(), float("inf"))
+    now = dt.datetime.combine(DAY, dt.time(10, 0), tzinfo=IST)
+    option = await sync_to_async(lambda: Instrument.objects.filter(kind="CE").order_by("security_id").first())()
+    strategy = await Strategy.objects.aget(key="vol_oi")
+    position = await Position.objects.acreate(
+        instrument=option,
+        strategy=strategy,
+        net_quantity=option.lot_size,
+        average_price=Decimal("100.0000"),
+        opened_at=now,
+        realised_pnl=Decimal("0.00"),
+        unrealised_pnl=Decimal("0.00"),
+        charges=Decimal("20.00"),
+    )
+    trips = []
+    real = engine._second_reads
+    monkeypatch.setattr(engine, "_second_reads", lambda at: trips.append(at) or real(at))
+
+    async def second(n: int) -> Decimal:
+        _, pnl = await engine._the_seconds_reads(now + dt.timedelta(seconds=n))
+        assert pnl == await sync_to_async(daily_net_pnl)(engine.account, now)
+        return pnl
+
+    assert await second(1) == Decimal("-20.00") and len(trips) == 1
+    await sync_to_async(engine._mark_positions)()  # no quote yet: nothing to write, the figure holds
+    assert await second(2) == Decimal("-20.00") and len(trips) == 1
+
+    def mark(price: str):
+        with writes.marking():
+            Position.objects.filter(pk=position.pk).update(
+                last_price=Decimal(price), unrealised_pnl=(Decimal(price) - 100) * option.lot_size
+            )
+
+    await sync_to_async(mark)("101.00")  # a mark the engine did not carry
+    assert await second(3) == option.lot_size - 20 and len(trips) == 2
+    await sync_to_async(Position.objects.filter(pk=position.pk).update)(charges=Decimal("25.00"))
+    assert await second(4) == option.lot_size - 25 and len(trips) == 3
+    await sync_to_async(engine._mark_positions)()  # the rows read before that write are not summed
+    assert await second(5) == option.lot_size - 25 and len(trips) == 3
+    await Trade.objects.acreate(
+        account="default",
+        instrument=option,
+        strategy=strategy,
+        direction=Trade.Direction.LONG,
+        quantity=option.lot_size,
+        entry_price=Decimal("90"),
+        exit_price=Decimal("95"),
+        gross_pnl=Decimal("95.50"),
+        charges=Decimal("20.00"),
+        net_pnl=Decimal("75.50"),
+        opened_at=now,
+        closed_at=now,
+    )
+    assert await second(6) == option.lot_size - 25 + Decimal("75.50") and len(trips) == 4
