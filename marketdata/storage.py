@@ -14,6 +14,7 @@ import heapq
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import numpy as np
 from django.db import connection, transaction
@@ -134,55 +135,37 @@ class SnapshotWriter:
         strike = to_paise(snapshot.strike)
         last, bid, ask = to_paise(snapshot.last_price), to_paise(snapshot.bid), to_paise(snapshot.ask)
         under = int(to_paise(np.array([snapshot.underlying_ltp]))[0])
-        columns = zip(
-            snapshot.security_id.tolist(),
-            strike.tolist(),
-            snapshot.option_type.tolist(),
-            last.tolist(),
-            bid.tolist(),
-            ask.tolist(),
-            snapshot.bid_qty.tolist(),
-            snapshot.ask_qty.tolist(),
-            snapshot.volume.tolist(),
-            snapshot.oi.tolist(),
-            snapshot.prev_oi.tolist(),
-            snapshot.iv.tolist(),
-            snapshot.delta.tolist(),
-            snapshot.gamma.tolist(),
-            snapshot.theta.tolist(),
-            snapshot.vega.tolist(),
-            snapshot.flags.tolist(),
-            strict=True,
-        )
-        rows = self._chain_rows
-        for sid, k, ot, lp, b, a, bq, aq, vol, oi, poi, iv, de, ga, th, ve, fl in columns:
-            rows.append(
-                (
-                    ts,
-                    snapshot.seq,
-                    snapshot.underlying,
-                    snapshot.expiry,
-                    sid,
-                    k,
-                    ot,
-                    lp,
-                    b,
-                    a,
-                    bq,
-                    aq,
-                    vol,
-                    oi,
-                    poi,
-                    iv,
-                    de,
-                    ga,
-                    th,
-                    ve,
-                    fl,
-                    under,
-                    received,
-                )
+        # One row per contract in CHAIN_COLUMNS' order, built by zip: a Python loop
+        # assembling the tuples cost more than the rest of the snapshot's storage.
+        n = len(snapshot.security_id)
+        self._chain_rows.extend(
+            zip(
+                repeat(ts, n),
+                repeat(snapshot.seq, n),
+                repeat(snapshot.underlying, n),
+                repeat(snapshot.expiry, n),
+                snapshot.security_id.tolist(),
+                strike.tolist(),
+                snapshot.option_type.tolist(),
+                last.tolist(),
+                bid.tolist(),
+                ask.tolist(),
+                snapshot.bid_qty.tolist(),
+                snapshot.ask_qty.tolist(),
+                snapshot.volume.tolist(),
+                snapshot.oi.tolist(),
+                snapshot.prev_oi.tolist(),
+                snapshot.iv.tolist(),
+                snapshot.delta.tolist(),
+                snapshot.gamma.tolist(),
+                snapshot.theta.tolist(),
+                snapshot.vega.tolist(),
+                snapshot.flags.tolist(),
+                repeat(under, n),
+                repeat(received, n),
+                strict=True,
             )
+        )
         mid = to_paise((snapshot.bid + snapshot.ask) / 2.0).tolist()
         minute = ts.replace(second=0, microsecond=0)
         for good, sid, m, vol, oi in zip(
