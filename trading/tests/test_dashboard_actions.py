@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from asgiref.sync import sync_to_async
-from django.conf import settings
 from django.test import Client
 from django.urls import reverse
 
@@ -73,11 +72,6 @@ async def test_a_manual_exit_flattens_one_position_and_leaves_the_others(
     assert "already flat" in again.content.decode()
 
 
-@pytest.mark.skipif(
-    not settings.DATABASES["default"]["ENGINE"].endswith("postgresql"),
-    reason="the request thread and the standalone worker share SQLite's in-memory test database, whose "
-    "table lock makes this intermittently fail; it runs on PostgreSQL (open)",
-)
 async def test_an_exit_no_engine_takes_within_two_seconds_is_worked_standalone(oms, book, demo_market, trader):
     """A heartbeat says an engine trades the account, but it never takes the request
     (stuck): the exit does not wait on it for more than two seconds."""

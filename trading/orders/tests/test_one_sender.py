@@ -14,7 +14,7 @@ from decimal import Decimal
 from unittest import mock
 
 import pytest
-from django.db import connection, connections
+from django.db import connections
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -218,11 +218,6 @@ def test_two_processes_share_one_window():
     assert len(claimed) == 24 and worst <= 9
 
 
-@pytest.mark.skipif(
-    connection.vendor != "postgresql",
-    reason="each entry point on its own thread and database connection: SQLite's in-memory test database "
-    "locks its tables across them; CI runs this on PostgreSQL",
-)
 @settings(max_examples=4, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     lots=st.lists(st.integers(1, 3), min_size=2, max_size=4),
