@@ -17,7 +17,7 @@ nothing it reads has changed.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from django.db import connections
@@ -71,12 +71,19 @@ def _quoted(connection) -> tuple[tuple[str, str], ...]:
 
 
 class _Counter:
-    """An execute wrapper (``connection.execute_wrappers``) counting writes to the watched tables."""
+    """An execute wrapper (``connection.execute_wrappers``) counting writes to the watched
+    tables, and running what waits for the connection's next statement first
+    (``before_next_statement``)."""
 
     def __init__(self, connection):
         self.tables = _quoted(connection)
+        self.waiting: list[Callable[[], None]] = []
 
     def __call__(self, execute, sql, params, many, context):
+        if self.waiting:
+            waiting, self.waiting = self.waiting, []  # their own statements come through here too: once
+            for write in waiting:
+                write()
         if sql.lstrip()[:6].upper() in _WRITES:
             for table, label in self.tables:
                 if table in sql:
@@ -91,6 +98,18 @@ def watch(connection) -> None:
     goes first in the list: ``connection.execute_wrapper()`` blocks pop the last one."""
     if not any(isinstance(w, _Counter) for w in connection.execute_wrappers):
         connection.execute_wrappers.insert(0, _Counter(connection))
+
+
+def before_next_statement(connection, write: Callable[[], None]) -> None:
+    """Run ``write`` just before the next statement anything runs through ``connection``,
+    whatever runs it (the ORM, compiled statements, raw SQL), once. What ``write`` writes
+    is therefore in the database before any later read through this connection sees it
+    (the engine's deferred marks: ``Engine._write_marks``). A ``write`` already waiting
+    is not added twice; another's (a second engine in the process) waits beside it."""
+    watch(connection)
+    waiting = next(w for w in connection.execute_wrappers if isinstance(w, _Counter)).waiting
+    if write not in waiting:
+        waiting.append(write)
 
 
 def _created(sender, connection, **kwargs) -> None:

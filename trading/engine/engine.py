@@ -86,6 +86,9 @@ LAST_FACTS_S = 2.0
 MARK_COLUMNS = ("net_quantity", "average_price", "opened_at", "instrument", "realised_pnl", "unrealised_pnl", "charges")
 MARK_WRITES = (writes.MARKS,)
 POSITION_WRITES = ("trading.Position",)  # a position's writes but its marks
+# Marks are written at once when the last write is this old (wall clock), else before the
+# connection's next statement or at a later mark (``Engine._write_marks``).
+MARKS_WRITE_S = 0.5
 POSITIONS_KEPT_S = 1.0  # marking reads the open positions again at least this often (wall clock)
 
 
@@ -196,6 +199,9 @@ class Engine:
         # Today's net P&L as the books hold it, read at a second that found nothing live
         # and carried across this engine's own marks: ``_the_seconds_reads``.
         self._books_read: BooksRead | None = None
+        # Marks made and not yet written, per position (row, columns): ``_write_marks``.
+        self._waiting_marks: dict[int, tuple[Position, dict]] = {}
+        self._marks_written_wall = -1e9
         writes.watch_all()
         self._limits_key: tuple | None = None  # (pk, version, updated_at) of the limits held in _limits
         self._limits_fresh = False  # read at this snapshot: the gate may use them as they are
@@ -334,6 +340,7 @@ class Engine:
     async def _database_lost(self, exc: BaseException) -> None:
         # What marking and the second's reads kept may not be what the database holds.
         self._positions_kept = self._books_read = None
+        self._waiting_marks = {}  # marked on rows that may not be the books': marked again from a fresh read
         await self.outages.failed(DATABASE, exc)
         try:
             await _db(close_connections)()
@@ -455,7 +462,12 @@ class Engine:
             await asyncio.gather(*list(self._flattens), return_exceptions=True)
         await self.feed.close()
         await self.oms.wait_for_retries()
-        steps = [self._mark_positions, lambda: self._persist_states(always=True), lambda: self._beat("STOPPED")]
+        steps = [
+            self._mark_positions,
+            self._write_marks,
+            lambda: self._persist_states(always=True),
+            lambda: self._beat("STOPPED"),
+        ]
         try:
             await self.broker.close()
         except Exception:  # closing streams and threads must not keep the engine from stopping
@@ -892,7 +904,7 @@ class Engine:
                 log.exception("exit_levels failed", extra={"strategy": loaded.key})
         rows = self._positions_to_mark()
         self._open_sids = {p.instrument.security_id for p in rows}
-        marks_before, marked = writes.generation(MARK_WRITES), True
+        marks_before = writes.generation(MARK_WRITES)
         for p in rows:
             sid = p.instrument.security_id
             values: dict = {}
@@ -911,21 +923,57 @@ class Engine:
                     ttl_seconds=max(int((level.deadline - p.opened_at).total_seconds()), 0),
                 )
             if values:
-                with writes.marking():  # the marks only: reconciliation's inputs are unchanged
-                    moved = not self._update_mark(p, values)
-                if moved:
-                    self._positions_kept = None  # the row moved under us (another process): read again
-                    marked = False
-        if marked:
-            self._carry_pnl(rows, marks_before)
+                # Looked up each time: a statement meanwhile (a row's instrument read) writes those waiting.
+                earlier = self._waiting_marks.get(p.pk)
+                self._waiting_marks[p.pk] = (p, {**earlier[1], **values} if earlier else values)
+        if not self._carry_pnl(rows, marks_before):
+            self._books_read = None  # the figure read does not include these marks: read again
+        if self._waiting_marks:
+            if time.monotonic() - self._marks_written_wall >= MARKS_WRITE_S:
+                self._write_marks()
+            else:  # in the database before anything reads it: before the next statement, whatever runs it
+                writes.before_next_statement(connection, self._write_marks)
 
-    def _carry_pnl(self, rows: list[Position], marks_before: int) -> None:
-        """Today's P&L read at this second carried across the marks just written: its open
+    def _write_marks(self) -> None:
+        """The marks waiting since the last write, each position's latest: one conditional
+        update per position (a fill that changed the position since it was read wins).
+
+        Marking writes at once when its last write is ``MARKS_WRITE_S`` of wall time old:
+        live, that is every second, as before. Sooner (a replay at full speed), the marks
+        wait for the next statement on the engine's database connection, whatever runs it
+        (``writes.before_next_statement``), or the next mark at least ``MARKS_WRITE_S`` on:
+        every read of this process through that connection (today's P&L, the gate's
+        basis, a fill's position, the trade it closes) finds them written, and the
+        seconds in between cost no statement. Another process (the dashboards) sees them
+        at most ``MARKS_WRITE_S`` of wall time late."""
+        if not self._waiting_marks:
+            return
+        waiting, self._waiting_marks = self._waiting_marks, {}
+        self._marks_written_wall = time.monotonic()
+        before, hit = writes.generation(MARK_WRITES), True
+        try:
+            with writes.marking():  # the marks only: reconciliation's inputs are unchanged
+                for p, values in waiting.values():
+                    hit = self._update_mark(p, values) and hit
+        except BaseException:
+            self._positions_kept = self._books_read = None  # what they hold may not be the books'
+            raise
+        if not hit:
+            self._positions_kept = None  # a row moved under us (another process): read again
+        kept = self._books_read
+        # The P&L carried across these marks stays the books' figure, unless a mark missed
+        # or they went into a transaction that may yet roll back: then the next second reads.
+        if hit and kept is not None and kept.marks == before and not connection.in_atomic_block:
+            self._books_read = dataclasses.replace(kept, marks=writes.generation(MARK_WRITES))
+
+    def _carry_pnl(self, rows: list[Position], marks_before: int) -> bool:
+        """Today's P&L read at this second carried across the marks just made: its open
         positions' part summed from the rows as marked (``open_positions_pnl``), the
         closed trades' part as read. Only while the rows and the figure are the books as
-        they stand: nothing but these marks written since the read, the rows read after
-        every other write to a position, every mark written to its row, the same day.
-        Otherwise the next second reads the books, as it did before."""
+        they stand once the marks are written: nothing but the engine's marks written
+        since the read, the rows read after every other write to a position, the same
+        day; and a mark that misses its row when written (``_write_marks``) makes the
+        next second read the books, as it did before."""
         kept = self._books_read
         now = self.clock.now()
         if (
@@ -937,9 +985,10 @@ class Engine:
             or self._positions_kept[2] != writes.generation(POSITION_WRITES)
             or kept.day != now.astimezone(IST).date()
         ):
-            return
+            return False
         pnl = kept.closed + open_positions_pnl(rows, now)
         self._books_read = dataclasses.replace(kept, marks=writes.generation(MARK_WRITES), pnl=pnl)
+        return True
 
     def _positions_to_mark(self) -> list[Position]:
         """The open positions as marking last read and wrote them, while no fill of this
@@ -1065,6 +1114,7 @@ class Engine:
         self._config_second = self._last_second
         # Whether anything is live and today's P&L: one statement.
         writes.watch(connection)  # this thread's writes to the books move the generation
+        self._write_marks()  # what is read includes the marks made so far
         # Before the read: a write meanwhile is read next time.
         written, marks = writes.generation(writes.UNMARKED_BOOKS), writes.generation(MARK_WRITES)
         closed, open_, any_live = daily_pnl_parts_and_any_live(self.account, now, LIVE_STATES)

@@ -374,3 +374,54 @@ def test_a_failed_run_shows_its_error(client, trader):
     client.force_login(trader)
     html = client.get(reverse("trading:backtest_detail", args=[run.pk])).content.decode()
     assert "The run failed: RuntimeError: boom" in html and "<svg" not in html
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("cap", [None, "2000.00"], ids=["plain", "daily-loss-trips"])
+def test_a_day_decides_the_same_whether_its_marks_are_written_every_second_or_when_read(
+    vol_oi, var_dir, monkeypatch, cap
+):
+    """The same simulated day twice: once writing every mark at its second
+    (``MARKS_WRITE_S`` = 0, as live), once letting marks wait for the next statement,
+    as a backtest at full speed does. The same decisions (hash), the same trades (their
+    risk from the marked stop), the same final marks; far fewer marks written. With a
+    ₹2,000 daily-loss cap a losing mark half a minute into the probe trips the breaker:
+    at the same moment."""
+    from risk.models import BreakerTrip, RiskLimits
+    from trading import writes
+    from trading.backtest.runner import account_for
+    from trading.engine import engine as engine_module
+    from trading.models import Position
+
+    if cap is not None:
+        limits = RiskLimits.active()
+        limits.daily_loss_cap = Decimal(cap)
+        limits.is_active = True
+        limits.save()
+
+    def day(window: float):
+        monkeypatch.setattr(engine_module, "MARKS_WRITE_S", window)
+        before = writes.generation((writes.MARKS,))
+        run = backtest("--minutes", "6", "--strategy", "vol_oi", "--seed", "7")
+        account = account_for(run.pk)
+        trades = list(
+            Trade.objects.filter(account=account)
+            .order_by("closed_at", "pk")
+            .values_list("closed_at", "quantity", "entry_price", "exit_price", "net_pnl", "risk_amount")
+        )
+        marks = sorted(
+            Position.objects.filter(account=account).values_list(
+                "instrument__security_id", "net_quantity", "last_price", "unrealised_pnl", "stop_price", "target_price"
+            )
+        )
+        trips = list(
+            BreakerTrip.objects.filter(account=account, breaker="daily_loss").values_list("tripped_at", flat=True)
+        )
+        return run.decision_hash, trades, marks, trips, writes.generation((writes.MARKS,)) - before
+
+    *every_second, written_every_second = day(0.0)
+    *waiting, written_waiting = day(3600.0)
+    assert every_second[1] or every_second[3], "a trade closed or the breaker tripped"
+    assert (cap is not None) == bool(every_second[3])
+    assert waiting == every_second
+    assert written_waiting < written_every_second / 3, (written_waiting, written_every_second)

@@ -301,3 +301,82 @@ def test_marking_reads_the_positions_again_after_any_fill_and_never_marks_a_row_
     monkeypatch.setattr("trading.engine.engine.POSITIONS_KEPT_S", 0.0)
     engine._mark_positions()
     assert len(reads) == 5
+
+
+@pytest.mark.django_db
+def test_marks_made_sooner_than_the_write_window_wait_for_the_next_statement_whatever_runs_it(enabled, monkeypatch):
+    """At full speed a mark is not written at every simulated second: it waits for the
+    next statement on the engine's connection, or a later mark past ``MARKS_WRITE_S``.
+    Any read through that connection, by the ORM or raw SQL, and any write, finds it
+    written first; a mark that waits while another process moves the row misses it."""
+    from decimal import Decimal
+
+    from django.db import connection
+
+    from marketdata.book import Quote
+    from marketdata.models import Instrument
+    from quanthub.clock import IST
+    from trading.engine import engine as engine_module
+    from trading.orders.accounting import apply_fill
+
+    engine, clock = sim_engine(dt.time(10, 0), dt.time(10, 5))
+    option = Instrument.objects.filter(kind="CE", expiry__gte=DAY).order_by("expiry", "strike").first()
+    engine._instruments_by_pk[option.pk] = option
+    strategy = Strategy.objects.get(key="vol_oi")
+    lot = option.lot_size
+    at = dt.datetime.combine(DAY, dt.time(10, 0), tzinfo=IST)
+    buy = Order.objects.create(
+        instrument=option,
+        strategy=strategy,
+        client_order_id="QHWAIT0000000001",
+        side=Order.Side.BUY,
+        quantity=lot,
+        limit_price=Decimal("100.00"),
+        state=Order.State.OPEN,
+    )
+    apply_fill(buy, trade_id="W1", quantity=lot, price=Decimal("100.00"), at=at)
+    pk = Position.objects.get(instrument=option).pk
+    marks = []
+
+    def mark(mid: float) -> None:
+        engine.book.set(Quote(option.security_id, mid - 0.05, mid + 0.05, 10**5, 10**5, mid, clock.now()))
+        before = writes.generation((writes.MARKS,))
+        engine._mark_positions()
+        marks.append(writes.generation((writes.MARKS,)) - before)
+
+    def raw_last_price() -> Decimal:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT last_price FROM trading_position WHERE id = %s", [pk])
+            return Decimal(str(cursor.fetchone()[0])).quantize(Decimal("0.01"))
+
+    mark(110.0)  # the first mark: written at once
+    assert marks == [1] and Position.objects.get(pk=pk).last_price == Decimal("110.00")
+    mark(111.0)
+    mark(112.0)
+    assert marks == [1, 0, 0]  # within the window: waiting
+    assert raw_last_price() == Decimal("112.00")  # a raw read finds the latest written first
+    assert sum(marks) == 1 and writes.generation((writes.MARKS,)) > 0
+    mark(113.0)
+    Strategy.objects.filter(pk=strategy.pk).update(name="Volume-OI")  # any statement, a write of another table
+    assert raw_last_price() == Decimal("113.00")
+    # Past the window the mark is written at once.
+    monkeypatch.setattr(engine_module, "MARKS_WRITE_S", 0.0)
+    mark(114.0)
+    assert marks[-1] == 1
+    monkeypatch.setattr(engine_module, "MARKS_WRITE_S", 3600.0)
+    # A waiting mark whose row another process moves meanwhile misses it: the conditional
+    # update finds another quantity, the row is read again at the next mark.
+    mark(115.0)
+    assert marks[-1] == 0
+    counter = next(w for w in connection.execute_wrappers if isinstance(w, writes._Counter))
+    waiting, counter.waiting = counter.waiting, []  # another process's statement does not run it
+    counted = dict(writes._counts)
+    Position.objects.filter(pk=pk).update(net_quantity=2 * lot, average_price=Decimal("105.0000"))
+    monkeypatch.setattr(writes, "_counts", counted)  # nor is its write counted here
+    counter.waiting = waiting
+    assert raw_last_price() == Decimal("114.00")  # the waiting mark ran first and missed
+    assert engine._positions_kept is None and engine._waiting_marks == {}
+    mark(116.0)
+    row = Position.objects.get(pk=pk)
+    assert (row.net_quantity, row.last_price) == (2 * lot, Decimal("116.00"))
+    assert row.unrealised_pnl == (Decimal("116.00") - Decimal("105.0000")) * 2 * lot
