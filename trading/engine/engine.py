@@ -557,11 +557,17 @@ class Engine:
         """``_refresh_config`` when the configuration may have changed; otherwise the
         limits held are current, and the gate uses them as they are."""
         if not self._config_due():
-            self._limits_fresh = True
+            self._config_held()
             return
         generation = config.generation()  # before the reads: a save meanwhile is looked at next time
         self._refresh_config()
         self._config_seen = (generation, time.monotonic())
+
+    def _config_held(self) -> None:
+        """The limits held are current (the caller found nothing due): the gate uses them
+        as they are. On the event loop, where nothing may be read: deciding again here
+        could find the wall-clock window just passed and read the database there."""
+        self._limits_fresh = True
 
     def _refresh_config(self) -> None:
         """Pick up admin changes at every snapshot: strategy params and the enabled
@@ -1100,7 +1106,7 @@ class Engine:
             and kept.day == now.astimezone(IST).date()
             and not self._config_due()
         ):
-            self._follow_config()  # nothing to read: the limits held are current
+            self._config_held()  # nothing to read: the limits held are current
             self._config_second = self._last_second
             return [], (None if self.loss_guard.handled else kept.pnl)
         return await _db(self._second_reads)(now)
@@ -1153,7 +1159,7 @@ class Engine:
                 if self._config_due():
                     await _db(self._follow_config)()
                 else:
-                    self._follow_config()  # nothing to read: no trip to the database thread
+                    self._config_held()  # nothing to read: no trip to the database thread
             self._basis = None  # the gate reads the database once for this snapshot, at its first intent
             received = snapshot.received_at
             started = time.perf_counter()  # wall time: the simulated clock stands still within a tick

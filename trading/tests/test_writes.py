@@ -317,3 +317,26 @@ async def test_a_write_other_than_the_engines_marks_makes_the_next_second_read_t
         closed_at=now,
     )
     assert await second(6) == option.lot_size - 25 + Decimal("75.50") and len(trips) == 4
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_configuration_window_ending_between_the_check_and_the_use_reads_nothing_on_the_event_loop(
+    enabled, monkeypatch
+):
+    """The second's reads decide on the event loop that nothing is due; the wall-clock
+    window may end a moment later. The limits held are used as they are, and nothing
+    is read there (a read on the event loop stops the engine)."""
+    from asgiref.sync import sync_to_async
+
+    from trading.engine import config
+
+    engine, _ = await sync_to_async(sim_engine)(dt.time(10, 0), dt.time(10, 5))
+    await sync_to_async(engine._load)()
+    engine._config_seen = (config.generation(), float("inf"))
+    now = dt.datetime.combine(DAY, dt.time(10, 0), tzinfo=IST)
+    assert await engine._the_seconds_reads(now) == ([], Decimal("0.00"))  # read: kept
+    answers = iter([False])  # not due when asked, due for anyone asking again
+    monkeypatch.setattr(engine, "_config_due", lambda: next(answers, True))
+    engine._limits_fresh = False
+    assert await engine._the_seconds_reads(now + dt.timedelta(seconds=1)) == ([], Decimal("0.00"))
+    assert engine._limits_fresh
