@@ -123,8 +123,9 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         # The test database is a file, as deployed, not Django's shared in-memory one:
         # there a table another thread is reading fails a write at once ("database table
         # is locked", with no busy wait), so the engine's thread and a request's could
-        # not run side by side as they do in production.
-        _db["TEST"] = {"NAME": str(VAR_DIR / "test_quanthub.sqlite3")}
+        # not run side by side as they do in production. One file per process: two
+        # runs on one machine never share one.
+        _db["TEST"] = {"NAME": str(VAR_DIR / f"test_quanthub_{os.getpid()}.sqlite3")}
 elif _db["ENGINE"] != "django.db.backends.postgresql":
     raise ImproperlyConfigured("DATABASE_URL must be a sqlite:// or postgres:// URL")
 DATABASES = {"default": _db}
