@@ -83,16 +83,11 @@ def daily_net_pnl(account: str, now: dt.datetime) -> Decimal:
     return _money(closed) + _money(open_)
 
 
-def daily_net_pnl_and_any_live(account: str, now: dt.datetime, live_states) -> tuple[Decimal, bool]:
-    """``daily_net_pnl`` and whether any of the account's orders is in ``live_states``,
-    in one statement: the engine's question of every second, one trip to the database."""
-    closed, open_, live = daily_pnl_parts_and_any_live(account, now, live_states)
-    return closed + open_, live
-
-
 def daily_pnl_parts_and_any_live(account: str, now: dt.datetime, live_states) -> tuple[Decimal, Decimal, bool]:
-    """``daily_net_pnl_and_any_live`` with the P&L in its two parts: today's closed
-    trades' and today's open positions' (``open_positions_pnl``)."""
+    """``daily_net_pnl`` in its two parts, today's closed trades' and today's open
+    positions' (``open_positions_pnl``), and whether any of the account's orders is in
+    ``live_states``, in one statement: the engine's question of every second, one trip
+    to the database."""
     live_states = tuple(live_states)
     row = _daily_pnl_row(account, now, live_states)
     return _money(row[0]), _money(row[1]), bool(live_states and row[2])

@@ -13,7 +13,6 @@ from risk.checks import Limits
 from risk.context import (
     GateBasis,
     daily_net_pnl,
-    daily_net_pnl_and_any_live,
     daily_pnl_parts_and_any_live,
     open_lots,
     open_positions_pnl,
@@ -91,6 +90,10 @@ def test_it_sums_todays_closed_and_open_pnl_exactly_like_the_orm(demo_market):
     assert got.as_tuple().exponent == -2
     # The engine's question of every second: the same figure, and whether any order is live.
     from trading.orders.manager import LIVE_STATES
+
+    def daily_net_pnl_and_any_live(*args):
+        closed, open_, live = daily_pnl_parts_and_any_live(*args)
+        return closed + open_, live
 
     assert daily_net_pnl_and_any_live("default", NOW, LIVE_STATES) == (got, False)
     strategy = Strategy.objects.create(key="ctx", name="ctx")

@@ -380,3 +380,58 @@ def test_marks_made_sooner_than_the_write_window_wait_for_the_next_statement_wha
     row = Position.objects.get(pk=pk)
     assert (row.net_quantity, row.last_price) == (2 * lot, Decimal("116.00"))
     assert row.unrealised_pnl == (Decimal("116.00") - Decimal("105.0000")) * 2 * lot
+
+
+@pytest.mark.django_db(transaction=True)  # the failing statement is not inside the test's transaction
+def test_a_waiting_mark_whose_write_fails_drops_what_marking_kept_and_is_marked_again(enabled, monkeypatch):
+    """The database fails just as a waiting mark is written, inside another statement:
+    that statement fails too (the caller sees the database error it would have met),
+    nothing kept from before is trusted (the positions and today's P&L are read again),
+    and the next mark, once the database is back, writes the position's mark."""
+    from decimal import Decimal
+
+    from django.db import OperationalError, transaction
+
+    from marketdata.book import Quote
+    from marketdata.models import Instrument
+    from quanthub.clock import IST
+    from trading.engine import engine as engine_module
+    from trading.orders.accounting import apply_fill
+
+    engine, clock = sim_engine(dt.time(10, 0), dt.time(10, 5))
+    option = Instrument.objects.filter(kind="CE", expiry__gte=DAY).order_by("expiry", "strike").first()
+    engine._instruments_by_pk[option.pk] = option
+    buy = Order.objects.create(
+        instrument=option,
+        strategy=Strategy.objects.get(key="vol_oi"),
+        client_order_id="QHFAIL0000000001",
+        side=Order.Side.BUY,
+        quantity=option.lot_size,
+        limit_price=Decimal("100.00"),
+        state=Order.State.OPEN,
+    )
+    with transaction.atomic():
+        apply_fill(buy, trade_id="F1", quantity=option.lot_size, price=Decimal("100.00"), at=clock.now())
+    now = dt.datetime.combine(DAY, dt.time(10, 0), tzinfo=IST)
+
+    def mark(mid: float) -> None:
+        engine.book.set(Quote(option.security_id, mid - 0.05, mid + 0.05, 10**5, 10**5, mid, clock.now()))
+        engine._mark_positions()
+
+    mark(110.0)  # written at once
+    engine._books_read = engine_module.BooksRead(0, 0, 0.0, now.date(), Decimal("0"), Decimal("0"))  # a figure kept
+    monkeypatch.setattr(engine_module, "MARKS_WRITE_S", 3600.0)
+    mark(111.0)  # waits
+    assert engine._waiting_marks and engine._positions_kept is not None
+
+    def lost(*args, **kwargs):
+        raise OperationalError("server closed the connection unexpectedly")
+
+    monkeypatch.setattr(engine, "_update_mark", lost)
+    with pytest.raises(OperationalError):
+        Strategy.objects.filter(key="vol_oi").update(name="Volume-OI")  # the statement that wrote it
+    assert engine._waiting_marks == {} and engine._positions_kept is None and engine._books_read is None
+    monkeypatch.undo()  # the database is back
+    assert Position.objects.get(instrument=option).last_price == Decimal("110.00")  # the lost mark is not there
+    mark(112.0)
+    assert Position.objects.get(instrument=option).last_price == Decimal("112.00")
