@@ -3,9 +3,10 @@
 ``GateBasis.load`` reads, in one go, what the gate needs from the database:
 the active limits, the trading state, today's event days, the lots open and
 pending per signal and per strategy, today's net P&L and the VIX breaker.
-The engine loads one basis per snapshot (lazily, at the first intent) and
-``GateBasis.record`` adds each passed intent's lots and margin to it, so the
-next intent of the same snapshot sees them. Runtime facts the engine already
+The engine makes one basis per snapshot (at the first intent, from what it
+holds when it can: ``BasisReads``) and ``GateBasis.record`` adds each passed
+intent's lots and margin to it, so the next intent of the same snapshot sees
+them. Runtime facts the engine already
 holds — funds, the quote, feed health, the order rate — are passed in.
 ``build_context`` is the one-intent form (a fresh basis per call).
 """
@@ -224,13 +225,59 @@ def _lots_by_key(account: str) -> tuple[dict[str, int], dict[str, int], dict[str
     return dict(by_signal), dict(by_strategy), dict(hedges)
 
 
+@dataclass(frozen=True)
+class BasisReads:
+    """What ``GateBasis.load`` reads from the database but the limits and today's P&L:
+    the trading state, today's event days, the VIX breaker and the lots open and pending
+    per signal and strategy. Each stays the same until one of ``writes.GATE_BASIS`` is
+    written (the engine keeps them across snapshots while none is, ``Engine._basis_reads``)."""
+
+    day: dt.date
+    trading_state: str
+    event_action: str | None
+    vix_breaker: bool
+    lots_by_signal: dict[str, int]
+    lots_by_strategy: dict[str, int]
+    hedge_lots_by_signal: dict[str, int]
+
+    @classmethod
+    def read(cls, account: str, day: dt.date) -> BasisReads:
+        state = _prepared(
+            ("state", account), lambda: TradingState.objects.filter(account=account).values_list("state")[:1]
+        ).rows()
+        actions = [
+            a
+            for (a,) in _prepared(
+                ("events", day), lambda: EventDay.objects.filter(date=day).values_list("action")
+            ).rows()
+        ]
+        vix = _prepared(
+            ("vix", account),
+            lambda: BreakerTrip.objects.filter(account=account, breaker="vix", cleared_at__isnull=True).values_list(
+                "pk"
+            )[:1],
+        )
+        by_signal, by_strategy, hedges = _lots_by_key(account)
+        return cls(
+            day=day,
+            trading_state=state[0][0] if state else "ACTIVE",
+            event_action=max(actions, key=lambda a: SEVERITY.get(a, 0), default=None),
+            vix_breaker=vix.exists(),
+            lots_by_signal=by_signal,
+            lots_by_strategy=by_strategy,
+            hedge_lots_by_signal=hedges,
+        )
+
+
 @dataclass
 class GateBasis:
     """The database side of the gate's context, read once and kept current in memory.
 
-    Valid for one snapshot: the engine loads a new one at the next snapshot
-    (or second), so changes made elsewhere — the admin, Kill All, another
-    process — are seen from the next snapshot on. Within the snapshot,
+    Valid for one snapshot: the engine makes a new one at the next snapshot
+    (or second), from its held ``BasisReads`` and carried P&L while this
+    process has written nothing they read, else read again: a change made in
+    this process is seen at the next snapshot, one made in another (the admin
+    of a separate web process) within ``trading.writes.RECHECK_S``. Within the snapshot,
     ``record`` counts every passed intent as if it were already open: its lots
     against its signal and strategy, its margin as utilised. That errs on the
     safe side (a probe that does not fill still counts until the next
@@ -249,35 +296,32 @@ class GateBasis:
     funds: Funds | None = None
 
     @classmethod
-    def load(cls, *, account: str, now: dt.datetime, funds: Funds | None = None, limits=None) -> GateBasis:
-        """``limits``: a RiskLimits row the caller read in this same snapshot (else read here)."""
-        day = now.astimezone(IST).date()
-        state = _prepared(
-            ("state", account), lambda: TradingState.objects.filter(account=account).values_list("state")[:1]
-        ).rows()
-        actions = [
-            a
-            for (a,) in _prepared(
-                ("events", day), lambda: EventDay.objects.filter(date=day).values_list("action")
-            ).rows()
-        ]
-        vix = _prepared(
-            ("vix", account),
-            lambda: BreakerTrip.objects.filter(account=account, breaker="vix", cleared_at__isnull=True).values_list(
-                "pk"
-            )[:1],
-        )
-        by_signal, by_strategy, hedges = _lots_by_key(account)
+    def load(
+        cls,
+        *,
+        account: str,
+        now: dt.datetime,
+        funds: Funds | None = None,
+        limits=None,
+        reads: BasisReads | None = None,
+        pnl: Decimal | None = None,
+    ) -> GateBasis:
+        """``limits``: a RiskLimits row the caller read in this same snapshot (else read here).
+        ``reads`` and ``pnl``: what the caller holds that a read now would return (the
+        engine's kept ``BasisReads`` and its carried P&L); what is not given is read."""
+        if reads is None:
+            reads = BasisReads.read(account, now.astimezone(IST).date())
         return cls(
             now=now,
             limits=Limits.from_model(limits if limits is not None else RiskLimits.active()),
-            trading_state=state[0][0] if state else "ACTIVE",
-            event_action=max(actions, key=lambda a: SEVERITY.get(a, 0), default=None),
-            daily_net_pnl=daily_net_pnl(account, now),
-            vix_breaker=vix.exists(),
-            lots_by_signal=by_signal,
-            lots_by_strategy=by_strategy,
-            hedge_lots_by_signal=hedges,
+            trading_state=reads.trading_state,
+            event_action=reads.event_action,
+            daily_net_pnl=daily_net_pnl(account, now) if pnl is None else pnl,
+            vix_breaker=reads.vix_breaker,
+            # Copies: ``record`` adds this snapshot's intents to them.
+            lots_by_signal=dict(reads.lots_by_signal),
+            lots_by_strategy=dict(reads.lots_by_strategy),
+            hedge_lots_by_signal=dict(reads.hedge_lots_by_signal),
             funds=funds,
         )
 

@@ -1,9 +1,10 @@
 """Whether this process may have written the books since a read.
 
 The engine asks every simulated second whether any order is live and what today's
-net P&L is, and every 30 simulated seconds it reconciles our orders, fills and
-positions with the broker's books. Each answer stays the same until one of the
-tables it reads is written. The writes are counted per table, at the statement, on
+net P&L is, at a snapshot's first intent what the gate's basis holds (the trading
+state, event days, breakers, the lots open per signal and strategy), and every 30
+simulated seconds it reconciles our orders, fills and positions with the broker's
+books. Each answer stays the same until one of the tables it reads is written. The writes are counted per table, at the statement, on
 every database connection of the process: a wrapper sees every path that writes
 them (the ORM, compiled statements, raw SQL), and counts a statement before it runs
 (so one that fails or is rolled back only makes a reader read again). A position's
@@ -43,7 +44,18 @@ UNMARKED_BOOKS = tuple(label for label in BOOKS if label != MARKS)
 RECONCILED = ("trading.Order", "trading.Position", "trading.Trade", "trading.Fill", "trading.ReconciliationBreak")
 # The paper broker's order, trade and position books (``PaperBroker.book_tables``).
 PAPER_BOOKS = ("trading.PaperOrder", "trading.PaperTrade", "trading.PaperPosition")
-WATCHED = (*RECONCILED, *PAPER_BOOKS)
+# What the gate's basis reads but the limits and today's P&L (``risk.context.BasisReads``):
+# the trading state, event days, breaker trips, and the lots of our orders and positions
+# (their quantities, with their instruments' lot sizes; marks change none of them).
+GATE_BASIS = (
+    "trading.Order",
+    "trading.Position",
+    "risk.TradingState",
+    "risk.EventDay",
+    "risk.BreakerTrip",
+    "marketdata.Instrument",
+)
+WATCHED = (*RECONCILED, *PAPER_BOOKS, *(label for label in GATE_BASIS if label not in RECONCILED))
 _local = threading.local()
 
 
