@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from risk.breakers import VixMonitor, previous_session_vix, session_open_after
 from risk.breakers import clear as clear_breaker
 from risk.breakers import trip as trip_breaker
 from risk.checks import RiskDecision
-from risk.context import GateBasis, daily_net_pnl, daily_pnl_parts_and_any_live, open_positions_pnl
+from risk.context import BasisReads, GateBasis, daily_net_pnl, daily_pnl_parts_and_any_live, open_positions_pnl
 from risk.gate import RiskGate, record_refusal
 from risk.models import RiskLimits
 from risk.services import roll_over_session
@@ -90,6 +91,26 @@ POSITION_WRITES = ("trading.Position",)  # a position's writes but its marks
 # connection's next statement or at a later mark (``Engine._write_marks``).
 MARKS_WRITE_S = 0.5
 POSITIONS_KEPT_S = 1.0  # marking reads the open positions again at least this often (wall clock)
+# How long a thread holding the GIL keeps it while another waits (``sys.setswitchinterval``),
+# while an engine runs. The loop hands its database work to one thread and waits; with
+# CPython's default of 5 ms, that thread could wait up to 5 ms for the GIL while the loop's
+# thread went on with other work: a snapshot's intent then waited too (tick -> intent
+# p99 2.9-4.0 ms in the full replay, against 1.2-1.7 ms with this).
+GIL_SWITCH_S = 0.0005
+_switch = {"engines": 0, "before": None}
+
+
+def _fast_switch(on: bool) -> None:
+    """``GIL_SWITCH_S`` while any engine of the process runs; the interval before it after the last."""
+    if on:
+        _switch["engines"] += 1
+        if _switch["engines"] == 1:
+            _switch["before"] = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch["before"], GIL_SWITCH_S))
+    elif _switch["engines"] > 0:
+        _switch["engines"] -= 1
+        if _switch["engines"] == 0 and _switch["before"] is not None:
+            sys.setswitchinterval(_switch["before"])
 
 
 @dataclass(frozen=True)
@@ -215,6 +236,10 @@ class Engine:
         self._position_fields = {f.name: f for f in Position._meta.concrete_fields}
         self._instruments_by_pk: dict[int, Instrument] = {}
         self._basis: GateBasis | None = None  # the gate's database reads, for the current snapshot or second
+        # What the gate's basis read but the limits and the P&L, with writes.generation(GATE_BASIS)
+        # before that read and its monotonic time: ``_held_basis_reads``.
+        self._basis_reads: tuple[BasisReads, int, float] | None = None
+        self._switching = False  # this engine holds the process's GIL switch interval (``_fast_switch``)
         self._funds_due = False  # the basis was loaded without the broker's funds (``_due_funds``)
         self._basket = None  # the broker's margin for the intents being gated (trading.brokers.safety)
         self._beat_created = False
@@ -250,6 +275,9 @@ class Engine:
         that is not there yet is waited for; a broker that fails leaves the engine
         REDUCING, retrying recovery with back-off from the loop."""
         actors.enter_engine(self.engine_id)  # what the engine's parts record is the engine's (audit.actors)
+        if not self._switching:
+            self._switching = True
+            _fast_switch(True)
         await self._until_database(self._load)
         await self._seed_vix()
         await self._resync("start")
@@ -339,7 +367,7 @@ class Engine:
 
     async def _database_lost(self, exc: BaseException) -> None:
         # What marking and the second's reads kept may not be what the database holds.
-        self._positions_kept = self._books_read = None
+        self._positions_kept = self._books_read = self._basis_reads = None
         self._waiting_marks = {}  # marked on rows that may not be the books': marked again from a fresh read
         await self.outages.failed(DATABASE, exc)
         try:
@@ -482,6 +510,9 @@ class Engine:
                     raise
                 log.warning("shutdown step skipped: database error", extra={"error": describe(exc)})
         await self._last_facts()
+        if self._switching:
+            self._switching = False
+            _fast_switch(False)
         log.info(
             "engine stopped",
             extra={
@@ -825,7 +856,7 @@ class Engine:
         # check and a closed trade's risk amount never depend on how fast the replay ran.
         if self._mark_needed or self._open_sids or events:
             self._mark_needed = False
-            await _db(self._mark_positions)()
+            await _db(self._mark_and_read if events else lambda _now: self._mark_positions())(now)
         # The heartbeat row and the dashboards' push: at most once per wall-clock second.
         # Live, that is every second; a replay at full speed would otherwise write a
         # heartbeat for every simulated second.
@@ -1097,6 +1128,18 @@ class Engine:
         """``_second_reads``, or, while nothing was live at the last read and this process
         has written no order, position or trade since (``trading.writes``), for at most a
         wall-clock second, and no configuration is due: what it read then, with no trip."""
+        pnl = self._pnl_held(now)
+        if pnl is not None and not self._config_due():
+            self._config_held()  # nothing to read: the limits held are current
+            self._config_second = self._last_second
+            return [], (None if self.loss_guard.handled else pnl)
+        return await _db(self._second_reads)(now)
+
+    def _pnl_held(self, now: dt.datetime) -> Decimal | None:
+        """Today's net P&L as the books hold it, without a read: the figure read at a second
+        that found nothing live, carried across this engine's own marks since, while this
+        process has written no order, position or trade, for at most ``writes.RECHECK_S`` of
+        wall time (another process's write), on the same day. Else None: read it."""
         kept = self._books_read
         if (
             kept is not None
@@ -1104,21 +1147,60 @@ class Engine:
             and kept.marks == writes.generation(MARK_WRITES)
             and time.monotonic() - kept.wall < writes.RECHECK_S
             and kept.day == now.astimezone(IST).date()
-            and not self._config_due()
         ):
-            self._config_held()  # nothing to read: the limits held are current
-            self._config_second = self._last_second
-            return [], (None if self.loss_guard.handled else kept.pnl)
-        return await _db(self._second_reads)(now)
+            return kept.pnl
+        return None
 
-    def _second_reads(self, now: dt.datetime) -> tuple[list[Order], Decimal | None]:
-        # Admin changes (strategy params and switches, risk limits) are picked up here,
-        # in the trip the second makes anyway: at once after a save in this process, and
-        # at least once a wall-clock second for another's (``_follow_config``); a snapshot
-        # of the same second uses what was read (``_on_chain``).
-        self._follow_config()
-        self._config_second = self._last_second
-        # Whether anything is live and today's P&L: one statement.
+    def _held_basis_reads(self, now: dt.datetime) -> BasisReads | None:
+        """The gate basis's reads (``risk.context.BasisReads``) as last read, while this process
+        has written none of the tables they read (``writes.GATE_BASIS``), for at most
+        ``writes.RECHECK_S`` of wall time (another process's write: a risk manager's HALT, an
+        event day), on the same day. Else None: read them."""
+        held = self._basis_reads
+        if (
+            held is not None
+            and held[1] == writes.generation(writes.GATE_BASIS)
+            and time.monotonic() - held[2] < writes.RECHECK_S
+            and held[0].day == now.astimezone(IST).date()
+        ):
+            return held[0]
+        return None
+
+    def _read_basis_reads(self, now: dt.datetime) -> BasisReads:
+        """``_held_basis_reads``, or read now and kept (on the database thread)."""
+        reads = self._held_basis_reads(now)
+        if reads is None:
+            written = writes.generation(writes.GATE_BASIS)  # before the read: a write meanwhile is read next time
+            reads = BasisReads.read(self.account, now.astimezone(IST).date())
+            # Read inside a transaction, they may hold its writes, which may yet roll back: not kept.
+            self._basis_reads = None if connection.in_atomic_block else (reads, written, time.monotonic())
+        return reads
+
+    def _load_basis(self, now: dt.datetime, funds, limits) -> GateBasis:
+        """``GateBasis.load`` from what is held (the basis's reads, today's P&L), reading
+        the rest (on the database thread)."""
+        return GateBasis.load(
+            account=self.account,
+            now=now,
+            funds=funds,
+            limits=limits,
+            reads=self._read_basis_reads(now),
+            pnl=self._pnl_held(now),
+        )
+
+    def _basis_held(self, now: dt.datetime, funds, limits) -> GateBasis | None:
+        """The gate's basis built from what is held, with no trip to the database thread,
+        or None when anything must be read (on the event loop)."""
+        if limits is None:
+            return None
+        reads, pnl = self._held_basis_reads(now), self._pnl_held(now)
+        if reads is None or pnl is None:
+            return None
+        return GateBasis.load(account=self.account, now=now, funds=funds, limits=limits, reads=reads, pnl=pnl)
+
+    def _read_books(self, now: dt.datetime) -> tuple[Decimal, bool]:
+        """Today's net P&L and whether any order is live: one statement. The figure is kept
+        (``_books_read``) when nothing is live."""
         writes.watch(connection)  # this thread's writes to the books move the generation
         self._write_marks()  # what is read includes the marks made so far
         # Before the read: a write meanwhile is read next time.
@@ -1128,7 +1210,30 @@ class Engine:
         self._books_read = (
             None if any_live else BooksRead(written, marks, time.monotonic(), now.astimezone(IST).date(), closed, pnl)
         )
+        return pnl, any_live
+
+    def _mark_and_read(self, now: dt.datetime) -> None:
+        """After fills: the positions marked, and what the gate reads (today's P&L, the
+        basis's reads) read again in the same trip, so that an intent later in this second
+        does not wait for the database either."""
+        self._mark_positions()
+        if self._pnl_held(now) is None:
+            self._read_books(now)
+        self._read_basis_reads(now)
+
+    def _second_reads(self, now: dt.datetime) -> tuple[list[Order], Decimal | None]:
+        # Admin changes (strategy params and switches, risk limits) are picked up here,
+        # in the trip the second makes anyway: at once after a save in this process, and
+        # at least once a wall-clock second for another's (``_follow_config``); a snapshot
+        # of the same second uses what was read (``_on_chain``).
+        self._follow_config()
+        self._config_second = self._last_second
+        pnl, any_live = self._read_books(now)
         live = self.oms.live_rows() if any_live else []
+        # The gate's basis read in the same trip, so that a snapshot's first intent finds
+        # it held, as long as the P&L read here, and does not wait for the database.
+        self._basis_reads = None
+        self._read_basis_reads(now)
         if live or self.loss_guard.handled:
             return live, None  # sync may book fills: the P&L is read after it
         return live, pnl
@@ -1253,7 +1358,7 @@ class Engine:
 
         def reads() -> tuple[set[str], GateBasis | None]:
             entered = {key for key in set(keys) if self._entered_query.rows(key)}
-            basis = GateBasis.load(account=self.account, now=now, funds=funds, limits=limits) if load_basis else None
+            basis = self._load_basis(now, funds, limits) if load_basis else None
             return entered, basis
 
         entered, basis = await _db(reads)()
@@ -1285,7 +1390,7 @@ class Engine:
             # broker's funds (``_due_funds`` reads them when the basis first needs them).
             funds_due = intent.reduces_exposure
             funds = None if funds_due else await self._outside(self.broker.funds, where="funds")
-            self._basis = await _db(GateBasis.load)(account=self.account, now=now, funds=funds, limits=limits)
+            self._basis = self._basis_held(now, funds, limits) or await _db(self._load_basis)(now, funds, limits)
             self._funds_due = funds_due
         elif not intent.reduces_exposure:
             await self._due_funds()
