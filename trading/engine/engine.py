@@ -259,7 +259,7 @@ class Engine:
         self._anomaly_checked = -1e9
         self._states_written: dict[int, tuple[str | None, float]] = {}  # per strategy row: what, when
         self.started = asyncio.Event()
-        self.outages = Outages(account)
+        self.outages = Outages(account, now=self.clock.now)
         self._resync_needed = True  # recovery and reconciliation have not succeeded yet
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -349,9 +349,15 @@ class Engine:
             await self.oms.on_auth_expired(exc, where=where)
         await self.outages.failed(BROKER, exc)
 
-    async def _outside(self, make, *, where: str, default=None):
+    async def _outside(self, make, *, where: str, default=None, asks: bool = True):
         """One broker call of the loop: skipped during its back-off; a failure opens
-        (or extends) the broker outage instead of ending the engine."""
+        (or extends) the broker outage instead of ending the engine.
+
+        ``asks=False``: this time ``make`` answers from what the engine holds (an order
+        sync with nothing to look up), so it runs even during the back-off and proves
+        nothing about the broker: only an answer from the broker ends its outage."""
+        if not asks:
+            return await make()
         if not self.outages.due(BROKER):
             return default
         try:
@@ -835,7 +841,9 @@ class Engine:
         rest_due = not self.broker.push_healthy or time.monotonic() - self._last_rest_sync >= self.rest_sync_slow_s
         if rest_due and live:
             self._last_rest_sync = time.monotonic()
-        events = await self._outside(lambda: self.oms.sync(live=live if rest_due else []), where="sync", default=[])
+        events = await self._outside(
+            lambda: self.oms.sync(live=live if rest_due else []), where="sync", default=[], asks=bool(rest_due and live)
+        )
         touched = False
         for event in events:
             for loaded in self.strategies:

@@ -16,6 +16,7 @@ when the database is back, saying how long it was gone.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable
@@ -82,8 +83,12 @@ class Outages:
         quiet_s: float = 60.0,
         settle_s: float = 5.0,
         monotonic: Callable[[], float] = time.monotonic,
+        now: Callable[[], dt.datetime] | None = None,
     ):
         self.account = account
+        # The engine's clock: alerts and trading-state changes are stamped with it (None:
+        # the account's time line, as for anyone else acting on the account).
+        self.now = now
         self.min_delay_s = min_delay_s
         self.max_delay_s = max_delay_s
         self.monotonic = monotonic
@@ -97,7 +102,8 @@ class Outages:
         self._resume_at: float | None = None
         self.reduced = False  # the account's trading state was set REDUCING by us
         self.alerts_raised = 0
-        self._deferred: list[tuple[str, str, str]] = []  # alerts not written yet (database down)
+        # Alerts not written yet (database down), each with the engine's time it was raised at.
+        self._deferred: list[tuple[str, str, str, dt.datetime | None]] = []
 
     @property
     def active(self) -> bool:
@@ -143,7 +149,7 @@ class Outages:
                 DATABASE: "Database unreachable: engine REDUCING",
                 BROKER: f"Broker failing ({kind}): engine REDUCING",
             }.get(cause, f"{cause} failing: engine REDUCING")
-            self._deferred.append((level, title, f"{describe(exc)}. Entries stop; exits go on; retrying."))
+            self._deferred.append((level, title, f"{describe(exc)}. Entries stop; exits go on; retrying.", self._at()))
         outage.kinds.add(kind)
         if cause != DATABASE:
             await self._write(reducing=True)
@@ -164,7 +170,12 @@ class Outages:
                 extra={"cause": cause, "lasted_s": round(lasted, 1), "failures": outage.failures},
             )
             self._deferred.append(
-                ("INFO", f"{cause.capitalize()} back after {lasted:.0f} s", f"First error: {outage.first_error}.")
+                (
+                    "INFO",
+                    f"{cause.capitalize()} back after {lasted:.0f} s",
+                    f"First error: {outage.first_error}.",
+                    self._at(),
+                )
             )
         if not self.open:
             self._resume_at = now + self.settle_s
@@ -185,10 +196,13 @@ class Outages:
         except DatabaseErrors as exc:
             log.warning("outage bookkeeping deferred: database error", extra={"error": describe(exc)})
 
+    def _at(self) -> dt.datetime | None:
+        return self.now() if self.now is not None else None
+
     def _write_sync(self, reducing: bool, resume: bool) -> None:
         while self._deferred:
-            level, title, message = self._deferred[0]
-            raise_alert(level, "engine", title, message, account=self.account)
+            level, title, message, at = self._deferred[0]
+            raise_alert(level, "engine", title, message, account=self.account, at=at)
             self._deferred.pop(0)
             self.alerts_raised += 1
         if reducing and not self.reduced:
@@ -199,6 +213,7 @@ class Outages:
                 reason=f"outage ({causes}): entries stop until it passes",
                 account=self.account,
                 expected=TradingState.State.ACTIVE,
+                at=self._at(),
             )
         if resume and self.reduced:
             state = get_trading_state(self.account)
@@ -209,5 +224,6 @@ class Outages:
                     reason="outage over: the broker and the database answer again",
                     account=self.account,
                     expected=TradingState.State.REDUCING,
+                    at=self._at(),
                 )
             self.reduced = False

@@ -143,11 +143,15 @@ async def test_a_dhan_storm_leaves_the_engine_running_reducing_with_alerts_then_
     assert stats.snapshots > 100 and dhan.stormed >= 1
     assert dhan.exchange.orders, "the session traded through the Dhan adapter"
     changes = await sync_to_async(list)(
-        AuditRecord.objects.filter(action="trading_state.changed").order_by("seq").values_list("payload", flat=True)
+        AuditRecord.objects.filter(action="trading_state.changed").order_by("seq").values_list("payload", "created_at")
     )
-    went = [change["new"] for change in changes]
+    went = [change["new"] for change, _ in changes]
     assert TradingState.State.REDUCING in went  # REDUCING while Dhan failed, and ACTIVE again after
     assert went[went.index(TradingState.State.REDUCING) :].count(TradingState.State.ACTIVE) >= 1
+    if storm != "expired":  # every call fails in the storm: nothing may count as the broker back
+        assert went == [TradingState.State.REDUCING, TradingState.State.ACTIVE]
+        reduced_at, resumed_at = (at.astimezone(IST).time() for _, at in changes)  # the engine's clock
+        assert STORM[0] <= reduced_at < STORM[1] <= resumed_at, f"REDUCING {reduced_at}, ACTIVE {resumed_at}"
     alerts = await sync_to_async(list)(Alert.objects.values_list("level", "title"))
     titles = [title for _, title in alerts]
     if storm == "expired":

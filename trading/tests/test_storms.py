@@ -13,6 +13,7 @@ from asgiref.sync import sync_to_async
 from django.db import OperationalError
 from django.db.models import Sum
 
+from audit.models import AuditRecord
 from marketdata.book import QuoteBook
 from marketdata.demo import ensure_demo_instruments
 from marketdata.feeds.simulator import SimulatorFeed
@@ -98,6 +99,14 @@ async def _books_agree(broker):
     return result.clean and fills == trades and ours == theirs
 
 
+async def _state_changes():
+    """(new state, engine time) of every trading-state change, in order."""
+    rows = await sync_to_async(list)(
+        AuditRecord.objects.filter(action="trading_state.changed").order_by("seq").values_list("payload", "created_at")
+    )
+    return [(payload["new"], at.astimezone(IST).time()) for payload, at in rows]
+
+
 async def _engine_alerts():
     return await sync_to_async(list)(Alert.objects.filter(source="engine").values_list("level", "title"))
 
@@ -120,6 +129,13 @@ async def test_a_broker_storm_leaves_the_engine_running_reducing_with_one_alert_
     assert any(title.startswith("Broker back after") for _, title in alerts)
     state = await TradingState.objects.aget(account="default")
     assert state.state == TradingState.State.ACTIVE  # resumed by itself
+    # One REDUCING in the storm and one ACTIVE after it, each on the engine's clock: no
+    # second without a broker call (nothing to sync) counts as the broker back.
+    (reduced, reduced_at), (resumed, resumed_at) = await _state_changes()
+    assert (reduced, resumed) == (TradingState.State.REDUCING, TradingState.State.ACTIVE)
+    assert STORM[0] <= reduced_at < STORM[1] <= resumed_at
+    stamps = await sync_to_async(list)(Alert.objects.filter(source="engine").values_list("created_at", flat=True))
+    assert all(STORM[0] <= at.astimezone(IST).time() for at in stamps)  # the engine's clock, not the wall
     assert await _books_agree(broker)
     assert not await Order.objects.filter(state__in=["NEW", "SUBMITTING"]).aexists()
 
