@@ -114,6 +114,8 @@ def child(minutes: int) -> None:
                 "snapshots_per_s": stats.snapshots / elapsed,
                 "p50": float(np.percentile(latencies, 50)),
                 "p99": float(np.percentile(latencies, 99)),
+                "intents": len(stats.tick_to_intent_ms),
+                "max": float(latencies.max()),
                 "decision_hash": decisions,
             }
         )
@@ -135,6 +137,9 @@ def main() -> None:
             snapshots_per_s=result["snapshots_per_s"],
             tick_to_intent_p50_ms=result["p50"],
             tick_to_intent_p99_ms=result["p99"],
+            # The p99 is over this many intents (one per passed intent): near the slowest two.
+            tick_to_intent_count=result["intents"],
+            tick_to_intent_max_ms=result["max"],
             orders=result["orders"],
             sqlite_decision_hash=result["decision_hash"],
         )
