@@ -1238,10 +1238,12 @@ class Engine:
         self._config_second = self._last_second
         pnl, any_live = self._read_books(now)
         live = self.oms.live_rows() if any_live else []
-        # The gate's basis read in the same trip, so that a snapshot's first intent finds
-        # it held, as long as the P&L read here, and does not wait for the database.
-        self._basis_reads = None
-        self._read_basis_reads(now)
+        if not any_live:
+            # The gate's basis read again in the same trip, so that a snapshot's first intent
+            # finds it held as long as the P&L kept here, and does not wait for the database.
+            # While an order is live the P&L is not kept: what an intent needs is read then.
+            self._basis_reads = None
+            self._read_basis_reads(now)
         if live or self.loss_guard.handled:
             return live, None  # sync may book fills: the P&L is read after it
         return live, pnl
