@@ -205,11 +205,16 @@ async def test_a_drop_mid_burst_is_repaired_by_rest_sync_and_the_stream_comes_ba
 
 async def test_a_token_renewal_reconnects_with_the_new_token(live, local, settings):
     broker, oms = live
-    first = broker.bridge.stream.connects
+    stream = broker.bridge.stream
+    # The client is connected once its login is sent; the server records a login when it reads it.
+    assert await until(lambda: len(local.logins) == stream.connects)
+    first = stream.connects
     new = local.renew()
     TokenStore().write(new)  # what refresh_dhan_token (or Celery beat) does
-    assert await until(lambda: broker.bridge.stream.connects > first and broker.push_healthy, within=15)
-    assert local.logins[-1]["LoginReq"]["Token"] == new
+    assert await until(lambda: stream.connects > first and broker.push_healthy, within=15)
+    assert stream.token == new
+    assert await until(lambda: len(local.logins) >= stream.connects, within=5)
+    assert {login["LoginReq"]["Token"] for login in local.logins[first:]} == {new}
 
 
 async def test_a_refused_login_raises_one_alert_and_rest_keeps_the_books(local, clock, book):
