@@ -35,6 +35,11 @@ contract unseen for longer starts afresh.
 
 Rows flagged by validation (``snapshot.flags != 0``) are neither learned from
 nor signalled.
+
+Each underlying's chain keeps the same contracts snapshot after snapshot, so
+their slots are one contiguous run: the buffers are then read and written as
+slices of that run (views) rather than gathered and scattered row by row. The
+arithmetic on every element is the same either way.
 """
 
 from __future__ import annotations
@@ -46,6 +51,34 @@ import numpy as np
 from marketdata.feeds.base import ChainSnapshot
 
 Z_CAP = 1e6
+
+
+def _rows(n: int) -> np.ndarray:
+    """0 … n-1, to pair each row of a block with its own column."""
+    rows = _ROWS.get(n)
+    if rows is None:
+        rows = _ROWS[n] = np.arange(n)
+    return rows
+
+
+_ROWS: dict[int, np.ndarray] = {}
+
+
+def _mean_std(n: np.ndarray, s: np.ndarray, ss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample std from count, sum and sum of squares (0 where too few values).
+    Where the count is too small the quotient is discarded, so its denominator is
+    replaced by 1: nothing divides by zero, and the kept quotients are unchanged."""
+    n1 = np.maximum(n, 1.0)
+    mean = np.where(n > 0, s / n1, 0.0)
+    var = np.where(n > 1, (ss - s * s / n1) / np.maximum(n - 1, 1.0), 0.0)
+    return mean, np.sqrt(np.maximum(var, 0.0))
+
+
+def _z(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(x - mean) / std, capped at ±Z_CAP. Against a window with no variance any rise is
+    "infinitely" unusual: Z_CAP (features stay finite for JSON and the database)."""
+    z = np.where(std > 0, (x - mean) / np.where(std > 0, std, 1.0), np.where(x > mean, Z_CAP, 0.0))
+    return np.minimum(np.maximum(z, -Z_CAP), Z_CAP)
 
 
 @dataclass(slots=True)
@@ -87,18 +120,21 @@ class _Window:
     def stats(self, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = self.count[slots].astype(np.float64)
         s, ss = self.sum[slots], self.sumsq[slots]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(n > 0, s / n, 0.0)
-            var = np.where(n > 1, (ss - s * s / n) / (n - 1), 0.0)
-        return mean, np.sqrt(np.maximum(var, 0.0)), n
+        return (*_mean_std(n, s, ss), n)
 
-    def push(self, slots: np.ndarray, values: np.ndarray) -> None:
-        if len(slots) == 0:
+    def push(self, slots: np.ndarray | slice, values: np.ndarray) -> None:
+        """``slots``: an array of slots, or a slice of contiguous ones (one row per value)."""
+        if len(values) == 0:
             return
         pos = self.pos[slots]
         full = self.count[slots] >= self.size
-        old = np.where(full, self.values[slots, pos], 0.0)
-        self.values[slots, pos] = values
+        if isinstance(slots, slice):
+            block, at = self.values[slots], (_rows(len(values)), pos)
+            old = np.where(full, block[at], 0.0)
+            block[at] = values
+        else:
+            old = np.where(full, self.values[slots, pos], 0.0)
+            self.values[slots, pos] = values
         self.sum[slots] += values - old
         self.sumsq[slots] += values * values - old * old
         self.pos[slots] = (pos + 1) % self.size
@@ -111,8 +147,8 @@ class _LagStats:
 
     def __init__(self, capacity: int, lags: int):
         self.lags = lags
-        self.ring = np.zeros((capacity, lags))
-        self.pos = np.zeros(capacity, dtype=np.int64)
+        # history[slot, j]: the value pushed j + 1 pushes ago (shifted along on every push).
+        self.history = np.zeros((capacity, lags))
         self.seen = np.zeros(capacity, dtype=np.int64)
         self.sum = np.zeros((capacity, lags))
         self.sumsq = np.zeros((capacity, lags))
@@ -120,35 +156,41 @@ class _LagStats:
         self._k = np.arange(1, lags + 1)
 
     def grow(self, capacity: int) -> None:
-        extra = capacity - len(self.pos)
-        for name in ("ring", "sum", "sumsq", "count"):
+        extra = capacity - len(self.seen)
+        for name in ("history", "sum", "sumsq", "count"):
             setattr(self, name, np.vstack([getattr(self, name), np.zeros((extra, self.lags))]))
-        self.pos = np.concatenate([self.pos, np.zeros(extra, dtype=np.int64)])
         self.seen = np.concatenate([self.seen, np.zeros(extra, dtype=np.int64)])
 
-    def push(self, slots: np.ndarray, values: np.ndarray) -> None:
-        if len(slots) == 0:
+    def push(self, slots: np.ndarray | slice, values: np.ndarray) -> None:
+        """``slots``: an array of slots, or a slice of contiguous ones (one row per value)."""
+        if len(values) == 0:
             return
-        pos = self.pos[slots]
-        back = (pos[:, None] - self._k[None, :]) % self.lags
-        previous = self.ring[slots[:, None], back]
-        valid = self.seen[slots][:, None] >= self._k[None, :]
-        change = np.where(valid, values[:, None] - previous, 0.0)
+        previous = self.history[slots]
+        seen = self.seen[slots]
+        if seen.min() >= self.lags:  # every lag has a value (all but a contract's first pushes)
+            change = values[:, None] - previous
+            self.count[slots] += 1.0
+        else:
+            valid = seen[:, None] >= self._k[None, :]
+            change = np.where(valid, values[:, None] - previous, 0.0)
+            self.count[slots] += valid
         self.sum[slots] += change
         self.sumsq[slots] += change * change
-        self.count[slots] += valid
-        self.ring[slots, pos] = values
-        self.pos[slots] = (pos + 1) % self.lags
+        if isinstance(slots, slice):  # previous is a view of these rows: shift them in place
+            previous[:, 1:] = previous[:, :-1]  # numpy copies overlapping rows as if apart
+            previous[:, 0] = values
+        else:
+            shifted = np.empty_like(previous)
+            shifted[:, 1:] = previous[:, :-1]
+            shifted[:, 0] = values
+            self.history[slots] = shifted
         self.seen[slots] += 1
 
     def stats(self, slots: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Mean, sample std and count of the k-step changes (k per slot, 1 … lags)."""
         k = np.clip(k, 1, self.lags) - 1
         n, s, ss = self.count[slots, k], self.sum[slots, k], self.sumsq[slots, k]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(n > 0, s / n, 0.0)
-            var = np.where(n > 1, (ss - s * s / n) / (n - 1), 0.0)
-        return mean, np.sqrt(np.maximum(var, 0.0)), n
+        return (*_mean_std(n, s, ss), n)
 
 
 class _MidHistory:
@@ -166,20 +208,26 @@ class _MidHistory:
         self.mid = np.vstack([self.mid, np.full((extra, self.depth), np.nan)])
         self.pos = np.concatenate([self.pos, np.zeros(extra, dtype=np.int64)])
 
-    def push(self, slots: np.ndarray, t: float, mids: np.ndarray) -> None:
-        if len(slots) == 0:
+    def push(self, slots: np.ndarray | slice, t: float, mids: np.ndarray) -> None:
+        """``slots``: an array of slots, or a slice of contiguous ones (one row per mid)."""
+        if len(mids) == 0:
             return
         pos = self.pos[slots]
-        self.t[slots, pos] = t
-        self.mid[slots, pos] = mids
+        if isinstance(slots, slice):
+            at = (_rows(len(mids)), pos)
+            self.t[slots][at] = t
+            self.mid[slots][at] = mids
+        else:
+            self.t[slots, pos] = t
+            self.mid[slots, pos] = mids
         self.pos[slots] = (pos + 1) % self.depth
 
-    def as_of(self, slots: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
+    def as_of(self, slots: np.ndarray | slice, t: float) -> tuple[np.ndarray, np.ndarray]:
         """The latest mid observed at or before ``t`` per slot, and when (-inf: none kept)."""
         times = self.t[slots]
         eligible = np.where(times <= t, times, -np.inf)
         best = np.argmax(eligible, axis=1)
-        rows = np.arange(len(slots))
+        rows = _rows(len(best))
         return self.mid[slots][rows, best], eligible[rows, best]
 
 
@@ -218,7 +266,7 @@ class ChainBaselines:
         self._last_oi = np.full(capacity, np.nan)
         self._last_mid = np.full(capacity, np.nan)
         self._last_time = np.full(capacity, -np.inf)
-        self._cached: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._cached: dict[str, tuple[bytes, np.ndarray, np.ndarray | slice]] = {}
 
     def set_thresholds(self, *, volume_sigma=None, volume_multiple=None, jump_pct=None, oi_sigma=None) -> None:
         if volume_sigma is not None:
@@ -230,10 +278,13 @@ class ChainBaselines:
         if oi_sigma is not None:
             self.oi_sigma = oi_sigma
 
-    def _slots_for(self, ids: np.ndarray, cache: str = "chain") -> np.ndarray:
+    def _slots_for(self, ids: np.ndarray, cache: str = "chain") -> tuple[np.ndarray, np.ndarray | slice]:
+        """The slots of ``ids``, and the same as a slice when they are one ascending run
+        (then every buffer is read and written through views)."""
+        key = ids.dtype.str.encode() + ids.tobytes()
         cached = self._cached.get(cache)
-        if cached is not None and len(cached[0]) == len(ids) and np.array_equal(cached[0], ids):
-            return cached[1]
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
         slots = np.empty(len(ids), dtype=np.int64)
         table = self._slots
         for i, sid in enumerate(ids.tolist()):
@@ -244,8 +295,10 @@ class ChainBaselines:
             slots[i] = slot
         if len(table) > self._capacity:
             self._grow(max(len(table), 2 * self._capacity))
-        self._cached[cache] = (ids.copy(), slots)
-        return slots
+        run = len(slots) > 0 and bool(np.all(np.diff(slots) == 1))
+        block = slice(int(slots[0]), int(slots[0]) + len(slots)) if run else slots
+        self._cached[cache] = (key, slots, block)
+        return slots, block
 
     def slots(self, ids: np.ndarray) -> np.ndarray:
         """Slots of known contracts (-1 for one never seen)."""
@@ -259,8 +312,11 @@ class ChainBaselines:
     def update_quotes(self, at, security_id: np.ndarray, bid: np.ndarray, ask: np.ndarray) -> None:
         """One-second quotes of some contracts: their mids join the jump window's history."""
         good = (bid > 0) & (ask >= bid) & np.isfinite(bid) & np.isfinite(ask)
-        slots = self._slots_for(security_id, cache="quotes")
-        self._mids.push(slots[good], at.timestamp(), ((bid + ask) / 2.0)[good])
+        slots, block = self._slots_for(security_id, cache="quotes")
+        if good.all():
+            self._mids.push(block, at.timestamp(), (bid + ask) / 2.0)
+        else:
+            self._mids.push(slots[good], at.timestamp(), ((bid + ask) / 2.0)[good])
 
     def _grow(self, capacity: int) -> None:
         extra = capacity - self._capacity
@@ -274,64 +330,69 @@ class ChainBaselines:
         self._capacity = capacity
 
     def update(self, snapshot: ChainSnapshot) -> BaselineSignals:
-        slots = self._slots_for(snapshot.security_id)
+        slots, block = self._slots_for(snapshot.security_id)
         good = snapshot.flags == 0
+        every = bool(good.all())  # the usual case: every row is read and written as the block
         now = snapshot.exchange_time.timestamp()
 
         # Differences only against the contract's previous snapshot. A snapshot after
         # a gap (or a contract back in the ±N window) up to recover_s later is scored
         # with its interval scaled; one unseen for longer starts afresh rather than
         # reporting its whole absence as one interval.
-        elapsed = now - self._last_time[slots]
+        elapsed = now - self._last_time[block]
         consecutive = elapsed <= self.recover_s + 0.5
         scale = np.where(consecutive, np.maximum(elapsed / self.interval_s, 1.0), 1.0)
         # Within 1.5 intervals counts as one (the usual case: exact per-interval arithmetic).
         scale = np.where(scale > 1.5, scale, 1.0)
         root = np.sqrt(scale)
         volume = snapshot.volume.astype(np.float64)
-        dv = np.where(consecutive, volume - self._last_volume[slots], np.nan)
-        v_mean, v_std, v_n = self._volume.stats(slots)
+        dv = np.where(consecutive, volume - self._last_volume[block], np.nan)
+        v_mean, v_std, v_n = self._volume.stats(block)
         ready = good & (v_n >= self.volume_n) & np.isfinite(dv)
         g_mean, g_std = v_mean * scale, v_std * root
-        with np.errstate(invalid="ignore", divide="ignore"):
-            # Against a window with no variance any rise is "infinitely" unusual;
-            # cap it so features stay finite (JSON, the database).
-            v_z = np.where(g_std > 0, (dv - g_mean) / g_std, np.where(dv > g_mean, Z_CAP, 0.0))
-        v_z = np.clip(v_z, -Z_CAP, Z_CAP)
+        v_z = _z(dv, g_mean, g_std)
         spike = ready & (v_z > self.volume_sigma) & (dv > self.volume_multiple * g_mean)
 
         mid = (snapshot.bid + snapshot.ask) / 2.0
-        then_mid, then_t = self._mids.as_of(slots, now - self.jump_window_s)
+        then_mid, then_t = self._mids.as_of(block, now - self.jump_window_s)
         recent = (now - then_t) <= self.recover_s + self.jump_window_s + 0.5
-        with np.errstate(invalid="ignore", divide="ignore"):
-            change = np.where(recent & (then_mid > 0), (mid / then_mid - 1.0) * 100.0, 0.0)
+        before = recent & (then_mid > 0)
+        change = np.where(before, (mid / np.where(before, then_mid, 1.0) - 1.0) * 100.0, 0.0)
         change = np.where(np.isfinite(change), change, 0.0)
         jump = good & recent & (change >= self.jump_pct)
 
         oi = snapshot.oi.astype(np.float64)
-        doi = np.where(consecutive, oi - self._last_oi[slots], np.nan)
-        o_mean, o_std, o_n = self._oi.stats(slots)
+        doi = np.where(consecutive, oi - self._last_oi[block], np.nan)
+        o_mean, o_std, o_n = self._oi.stats(block)
         og_mean, og_std = o_mean * scale, o_std * root
-        with np.errstate(invalid="ignore", divide="ignore"):
-            o_z = np.where(og_std > 0, (doi - og_mean) / og_std, np.where(doi > og_mean, Z_CAP, 0.0))
-        o_z = np.clip(o_z, -Z_CAP, Z_CAP)
+        o_z = _z(doi, og_mean, og_std)
         oi_ready = good & (o_n >= self.oi_min) & np.isfinite(doi)
         confirm = oi_ready & (o_z > self.oi_sigma)
 
         # Learn from good rows only; a gap's change joins as its per-interval equivalent.
         learn = good & np.isfinite(dv)
-        self._volume.push(slots[learn], (dv / scale)[learn])
+        if every and learn.all():
+            self._volume.push(block, dv / scale)
+        else:
+            self._volume.push(slots[learn], (dv / scale)[learn])
         learn_oi = good & np.isfinite(doi)
-        self._oi.push(slots[learn_oi], (doi / scale)[learn_oi])
+        if every and learn_oi.all():
+            self._oi.push(block, doi / scale)
+        else:
+            self._oi.push(slots[learn_oi], (doi / scale)[learn_oi])
         # The horizon statistics count snapshots; a contract that was away starts its lags afresh.
         fresh = good & ~consecutive
-        self._oi_lags.seen[slots[fresh]] = 0
-        self._oi_lags.push(slots[good], oi[good])
-        g = slots[good]
-        self._mids.push(g, now, mid[good])
-        self._last_volume[g] = volume[good]
-        self._last_oi[g] = oi[good]
-        self._last_mid[g] = mid[good]
+        if fresh.any():
+            self._oi_lags.seen[slots[fresh]] = 0
+        if every:
+            g, kept = block, slice(None)
+        else:
+            g, kept = slots[good], good
+        self._oi_lags.push(g, oi[kept])
+        self._mids.push(g, now, mid[kept])
+        self._last_volume[g] = volume[kept]
+        self._last_oi[g] = oi[kept]
+        self._last_mid[g] = mid[kept]
         self._last_time[g] = now
 
         return BaselineSignals(

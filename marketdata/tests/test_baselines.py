@@ -4,6 +4,7 @@ import datetime as dt
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -160,3 +161,92 @@ def test_it_never_returns_nan_on_valid_input(steps):
             "oi_z",
         ):
             assert np.isfinite(getattr(s, name)).all(), name
+
+
+class _RowByRow(ChainBaselines):
+    """The same baselines, always gathering and scattering row by row (never a block)."""
+
+    def _slots_for(self, ids, cache="chain"):
+        slots, _ = super()._slots_for(ids, cache)
+        return slots, slots
+
+
+def _same(a, b) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            # which contracts are in the chain: mostly the same as the last one (one block of
+            # slots), sometimes another set (contracts leave and return: rows gathered one by one)
+            st.one_of(st.just(None), st.just(None), st.sets(st.integers(0, 11), min_size=1, max_size=12)),
+            st.integers(0, 2),  # how many rows validation flags
+            st.sampled_from([3, 3, 3, 6, 30, 90]),  # seconds since the last chain: gaps, and a long one
+            st.booleans(),  # one-second quotes for some contracts before it
+        ),
+        min_size=1,
+        max_size=120,
+    ),
+    st.integers(0, 2**32 - 1),
+)
+def test_the_block_path_and_the_row_by_row_path_agree_to_the_bit(steps, seed):
+    """A chain whose contracts keep their slots is read and written through views of one
+    block; any other is gathered row by row. Contracts leaving and returning, flagged
+    rows, gaps, quotes in between and growth past the capacity give the same signals and
+    the same horizon statistics, bit for bit; and the horizon statistics are those of
+    every k-snapshot OI change of each contract's unbroken runs of good rows."""
+    rng = np.random.default_rng(seed)
+    universe = np.array([f"S{i:02d}" for i in range(12)])
+    volume = np.zeros(12)
+    oi = np.full(12, 1_000_000.0)
+    mid = np.full(12, 100.0)
+    # Short windows (5 and 8 chains), so every state (windows filling, then full) is reached.
+    windows = {"volume_window_s": 15.0, "oi_window_s": 24.0, "capacity": 4}
+    block, rows = ChainBaselines(**windows), _RowByRow(**windows)
+    t, keep, paths = 0, np.arange(6), set()
+    runs: dict[int, list[list[float]]] = {}  # per contract: its runs of good OI values
+    last_good: dict[int, int] = {}
+    for members, flagged, gap, quotes in steps:
+        t += gap
+        at = START + dt.timedelta(seconds=t)
+        volume += rng.poisson(30, 12) * 65
+        oi += np.round(rng.normal(0, 4, 12)) * 65
+        mid *= np.exp(rng.normal(0, 0.003, 12))
+        if members is not None:
+            keep = np.array(sorted(members))
+        paths.add(type(block._slots_for(universe[keep])[1]))
+        snapshots = []
+        for _ in range(2):
+            snapshot = _snapshot(0, universe[keep], volume[keep], oi[keep], mid[keep].copy())
+            snapshot.exchange_time = snapshot.received_at = at
+            snapshot.flags[: min(flagged, len(keep) - 1)] = 1
+            snapshots.append(snapshot)
+        a, b = block.update(snapshots[0]), rows.update(snapshots[1])
+        for name in a.__slots__:
+            assert _same(getattr(a, name), getattr(b, name)), name
+        for row, contract in enumerate(keep):
+            if snapshots[0].flags[row]:
+                continue
+            if t - last_good.get(contract, -10**6) > 60.5:  # away longer than recover_s: a new run
+                runs.setdefault(contract, []).append([])
+            runs[contract][-1].append(oi[contract])
+            last_good[contract] = t
+        slots = block.slots(universe[keep])
+        k = rng.integers(1, 12, len(keep))
+        horizon = block.oi_horizon_stats(slots, k)
+        for x, y in zip(horizon, rows.oi_horizon_stats(rows.slots(universe[keep]), k), strict=True):
+            assert _same(x, y)
+        for row, contract in enumerate(keep):
+            lag = min(int(k[row]), 8)
+            changes = [r[i] - r[i - lag] for r in runs.get(contract, []) for i in range(lag, len(r))]
+            mean, std, n = (float(v[row]) for v in horizon)
+            assert n == len(changes)
+            assert mean == pytest.approx(np.mean(changes) if changes else 0.0, rel=1e-9, abs=1e-6)
+            assert std == pytest.approx(np.std(changes, ddof=1) if len(changes) > 1 else 0.0, rel=1e-6, abs=1e-4)
+        if quotes:  # one-second quotes of some contracts before the next chain
+            q = keep[:3] if rng.random() < 0.7 else np.array(sorted(rng.choice(12, 3, replace=False)))
+            for baselines in (block, rows):
+                baselines.update_quotes(at + dt.timedelta(seconds=1), universe[q], mid[q] - 0.05, mid[q] + 0.05)
+    assert slice in paths  # the first chain's contracts are always one block
