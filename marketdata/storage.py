@@ -69,10 +69,16 @@ RAW_TABLES = {"chain": ChainQuote._meta.db_table, "ltp": LtpQuote._meta.db_table
 
 
 def to_paise(values: np.ndarray) -> np.ndarray:
-    """Rupees to integer paise; NaN (a masked bad quote) is stored as -1."""
-    with np.errstate(invalid="ignore"):
-        paise = np.round(np.asarray(values, dtype=np.float64) * 100.0)
+    """Rupees to integer paise; NaN or ±inf (a masked bad quote) is stored as -1.
+    (Rounding and multiplying NaN or inf warn of nothing; the cast sees finite values only.)"""
+    paise = np.round(np.asarray(values, dtype=np.float64) * 100.0)
     return np.where(np.isfinite(paise), paise, -1).astype(np.int64)
+
+
+def scalar_paise(rupees: float) -> int:
+    """``to_paise`` of one value, without an array (round half to even, like np.round)."""
+    rupees = float(rupees)
+    return int(round(rupees * 100.0)) if math.isfinite(rupees) else -1
 
 
 def from_paise(values: np.ndarray) -> np.ndarray:
@@ -102,7 +108,7 @@ def ensure_partitions(table: str, days: Iterable[dt.date]) -> None:
             )
 
 
-@dataclass
+@dataclass(slots=True)
 class _Bar:
     minute: dt.datetime
     symbol: str
@@ -132,28 +138,32 @@ class SnapshotWriter:
 
     def add_chain(self, snapshot: ChainSnapshot) -> None:
         ts, received = snapshot.exchange_time, snapshot.received_at
-        strike = to_paise(snapshot.strike)
-        last, bid, ask = to_paise(snapshot.last_price), to_paise(snapshot.bid), to_paise(snapshot.ask)
-        under = int(to_paise(np.array([snapshot.underlying_ltp]))[0])
+        n = len(snapshot.security_id)
+        # The strikes, prices and mids to paise in one array operation.
+        prices = np.empty((5, n))
+        prices[0], prices[1], prices[2], prices[3] = snapshot.strike, snapshot.last_price, snapshot.bid, snapshot.ask
+        np.divide(snapshot.bid + snapshot.ask, 2.0, out=prices[4])
+        strike, last, bid, ask, mid = to_paise(prices).tolist()
+        under = scalar_paise(snapshot.underlying_ltp)
+        sids, volume, oi = snapshot.security_id.tolist(), snapshot.volume.tolist(), snapshot.oi.tolist()
         # One row per contract in CHAIN_COLUMNS' order, built by zip: a Python loop
         # assembling the tuples cost more than the rest of the snapshot's storage.
-        n = len(snapshot.security_id)
         self._chain_rows.extend(
             zip(
                 repeat(ts, n),
                 repeat(snapshot.seq, n),
                 repeat(snapshot.underlying, n),
                 repeat(snapshot.expiry, n),
-                snapshot.security_id.tolist(),
-                strike.tolist(),
+                sids,
+                strike,
                 snapshot.option_type.tolist(),
-                last.tolist(),
-                bid.tolist(),
-                ask.tolist(),
+                last,
+                bid,
+                ask,
                 snapshot.bid_qty.tolist(),
                 snapshot.ask_qty.tolist(),
-                snapshot.volume.tolist(),
-                snapshot.oi.tolist(),
+                volume,
+                oi,
                 snapshot.prev_oi.tolist(),
                 snapshot.iv.tolist(),
                 snapshot.delta.tolist(),
@@ -166,24 +176,29 @@ class SnapshotWriter:
                 strict=True,
             )
         )
-        mid = to_paise((snapshot.bid + snapshot.ask) / 2.0).tolist()
+        # The good rows' minute bars (``_bar``, inlined: a call per contract cost more than the bar).
         minute = ts.replace(second=0, microsecond=0)
-        for good, sid, m, vol, oi in zip(
-            (snapshot.flags == 0).tolist(),
-            snapshot.security_id.tolist(),
-            mid,
-            snapshot.volume.tolist(),
-            snapshot.oi.tolist(),
-            strict=True,
-        ):
-            if good:
-                self._bar(sid, "", ts, m, vol, oi, minute)
+        bars, done = self._bars, self._done_bars
+        for good, sid, m, vol, o in zip((snapshot.flags == 0).tolist(), sids, mid, volume, oi, strict=True):
+            if not good:
+                continue
+            bar = bars.get(sid)
+            if bar is not None and bar.minute == minute:
+                if m > bar.high:
+                    bar.high = m
+                if m < bar.low:
+                    bar.low = m
+                bar.close, bar.last_volume, bar.oi = m, vol, o
+                continue
+            if bar is not None:
+                done.append(self._close_bar(sid, bar))
+            bars[sid] = _Bar(minute, "", m, m, m, m, vol, vol, o)
 
     def add_tick(self, tick: LtpTick) -> None:
         ltp = float(tick.ltp)
         # The scalar twin of to_paise (round half to even, like np.round): a numpy
         # array per tick cost more than the rest of the tick path.
-        paise = int(round(ltp * 100.0)) if math.isfinite(ltp) else -1
+        paise = scalar_paise(ltp)
         self._ltp_rows.append(
             (
                 tick.exchange_time,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -55,6 +56,7 @@ class ChainValidator:
         self.strike_steps = strike_steps or {}  # underlying -> strike step (from the instrument master)
         self.counts: Counter[str] = Counter()
         self._last_mid: dict[str, float] = {}
+        self._strikes: dict[str, tuple[bytes, int]] = {}  # underlying -> (its last strikes, missing among them)
 
     def validate(self, snapshot: ChainSnapshot, now: dt.datetime) -> ValidationReport:
         bid, ask, last = snapshot.bid, snapshot.ask, snapshot.last_price
@@ -67,24 +69,32 @@ class ChainValidator:
             flags[~nan & (bid > ask)] |= CROSSED
             mid = (bid + ask) / 2.0
         ids = snapshot.security_id
-        previous = np.array([self._last_mid.get(sid, np.nan) for sid in ids.tolist()])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            log_move = np.abs(np.log(mid / previous))
-            outlier = (flags == 0) & (log_move > self.outlier_log) & (np.abs(mid - previous) > self.outlier_min_move)
+        id_list = ids.tolist()
+        last_mid = self._last_mid.get
+        previous = np.array([last_mid(sid, np.nan) for sid in id_list])
+        # A remembered mid is positive (or NaN: none), so the ratio never divides by zero; a row
+        # whose own mid is not positive is flagged already, and its log is not taken.
+        log_move = np.abs(np.log(np.where((flags == 0) & (mid > 0), mid, np.nan) / previous))
+        outlier = (flags == 0) & (log_move > self.outlier_log) & (np.abs(mid - previous) > self.outlier_min_move)
         flags[outlier] |= OUTLIER
         # Remember every sane quote, outliers included: a level that persists is
         # the market, and only the first quote at it is flagged.
         sane = (flags & (NAN | NEGATIVE | ZERO | CROSSED)) == 0
-        for sid, value in zip(ids[sane].tolist(), mid[sane].tolist(), strict=True):
-            self._last_mid[sid] = value
+        if sane.all():
+            self._last_mid.update(zip(id_list, mid.tolist(), strict=True))
+        else:
+            self._last_mid.update(zip(ids[sane].tolist(), mid[sane].tolist(), strict=True))
         age = (now - snapshot.exchange_time).total_seconds()
         if age > self.stale_after_s:
             flags |= STALE
         good = flags == 0
 
-        counts = {name: int(np.count_nonzero(flags & bit)) for bit, name in FLAG_NAMES.items()}
+        if flags.any():
+            counts = {name: int(np.count_nonzero(flags & bit)) for bit, name in FLAG_NAMES.items()}
+            counts = {k: v for k, v in counts.items() if v}
+        else:
+            counts = {}
         missing = self._missing_strikes(snapshot)
-        counts = {k: v for k, v in counts.items() if v}
         if missing:
             counts["missing_strikes"] = missing
         snapshot.flags = flags
@@ -109,13 +119,20 @@ class ChainValidator:
         step = self.strike_steps.get(snapshot.underlying)
         if not step or len(snapshot) == 0:
             return 0
+        # A chain's strikes change only when the ATM window moves: counted once per change.
+        key = snapshot.strike.dtype.str.encode() + snapshot.strike.tobytes()
+        known = self._strikes.get(snapshot.underlying)
+        if known is not None and known[0] == key:
+            return known[1]
         strikes = np.unique(snapshot.strike)
         expected = int(round((strikes[-1] - strikes[0]) / float(step))) + 1
-        return max(expected - len(strikes), 0)
+        missing = max(expected - len(strikes), 0)
+        self._strikes[snapshot.underlying] = (key, missing)
+        return missing
 
     def validate_ltp(self, tick: LtpTick, now: dt.datetime, *, stale_after_s: float = 3.0) -> bool:
         problem = None
-        if not np.isfinite(tick.ltp):
+        if not math.isfinite(tick.ltp):
             problem = "nan"
         elif tick.ltp < 0:
             problem = "negative"

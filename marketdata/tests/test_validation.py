@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from marketdata import validation as v
 from marketdata.feeds.base import ChainSnapshot, LtpTick
@@ -121,3 +124,59 @@ def test_feed_health_goes_stale_when_chains_or_ltp_stop():
     assert health.is_stale(NOW + dt.timedelta(seconds=7))  # chain older than 6 s
     state = health.as_dict(NOW + dt.timedelta(seconds=7))
     assert state["stale"] is True and state["chain_age_s"]["NIFTY"] == 7.0
+
+
+_PRICE = st.one_of(
+    st.floats(0.05, 400, allow_nan=False),
+    st.sampled_from([0.0, -1.0, float("nan"), float("inf")]),
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(st.tuples(_PRICE, _PRICE, _PRICE), min_size=6, max_size=6),  # bid, ask, last per row
+            st.sets(st.integers(0, 2), max_size=2),  # strike pairs left out (missing strikes)
+            st.sampled_from([0.0, 1.0, 7.0]),  # age of the chain, seconds
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_the_flags_counts_and_quality_are_the_rules_applied_row_by_row(chains):
+    """Each rule written out plainly per row, over a sequence of chains (outliers
+    judged against the last sane mid of each contract, across chains) — the
+    validator's array version gives the same flags, counts, missing strikes and quality."""
+    validator = v.ChainValidator(strike_steps={"NIFTY": 50})
+    remembered: dict[str, float] = {}
+    for rows, left_out, age in chains:
+        keep = [i for i in range(6) if i // 2 not in left_out] or [0, 1]
+        strikes = np.repeat(np.arange(24400.0, 24550.0, 50), 2)[keep]
+        bid, ask, last = (np.array([rows[i][j] for i in keep], dtype=float) for j in range(3))
+        snapshot = chain(at=NOW - dt.timedelta(seconds=age), bid=bid, ask=ask, last=last, strikes=strikes)
+        expected = []
+        for sid, b, a, ls in zip(snapshot.security_id.tolist(), bid, ask, last, strict=True):
+            flag = 0
+            finite = all(math.isfinite(x) for x in (b, a, ls))
+            flag |= 0 if finite else v.NAN
+            flag |= v.NEGATIVE if b < 0 or a < 0 or ls < 0 else 0
+            flag |= v.ZERO if finite and (b == 0 or a == 0) else 0
+            flag |= v.CROSSED if finite and b > a else 0
+            mid, before = (b + a) / 2.0, remembered.get(sid)
+            moved = before is not None and flag == 0 and abs(math.log(mid / before)) > math.log(3.0)
+            if moved and abs(mid - before) > 1.0:
+                flag |= v.OUTLIER
+            if not flag & (v.NAN | v.NEGATIVE | v.ZERO | v.CROSSED):
+                remembered[sid] = mid
+            expected.append(flag | (v.STALE if age > 6.0 else 0))
+        listed = sorted(set(strikes.tolist()))
+        missing = int(round((listed[-1] - listed[0]) / 50)) + 1 - len(listed)
+        report = validator.validate(snapshot, NOW)
+        assert snapshot.flags.tolist() == expected
+        counts = {name: sum(1 for f in expected if f & bit) for bit, name in v.FLAG_NAMES.items()}
+        counts = {k: n for k, n in counts.items() if n} | ({"missing_strikes": missing} if missing else {})
+        assert report.counts == counts and report.missing_strikes == missing
+        bad = sum(1 for f in expected if f)
+        assert report.bad_rows == bad
+        assert snapshot.quality == pytest.approx((len(keep) - bad) / (len(keep) + 2 * missing))
