@@ -254,3 +254,23 @@ def test_a_fall_in_oi_never_confirms_and_nothing_confirms_after_the_window():
         _chain(at + dt.timedelta(seconds=3), volume=volume + 1430, oi=oi + 50_000, bid=99.95, ask=100.05)
     )
     assert not any(d.kind == "confirm" for d in found)
+
+
+def test_the_strike_step_is_found_again_whenever_the_chains_strikes_change():
+    """The step that bounds "near the money" is kept per underlying while its strikes
+    stay the same, and found again when the window moves or a strike is missing."""
+    from trading.strategies.vol_oi.config import VolOiConfig
+
+    detector = VolOiDetector(VolOiConfig(underlyings=("NIFTY", "BANKNIFTY")))
+    chain = _chain(AT, volume=0, oi=1, bid=1.0, ask=1.1)
+    for underlying, strikes, step in (
+        ("NIFTY", [24400, 24450, 24500], 50),
+        ("NIFTY", [24400, 24450, 24500], 50),
+        ("BANKNIFTY", [52000, 52100, 52200], 100),
+        ("NIFTY", [24450, 24500, 24550], 50),
+        ("NIFTY", [24400, 24500, 24600], 100),
+        ("NIFTY", [24500], 0.0),
+        ("BANKNIFTY", [52000, 52100, 52200], 100),
+    ):
+        chain.underlying, chain.strike = underlying, np.array(strikes, dtype=float)
+        assert detector._strike_step(chain) == step

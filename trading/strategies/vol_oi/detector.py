@@ -72,6 +72,7 @@ class VolOiDetector:
         self.spikes: dict[str, Pending] = {}  # security id -> the signal awaiting OI confirmation
         self.scorers: dict = {}  # underlying -> the live anomaly model (marketdata.anomaly.model.AnomalyScorer)
         self.trackers: dict[str, FeatureTracker] = {}
+        self._steps: dict[str, tuple[bytes, float]] = {}  # underlying -> (its last strikes, their step)
 
     def set_scorers(self, scorers: dict) -> None:
         """The live anomaly models, by underlying (the engine loads and verifies them)."""
@@ -119,8 +120,7 @@ class VolOiDetector:
         confirmations = self._confirmations(snapshot, baselines)
         s = baselines.update(snapshot)
         anomaly = self._anomaly(snapshot, s)
-        strikes = np.unique(snapshot.strike)
-        step = float(np.min(np.diff(strikes))) if len(strikes) > 1 else 0.0
+        step = self._strike_step(snapshot)
         near = np.abs(snapshot.strike - snapshot.underlying_ltp) <= (self.config.max_strike_offset + 0.5) * step
         found: list[Detection] = []
         entries = s.volume_spike & s.jump & (s.mid_change_pct > 0) & near & (s.mid >= self.config.min_premium)
@@ -138,6 +138,17 @@ class VolOiDetector:
             if snapshot.exchange_time - pending.at > horizon:
                 del self.spikes[sid]
         return found
+
+    def _strike_step(self, snapshot: ChainSnapshot) -> float:
+        """The chain's strike step (its smallest gap), found again only when its strikes change."""
+        key = snapshot.strike.dtype.str.encode() + snapshot.strike.tobytes()
+        known = self._steps.get(snapshot.underlying)
+        if known is not None and known[0] == key:
+            return known[1]
+        strikes = np.unique(snapshot.strike)
+        step = float(np.min(np.diff(strikes))) if len(strikes) > 1 else 0.0
+        self._steps[snapshot.underlying] = (key, step)
+        return step
 
     def _confirmations(self, snapshot: ChainSnapshot, baselines: ChainBaselines) -> list[tuple[int, dict]]:
         """Pending signals in this chain whose OI built up past ``oi_sigma`` σ of their horizon.
