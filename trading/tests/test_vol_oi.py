@@ -3,10 +3,11 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
+import numpy as np
 import pytest
 
 from marketdata import synthetic
-from marketdata.feeds.base import ChainSnapshot
+from marketdata.feeds.base import ChainSnapshot, QuoteSnapshot
 from marketdata.feeds.simulator import SimulatorFeed
 from marketdata.validation import ChainValidator
 from quanthub.clock import IST
@@ -211,3 +212,22 @@ def test_open_signals_are_capped_and_a_closed_contract_cools_down():
     strategy.cooldown[OPTION] = (T0 + dt.timedelta(minutes=2)).isoformat()
     assert strategy._enter(_detection(at=T0 + dt.timedelta(minutes=1))) == []
     assert strategy._enter(_detection(at=T0 + dt.timedelta(minutes=3)))
+
+
+def test_the_one_second_quotes_refresh_the_mid_of_a_traded_contract_only_when_sane():
+    strategy = _strategy()
+    strategy._enter(_detection())
+    other = "132611240245100"
+
+    def quotes(at, bid, ask):
+        ids = np.array([other, OPTION, "132611240244900"], dtype="U20")
+        bid, ask = np.array([50.0, bid, 80.0]), np.array([50.1, ask, 80.1])
+        return QuoteSnapshot("NIFTY", at, at, ids, bid, ask, np.full(3, 650), np.full(3, 650))
+
+    strategy.on_quotes(quotes(T0, 101.0, 101.2))
+    assert strategy.last_mid == {OPTION: Decimal("101.10")}  # the traded contract's only
+    strategy.on_quotes(quotes(T0 + dt.timedelta(seconds=1), 103.0, 102.0))  # crossed: kept as it was
+    strategy.on_quotes(quotes(T0 + dt.timedelta(seconds=2), 0.0, 102.0))  # no bid: kept as it was
+    assert strategy.last_mid == {OPTION: Decimal("101.10")}
+    strategy.on_quotes(quotes(T0 + dt.timedelta(seconds=3), 98.0, 98.1))
+    assert strategy.last_mid == {OPTION: Decimal("98.05")}

@@ -129,8 +129,10 @@ class VolOiStrategy(Strategy):
         traded = {t.security_id for t in self.active()}
         if not traded:
             return
-        for i in np.flatnonzero(np.isin(ids, list(traded)) & good).tolist():
-            sid = str(ids[i])
+        # A set look-up per contract: np.isin sorts both sides, dearer than the rest of the second.
+        for i, (sid, ok) in enumerate(zip(ids.tolist(), good.tolist(), strict=True)):
+            if not ok or sid not in traded:
+                continue
             self.last_mid[sid] = _mid(float(bid[i]), float(ask[i]))
             if delta is not None and np.isfinite(delta[i]):
                 self.last_delta[sid] = float(delta[i])
