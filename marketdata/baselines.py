@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from marketdata.feeds.base import ChainSnapshot
+from marketdata.feeds.base import ChainSnapshot, array_key
 
 Z_CAP = 1e6
 
@@ -64,6 +64,12 @@ def _rows(n: int) -> np.ndarray:
 _ROWS: dict[int, np.ndarray] = {}
 
 
+def _chosen(slots: np.ndarray, block: np.ndarray | slice, keep: np.ndarray):
+    """The slots of the rows ``keep`` selects, and those rows: the whole block (a view)
+    when it selects every row, else the selected slots."""
+    return (block, slice(None)) if keep.all() else (slots[keep], keep)
+
+
 def _mean_std(n: np.ndarray, s: np.ndarray, ss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and sample std from count, sum and sum of squares (0 where too few values).
     Where the count is too small the quotient is discarded, so its denominator is
@@ -77,7 +83,8 @@ def _mean_std(n: np.ndarray, s: np.ndarray, ss: np.ndarray) -> tuple[np.ndarray,
 def _z(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """(x - mean) / std, capped at ±Z_CAP. Against a window with no variance any rise is
     "infinitely" unusual: Z_CAP (features stay finite for JSON and the database)."""
-    z = np.where(std > 0, (x - mean) / np.where(std > 0, std, 1.0), np.where(x > mean, Z_CAP, 0.0))
+    spread = std > 0
+    z = np.where(spread, (x - mean) / np.where(spread, std, 1.0), np.where(x > mean, Z_CAP, 0.0))
     return np.minimum(np.maximum(z, -Z_CAP), Z_CAP)
 
 
@@ -281,7 +288,7 @@ class ChainBaselines:
     def _slots_for(self, ids: np.ndarray, cache: str = "chain") -> tuple[np.ndarray, np.ndarray | slice]:
         """The slots of ``ids``, and the same as a slice when they are one ascending run
         (then every buffer is read and written through views)."""
-        key = ids.dtype.str.encode() + ids.tobytes()
+        key = array_key(ids)
         cached = self._cached.get(cache)
         if cached is not None and cached[0] == key:
             return cached[1], cached[2]
@@ -312,11 +319,8 @@ class ChainBaselines:
     def update_quotes(self, at, security_id: np.ndarray, bid: np.ndarray, ask: np.ndarray) -> None:
         """One-second quotes of some contracts: their mids join the jump window's history."""
         good = (bid > 0) & (ask >= bid) & np.isfinite(bid) & np.isfinite(ask)
-        slots, block = self._slots_for(security_id, cache="quotes")
-        if good.all():
-            self._mids.push(block, at.timestamp(), (bid + ask) / 2.0)
-        else:
-            self._mids.push(slots[good], at.timestamp(), ((bid + ask) / 2.0)[good])
+        at_slots, rows = _chosen(*self._slots_for(security_id, cache="quotes"), good)
+        self._mids.push(at_slots, at.timestamp(), ((bid + ask) / 2.0)[rows])
 
     def _grow(self, capacity: int) -> None:
         extra = capacity - self._capacity
@@ -332,7 +336,6 @@ class ChainBaselines:
     def update(self, snapshot: ChainSnapshot) -> BaselineSignals:
         slots, block = self._slots_for(snapshot.security_id)
         good = snapshot.flags == 0
-        every = bool(good.all())  # the usual case: every row is read and written as the block
         now = snapshot.exchange_time.timestamp()
 
         # Differences only against the contract's previous snapshot. A snapshot after
@@ -370,24 +373,16 @@ class ChainBaselines:
         confirm = oi_ready & (o_z > self.oi_sigma)
 
         # Learn from good rows only; a gap's change joins as its per-interval equivalent.
-        learn = good & np.isfinite(dv)
-        if every and learn.all():
-            self._volume.push(block, dv / scale)
-        else:
-            self._volume.push(slots[learn], (dv / scale)[learn])
-        learn_oi = good & np.isfinite(doi)
-        if every and learn_oi.all():
-            self._oi.push(block, doi / scale)
-        else:
-            self._oi.push(slots[learn_oi], (doi / scale)[learn_oi])
+        # (The usual case: every row is good, and each buffer is written through the block.)
+        learn, rows = _chosen(slots, block, good & np.isfinite(dv))
+        self._volume.push(learn, (dv / scale)[rows])
+        learn, rows = _chosen(slots, block, good & np.isfinite(doi))
+        self._oi.push(learn, (doi / scale)[rows])
         # The horizon statistics count snapshots; a contract that was away starts its lags afresh.
         fresh = good & ~consecutive
         if fresh.any():
             self._oi_lags.seen[slots[fresh]] = 0
-        if every:
-            g, kept = block, slice(None)
-        else:
-            g, kept = slots[good], good
+        g, kept = _chosen(slots, block, good)
         self._oi_lags.push(g, oi[kept])
         self._mids.push(g, now, mid[kept])
         self._last_volume[g] = volume[kept]

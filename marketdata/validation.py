@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from marketdata.feeds.base import ChainSnapshot, LtpTick
+from marketdata.feeds.base import ChainSnapshot, LtpTick, array_key
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class ChainValidator:
         if not step or len(snapshot) == 0:
             return 0
         # A chain's strikes change only when the ATM window moves: counted once per change.
-        key = snapshot.strike.dtype.str.encode() + snapshot.strike.tobytes()
+        key = array_key(snapshot.strike)
         known = self._strikes.get(snapshot.underlying)
         if known is not None and known[0] == key:
             return known[1]

@@ -49,6 +49,11 @@ ROW_ARRAYS = (
 )
 
 
+def array_key(values: np.ndarray) -> bytes:
+    """A 1-d array's dtype and bytes: equal keys, equal arrays (what a per-chain cache compares)."""
+    return values.dtype.str.encode() + values.tobytes()
+
+
 @dataclass(slots=True)
 class ChainSnapshot:
     underlying: str

@@ -30,7 +30,7 @@ import numpy as np
 
 from marketdata.anomaly.features import FeatureTracker
 from marketdata.baselines import Z_CAP, ChainBaselines
-from marketdata.feeds.base import ChainSnapshot
+from marketdata.feeds.base import ChainSnapshot, array_key
 from trading.strategies.vol_oi.config import VolOiConfig
 
 # Independent changes behind a σ. The session's k-interval changes overlap (consecutive
@@ -141,7 +141,7 @@ class VolOiDetector:
 
     def _strike_step(self, snapshot: ChainSnapshot) -> float:
         """The chain's strike step (its smallest gap), found again only when its strikes change."""
-        key = snapshot.strike.dtype.str.encode() + snapshot.strike.tobytes()
+        key = array_key(snapshot.strike)
         known = self._steps.get(snapshot.underlying)
         if known is not None and known[0] == key:
             return known[1]
